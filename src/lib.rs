@@ -1,0 +1,25 @@
+//! pullsecretd keeps container-registry pull secrets where they are needed.
+//!
+//! Everything it does is one pipeline, run by different triggers:
+//!
+//! ```text
+//!  sources ──► credentials ──► plan (pure) ──► output / diff ──► apply (kube I/O)
+//!  docker files   Credential     desired Secrets,
+//!  cred helpers   per registry   SA links, RoleBindings
+//! ```
+//!
+//! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
+//! - [`credential`]: the credential model and registry-key normalisation (pure).
+//! - [`dockerconfig`]: docker/containers auth file parsing and pull-secret payloads (pure).
+//! - [`selector`]: label selectors (pure).
+//! - [`source`]: reads credentials from docker config files and credential helpers (I/O).
+//! - [`plan`]: sources in, desired objects out (pure: no I/O, no clock).
+//! - [`render`]: the plan as a table for people and as manifests for `kubectl`/`oc`.
+
+pub mod config;
+pub mod credential;
+pub mod dockerconfig;
+pub mod plan;
+pub mod render;
+pub mod selector;
+pub mod source;

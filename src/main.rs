@@ -1,0 +1,3 @@
+//! The `pullsecretd` binary: parses arguments, calls into the library, maps errors to exit codes.
+
+fn main() {}
