@@ -6,10 +6,87 @@
 pub mod docker_file;
 pub mod helper;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::credential::Credential;
+use secrecy::ExposeSecret as _;
+use sha2::{Digest as _, Sha256};
+
+use crate::config::{RegistryConfig, SourceConfig};
+use crate::credential::{Credential, RegistryKey, Secret};
+use crate::dockerconfig::{AuthFileFormat, ParseError};
+
+pub use helper::HelperError;
+
+/// Why a registry's credential could not be read. Names the file, helper and registry; never
+/// carries a credential value.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("reading {format} {path}: {source}")]
+    ReadAuthFile {
+        format: AuthFileFormat,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("reading {format} {path}: it is {kind}, not a regular file")]
+    NotAFile {
+        format: AuthFileFormat,
+        path: PathBuf,
+        kind: &'static str,
+    },
+    #[error("reading {format} {path}: it is larger than {limit} bytes")]
+    FileTooLarge {
+        format: AuthFileFormat,
+        path: PathBuf,
+        limit: u64,
+    },
+    #[error("parsing {format} {path}: {source}")]
+    ParseAuthFile {
+        format: AuthFileFormat,
+        path: PathBuf,
+        #[source]
+        source: ParseError,
+    },
+    #[error("registry {registry} is not in {format} {path}")]
+    NotInFile {
+        registry: String,
+        format: AuthFileFormat,
+        path: PathBuf,
+    },
+    #[error("registry {registry}: entry {key:?} in {format} {path} is unusable: {reason}")]
+    UnusableEntry {
+        registry: String,
+        key: String,
+        format: AuthFileFormat,
+        path: PathBuf,
+        reason: &'static str,
+    },
+    #[error("registry {registry}{}: {source}", named_in(.path.as_deref()))]
+    HelperGet {
+        registry: String,
+        /// The file that named the helper, if any.
+        path: Option<PathBuf>,
+        #[source]
+        source: HelperError,
+    },
+    #[error(
+        "registry {registry}: credential helper {}{helper} has no credential for {server_url:?}{}",
+        helper::HELPER_PREFIX,
+        named_in(.path.as_deref())
+    )]
+    NotInHelper {
+        registry: String,
+        helper: String,
+        server_url: String,
+        path: Option<PathBuf>,
+    },
+}
+
+fn named_in(path: Option<&Path>) -> String {
+    path.map(|p| format!(" (helper named in {})", p.display()))
+        .unwrap_or_default()
+}
 
 /// A credential as read from its source, with what identifies this version of it.
 #[derive(Clone, Debug)]
@@ -35,5 +112,116 @@ impl Default for SourceContext {
             helper_dirs: None,
             helper_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+/// Reads the credential for `registry` from its configured source.
+pub async fn resolve(registry: &RegistryConfig, ctx: &SourceContext) -> Result<Resolved, Error> {
+    let server = &registry.server;
+    let mut credential = match &registry.from {
+        SourceConfig::DockerConfig { path } => {
+            docker_file::resolve(path, AuthFileFormat::DockerConfig, server, ctx).await?
+        }
+        SourceConfig::Dockercfg { path } => {
+            docker_file::resolve(path, AuthFileFormat::Dockercfg, server, ctx).await?
+        }
+        SourceConfig::ContainersAuth { path } => {
+            docker_file::resolve(path, AuthFileFormat::ContainersAuth, server, ctx).await?
+        }
+        SourceConfig::Helper { name } => from_helper(name, server, ctx).await?,
+    };
+    // Whatever key the source stored it under, the credential is for the configured server.
+    credential.registry = server.clone();
+    let version = credential_version(&credential);
+    Ok(Resolved {
+        credential,
+        version,
+    })
+}
+
+async fn from_helper(
+    name: &str,
+    server: &RegistryKey,
+    ctx: &SourceContext,
+) -> Result<Credential, Error> {
+    let server_url = server.auths_key();
+    let found = helper::get(name, &server_url, ctx)
+        .await
+        .map_err(|source| Error::HelperGet {
+            registry: server.to_string(),
+            path: None,
+            source,
+        })?;
+    found.ok_or_else(|| Error::NotInHelper {
+        registry: server.to_string(),
+        helper: name.to_string(),
+        server_url,
+        path: None,
+    })
+}
+
+/// 16 hex digits of SHA-256 over a length-prefixed encoding of every field of the credential:
+/// equal exactly when the credentials are equal (up to hash collisions).
+pub fn credential_version(credential: &Credential) -> String {
+    let (kind, secret) = match &credential.secret {
+        Secret::Password(p) => ("password", p.expose_secret()),
+        Secret::IdentityToken(t) => ("identitytoken", t.expose_secret()),
+    };
+    let mut hasher = Sha256::new();
+    let fields = [
+        "pullsecretd-credential-v1",
+        &credential.registry.auths_key(),
+        &credential.username,
+        kind,
+        secret,
+        if credential.email.is_some() {
+            "email"
+        } else {
+            "no-email"
+        },
+        credential.email.as_deref().unwrap_or_default(),
+    ];
+    for field in fields {
+        hasher.update((field.len() as u64).to_be_bytes());
+        hasher.update(field.as_bytes());
+    }
+    hex::encode(&hasher.finalize()[..8])
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    #[test]
+    fn version_covers_every_field() {
+        let key = RegistryKey::from_docker("quay.io").expect("valid key");
+        let base = Credential::with_password(key.clone(), "robot", "pw");
+        let variants = [
+            Credential::with_password(key.clone(), "robot", "pw2"),
+            Credential::with_password(key.clone(), "robot2", "pw"),
+            Credential::with_password(
+                RegistryKey::from_docker("ghcr.io").expect("key"),
+                "robot",
+                "pw",
+            ),
+            Credential {
+                email: Some(String::new()),
+                ..base.clone()
+            },
+            Credential {
+                secret: Secret::IdentityToken(SecretString::from("pw")),
+                ..base.clone()
+            },
+            // Length prefixes keep field boundaries apart.
+            Credential::with_password(key, "robotp", "w"),
+        ];
+        let version = credential_version(&base);
+        assert_eq!(version, credential_version(&base.clone()));
+        for variant in &variants {
+            assert_ne!(credential_version(variant), version, "{variant:?}");
+        }
+        assert!(!version.contains("pw"));
     }
 }
