@@ -1,17 +1,29 @@
-//! Config stage (pure apart from reading the file): YAML in, a validated [`Config`] out.
+//! Config stage (pure apart from reading the file and `$HOME`): YAML in, a validated [`Config`]
+//! out. It must not touch the cluster, credentials or any file the config names.
 //!
 //! Every error names `file:line:column` and the field path. Nothing downstream re-validates:
 //! a [`Config`] that exists is one whose references all resolve.
+//!
+//! How: `yaml` parses the text with saphyr-parser's marked events into a small tree whose
+//! every node keeps its line and column; `decode` walks that tree by hand into the typed
+//! config, carrying the field path. serde is not used here because its messages quote the
+//! offending value (a password pasted into the wrong field would end up in logs) and because a
+//! check made after deserialising (an unknown registry, a duplicate name) has no location left.
+//! The walk reports the first problem it finds: outside-in, in schema order.
+
+mod decode;
+mod yaml;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::io::Read;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::credential::RegistryKey;
 use crate::selector::LabelSelector;
 
 /// A validated configuration.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Named registry credentials, each from one source.
     pub registries: BTreeMap<String, RegistryConfig>,
@@ -21,7 +33,7 @@ pub struct Config {
     pub image_pullers: Vec<ImagePullerConfig>,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RegistryConfig {
     /// The key under `registries:`; pull secrets refer to it.
     pub name: String,
@@ -69,7 +81,7 @@ impl SecretType {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullSecretConfig {
     /// Secret name (a DNS-1123 subdomain).
     pub name: String,
@@ -95,7 +107,7 @@ pub enum Layout {
 
 /// Which projects (namespaces) a pull secret goes to: listed names plus those matching the
 /// selector, minus those matching any exclude glob.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProjectSelection {
     pub names: Vec<String>,
     pub selector: Option<LabelSelector>,
@@ -154,7 +166,7 @@ pub enum RotationStrategy {
     Versioned,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImagePullerConfig {
     /// The project that holds the images.
     pub project: String,
@@ -170,4 +182,157 @@ pub enum PullerSubject {
     /// `group:<project>`: every service account of that project,
     /// i.e. group `system:serviceaccounts:<project>`.
     ProjectServiceAccounts { project: String },
+}
+
+/// Largest config file read; a config is a few kilobytes.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
+
+/// Why a config could not be loaded. Every variant names the file; [`ConfigError::Invalid`]
+/// also names the line, column and field.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{}: cannot read config: {source}", file.display())]
+    ReadFile {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: is a directory, not a config file", file.display())]
+    NotAFile { file: PathBuf },
+    #[error("{}: config is larger than {} bytes", file.display(), MAX_CONFIG_BYTES)]
+    TooLarge { file: PathBuf },
+    #[error("{}:{line}:{column}: config is not valid UTF-8", file.display())]
+    NotUtf8 {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+    },
+    #[error("{}: cannot find the config's directory: {source}", file.display())]
+    ResolveDirectory {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Anything wrong with the content: YAML syntax, types, fields, names, references.
+    #[error("{}:{line}:{column}: {field}: {message}", file.display())]
+    Invalid {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        /// Where in the document, e.g. `pullSecrets[0].registries[1]`; `(top level)` for the
+        /// document itself.
+        field: String,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates a config file (at most [`MAX_CONFIG_BYTES`], UTF-8).
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = read_config_text(path)?;
+        Self::from_yaml(&text, path)
+    }
+
+    /// Validates config text. `origin` names the file in errors, and its directory is where
+    /// relative source paths start; `~` expands to `$HOME`.
+    pub fn from_yaml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
+        let base_dir = config_directory(origin)?;
+        let home = std::env::var_os("HOME")
+            .filter(|home| !home.is_empty())
+            .map(PathBuf::from);
+        Self::from_yaml_in(text, origin, &decode::Context { base_dir, home })
+    }
+
+    fn from_yaml_in(
+        text: &str,
+        origin: &Path,
+        context: &decode::Context,
+    ) -> Result<Config, ConfigError> {
+        let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+        let root =
+            yaml::parse_document(text).map_err(|e| invalid(origin, e.mark, &e.path, e.message))?;
+        let Some(root) = root else {
+            let message = "the config is empty; expected a mapping with registries and pullSecrets";
+            return Err(invalid(
+                origin,
+                yaml::Mark { line: 1, column: 1 },
+                &yaml::FieldPath::root(),
+                message.into(),
+            ));
+        };
+        decode::decode_config(&root, context)
+            .map_err(|p| invalid(origin, p.mark, &p.path, p.message))
+    }
+}
+
+impl PullSecretConfig {
+    /// The links used when `link:` is left out: `default` pulls with the secret and `builder`
+    /// mounts it, as OpenShift's "Using image pull secrets" procedure sets up.
+    pub fn default_links() -> BTreeMap<String, Vec<LinkKind>> {
+        decode::default_links()
+    }
+}
+
+fn invalid(
+    origin: &Path,
+    mark: yaml::Mark,
+    path: &yaml::FieldPath,
+    message: String,
+) -> ConfigError {
+    ConfigError::Invalid {
+        file: origin.to_path_buf(),
+        line: mark.line,
+        column: mark.column,
+        field: path.to_string(),
+        message,
+    }
+}
+
+/// The absolute directory holding `origin`, for relative source paths.
+fn config_directory(origin: &Path) -> Result<PathBuf, ConfigError> {
+    let absolute = std::path::absolute(origin).map_err(|source| ConfigError::ResolveDirectory {
+        file: origin.to_path_buf(),
+        source,
+    })?;
+    Ok(absolute.parent().map(Path::to_path_buf).unwrap_or(absolute))
+}
+
+fn read_config_text(path: &Path) -> Result<String, ConfigError> {
+    let read_error = |source| ConfigError::ReadFile {
+        file: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    if file.metadata().map_err(read_error)?.is_dir() {
+        return Err(ConfigError::NotAFile {
+            file: path.to_path_buf(),
+        });
+    }
+    // Read one byte past the limit rather than trusting the size in the metadata.
+    let mut bytes = Vec::new();
+    file.take(MAX_CONFIG_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    if bytes.len() as u64 > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            file: path.to_path_buf(),
+        });
+    }
+    String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let (line, column) = line_and_column(valid);
+        ConfigError::NotUtf8 {
+            file: path.to_path_buf(),
+            line,
+            column,
+        }
+    })
+}
+
+/// 1-based line and column (in characters) just after `valid_prefix`, which is valid UTF-8.
+fn line_and_column(valid_prefix: &[u8]) -> (usize, usize) {
+    let text = std::str::from_utf8(valid_prefix).unwrap_or_default();
+    let line = text.matches('\n').count() + 1;
+    let last_line = text.rsplit('\n').next().unwrap_or_default();
+    (line, last_line.chars().count() + 1)
 }

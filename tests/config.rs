@@ -1,0 +1,487 @@
+//! Config loading end to end: fixture files in, a typed `Config` or a `file:line:column: path:`
+//! error out. Reads fixtures and `$HOME`; never sets environment variables.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use pullsecretd::config::{
+    Config, ConfigError, ImagePullerConfig, Layout, LinkKind, ProjectSelection, PullSecretConfig,
+    PullerSubject, RegistryConfig, Rotation, RotationStrategy, SecretType, SourceConfig,
+};
+use pullsecretd::credential::RegistryKey;
+use pullsecretd::selector::LabelSelector;
+
+const FIXTURES: &str = "tests/data/config";
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+fn fixtures_dir() -> PathBuf {
+    std::path::absolute(FIXTURES).expect("the fixture directory has an absolute path")
+}
+
+fn home() -> PathBuf {
+    PathBuf::from(std::env::var_os("HOME").expect("tests run with HOME set"))
+}
+
+fn key(server: &str) -> RegistryKey {
+    RegistryKey::from_docker(server).expect("test servers are valid")
+}
+
+fn glob(pattern: &str) -> glob::Pattern {
+    glob::Pattern::new(pattern).expect("test globs are valid")
+}
+
+/// The message for config `text`, as if it were in `config/x.yaml`.
+fn error_for(text: &str) -> String {
+    match Config::from_yaml(text, Path::new("config/x.yaml")) {
+        Ok(config) => panic!("expected an error, got {config:?}"),
+        Err(error) => error.to_string(),
+    }
+}
+
+/// A valid config whose `pullSecrets[0]` body is `secret` (indented by four spaces).
+fn with_secret(secret: &str) -> String {
+    format!(
+        "registries:\n  quay:\n    server: quay.io\n    from: {{ helper: quay }}\n  \
+         sso:\n    server: sso.redhat.com\n    from: {{ helper: sso }}\n\
+         pullSecrets:\n  - name: s\n{secret}"
+    )
+}
+
+#[test]
+fn full_config_decodes_into_the_expected_types() {
+    let config = Config::load(&fixture("full.yaml")).expect("full.yaml is valid");
+
+    let registries = BTreeMap::from([
+        (
+            "private-registry".to_string(),
+            RegistryConfig {
+                name: "private-registry".into(),
+                server: key("privateregistry.example.com"),
+                from: SourceConfig::DockerConfig {
+                    path: home().join(".docker/config.json"),
+                },
+            },
+        ),
+        (
+            "redhat-sso".to_string(),
+            RegistryConfig {
+                name: "redhat-sso".into(),
+                server: key("sso.redhat.com"),
+                from: SourceConfig::ContainersAuth {
+                    path: fixtures_dir().join("auth/auth.json"),
+                },
+            },
+        ),
+        (
+            "legacy".to_string(),
+            RegistryConfig {
+                name: "legacy".into(),
+                server: key("index.docker.io"),
+                from: SourceConfig::Dockercfg {
+                    path: PathBuf::from("/etc/pullsecretd/.dockercfg"),
+                },
+            },
+        ),
+        (
+            "ecr".to_string(),
+            RegistryConfig {
+                name: "ecr".into(),
+                server: key("123456789012.dkr.ecr.eu-west-1.amazonaws.com"),
+                from: SourceConfig::Helper {
+                    name: "ecr-login".into(),
+                },
+            },
+        ),
+    ]);
+    let first = PullSecretConfig {
+        name: "private-registry".into(),
+        secret_type: SecretType::Dockercfg,
+        registries: vec!["private-registry".into(), "redhat-sso".into()],
+        layout: Layout::Split,
+        projects: ProjectSelection {
+            names: vec!["project-a".into(), "project-b".into()],
+            selector: Some(
+                LabelSelector::parse("pullsecretd.io/inject=true, env notin (dev)")
+                    .expect("valid selector"),
+            ),
+            exclude: vec![glob("openshift-*"), glob("kube-*")],
+        },
+        links: BTreeMap::from([
+            ("default".into(), vec![LinkKind::Pull]),
+            ("builder".into(), vec![LinkKind::Mount, LinkKind::Pull]),
+            ("deployer".into(), vec![LinkKind::Pull, LinkKind::Mount]),
+        ]),
+        rotation: Rotation {
+            refresh: Duration::from_secs(90 * 60),
+            strategy: RotationStrategy::Versioned,
+        },
+        adopt: true,
+    };
+    let second = PullSecretConfig {
+        name: "ecr.pull".into(),
+        secret_type: SecretType::DockerConfigJson,
+        registries: vec!["ecr".into(), "legacy".into()],
+        layout: Layout::Combined,
+        projects: ProjectSelection {
+            names: vec![],
+            selector: Some(LabelSelector::parse("").expect("empty selector")),
+            exclude: vec![],
+        },
+        links: BTreeMap::new(),
+        rotation: Rotation::default(),
+        adopt: false,
+    };
+    let pullers = vec![ImagePullerConfig {
+        project: "project-b".into(),
+        allow: vec![
+            PullerSubject::ServiceAccount {
+                namespace: "project-a".into(),
+                name: "default".into(),
+            },
+            PullerSubject::ProjectServiceAccounts {
+                project: "project-a".into(),
+            },
+        ],
+    }];
+
+    assert_eq!(config.registries, registries);
+    assert_eq!(config.pull_secrets, vec![first, second]);
+    assert_eq!(config.image_pullers, pullers);
+}
+
+#[test]
+fn omitted_fields_take_their_defaults() {
+    let config = Config::load(&fixture("minimal.yaml")).expect("minimal.yaml is valid");
+    let secret = &config.pull_secrets[0];
+    assert_eq!(secret.secret_type, SecretType::DockerConfigJson);
+    assert_eq!(secret.layout, Layout::Combined);
+    assert_eq!(
+        secret.links,
+        BTreeMap::from([
+            ("default".to_string(), vec![LinkKind::Pull]),
+            ("builder".to_string(), vec![LinkKind::Mount]),
+        ])
+    );
+    assert_eq!(secret.links, PullSecretConfig::default_links());
+    assert_eq!(
+        secret.rotation,
+        Rotation {
+            refresh: Duration::from_secs(300),
+            strategy: RotationStrategy::InPlace,
+        }
+    );
+    assert!(!secret.adopt);
+    assert_eq!(secret.projects.selector, None);
+    assert!(secret.projects.exclude.is_empty());
+    assert!(config.image_pullers.is_empty());
+    assert_eq!(
+        config.registries["quay"].from,
+        SourceConfig::DockerConfig {
+            path: fixtures_dir().join("docker/config.json"),
+        }
+    );
+}
+
+#[test]
+fn explicit_nulls_count_as_omitted() {
+    let text = with_secret(
+        "    registries: [quay]\n    projects: { names: [a], selector: ~ }\n    link:\n    rotation: ~\n",
+    );
+    let config = Config::from_yaml(&text, Path::new("x.yaml")).expect("valid");
+    assert_eq!(
+        config.pull_secrets[0].links,
+        PullSecretConfig::default_links()
+    );
+    assert_eq!(config.pull_secrets[0].rotation, Rotation::default());
+}
+
+#[test]
+fn fixture_errors_name_file_line_column_and_field() {
+    let cases = [
+        (
+            "syntax-error.yaml",
+            "tests/data/config/syntax-error.yaml:5:12: registries.quay.from: YAML syntax error: \
+             while parsing a flow mapping, did not find expected ',' or '}'",
+        ),
+        (
+            "unknown-registry.yaml",
+            "tests/data/config/unknown-registry.yaml:13:9: pullSecrets[0].registries[1]: \
+             unknown registry \"nope\" (known: quay, redhat-sso)",
+        ),
+        (
+            "vault.yaml",
+            "tests/data/config/vault.yaml:1:1: vault: Vault sources are not available in this \
+             version of pullsecretd; read credentials with from: {dockerConfig | dockercfg | \
+             containersAuth | helper} instead",
+        ),
+    ];
+    for (name, want) in cases {
+        let error = Config::load(&fixture(name)).expect_err(name);
+        assert_eq!(error.to_string(), want, "{name}");
+    }
+}
+
+#[test]
+fn every_error_class_names_line_column_and_field() {
+    let cases: Vec<(String, &str)> = vec![
+        // Wrong types.
+        (
+            "registries: []\n".into(),
+            "config/x.yaml:1:13: registries: expected a mapping, found a list",
+        ),
+        (
+            "registries:\n  quay:\n    server: 443\n    from: { helper: q }\n".into(),
+            "config/x.yaml:3:13: registries.quay.server: expected a string, found a number \
+             (put it in quotes to make it a string)",
+        ),
+        (
+            with_secret("    registries: [quay]\n    projects: { names: [a] }\n    adopt: yes\n"),
+            "config/x.yaml:12:12: pullSecrets[0].adopt: expected true or false, found a string",
+        ),
+        // Unknown fields.
+        (
+            "registries: {}\npull_secrets: []\n".into(),
+            "config/x.yaml:2:1: pull_secrets: unknown field; did you mean pullSecrets?",
+        ),
+        (
+            with_secret("    registries: [quay]\n    projects: { names: [a], namespaces: [b] }\n"),
+            "config/x.yaml:11:29: pullSecrets[0].projects.namespaces: unknown field (expected \
+             one of: names, selector, exclude)",
+        ),
+        (
+            "registries:\n  q:\n    server: quay.io\n    from: { vault: { path: x } }\n".into(),
+            "config/x.yaml:4:13: registries.q.from.vault: Vault sources are not available in \
+             this version of pullsecretd; read credentials with from: {dockerConfig | dockercfg \
+             | containersAuth | helper} instead",
+        ),
+        // Missing required fields.
+        (
+            "registries:\n  quay:\n    from: { helper: quay }\n".into(),
+            "config/x.yaml:3:5: registries.quay.server: required field is missing",
+        ),
+        (
+            with_secret("    registries: [quay]\n"),
+            "config/x.yaml:9:5: pullSecrets[0].projects: required field is missing",
+        ),
+        // Bad enum values.
+        (
+            with_secret("    type: Opaque\n    registries: [quay]\n    projects: { names: [a] }\n"),
+            "config/x.yaml:10:11: pullSecrets[0].type: expected one of \
+             kubernetes.io/dockerconfigjson, kubernetes.io/dockercfg",
+        ),
+        (
+            with_secret(
+                "    registries: [quay]\n    projects: { names: [a] }\n    rotation: { strategy: inplace }\n",
+            ),
+            "config/x.yaml:12:27: pullSecrets[0].rotation.strategy: expected one of in-place, \
+             versioned",
+        ),
+        (
+            with_secret(
+                "    registries: [quay]\n    projects: { names: [a] }\n    link: { default: [pull, push] }\n",
+            ),
+            "config/x.yaml:12:29: pullSecrets[0].link.default[1]: expected pull or mount",
+        ),
+        // Bad durations.
+        (
+            with_secret(
+                "    registries: [quay]\n    projects: { names: [a] }\n    rotation: { refresh: 300 }\n",
+            ),
+            "config/x.yaml:12:26: pullSecrets[0].rotation.refresh: expected a duration with a \
+             unit, such as 30s, 5m or 1h30m",
+        ),
+        (
+            with_secret(
+                "    registries: [quay]\n    projects: { names: [a] }\n    rotation: { refresh: 0s }\n",
+            ),
+            "config/x.yaml:12:26: pullSecrets[0].rotation.refresh: must be longer than zero",
+        ),
+        // Bad selectors and globs.
+        (
+            with_secret("    registries: [quay]\n    projects: { selector: \"env in (a b)\" }\n"),
+            "config/x.yaml:11:27: pullSecrets[0].projects.selector: invalid label selector: \
+             character 11: expected a value, `,` or `)` in the value list",
+        ),
+        (
+            with_secret(
+                "    registries: [quay]\n    projects: { names: [a], exclude: [\"kube-[\"] }\n",
+            ),
+            "config/x.yaml:11:39: pullSecrets[0].projects.exclude[0]: invalid glob: invalid \
+             range pattern (at character 6)",
+        ),
+        // References and duplicates.
+        (
+            with_secret("    registries: [quay, quay]\n    projects: { names: [a] }\n"),
+            "config/x.yaml:10:24: pullSecrets[0].registries[1]: registry \"quay\" is listed twice",
+        ),
+        (
+            "registries:\n  a: { server: quay.io, from: { helper: a } }\n  \
+             b: { server: \"https://quay.io/v2/\", from: { helper: b } }\n\
+             pullSecrets:\n  - name: s\n    registries: [a, b]\n    projects: { names: [p] }\n"
+                .into(),
+            "config/x.yaml:6:21: pullSecrets[0].registries[1]: registry \"b\" has the same \
+             server (quay.io) as \"a\"; a pull secret holds one credential per server",
+        ),
+        (
+            format!(
+                "{}  - name: s\n    registries: [sso]\n    projects: {{ names: [a] }}\n",
+                with_secret("    registries: [quay]\n    projects: { names: [a] }\n")
+            ),
+            "config/x.yaml:12:11: pullSecrets[1].name: duplicate pull secret name; \
+             pullSecrets[0] has it already",
+        ),
+        (
+            "imagePullers:\n  - project: b\n    allow: [group:a]\n  - project: b\n    allow: [group:c]\n"
+                .into(),
+            "config/x.yaml:4:14: imagePullers[1].project: project already listed in \
+             imagePullers[0]; merge the allow lists",
+        ),
+        (
+            "registries: {}\nregistries: {}\n".into(),
+            "config/x.yaml:2:1: registries: duplicate key; it is already set on line 1",
+        ),
+        // Invalid names and values.
+        (
+            with_secret("    registries: [quay]\n    projects: { names: [Project_A] }\n"),
+            "config/x.yaml:11:25: pullSecrets[0].projects.names[0]: not a valid project name \
+             (a DNS-1123 label): may contain only lowercase letters, digits and '-'",
+        ),
+        (
+            "registries: {}\npullSecrets:\n  - name: My-Secret\n    registries: []\n".into(),
+            "config/x.yaml:3:11: pullSecrets[0].name: not a valid Secret name (a DNS-1123 \
+             subdomain): may contain only lowercase letters, digits, '-' and '.'",
+        ),
+        (
+            "registries:\n  Quay.io:\n    server: quay.io\n    from: { helper: q }\n".into(),
+            "config/x.yaml:2:3: registries[\"Quay.io\"]: not a valid registry name (a DNS-1123 \
+             label): may contain only lowercase letters, digits and '-'",
+        ),
+        (
+            "registries:\n  q:\n    server: \"quay.io:99999\"\n    from: { helper: q }\n".into(),
+            "config/x.yaml:3:13: registries.q.server: registry server has a port that is not a \
+             number from 1 to 65535",
+        ),
+        (
+            "registries:\n  q:\n    server: quay.io\n    from: { helper: q, dockerConfig: x }\n"
+                .into(),
+            "config/x.yaml:4:24: registries.q.from.dockerConfig: a registry has exactly one \
+             source; helper is already given",
+        ),
+        (
+            "registries:\n  q:\n    server: quay.io\n    from: {}\n".into(),
+            "config/x.yaml:4:11: registries.q.from: expected one source: dockerConfig, \
+             dockercfg, containersAuth, helper",
+        ),
+        (
+            "registries:\n  q:\n    server: quay.io\n    from: { helper: ../../bin/sh }\n".into(),
+            "config/x.yaml:4:21: registries.q.from.helper: expected a credential helper name \
+             such as ecr-login (letters, digits, '-', '_', '.')",
+        ),
+        (
+            with_secret("    registries: [quay]\n    projects: { exclude: [\"kube-*\"] }\n"),
+            "config/x.yaml:11:15: pullSecrets[0].projects: choose projects with names, a \
+             selector, or both",
+        ),
+        (
+            "imagePullers:\n  - project: b\n    allow: [\"user:alice\"]\n".into(),
+            "config/x.yaml:3:13: imagePullers[0].allow[0]: expected \
+             serviceaccount:<project>:<name> or group:<project>",
+        ),
+        (
+            "".into(),
+            "config/x.yaml:1:1: (top level): the config is empty; expected a mapping with \
+             registries and pullSecrets",
+        ),
+        (
+            "- a\n".into(),
+            "config/x.yaml:1:1: (top level): expected a mapping, found a list",
+        ),
+    ];
+    for (text, want) in &cases {
+        assert_eq!(error_for(text), *want, "config:\n{text}");
+    }
+}
+
+#[test]
+fn errors_never_echo_scalar_values() {
+    let secret = "s3cr3t-Passw0rd-value";
+    let texts = [
+        format!("registries:\n  q:\n    server: \"{secret} x\"\n    from: {{ helper: q }}\n"),
+        with_secret(&format!(
+            "    type: {secret}\n    registries: [quay]\n    projects: {{ names: [a] }}\n"
+        )),
+        with_secret(&format!(
+            "    registries: [quay]\n    projects: {{ names: [a] }}\n    adopt: {secret}\n"
+        )),
+        with_secret(&format!(
+            "    registries: [quay]\n    projects: {{ names: [a] }}\n    rotation: {{ refresh: {secret} }}\n"
+        )),
+        with_secret(&format!(
+            "    registries: [quay]\n    projects: {{ selector: \"a={secret}!\" }}\n"
+        )),
+        format!("imagePullers:\n  - project: b\n    allow: [\"{secret}\"]\n"),
+    ];
+    for text in &texts {
+        let message = error_for(text);
+        assert!(!message.contains(secret), "{message}");
+    }
+}
+
+#[test]
+fn home_and_relative_paths_are_resolved() {
+    let text = "registries:\n  a:\n    server: a.example\n    from: { dockerConfig: \"~\" }\n  \
+                b:\n    server: b.example\n    from: { dockercfg: ../b/.dockercfg }\n";
+    let config = Config::from_yaml(text, Path::new("/etc/pullsecretd/config.yaml")).expect("valid");
+    assert_eq!(
+        config.registries["a"].from,
+        SourceConfig::DockerConfig { path: home() }
+    );
+    assert_eq!(
+        config.registries["b"].from,
+        SourceConfig::Dockercfg {
+            path: PathBuf::from("/etc/pullsecretd/../b/.dockercfg"),
+        }
+    );
+}
+
+#[test]
+fn file_problems_name_the_file() {
+    let dir = tempfile::tempdir().expect("temp dir");
+
+    let missing = dir.path().join("missing.yaml");
+    let error = Config::load(&missing).expect_err("missing file");
+    assert!(matches!(error, ConfigError::ReadFile { .. }), "{error:?}");
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("{}: cannot read config: ", missing.display()))
+    );
+
+    let error = Config::load(dir.path()).expect_err("a directory");
+    assert_eq!(
+        error.to_string(),
+        format!(
+            "{}: is a directory, not a config file",
+            dir.path().display()
+        )
+    );
+
+    let big = dir.path().join("big.yaml");
+    let comment_line = format!("#{}\n", "x".repeat(1023));
+    std::fs::write(&big, comment_line.repeat(1025)).expect("write big file");
+    let error = Config::load(&big).expect_err("too large");
+    assert_eq!(
+        error.to_string(),
+        format!("{}: config is larger than 1048576 bytes", big.display())
+    );
+
+    let error = Config::load(&fixture("not-utf8.yaml")).expect_err("not UTF-8");
+    assert_eq!(
+        error.to_string(),
+        "tests/data/config/not-utf8.yaml:4:29: config is not valid UTF-8"
+    );
+}
