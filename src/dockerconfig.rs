@@ -347,9 +347,17 @@ fn parse_entry(
     })
 }
 
-/// docker/cli: an identity token wins; otherwise `auth` beats the plain fields.
+/// docker/cli: an identity token wins; otherwise `auth` beats the plain fields. The one
+/// exception is for pull secrets' sake: a non-empty password in `auth` beside a token (docker
+/// itself blanks it) is kept, since the kubelet reads `auth` and ignores the token.
 fn docker_content(raw: RawEntry<'_>) -> EntryContent {
     let email = non_empty(raw.email);
+    if let Some((username, password)) = &raw.auth
+        && !raw.identity_token.is_empty()
+        && !password.expose_secret().is_empty()
+    {
+        return login(username.clone(), Secret::Password(password.clone()), email);
+    }
     if !raw.identity_token.is_empty() {
         let username = raw
             .auth
@@ -859,6 +867,7 @@ mod tests {
                 "https://index.docker.io/v1/": {{"auth": "{}", "username": "ignored", "password": "ignored"}},
                 "https://registry.example.com/v2/": {{"username": "plain", "password": "pw"}},
                 "token.example.com": {{"auth": "{}", "identitytoken": "tok"}},
+                "both.example.com": {{"auth": "{}", "identitytoken": "tok"}},
                 "unpadded.example.com": {{"auth": "{}"}},
                 "bearer.example.com": {{"registrytoken": "short-lived"}},
                 "legacy.example.com": {{"auth": "{}", "email": "me@example.com"}}
@@ -869,6 +878,7 @@ mod tests {
             b64("robot:pa:ss"),
             b64("hubuser:hubpw"),
             b64("tokuser:"),
+            b64("bothuser:real-pw"),
             b64("u:p1").trim_end_matches('='),
             b64("old:pw"),
         );
@@ -892,6 +902,11 @@ mod tests {
             found(file.lookup(&docker("token.example.com"))),
             login("tokuser", "tok", true)
         );
+        // A real password beside a token is the form the kubelet can use.
+        assert_eq!(
+            found(file.lookup(&docker("both.example.com"))),
+            login("bothuser", "real-pw", false)
+        );
         assert_eq!(
             found(file.lookup(&docker("unpadded.example.com"))),
             login("u", "p1", false)
@@ -910,7 +925,7 @@ mod tests {
             file.lookup(&docker("ghcr.io")),
             Lookup::NotPresent
         ));
-        assert_eq!(file.keys().count(), 7);
+        assert_eq!(file.keys().count(), 8);
     }
 
     #[test]

@@ -1,1 +1,751 @@
+//! Plan stage (pure): config + resolved credentials + known namespaces → desired objects.
+//!
+//! No I/O and no clock: the same inputs always give the same [`DesiredState`], which is what
+//! makes "nothing changed ⇒ nothing to write" testable. Problems that are data rather than
+//! failures (a registry whose source failed, a name two pull secrets both want) are collected
+//! in [`DesiredState::problems`] instead of aborting the whole plan.
 
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::Arc;
+
+use secrecy::{ExposeSecret, SecretSlice};
+use sha2::{Digest, Sha256};
+
+use crate::config::{
+    Config, ImagePullerConfig, Layout, LinkKind, PullSecretConfig, PullerSubject, RotationStrategy,
+    SecretType,
+};
+use crate::credential::{Credential, RegistryKey};
+use crate::dockerconfig::render_payload;
+use crate::source::Resolved;
+
+/// Label on every object pullsecretd writes; objects without it are never modified.
+pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+pub const MANAGED_BY_VALUE: &str = "pullsecretd";
+/// SHA-256 of the Secret payload: lets a diff see a change without reading the data.
+pub const CONTENT_HASH_ANNOTATION: &str = "pullsecretd.io/content-hash";
+/// `registry=version` pairs of the credentials a Secret was rendered from.
+pub const SOURCE_VERSION_ANNOTATION: &str = "pullsecretd.io/source-versions";
+/// The pull-secret entry of the config a Secret belongs to.
+pub const PULL_SECRET_ANNOTATION: &str = "pullsecretd.io/pull-secret";
+/// The ClusterRole OpenShift grants for pulling images from a project (SPEC.md §6).
+pub const IMAGE_PULLER_ROLE: &str = "system:image-puller";
+/// The one RoleBinding pullsecretd keeps per image-holding project.
+pub const IMAGE_PULLER_BINDING: &str = "pullsecretd-image-puller";
+/// Hex characters of the content hash appended to versioned Secret names.
+const VERSION_SUFFIX_LEN: usize = 10;
+
+/// What the planner knows about a namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NamespaceInfo {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl NamespaceInfo {
+    pub fn named(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Everything the planner reads.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInputs<'a> {
+    pub config: &'a Config,
+    /// Credentials by registry name. A registry missing here is one whose source failed.
+    pub credentials: &'a BTreeMap<String, Resolved>,
+    /// The namespaces that exist (or, offline, that the user asked about).
+    pub namespaces: &'a [NamespaceInfo],
+}
+
+/// The rendered bytes of a Secret's one data key. Never printed.
+#[derive(Clone)]
+pub struct SecretPayload(SecretSlice<u8>);
+
+impl SecretPayload {
+    pub fn expose(&self) -> &[u8] {
+        self.0.expose_secret()
+    }
+}
+
+impl fmt::Debug for SecretPayload {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretPayload({} bytes, redacted)", self.expose().len())
+    }
+}
+
+/// One pull Secret as it should exist in every project it is planned for.
+#[derive(Clone, Debug)]
+pub struct DesiredSecret {
+    pub name: String,
+    pub secret_type: SecretType,
+    /// The config's pull-secret entry this Secret comes from.
+    pub pull_secret: String,
+    /// Registry names (config keys), in config order.
+    pub registries: Vec<String>,
+    /// The `auths` keys the payload holds, in config order.
+    pub servers: Vec<RegistryKey>,
+    pub payload: SecretPayload,
+    /// Hex SHA-256 of type and payload.
+    pub content_hash: String,
+    /// `name=version,…` of the credentials it was rendered from.
+    pub source_versions: String,
+    /// Versioned Secrets are immutable; a new version is a new Secret.
+    pub immutable: bool,
+}
+
+impl DesiredSecret {
+    /// Labels every managed Secret carries.
+    pub fn labels(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())])
+    }
+
+    /// Annotations every managed Secret carries: hashes and versions, never values.
+    pub fn annotations(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (
+                CONTENT_HASH_ANNOTATION.to_string(),
+                self.content_hash.clone(),
+            ),
+            (
+                SOURCE_VERSION_ANNOTATION.to_string(),
+                self.source_versions.clone(),
+            ),
+            (PULL_SECRET_ANNOTATION.to_string(), self.pull_secret.clone()),
+        ])
+    }
+}
+
+/// `oc secrets link <service_account> <secret> --for=<kind>`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DesiredLink {
+    pub service_account: String,
+    pub kind: LinkKind,
+    pub secret: String,
+}
+
+/// A RoleBinding of `system:image-puller` in the project holding the images.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredRoleBinding {
+    pub name: String,
+    pub subjects: Vec<PullerSubject>,
+}
+
+/// A Secret the config wants whose content is unknown because a source failed. Whatever
+/// exists in the cluster for it must be left exactly as it is (last known good).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HeldSecret {
+    pub name: String,
+    pub pull_secret: String,
+}
+
+/// Desired objects in one project.
+#[derive(Clone, Debug, Default)]
+pub struct ProjectPlan {
+    pub secrets: Vec<Arc<DesiredSecret>>,
+    pub held: Vec<HeldSecret>,
+    pub links: Vec<DesiredLink>,
+    pub role_bindings: Vec<DesiredRoleBinding>,
+}
+
+impl ProjectPlan {
+    fn is_empty(&self) -> bool {
+        self.secrets.is_empty()
+            && self.held.is_empty()
+            && self.links.is_empty()
+            && self.role_bindings.is_empty()
+    }
+}
+
+/// Something the plan could not do, as data (like a status condition).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Short machine-readable reason, e.g. `SourceFailed`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+/// The whole desired state.
+#[derive(Clone, Debug, Default)]
+pub struct DesiredState {
+    /// Projects with at least one desired object, by name.
+    pub projects: BTreeMap<String, ProjectPlan>,
+    pub problems: Vec<Problem>,
+}
+
+/// Computes the desired state. Pure.
+pub fn plan(inputs: PlanInputs<'_>) -> DesiredState {
+    let mut state = DesiredState::default();
+    for pull_secret in &inputs.config.pull_secrets {
+        plan_pull_secret(pull_secret, inputs, &mut state);
+    }
+    for puller in &inputs.config.image_pullers {
+        plan_image_puller(puller, inputs.namespaces, &mut state);
+    }
+    merge_role_bindings(&mut state);
+    state.projects.retain(|_, project| !project.is_empty());
+    state
+}
+
+fn plan_pull_secret(
+    pull_secret: &PullSecretConfig,
+    inputs: PlanInputs<'_>,
+    state: &mut DesiredState,
+) {
+    let groups = secret_groups(pull_secret);
+    let rendered: Vec<Result<Arc<DesiredSecret>, HeldSecret>> = groups
+        .iter()
+        .map(|(name, registries)| {
+            render_secret(pull_secret, name, registries, inputs, &mut state.problems)
+        })
+        .collect();
+    let projects = selected_projects(pull_secret, inputs.namespaces);
+    report_missing_projects(pull_secret, inputs.namespaces, &mut state.problems);
+    for project in projects {
+        for secret in &rendered {
+            let project_plan = state.projects.entry(project.clone()).or_default();
+            add_secret(
+                project_plan,
+                pull_secret,
+                secret,
+                &project,
+                &mut state.problems,
+            );
+        }
+    }
+}
+
+/// The Secrets a pull secret becomes: one with every registry (`combined`), or one per
+/// registry named after the registry entry (`split`, the procedure's linked pair).
+fn secret_groups(pull_secret: &PullSecretConfig) -> Vec<(String, Vec<String>)> {
+    match pull_secret.layout {
+        Layout::Combined => vec![(pull_secret.name.clone(), pull_secret.registries.clone())],
+        Layout::Split => pull_secret
+            .registries
+            .iter()
+            .map(|registry| (registry.clone(), vec![registry.clone()]))
+            .collect(),
+    }
+}
+
+fn render_secret(
+    pull_secret: &PullSecretConfig,
+    base_name: &str,
+    registries: &[String],
+    inputs: PlanInputs<'_>,
+    problems: &mut Vec<Problem>,
+) -> Result<Arc<DesiredSecret>, HeldSecret> {
+    let held = || HeldSecret {
+        name: base_name.to_string(),
+        pull_secret: pull_secret.name.clone(),
+    };
+    let mut credentials: Vec<Credential> = Vec::with_capacity(registries.len());
+    let mut versions = Vec::with_capacity(registries.len());
+    for registry in registries {
+        let Some(resolved) = inputs.credentials.get(registry) else {
+            problems.push(Problem {
+                reason: "SourceFailed",
+                message: format!(
+                    "secret {base_name}: registry {registry} has no credential; \
+                     existing objects are left as they are"
+                ),
+            });
+            return Err(held());
+        };
+        let mut credential = resolved.credential.clone();
+        // The configured server is the key written, whatever key the source stored it under.
+        if let Some(config) = inputs.config.registries.get(registry) {
+            credential.registry = config.server.clone();
+        }
+        credentials.push(credential);
+        versions.push(format!("{registry}={}", resolved.version));
+    }
+    let payload = match render_payload(pull_secret.secret_type, &credentials) {
+        Ok(payload) => payload,
+        Err(error) => {
+            problems.push(Problem {
+                reason: "Unrenderable",
+                message: format!("secret {base_name}: {error}"),
+            });
+            return Err(held());
+        }
+    };
+    let content_hash = content_hash(pull_secret.secret_type, &payload);
+    let name = match pull_secret.rotation.strategy {
+        RotationStrategy::InPlace => base_name.to_string(),
+        RotationStrategy::Versioned => {
+            format!("{base_name}-{}", &content_hash[..VERSION_SUFFIX_LEN])
+        }
+    };
+    Ok(Arc::new(DesiredSecret {
+        name,
+        secret_type: pull_secret.secret_type,
+        pull_secret: pull_secret.name.clone(),
+        registries: registries.to_vec(),
+        servers: credentials.iter().map(|c| c.registry.clone()).collect(),
+        payload: SecretPayload(SecretSlice::from(payload)),
+        content_hash,
+        source_versions: versions.join(","),
+        immutable: pull_secret.rotation.strategy == RotationStrategy::Versioned,
+    }))
+}
+
+/// Hex SHA-256 over the Secret type and payload.
+pub fn content_hash(secret_type: SecretType, payload: &[u8]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(secret_type.type_name().as_bytes());
+    hasher.update([0]);
+    hasher.update(payload);
+    hex::encode(hasher.finalize())
+}
+
+fn add_secret(
+    project_plan: &mut ProjectPlan,
+    pull_secret: &PullSecretConfig,
+    secret: &Result<Arc<DesiredSecret>, HeldSecret>,
+    project: &str,
+    problems: &mut Vec<Problem>,
+) {
+    let name = match secret {
+        Ok(desired) => &desired.name,
+        Err(held) => &held.name,
+    };
+    let taken = project_plan.secrets.iter().any(|s| &s.name == name)
+        || project_plan.held.iter().any(|h| &h.name == name);
+    if taken {
+        problems.push(Problem {
+            reason: "NameConflict",
+            message: format!(
+                "project {project}: secret {name} of pull secret {} is already planned \
+                 by another pull secret; skipped",
+                pull_secret.name
+            ),
+        });
+        return;
+    }
+    match secret {
+        Ok(desired) => project_plan.secrets.push(Arc::clone(desired)),
+        Err(held) => project_plan.held.push(held.clone()),
+    }
+    for (service_account, kinds) in &pull_secret.links {
+        for kind in kinds {
+            project_plan.links.push(DesiredLink {
+                service_account: service_account.clone(),
+                kind: *kind,
+                secret: name.clone(),
+            });
+        }
+    }
+}
+
+/// Names listed, plus those whose labels match the selector, minus excluded ones; each
+/// namespace must be known.
+fn selected_projects(pull_secret: &PullSecretConfig, namespaces: &[NamespaceInfo]) -> Vec<String> {
+    let selection = &pull_secret.projects;
+    namespaces
+        .iter()
+        .filter(|ns| {
+            selection.names.contains(&ns.name)
+                || selection
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| s.matches(&ns.labels))
+        })
+        .filter(|ns| !selection.exclude.iter().any(|glob| glob.matches(&ns.name)))
+        .map(|ns| ns.name.clone())
+        .collect()
+}
+
+fn report_missing_projects(
+    pull_secret: &PullSecretConfig,
+    namespaces: &[NamespaceInfo],
+    problems: &mut Vec<Problem>,
+) {
+    for name in &pull_secret.projects.names {
+        if !namespaces.iter().any(|ns| &ns.name == name) {
+            problems.push(Problem {
+                reason: "ProjectNotFound",
+                message: format!(
+                    "pull secret {}: project {name} does not exist (or is not visible)",
+                    pull_secret.name
+                ),
+            });
+        }
+    }
+}
+
+fn plan_image_puller(
+    puller: &ImagePullerConfig,
+    namespaces: &[NamespaceInfo],
+    state: &mut DesiredState,
+) {
+    if !namespaces.iter().any(|ns| ns.name == puller.project) {
+        state.problems.push(Problem {
+            reason: "ProjectNotFound",
+            message: format!(
+                "image puller: project {} does not exist (or is not visible)",
+                puller.project
+            ),
+        });
+        return;
+    }
+    let project_plan = state.projects.entry(puller.project.clone()).or_default();
+    project_plan.role_bindings.push(DesiredRoleBinding {
+        name: IMAGE_PULLER_BINDING.to_string(),
+        subjects: puller.allow.clone(),
+    });
+}
+
+/// Several `imagePullers` entries for one project become one binding, subjects deduplicated
+/// in first-seen order.
+fn merge_role_bindings(state: &mut DesiredState) {
+    for project_plan in state.projects.values_mut() {
+        let mut seen = BTreeSet::new();
+        let mut subjects = Vec::new();
+        for binding in project_plan.role_bindings.drain(..) {
+            for subject in binding.subjects {
+                if seen.insert(subject.clone()) {
+                    subjects.push(subject);
+                }
+            }
+        }
+        if !subjects.is_empty() {
+            project_plan.role_bindings.push(DesiredRoleBinding {
+                name: IMAGE_PULLER_BINDING.to_string(),
+                subjects,
+            });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use secrecy::SecretString;
+
+    use super::*;
+    use crate::config::{ProjectSelection, RegistryConfig, Rotation, SourceConfig};
+    use crate::credential::Secret;
+    use crate::selector::LabelSelector;
+
+    const SENTINEL: &str = "SENTINEL-pw-plan-51c2";
+
+    fn key(server: &str) -> RegistryKey {
+        RegistryKey::from_docker(server).expect("valid server")
+    }
+
+    fn registry(name: &str, server: &str) -> RegistryConfig {
+        RegistryConfig {
+            name: name.to_string(),
+            server: key(server),
+            from: SourceConfig::DockerConfig {
+                path: PathBuf::from("/nonexistent/config.json"),
+            },
+        }
+    }
+
+    fn pull_secret(name: &str, registries: &[&str], projects: &[&str]) -> PullSecretConfig {
+        PullSecretConfig {
+            name: name.to_string(),
+            secret_type: SecretType::DockerConfigJson,
+            registries: registries.iter().map(ToString::to_string).collect(),
+            layout: Layout::Combined,
+            projects: ProjectSelection {
+                names: projects.iter().map(ToString::to_string).collect(),
+                ..ProjectSelection::default()
+            },
+            links: BTreeMap::from([
+                ("default".to_string(), vec![LinkKind::Pull]),
+                ("builder".to_string(), vec![LinkKind::Mount]),
+            ]),
+            rotation: Rotation::default(),
+            adopt: false,
+        }
+    }
+
+    fn config(
+        pull_secrets: Vec<PullSecretConfig>,
+        image_pullers: Vec<ImagePullerConfig>,
+    ) -> Config {
+        Config {
+            registries: [
+                registry("private", "privateregistry.example.com"),
+                registry("sso", "sso.redhat.com"),
+                registry("quay", "quay.io"),
+            ]
+            .into_iter()
+            .map(|r| (r.name.clone(), r))
+            .collect(),
+            pull_secrets,
+            image_pullers,
+        }
+    }
+
+    fn resolved(server: &str, password: &str) -> Resolved {
+        Resolved {
+            credential: Credential::with_password(key(server), "developer", password),
+            version: format!("v-{password}"),
+        }
+    }
+
+    fn all_credentials() -> BTreeMap<String, Resolved> {
+        BTreeMap::from([
+            (
+                "private".to_string(),
+                resolved("privateregistry.example.com", SENTINEL),
+            ),
+            ("sso".to_string(), resolved("sso.redhat.com", "sso-pw")),
+            ("quay".to_string(), resolved("quay.io", "quay-pw")),
+        ])
+    }
+
+    fn namespaces(names: &[&str]) -> Vec<NamespaceInfo> {
+        names.iter().map(|n| NamespaceInfo::named(*n)).collect()
+    }
+
+    fn run(
+        config: &Config,
+        credentials: &BTreeMap<String, Resolved>,
+        ns: &[NamespaceInfo],
+    ) -> DesiredState {
+        plan(PlanInputs {
+            config,
+            credentials,
+            namespaces: ns,
+        })
+    }
+
+    fn secret_names(state: &DesiredState, project: &str) -> Vec<String> {
+        state.projects[project]
+            .secrets
+            .iter()
+            .map(|s| s.name.clone())
+            .collect()
+    }
+
+    fn link(sa: &str, kind: LinkKind, secret: &str) -> DesiredLink {
+        DesiredLink {
+            service_account: sa.to_string(),
+            kind,
+            secret: secret.to_string(),
+        }
+    }
+
+    #[test]
+    fn combined_pair_is_one_secret_with_both_servers_in_every_selected_project() {
+        let config = config(
+            vec![pull_secret(
+                "private-registry",
+                &["private", "sso"],
+                &["a", "b"],
+            )],
+            vec![],
+        );
+        let state = run(&config, &all_credentials(), &namespaces(&["a", "b", "c"]));
+
+        assert_eq!(state.projects.keys().collect::<Vec<_>>(), ["a", "b"]);
+        let secret = &state.projects["a"].secrets[0];
+        assert_eq!(secret.name, "private-registry");
+        assert_eq!(
+            secret.servers,
+            [key("privateregistry.example.com"), key("sso.redhat.com")]
+        );
+        assert_eq!(
+            secret.source_versions,
+            format!("private=v-{SENTINEL},sso=v-sso-pw")
+        );
+        assert_eq!(
+            state.projects["b"].links,
+            [
+                link("builder", LinkKind::Mount, "private-registry"),
+                link("default", LinkKind::Pull, "private-registry")
+            ]
+        );
+        assert!(state.problems.is_empty(), "{:?}", state.problems);
+        // Rendered once, shared by every project.
+        assert!(Arc::ptr_eq(secret, &state.projects["b"].secrets[0]));
+    }
+
+    #[test]
+    fn split_layout_writes_one_linked_secret_per_registry() {
+        let mut ps = pull_secret("private-registry", &["private", "sso"], &["a"]);
+        ps.layout = Layout::Split;
+        let state = run(
+            &config(vec![ps], vec![]),
+            &all_credentials(),
+            &namespaces(&["a"]),
+        );
+
+        assert_eq!(secret_names(&state, "a"), ["private", "sso"]);
+        let links = &state.projects["a"].links;
+        assert!(links.contains(&link("default", LinkKind::Pull, "private")));
+        assert!(links.contains(&link("default", LinkKind::Pull, "sso")));
+        assert_eq!(links.len(), 4);
+    }
+
+    #[test]
+    fn versioned_names_follow_content_and_plans_are_deterministic() {
+        let mut ps = pull_secret("quay-pull", &["quay"], &["a"]);
+        ps.rotation.strategy = RotationStrategy::Versioned;
+        let config = config(vec![ps], vec![]);
+        let ns = namespaces(&["a"]);
+        let first = run(&config, &all_credentials(), &ns);
+        let again = run(&config, &all_credentials(), &ns);
+        let name = &first.projects["a"].secrets[0].name;
+        assert_eq!(name, &again.projects["a"].secrets[0].name);
+        assert!(
+            name.starts_with("quay-pull-") && name.len() == "quay-pull-".len() + 10,
+            "{name}"
+        );
+        assert!(first.projects["a"].secrets[0].immutable);
+
+        let mut rotated = all_credentials();
+        rotated.insert("quay".to_string(), resolved("quay.io", "rotated-pw"));
+        let after = run(&config, &rotated, &ns);
+        assert_ne!(&after.projects["a"].secrets[0].name, name);
+        assert_eq!(
+            after.projects["a"].links[1].secret,
+            after.projects["a"].secrets[0].name
+        );
+    }
+
+    #[test]
+    fn failed_source_holds_the_secret_instead_of_dropping_it() {
+        let config = config(
+            vec![pull_secret("private-registry", &["private", "sso"], &["a"])],
+            vec![],
+        );
+        let mut credentials = all_credentials();
+        credentials.remove("sso");
+        let state = run(&config, &credentials, &namespaces(&["a"]));
+
+        let project = &state.projects["a"];
+        assert!(project.secrets.is_empty());
+        assert_eq!(
+            project.held,
+            [HeldSecret {
+                name: "private-registry".into(),
+                pull_secret: "private-registry".into()
+            }]
+        );
+        assert_eq!(state.problems.len(), 1);
+        assert_eq!(state.problems[0].reason, "SourceFailed");
+        assert!(state.problems[0].message.contains("sso"));
+    }
+
+    #[test]
+    fn unusable_credential_is_held_with_a_reason_and_no_secret_text() {
+        let config = config(vec![pull_secret("quay-pull", &["quay"], &["a"])], vec![]);
+        let mut credentials = all_credentials();
+        credentials.insert(
+            "quay".to_string(),
+            Resolved {
+                credential: Credential {
+                    registry: key("quay.io"),
+                    username: String::new(),
+                    secret: Secret::IdentityToken(SecretString::from(SENTINEL)),
+                    email: None,
+                },
+                version: "v1".into(),
+            },
+        );
+        let state = run(&config, &credentials, &namespaces(&["a"]));
+        assert_eq!(state.projects["a"].held.len(), 1);
+        assert_eq!(state.problems[0].reason, "Unrenderable");
+        assert!(state.problems[0].message.contains("identity token"));
+        assert!(!format!("{state:?}").contains(SENTINEL));
+    }
+
+    #[test]
+    fn selector_and_exclude_choose_projects() {
+        let mut ps = pull_secret("quay-pull", &["quay"], &["kube-system"]);
+        ps.projects.selector = Some(LabelSelector::parse("team=web").expect("valid selector"));
+        ps.projects.exclude = vec![glob::Pattern::new("kube-*").expect("valid glob")];
+        let mut web = NamespaceInfo::named("web-prod");
+        web.labels.insert("team".into(), "web".into());
+        let mut other = NamespaceInfo::named("db-prod");
+        other.labels.insert("team".into(), "db".into());
+        let ns = vec![web, other, NamespaceInfo::named("kube-system")];
+
+        let state = run(&config(vec![ps], vec![]), &all_credentials(), &ns);
+        assert_eq!(state.projects.keys().collect::<Vec<_>>(), ["web-prod"]);
+    }
+
+    #[test]
+    fn two_pull_secrets_wanting_one_name_is_a_conflict_not_an_overwrite() {
+        let first = pull_secret("shared", &["quay"], &["a"]);
+        let second = pull_secret("shared", &["private"], &["a"]);
+        let state = run(
+            &config(vec![first, second], vec![]),
+            &all_credentials(),
+            &namespaces(&["a"]),
+        );
+        assert_eq!(state.projects["a"].secrets.len(), 1);
+        assert_eq!(state.projects["a"].secrets[0].registries, ["quay"]);
+        assert_eq!(state.problems[0].reason, "NameConflict");
+    }
+
+    #[test]
+    fn image_pullers_merge_into_one_binding_per_project() {
+        let sa = PullerSubject::ServiceAccount {
+            namespace: "a".into(),
+            name: "default".into(),
+        };
+        let group = PullerSubject::ProjectServiceAccounts {
+            project: "c".into(),
+        };
+        let pullers = vec![
+            ImagePullerConfig {
+                project: "b".into(),
+                allow: vec![sa.clone()],
+            },
+            ImagePullerConfig {
+                project: "b".into(),
+                allow: vec![group.clone(), sa.clone()],
+            },
+            ImagePullerConfig {
+                project: "missing".into(),
+                allow: vec![sa.clone()],
+            },
+        ];
+        let state = run(
+            &config(vec![], pullers),
+            &all_credentials(),
+            &namespaces(&["a", "b"]),
+        );
+        assert_eq!(
+            state.projects["b"].role_bindings,
+            [DesiredRoleBinding {
+                name: IMAGE_PULLER_BINDING.into(),
+                subjects: vec![sa, group]
+            }]
+        );
+        assert_eq!(state.problems.len(), 1);
+        assert_eq!(state.problems[0].reason, "ProjectNotFound");
+    }
+
+    #[test]
+    fn named_projects_that_do_not_exist_are_reported() {
+        let config = config(
+            vec![pull_secret("quay-pull", &["quay"], &["a", "gone"])],
+            vec![],
+        );
+        let state = run(&config, &all_credentials(), &namespaces(&["a"]));
+        assert_eq!(state.projects.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(state.problems[0].reason, "ProjectNotFound");
+        assert!(state.problems[0].message.contains("gone"));
+    }
+
+    #[test]
+    fn content_hash_changes_with_type_and_payload() {
+        let a = content_hash(SecretType::DockerConfigJson, b"{}");
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, content_hash(SecretType::Dockercfg, b"{}"));
+        assert_ne!(a, content_hash(SecretType::DockerConfigJson, b"{ }"));
+    }
+}

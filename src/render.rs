@@ -1,1 +1,324 @@
+//! Render stage (pure): a [`DesiredState`] as a table for people and as files for tools.
+//!
+//! The table never shows secret values. The files are Secret and RoleBinding manifests built
+//! from the k8s-openapi types, and service-account links as `oc secrets link` commands: those
+//! append to a service account's lists and never drop a reference pullsecretd does not own,
+//! which a ServiceAccount manifest (or `kubectl patch`, SPEC.md §5) would. Writing the files is
+//! the caller's job.
 
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+
+use crate::config::{Config, LinkKind, PullerSubject, SourceConfig};
+use crate::plan::{
+    DesiredLink, DesiredRoleBinding, DesiredSecret, DesiredState, IMAGE_PULLER_ROLE,
+    MANAGED_BY_LABEL, MANAGED_BY_VALUE,
+};
+use crate::source::Resolved;
+
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// The Secret manifest for `secret` in `namespace`, payload included.
+pub fn secret_manifest(namespace: &str, secret: &DesiredSecret) -> Secret {
+    let data = BTreeMap::from([(
+        secret.secret_type.data_key().to_string(),
+        ByteString(secret.payload.expose().to_vec()),
+    )]);
+    Secret {
+        metadata: ObjectMeta {
+            name: Some(secret.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(secret.labels()),
+            annotations: Some(secret.annotations()),
+            ..ObjectMeta::default()
+        },
+        type_: Some(secret.secret_type.type_name().to_string()),
+        data: Some(data),
+        immutable: secret.immutable.then_some(true),
+        ..Secret::default()
+    }
+}
+
+/// The RoleBinding manifest granting `system:image-puller` in `namespace`.
+pub fn role_binding_manifest(namespace: &str, binding: &DesiredRoleBinding) -> RoleBinding {
+    RoleBinding {
+        metadata: ObjectMeta {
+            name: Some(binding.name.clone()),
+            namespace: Some(namespace.to_string()),
+            labels: Some(BTreeMap::from([(
+                MANAGED_BY_LABEL.to_string(),
+                MANAGED_BY_VALUE.to_string(),
+            )])),
+            ..ObjectMeta::default()
+        },
+        role_ref: RoleRef {
+            api_group: RBAC_GROUP.to_string(),
+            kind: "ClusterRole".to_string(),
+            name: IMAGE_PULLER_ROLE.to_string(),
+        },
+        subjects: Some(binding.subjects.iter().map(rbac_subject).collect()),
+    }
+}
+
+/// The subject `oc policy add-role-to-user` / `add-role-to-group` would write (SPEC.md §6).
+pub fn rbac_subject(subject: &PullerSubject) -> Subject {
+    match subject {
+        PullerSubject::ServiceAccount { namespace, name } => Subject {
+            kind: "ServiceAccount".to_string(),
+            name: name.clone(),
+            namespace: Some(namespace.clone()),
+            api_group: None,
+        },
+        PullerSubject::ProjectServiceAccounts { project } => Subject {
+            kind: "Group".to_string(),
+            name: format!("system:serviceaccounts:{project}"),
+            namespace: None,
+            api_group: Some(RBAC_GROUP.to_string()),
+        },
+    }
+}
+
+/// `oc secrets link` commands for one project, one per service account and secret.
+pub fn link_commands(namespace: &str, links: &[DesiredLink]) -> String {
+    let mut grouped: BTreeMap<(&str, &str), Vec<LinkKind>> = BTreeMap::new();
+    for link in links {
+        let kinds = grouped
+            .entry((&link.service_account, &link.secret))
+            .or_default();
+        if !kinds.contains(&link.kind) {
+            kinds.push(link.kind);
+        }
+    }
+    let mut out = String::new();
+    for ((service_account, secret), mut kinds) in grouped {
+        kinds.sort();
+        let kinds: Vec<&str> = kinds.iter().map(|k| k.for_flag()).collect();
+        let _ = writeln!(
+            out,
+            "oc secrets link {} {} --for={} -n {}",
+            shell_quote(service_account),
+            shell_quote(secret),
+            kinds.join(","),
+            shell_quote(namespace)
+        );
+    }
+    out
+}
+
+fn shell_quote(word: &str) -> String {
+    let plain = word
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.:/=".contains(c));
+    if plain && !word.is_empty() {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', r"'\''"))
+    }
+}
+
+/// One file of `plan --output`.
+#[derive(Debug)]
+pub struct OutputFile {
+    /// Path relative to the output directory.
+    pub relative_path: String,
+    pub contents: String,
+    /// Holds credentials: must be written readable by the owner only.
+    pub sensitive: bool,
+}
+
+/// Every file `plan --output DIR` writes: per project, each Secret and RoleBinding as a YAML
+/// manifest and the links as `links.sh`.
+pub fn output_files(state: &DesiredState) -> Result<Vec<OutputFile>, serde_yaml_ng::Error> {
+    let mut files = Vec::new();
+    for (project, plan) in &state.projects {
+        for secret in &plan.secrets {
+            files.push(OutputFile {
+                relative_path: format!("{project}/secret-{}.yaml", secret.name),
+                contents: serde_yaml_ng::to_string(&secret_manifest(project, secret))?,
+                sensitive: true,
+            });
+        }
+        for binding in &plan.role_bindings {
+            files.push(OutputFile {
+                relative_path: format!("{project}/rolebinding-{}.yaml", binding.name),
+                contents: serde_yaml_ng::to_string(&role_binding_manifest(project, binding))?,
+                sensitive: false,
+            });
+        }
+        // Held Secrets are not written, so nothing may be linked to them here.
+        let links: Vec<DesiredLink> = plan
+            .links
+            .iter()
+            .filter(|link| plan.secrets.iter().any(|s| s.name == link.secret))
+            .cloned()
+            .collect();
+        if !links.is_empty() {
+            files.push(OutputFile {
+                relative_path: format!("{project}/links.sh"),
+                contents: format!(
+                    "#!/bin/sh\n# Service-account links for project {project}. `oc secrets link` \
+                     only appends: references\n# pullsecretd does not own are kept.\nset -e\n{}",
+                    link_commands(project, &links)
+                ),
+                sensitive: false,
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// The human-readable plan: sources, then each project's Secrets, links and RoleBindings,
+/// then problems. Never contains a secret value.
+pub fn plan_table(
+    config: &Config,
+    credentials: &BTreeMap<String, Resolved>,
+    state: &DesiredState,
+) -> String {
+    let mut out = String::new();
+    out.push_str("Sources\n");
+    let rows = config
+        .registries
+        .values()
+        .map(|registry| {
+            let version = credentials
+                .get(&registry.name)
+                .map_or_else(|| "FAILED".to_string(), |r| short(&r.version));
+            vec![
+                registry.name.clone(),
+                registry.server.to_string(),
+                describe_source(&registry.from),
+                version,
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["REGISTRY", "SERVER", "SOURCE", "VERSION"], rows));
+
+    for (project, plan) in &state.projects {
+        let _ = writeln!(out, "\nProject {project}");
+        if !plan.secrets.is_empty() || !plan.held.is_empty() {
+            out.push_str("  Secrets\n");
+            out.push_str(&indent(&table(
+                &["NAME", "TYPE", "REGISTRIES"],
+                secret_rows(plan),
+            )));
+        }
+        if !plan.links.is_empty() {
+            out.push_str("  Service-account links\n");
+            let rows = plan
+                .links
+                .iter()
+                .map(|l| {
+                    vec![
+                        l.service_account.clone(),
+                        l.kind.field().to_string(),
+                        l.secret.clone(),
+                    ]
+                })
+                .collect();
+            out.push_str(&indent(&table(
+                &["SERVICE ACCOUNT", "LIST", "SECRET"],
+                rows,
+            )));
+        }
+        if !plan.role_bindings.is_empty() {
+            out.push_str("  RoleBindings\n");
+            let rows = plan
+                .role_bindings
+                .iter()
+                .map(|b| {
+                    let subjects: Vec<String> = b.subjects.iter().map(describe_subject).collect();
+                    vec![
+                        b.name.clone(),
+                        format!("ClusterRole/{IMAGE_PULLER_ROLE}"),
+                        subjects.join(", "),
+                    ]
+                })
+                .collect();
+            out.push_str(&indent(&table(&["NAME", "ROLE", "SUBJECTS"], rows)));
+        }
+    }
+    if state.projects.is_empty() {
+        out.push_str("\nNo project is selected: nothing to write.\n");
+    }
+    if !state.problems.is_empty() {
+        out.push_str("\nProblems\n");
+        for problem in &state.problems {
+            let _ = writeln!(out, "  {}: {}", problem.reason, problem.message);
+        }
+    }
+    out
+}
+
+fn secret_rows(plan: &crate::plan::ProjectPlan) -> Vec<Vec<String>> {
+    let mut rows: Vec<Vec<String>> = plan
+        .secrets
+        .iter()
+        .map(|s| {
+            let servers: Vec<String> = s.servers.iter().map(ToString::to_string).collect();
+            vec![
+                s.name.clone(),
+                s.secret_type.type_name().to_string(),
+                servers.join(", "),
+            ]
+        })
+        .collect();
+    rows.extend(plan.held.iter().map(|h| {
+        vec![
+            h.name.clone(),
+            "(held: source failed)".to_string(),
+            "left as it is".to_string(),
+        ]
+    }));
+    rows
+}
+
+fn describe_source(source: &SourceConfig) -> String {
+    match source {
+        SourceConfig::DockerConfig { path } => format!("dockerConfig {}", path.display()),
+        SourceConfig::Dockercfg { path } => format!("dockercfg {}", path.display()),
+        SourceConfig::ContainersAuth { path } => format!("containersAuth {}", path.display()),
+        SourceConfig::Helper { name } => format!("helper docker-credential-{name}"),
+    }
+}
+
+fn describe_subject(subject: &PullerSubject) -> String {
+    let s = rbac_subject(subject);
+    match s.namespace {
+        Some(namespace) => format!("{} {namespace}/{}", s.kind, s.name),
+        None => format!("{} {}", s.kind, s.name),
+    }
+}
+
+fn short(version: &str) -> String {
+    version.chars().take(12).collect()
+}
+
+fn indent(text: &str) -> String {
+    text.lines().map(|line| format!("  {line}\n")).collect()
+}
+
+/// Left-aligned columns separated by two spaces, each line indented by two.
+fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let header_row: Vec<String> = headers.iter().map(ToString::to_string).collect();
+    let mut out = String::new();
+    for row in std::iter::once(&header_row).chain(&rows) {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        let _ = writeln!(out, "  {}", cells.join("  ").trim_end());
+    }
+    out
+}
