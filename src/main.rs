@@ -90,10 +90,26 @@ fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
-            eprintln!("error: {:#}", failure.error);
+            eprintln!("error: {}", error_chain(&failure.error));
             ExitCode::from(failure.status)
         }
     }
+}
+
+/// The error and its causes, joined by `: `. Library errors often already include their cause
+/// in their message; a cause already shown is not repeated.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !message.contains(&text) {
+            if !message.is_empty() {
+                message.push_str(": ");
+            }
+            message.push_str(&text);
+        }
+    }
+    message
 }
 
 /// Logs go to stderr; `RUST_LOG` sets the level (default `warn`).
