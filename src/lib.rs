@@ -11,6 +11,7 @@
 //! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
 //! - [`credential`]: the credential model and registry-key normalisation (pure).
 //! - [`dockerconfig`]: docker/containers auth file parsing and pull-secret payloads (pure).
+//! - [`names`]: Kubernetes object-name rules (pure).
 //! - [`selector`]: label selectors (pure).
 //! - [`source`]: reads credentials from docker config files and credential helpers (I/O).
 //! - [`plan`]: sources in, desired objects out (pure: no I/O, no clock).
@@ -19,6 +20,7 @@
 pub mod config;
 pub mod credential;
 pub mod dockerconfig;
+pub mod names;
 pub mod plan;
 pub mod render;
 pub mod selector;

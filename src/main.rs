@@ -16,6 +16,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 use pullsecretd::config::Config;
+use pullsecretd::names::dns1123_label_problem;
 use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
 use pullsecretd::render;
 use pullsecretd::source::{self, Resolved, SourceContext};
@@ -204,22 +205,11 @@ fn offline_namespaces(config: &Config, projects: &[String]) -> anyhow::Result<Ve
         projects.iter().map(|p| p.trim().to_string()).collect()
     };
     for name in &names {
-        anyhow::ensure!(
-            is_dns_label(name),
-            "--projects: {name:?} is not a valid project name (lowercase letters, digits and '-', at most 63)"
-        );
+        if let Some(problem) = dns1123_label_problem(name) {
+            anyhow::bail!("--projects: {name:?} is not a valid project name: it {problem}");
+        }
     }
     Ok(names.into_iter().map(NamespaceInfo::named).collect())
-}
-
-fn is_dns_label(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 63
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-        && !name.starts_with('-')
-        && !name.ends_with('-')
 }
 
 /// Writes `plan --output` files. Directories are created owner-only and Secret manifests are

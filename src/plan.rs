@@ -18,6 +18,7 @@ use crate::config::{
 };
 use crate::credential::{Credential, RegistryKey};
 use crate::dockerconfig::render_payload;
+use crate::names::dns1123_subdomain_problem;
 use crate::source::Resolved;
 
 /// Label on every object pullsecretd writes; objects without it are never modified.
@@ -281,6 +282,16 @@ fn render_secret(
             format!("{base_name}-{}", &content_hash[..VERSION_SUFFIX_LEN])
         }
     };
+    if let Some(problem) = dns1123_subdomain_problem(&name) {
+        problems.push(Problem {
+            reason: "InvalidName",
+            message: format!(
+                "secret {name} of pull secret {}: the name {problem}",
+                pull_secret.name
+            ),
+        });
+        return Err(held());
+    }
     Ok(Arc::new(DesiredSecret {
         name,
         secret_type: pull_secret.secret_type,
@@ -739,6 +750,25 @@ mod tests {
         assert_eq!(state.projects.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(state.problems[0].reason, "ProjectNotFound");
         assert!(state.problems[0].message.contains("gone"));
+    }
+
+    #[test]
+    fn versioned_names_too_long_for_the_api_are_held() {
+        let mut ps = pull_secret(&"p".repeat(250), &["quay"], &["a"]);
+        ps.rotation.strategy = RotationStrategy::Versioned;
+        let state = run(
+            &config(vec![ps], vec![]),
+            &all_credentials(),
+            &namespaces(&["a"]),
+        );
+        assert!(state.projects["a"].secrets.is_empty());
+        assert_eq!(state.projects["a"].held.len(), 1);
+        assert_eq!(state.problems[0].reason, "InvalidName");
+        assert!(
+            state.problems[0].message.contains("253"),
+            "{}",
+            state.problems[0].message
+        );
     }
 
     #[test]
