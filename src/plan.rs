@@ -257,12 +257,7 @@ fn render_secret(
             });
             return Err(held());
         };
-        let mut credential = resolved.credential.clone();
-        // The configured server is the key written, whatever key the source stored it under.
-        if let Some(config) = inputs.config.registries.get(registry) {
-            credential.registry = config.server.clone();
-        }
-        credentials.push(credential);
+        credentials.push(resolved.credential.clone());
         versions.push(format!("{registry}={}", resolved.version));
     }
     let payload = match render_payload(pull_secret.secret_type, &credentials) {
