@@ -15,10 +15,12 @@
 //! - [`selector`]: label selectors (pure).
 //! - [`source`]: reads credentials from docker config files and credential helpers (I/O).
 //! - [`plan`]: sources in, desired objects out (pure: no I/O, no clock).
+//! - [`diff`]: desired vs observed objects → ordered, minimal actions (pure).
 //! - [`render`]: the plan as a table for people and as manifests for `kubectl`/`oc`.
 
 pub mod config;
 pub mod credential;
+pub mod diff;
 pub mod dockerconfig;
 pub mod names;
 pub mod plan;
