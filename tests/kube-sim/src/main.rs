@@ -1,0 +1,78 @@
+//! The `kube-sim` binary: starts the emulator for kubectl, benchmarks and manual testing, writes a
+//! kubeconfig, and runs until interrupted. All behaviour lives in the library.
+
+use clap::Parser;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A faithful in-memory Kubernetes API server for tests (never for production).
+#[derive(Parser, Debug)]
+#[command(name = "kube-sim", version)]
+struct Cli {
+    /// Port on 127.0.0.1 (0: pick a free one and print it).
+    #[arg(long, default_value_t = 0)]
+    port: u16,
+    /// Where to write a kubeconfig for the admin user.
+    #[arg(long)]
+    kubeconfig_out: Option<PathBuf>,
+    /// Serve OpenShift's API groups, projects and system:image-puller.
+    #[arg(long)]
+    openshift: bool,
+    /// Serve HTTPS with a fresh self-signed CA.
+    #[arg(long)]
+    tls: bool,
+    /// Where to write the CA certificate (PEM) with --tls.
+    #[arg(long)]
+    ca_out: Option<PathBuf>,
+    /// Fixed latency added to every resource request.
+    #[arg(long, default_value_t = 0)]
+    latency_ms: u64,
+    /// Bearer token of the admin user.
+    #[arg(long, default_value = kube_sim::DEFAULT_TOKEN)]
+    token: String,
+    /// Extra identity: TOKEN=system:serviceaccount:NS:NAME (repeatable), for TokenReview.
+    #[arg(long = "service-account-token", value_name = "TOKEN=USERNAME")]
+    sa_tokens: Vec<String>,
+    /// Enforce RBAC for non-admin identities.
+    #[arg(long)]
+    rbac: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut opts = kube_sim::Options {
+        port: cli.port,
+        openshift: cli.openshift,
+        tls: cli.tls,
+        rbac: cli.rbac,
+        token: cli.token,
+        ..Default::default()
+    };
+    opts.faults.latency = Duration::from_millis(cli.latency_ms);
+    for pair in &cli.sa_tokens {
+        let (token, user) = pair
+            .split_once('=')
+            .ok_or("--service-account-token wants TOKEN=USERNAME")?;
+        let parts: Vec<&str> = user.split(':').collect();
+        let info = match parts.as_slice() {
+            ["system", "serviceaccount", ns, name] => kube_sim::UserInfo::service_account(ns, name),
+            _ => kube_sim::UserInfo::user(user, &[]),
+        };
+        opts.identities.insert(token.to_string(), info);
+    }
+    let handle = kube_sim::Server::start(opts).await?;
+    if let Some(path) = &cli.kubeconfig_out {
+        handle.write_kubeconfig(path)?;
+    }
+    if let Some(path) = &cli.ca_out {
+        handle.write_ca(path)?;
+    }
+    println!("kube-sim listening on {}", handle.url());
+    tokio::signal::ctrl_c().await?;
+    Ok(())
+}

@@ -1,0 +1,288 @@
+//! Strategic merge patch with the list rules of the served kinds (apimachinery
+//! `strategicpatch/patch.go`): only lists tagged `patchStrategy:"merge"` are merged (`secrets` by
+//! `name`, `metadata.ownerReferences` by `uid`, `metadata.finalizers` as a set); every other list,
+//! `imagePullSecrets` included, is replaced whole. JSON patch and merge patch come from `json-patch`.
+
+use crate::status::{ApiError, ApiResult};
+use serde_json::{Map, Value};
+
+/// How a list field behaves under strategic merge patch and server-side apply.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListKind {
+    /// Replaced whole (`+listType=atomic`, no patchStrategy).
+    Atomic,
+    /// Merged by key (`patchStrategy:"merge" patchMergeKey:"name"`, `+listType=map`).
+    Map(&'static str),
+    /// Merged as a set of scalars (`+listType=set`, finalizers).
+    Set,
+}
+
+/// The list schema of the served kinds, by field path (names only, list items skipped).
+pub fn list_kind(kind: &str, path: &[&str]) -> ListKind {
+    match (kind, path) {
+        (_, ["metadata", "finalizers"]) => ListKind::Set,
+        (_, ["metadata", "ownerReferences"]) => ListKind::Map("uid"),
+        ("ServiceAccount", ["secrets"]) => ListKind::Map("name"),
+        _ => ListKind::Atomic,
+    }
+}
+
+/// Applies a strategic merge patch to `original`.
+pub fn strategic_merge(kind: &str, original: &Value, patch: &Value) -> ApiResult<Value> {
+    let Value::Object(p) = patch else {
+        return Err(ApiError::bad_request(
+            "error decoding patch: json: cannot unmarshal into Go value of type map[string]interface {}",
+        ));
+    };
+    let o = original.as_object().cloned().unwrap_or_default();
+    Ok(Value::Object(merge_map(kind, &mut Vec::new(), o, p)?))
+}
+
+fn merge_map(
+    kind: &str,
+    path: &mut Vec<String>,
+    mut orig: Map<String, Value>,
+    patch: &Map<String, Value>,
+) -> ApiResult<Map<String, Value>> {
+    match patch.get("$patch").and_then(Value::as_str) {
+        Some("replace") => {
+            let mut p = patch.clone();
+            p.remove("$patch");
+            return Ok(strip_directives(p));
+        }
+        Some("delete") => return Ok(Map::new()),
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "Unknown patch type: {other}"
+            )));
+        }
+        None => {}
+    }
+    if let Some(Value::Array(keep)) = patch.get("$retainKeys") {
+        let keep: Vec<&str> = keep.iter().filter_map(Value::as_str).collect();
+        orig.retain(|k, _| keep.contains(&k.as_str()));
+    }
+    for (k, pv) in patch {
+        if k == "$retainKeys" || k.starts_with("$setElementOrder/") {
+            continue;
+        }
+        if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
+            if let (Some(Value::Array(list)), Value::Array(del)) = (orig.get_mut(field), pv) {
+                list.retain(|v| !del.contains(v));
+            }
+            continue;
+        }
+        if k.starts_with('$') {
+            continue;
+        }
+        path.push(k.clone());
+        match pv {
+            Value::Null => {
+                orig.remove(k);
+            }
+            Value::Object(pm) => {
+                let cur = match orig.remove(k) {
+                    Some(Value::Object(m)) => m,
+                    _ => Map::new(),
+                };
+                let merged = merge_map(kind, path, cur, pm)?;
+                if pm.get("$patch").and_then(Value::as_str) != Some("delete") {
+                    orig.insert(k.clone(), Value::Object(merged));
+                }
+            }
+            Value::Array(pl) => {
+                let names: Vec<&str> = path.iter().map(String::as_str).collect();
+                let merged = match list_kind(kind, &names) {
+                    ListKind::Atomic => Value::Array(pl.iter().map(|v| strip(v.clone())).collect()),
+                    ListKind::Set => {
+                        let mut cur = match orig.remove(k) {
+                            Some(Value::Array(a)) => a,
+                            _ => Vec::new(),
+                        };
+                        for v in pl {
+                            if !cur.contains(v) {
+                                cur.push(v.clone());
+                            }
+                        }
+                        Value::Array(cur)
+                    }
+                    ListKind::Map(key) => {
+                        let cur = match orig.remove(k) {
+                            Some(Value::Array(a)) => a,
+                            _ => Vec::new(),
+                        };
+                        Value::Array(merge_keyed_list(kind, path, cur, pl, key)?)
+                    }
+                };
+                orig.insert(k.clone(), merged);
+            }
+            scalar => {
+                orig.insert(k.clone(), scalar.clone());
+            }
+        }
+        path.pop();
+    }
+    Ok(orig)
+}
+
+fn merge_keyed_list(
+    kind: &str,
+    path: &mut Vec<String>,
+    mut cur: Vec<Value>,
+    patch: &[Value],
+    key: &str,
+) -> ApiResult<Vec<Value>> {
+    // `[{"$patch": "replace"}, ...]` replaces the whole list with the other items.
+    if patch
+        .iter()
+        .any(|v| v.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        return Ok(patch
+            .iter()
+            .filter(|v| v.get("$patch").is_none())
+            .map(|v| strip(v.clone()))
+            .collect());
+    }
+    for item in patch {
+        let Some(pm) = item.as_object() else {
+            return Err(ApiError::bad_request(format!(
+                "unable to find api field in struct for the merge key {key:?}: list items must be objects"
+            )));
+        };
+        let Some(kv) = pm.get(key) else {
+            return Err(ApiError::bad_request(format!(
+                "map: {item} does not contain declared merge key: {key}"
+            )));
+        };
+        let pos = cur.iter().position(|c| c.get(key) == Some(kv));
+        if pm.get("$patch").and_then(Value::as_str) == Some("delete") {
+            if let Some(i) = pos {
+                cur.remove(i);
+            }
+            continue;
+        }
+        match pos {
+            Some(i) => {
+                let o = cur[i].as_object().cloned().unwrap_or_default();
+                cur[i] = Value::Object(merge_map(kind, path, o, pm)?);
+            }
+            None => cur.push(strip(item.clone())),
+        }
+    }
+    Ok(cur)
+}
+
+fn strip_directives(m: Map<String, Value>) -> Map<String, Value> {
+    m.into_iter()
+        .filter(|(k, _)| !k.starts_with('$'))
+        .map(|(k, v)| (k, strip(v)))
+        .collect()
+}
+
+/// Removes `$`-directives from values that are inserted as they are.
+fn strip(v: Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(strip_directives(m)),
+        Value::Array(a) => Value::Array(a.into_iter().map(strip).collect()),
+        other => other,
+    }
+}
+
+/// RFC 6902: a malformed patch is 400; one that fails (`test`, missing path) is 422.
+pub fn json_patch(original: &Value, patch: &Value) -> ApiResult<Value> {
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| ApiError::bad_request(format!("json: cannot unmarshal patch: {e}")))?;
+    let mut doc = original.clone();
+    json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::unprocessable(&e.to_string()))?;
+    Ok(doc)
+}
+
+/// RFC 7386: every list is replaced.
+pub fn merge_patch(original: &Value, patch: &Value) -> ApiResult<Value> {
+    if !patch.is_object() {
+        return Err(ApiError::bad_request(
+            "error decoding patch: json: cannot unmarshal into Go value of type map[string]interface {}",
+        ));
+    }
+    let mut doc = original.clone();
+    json_patch::merge(&mut doc, patch);
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sa() -> Value {
+        json!({"kind": "ServiceAccount", "metadata": {"name": "default", "finalizers": ["a"]},
+               "secrets": [{"name": "default-dockercfg-x"}, {"name": "other"}],
+               "imagePullSecrets": [{"name": "default-dockercfg-x"}]})
+    }
+
+    #[test]
+    fn image_pull_secrets_are_replaced() {
+        let out = strategic_merge(
+            "ServiceAccount",
+            &sa(),
+            &json!({"imagePullSecrets": [{"name": "mine"}]}),
+        );
+        assert_eq!(
+            out.ok().and_then(|o| o.get("imagePullSecrets").cloned()),
+            Some(json!([{"name": "mine"}]))
+        );
+    }
+
+    #[test]
+    fn secrets_merge_by_name_and_delete() {
+        let p = json!({"secrets": [{"name": "mine"}, {"name": "other", "$patch": "delete"}],
+                       "$setElementOrder/secrets": [{"name": "mine"}]});
+        let out = strategic_merge("ServiceAccount", &sa(), &p);
+        assert_eq!(
+            out.ok().and_then(|o| o.get("secrets").cloned()),
+            Some(json!([{"name": "default-dockercfg-x"}, {"name": "mine"}]))
+        );
+    }
+
+    #[test]
+    fn finalizers_union_and_null_deletes() {
+        let p = json!({"metadata": {"finalizers": ["b", "a"], "labels": {"x": "1"}}, "imagePullSecrets": null});
+        let out = strategic_merge("ServiceAccount", &sa(), &p).unwrap_or_default();
+        assert_eq!(
+            out.pointer("/metadata/finalizers"),
+            Some(&json!(["a", "b"]))
+        );
+        assert_eq!(out.get("imagePullSecrets"), None);
+        assert_eq!(out.pointer("/metadata/labels/x"), Some(&json!("1")));
+    }
+
+    #[test]
+    fn json_patch_test_and_append() {
+        let ok = json_patch(
+            &sa(),
+            &json!([{"op": "test", "path": "/imagePullSecrets/0/name", "value": "default-dockercfg-x"},
+                                           {"op": "add", "path": "/imagePullSecrets/-", "value": {"name": "m"}}]),
+        );
+        assert_eq!(
+            ok.ok()
+                .and_then(|o| o.pointer("/imagePullSecrets/1/name").cloned()),
+            Some(json!("m"))
+        );
+        let failed = json_patch(
+            &sa(),
+            &json!([{"op": "test", "path": "/imagePullSecrets/0/name", "value": "nope"}]),
+        );
+        assert_eq!(failed.err().map(|e| e.code), Some(422));
+        let missing = json_patch(
+            &json!({}),
+            &json!([{"op": "add", "path": "/imagePullSecrets/-", "value": {}}]),
+        );
+        assert_eq!(missing.err().map(|e| e.code), Some(422));
+        assert_eq!(
+            json_patch(&sa(), &json!({"op": "add"}))
+                .err()
+                .map(|e| e.code),
+            Some(400)
+        );
+    }
+}

@@ -1,0 +1,274 @@
+//! The table of served resources: what discovery lists and what the router accepts. Kinds not in
+//! this table get the apiserver's 404 for an unknown path; nothing here stores or validates.
+
+/// Verbs of a full CRUD resource, in the order discovery lists them.
+pub const ALL_VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
+const CREATE_ONLY: &[&str] = &["create"];
+const PROJECT_VERBS: &[&str] = &[
+    "create", "delete", "get", "list", "patch", "update", "watch",
+];
+
+/// One served resource (an entry of an `APIResourceList`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResourceType {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub plural: &'static str,
+    pub singular: &'static str,
+    pub kind: &'static str,
+    pub namespaced: bool,
+    pub short_names: &'static [&'static str],
+    pub verbs: &'static [&'static str],
+    /// Served only with `--openshift`.
+    pub openshift: bool,
+}
+
+impl ResourceType {
+    /// `apiVersion` of its objects.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// Storage key: group and plural.
+    pub fn key(&self) -> ResourceKey {
+        ResourceKey {
+            group: self.group,
+            plural: self.plural,
+        }
+    }
+
+    /// Whether objects are created by requests, rather than computed (tokenreviews, projects).
+    pub fn stored(&self) -> bool {
+        !matches!(
+            self.plural,
+            "tokenreviews" | "selfsubjectaccessreviews" | "projects" | "projectrequests"
+        )
+    }
+}
+
+/// Identifies a stored resource independent of version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceKey {
+    pub group: &'static str,
+    pub plural: &'static str,
+}
+
+const fn rt(
+    group: &'static str,
+    plural: &'static str,
+    singular: &'static str,
+    kind: &'static str,
+    namespaced: bool,
+    short_names: &'static [&'static str],
+) -> ResourceType {
+    ResourceType {
+        group,
+        version: "v1",
+        plural,
+        singular,
+        kind,
+        namespaced,
+        short_names,
+        verbs: ALL_VERBS,
+        openshift: false,
+    }
+}
+
+const fn os(mut r: ResourceType) -> ResourceType {
+    r.openshift = true;
+    r
+}
+
+const fn verbs(mut r: ResourceType, verbs: &'static [&'static str]) -> ResourceType {
+    r.verbs = verbs;
+    r
+}
+
+pub const RBAC: &str = "rbac.authorization.k8s.io";
+
+/// Every resource kube-sim knows, Kubernetes first, then OpenShift's.
+pub static RESOURCES: &[ResourceType] = &[
+    rt("", "namespaces", "namespace", "Namespace", false, &["ns"]),
+    rt("", "secrets", "secret", "Secret", true, &[]),
+    rt(
+        "",
+        "serviceaccounts",
+        "serviceaccount",
+        "ServiceAccount",
+        true,
+        &["sa"],
+    ),
+    rt("", "configmaps", "configmap", "ConfigMap", true, &["cm"]),
+    rt("", "events", "event", "Event", true, &["ev"]),
+    rt(
+        RBAC,
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+    ),
+    rt(RBAC, "roles", "role", "Role", true, &[]),
+    rt(
+        RBAC,
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        &[],
+    ),
+    rt(
+        RBAC,
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+    ),
+    rt("coordination.k8s.io", "leases", "lease", "Lease", true, &[]),
+    rt("events.k8s.io", "events", "event", "Event", true, &["ev"]),
+    verbs(
+        rt(
+            "authentication.k8s.io",
+            "tokenreviews",
+            "tokenreview",
+            "TokenReview",
+            false,
+            &[],
+        ),
+        CREATE_ONLY,
+    ),
+    verbs(
+        rt(
+            "authorization.k8s.io",
+            "selfsubjectaccessreviews",
+            "selfsubjectaccessreview",
+            "SelfSubjectAccessReview",
+            false,
+            &[],
+        ),
+        CREATE_ONLY,
+    ),
+    os(verbs(
+        rt(
+            "project.openshift.io",
+            "projects",
+            "project",
+            "Project",
+            false,
+            &[],
+        ),
+        PROJECT_VERBS,
+    )),
+    os(verbs(
+        rt(
+            "project.openshift.io",
+            "projectrequests",
+            "projectrequest",
+            "ProjectRequest",
+            false,
+            &[],
+        ),
+        &["create", "list"],
+    )),
+    os(rt(
+        "image.openshift.io",
+        "imagestreams",
+        "imagestream",
+        "ImageStream",
+        true,
+        &["is"],
+    )),
+    os(rt(
+        "image.openshift.io",
+        "imagestreamtags",
+        "imagestreamtag",
+        "ImageStreamTag",
+        true,
+        &["istag"],
+    )),
+    os(rt(
+        "authorization.openshift.io",
+        "rolebindings",
+        "rolebinding",
+        "RoleBinding",
+        true,
+        &[],
+    )),
+    os(rt(
+        "authorization.openshift.io",
+        "roles",
+        "role",
+        "Role",
+        true,
+        &[],
+    )),
+    os(rt(
+        "authorization.openshift.io",
+        "clusterroles",
+        "clusterrole",
+        "ClusterRole",
+        false,
+        &[],
+    )),
+    os(rt(
+        "authorization.openshift.io",
+        "clusterrolebindings",
+        "clusterrolebinding",
+        "ClusterRoleBinding",
+        false,
+        &[],
+    )),
+];
+
+/// Groups in the order `/apis` lists them (the legacy core group is served at `/api`).
+pub fn groups(openshift: bool) -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for r in RESOURCES {
+        if !r.group.is_empty() && (openshift || !r.openshift) && !out.contains(&r.group) {
+            out.push(r.group);
+        }
+    }
+    out
+}
+
+/// Resources served under one group/version.
+pub fn in_group(group: &str, version: &str, openshift: bool) -> Vec<&'static ResourceType> {
+    RESOURCES
+        .iter()
+        .filter(|r| r.group == group && r.version == version && (openshift || !r.openshift))
+        .collect()
+}
+
+/// Looks a resource up by group, version and plural.
+pub fn find(
+    group: &str,
+    version: &str,
+    plural: &str,
+    openshift: bool,
+) -> Option<&'static ResourceType> {
+    RESOURCES.iter().find(|r| {
+        r.group == group
+            && r.version == version
+            && r.plural == plural
+            && (openshift || !r.openshift)
+    })
+}
+
+/// The namespace resource type.
+pub fn namespaces() -> &'static ResourceType {
+    &RESOURCES[0]
+}
