@@ -181,6 +181,28 @@ pub fn bootstrap(shared: &Shared) {
         let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
         let _ = api::create_locked(shared, &mut st, ns_rt, obj, "kube-apiserver", false);
     }
+    // The bootstrap RBAC a kube-apiserver creates that our clients rely on: everyone may ask
+    // "can I?", and system:auth-delegator is what a TokenReview caller (Vault) gets bound to.
+    if let (Some(cr), Some(crb)) = (
+        rt(resources::RBAC, "clusterroles"),
+        rt(resources::RBAC, "clusterrolebindings"),
+    ) {
+        let basic = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "system:basic-user", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "rules": [{"verbs": ["create"], "apiGroups": ["authorization.k8s.io"],
+                       "resources": ["selfsubjectaccessreviews", "selfsubjectrulesreviews"]}]});
+        let _ = api::create_locked(shared, &mut st, cr, basic, "kube-apiserver", false);
+        let delegator = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": "system:auth-delegator", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "rules": [{"verbs": ["create"], "apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"]},
+                      {"verbs": ["create"], "apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"]}]});
+        let _ = api::create_locked(shared, &mut st, cr, delegator, "kube-apiserver", false);
+        let binding = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+            "metadata": {"name": "system:basic-user", "labels": {"kubernetes.io/bootstrapping": "rbac-defaults"}},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:basic-user"},
+            "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "Group", "name": "system:authenticated"}]});
+        let _ = api::create_locked(shared, &mut st, crb, binding, "kube-apiserver", false);
+    }
     if shared.opts.openshift {
         if let Some(cr) = rt(resources::RBAC, "clusterroles") {
             // openshift-apiserver bootstrappolicy (SPEC §6).
