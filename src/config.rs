@@ -25,6 +25,8 @@ use crate::selector::LabelSelector;
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// How to reach Vault/OpenBao; present whenever a registry reads from Vault.
+    pub vault: Option<VaultConfig>,
     /// Named registry credentials, each from one source.
     pub registries: BTreeMap<String, RegistryConfig>,
     /// Pull secrets to write, in config order.
@@ -54,6 +56,146 @@ pub enum SourceConfig {
     ContainersAuth { path: PathBuf },
     /// `docker-credential-<name> get`, asked for the registry's server.
     Helper { name: String },
+    /// A secret in a Vault/OpenBao KV engine, read through the one [`VaultConfig`] session.
+    Vault(VaultSource),
+}
+
+/// Default request timeout for Vault calls: long enough for a busy server, short enough that
+/// `plan` does not appear to hang.
+pub const DEFAULT_VAULT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The top-level `vault:` block: one server, one login, shared by every Vault-sourced registry.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultConfig {
+    /// `http://` or `https://` URL of the server, without credentials, query or fragment.
+    pub address: String,
+    /// PEM bundle of the CA certificates that sign the server's certificate.
+    pub ca_cert: Option<PathBuf>,
+    /// Name the server certificate must carry when it differs from the address's host.
+    pub tls_server_name: Option<String>,
+    /// Vault Enterprise / OpenBao namespace, sent as `X-Vault-Namespace`.
+    pub namespace: Option<String>,
+    /// Time limit of each HTTP request.
+    pub timeout: Duration,
+    pub auth: VaultAuth,
+}
+
+/// How pullsecretd logs in to Vault. Secrets (tokens, secret IDs) are never in the config:
+/// only where to find them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaultAuth {
+    /// A token from `VAULT_TOKEN`, else `~/.vault-token`, else `file`.
+    Token { file: Option<PathBuf> },
+    /// AppRole: the role ID is not secret; the secret ID is read from `secret_id_file`.
+    AppRole {
+        role_id: String,
+        secret_id_file: PathBuf,
+        mount: String,
+    },
+    /// Kubernetes: the service-account token in `token_file` is exchanged for a Vault token.
+    Kubernetes {
+        role: String,
+        mount: String,
+        token_file: PathBuf,
+    },
+}
+
+impl VaultAuth {
+    /// The in-pod path of the service-account token.
+    pub const DEFAULT_KUBERNETES_TOKEN_FILE: &str =
+        "/var/run/secrets/kubernetes.io/serviceaccount/token";
+
+    /// `token`, `approle` or `kubernetes`, as written in the config.
+    pub const fn method(&self) -> &'static str {
+        match self {
+            Self::Token { .. } => "token",
+            Self::AppRole { .. } => "approle",
+            Self::Kubernetes { .. } => "kubernetes",
+        }
+    }
+}
+
+/// One secret in a KV engine and how to turn it into a registry credential.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VaultSource {
+    /// Where the secret is: registries sharing a location are read once per refresh.
+    pub location: VaultLocation,
+    pub mapping: VaultMapping,
+}
+
+/// A secret (and, for KV v2, optionally one version of it).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct VaultLocation {
+    /// The KV engine's mount, e.g. `secret`.
+    pub mount: String,
+    /// The secret's path below the mount, e.g. `registries/private`.
+    pub path: String,
+    pub kv: KvVersion,
+}
+
+/// The KV engine version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum KvVersion {
+    /// KV v1: unversioned; change detection hashes the content.
+    V1,
+    /// KV v2: `pinned` reads that version; `None` reads the current one.
+    V2 { pinned: Option<u64> },
+}
+
+impl std::fmt::Display for VaultLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.mount, self.path)?;
+        match self.kv {
+            KvVersion::V1 => f.write_str(" (KV v1)"),
+            KvVersion::V2 { pinned: None } => f.write_str(" (KV v2)"),
+            KvVersion::V2 { pinned: Some(v) } => write!(f, " (KV v2, version {v})"),
+        }
+    }
+}
+
+/// Which fields of the secret hold the login.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VaultMapping {
+    /// One field per part of the login.
+    Fields(FieldMapping),
+    /// One field holding a whole docker `config.json`; the registry's server is looked up in
+    /// it by docker's rules.
+    DockerConfig { field: String },
+}
+
+/// Field names for each part of a login; defaults `username`, `password`, `email`, `server`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldMapping {
+    pub username: String,
+    pub password: String,
+    pub email: OptionalField,
+    /// When present in the secret, it must name the registry's configured server.
+    pub server: OptionalField,
+}
+
+/// A field the secret may leave out, unless the config named it explicitly.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OptionalField {
+    pub name: String,
+    /// True when the config named the field: then it must be there.
+    pub required: bool,
+}
+
+impl Default for FieldMapping {
+    fn default() -> Self {
+        Self {
+            username: "username".into(),
+            password: "password".into(),
+            email: OptionalField {
+                name: "email".into(),
+                required: false,
+            },
+            server: OptionalField {
+                name: "server".into(),
+                required: false,
+            },
+        }
+    }
 }
 
 /// The two pull-secret types (SPEC.md §1).

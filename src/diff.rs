@@ -504,6 +504,7 @@ mod tests {
             from: SourceConfig::Helper { name: "x".into() },
         };
         Config {
+            vault: None,
             registries: BTreeMap::from([("quay".into(), registry)]),
             pull_secrets,
             image_pullers: vec![],

@@ -4,12 +4,13 @@
 //! (usage, config, or a credential source that cannot be read). Diagnostics go to stderr and
 //! never contain credential values.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::fs;
 use std::io::Write as _;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -19,7 +20,7 @@ use pullsecretd::config::Config;
 use pullsecretd::names::dns1123_label_problem;
 use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
 use pullsecretd::render;
-use pullsecretd::source::{self, Resolved, SourceContext};
+use pullsecretd::source::{Inventory, SourceContext, VaultSession};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,13 +81,7 @@ fn main() -> ExitCode {
             projects,
             output,
             helper_timeout,
-        } => {
-            let context = SourceContext {
-                helper_timeout,
-                ..SourceContext::default()
-            };
-            run_plan(&config, &projects, output.as_deref(), &context)
-        }
+        } => run_plan(&config, &projects, output.as_deref(), helper_timeout),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -113,10 +108,11 @@ fn error_chain(error: &anyhow::Error) -> String {
     message
 }
 
-/// Logs go to stderr; `RUST_LOG` sets the level (default `warn`).
+/// Logs go to stderr; `RUST_LOG` sets the level (default `warn`, with vaultrs' and rustify's
+/// own error events off: our errors already say what failed, with the mount and path).
 fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,vaultrs=off,rustify=off"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -139,16 +135,27 @@ fn run_plan(
     config_path: &Path,
     projects: &[String],
     output: Option<&Path>,
-    context: &SourceContext,
+    helper_timeout: Duration,
 ) -> Result<(), Failure> {
     let config = Config::load(config_path).map_err(bad_input)?;
     let namespaces = offline_namespaces(&config, projects).map_err(bad_input)?;
+    let vault = match &config.vault {
+        Some(vault) => Some(Arc::new(VaultSession::new(vault).map_err(bad_input)?)),
+        None => None,
+    };
+    let context = SourceContext {
+        helper_timeout,
+        vault,
+        ..SourceContext::default()
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("starting the async runtime")
         .map_err(|error| Failure { status: 1, error })?;
-    let (credentials, source_errors) = runtime.block_on(resolve_all(&config, context));
+    let mut inventory = Inventory::new();
+    let report = runtime.block_on(inventory.refresh(&config, &context));
+    let credentials = inventory.credentials();
 
     let state = plan::plan(PlanInputs {
         config: &config,
@@ -160,35 +167,17 @@ fn run_plan(
         write_output(dir, &state).map_err(|error| Failure { status: 1, error })?;
         println!("\nWrote manifests and link commands to {}", dir.display());
     }
-    if source_errors.is_empty() {
+    if report.failures.is_empty() {
         return Ok(());
     }
-    for message in &source_errors {
-        eprintln!("error: {message}");
+    for failure in &report.failures {
+        eprintln!("error: registry {}: {}", failure.registry, failure.error);
     }
     Err(bad_input(anyhow::anyhow!(
         "{} of {} registries could not be read; their secrets are not planned",
-        source_errors.len(),
+        report.failures.len(),
         config.registries.len()
     )))
-}
-
-/// Reads every registry once, whatever number of projects uses it.
-async fn resolve_all(
-    config: &Config,
-    context: &SourceContext,
-) -> (BTreeMap<String, Resolved>, Vec<String>) {
-    let mut credentials = BTreeMap::new();
-    let mut errors = Vec::new();
-    for registry in config.registries.values() {
-        match source::resolve(registry, context).await {
-            Ok(resolved) => {
-                credentials.insert(registry.name.clone(), resolved);
-            }
-            Err(error) => errors.push(format!("registry {}: {error}", registry.name)),
-        }
-    }
-    (credentials, errors)
 }
 
 /// Offline there is no cluster to list: plan for the projects given on the command line, or

@@ -479,6 +479,7 @@ mod tests {
         image_pullers: Vec<ImagePullerConfig>,
     ) -> Config {
         Config {
+            vault: None,
             registries: [
                 registry("private", "privateregistry.example.com"),
                 registry("sso", "sso.redhat.com"),

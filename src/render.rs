@@ -283,6 +283,7 @@ fn describe_source(source: &SourceConfig) -> String {
         SourceConfig::Dockercfg { path } => format!("dockercfg {}", path.display()),
         SourceConfig::ContainersAuth { path } => format!("containersAuth {}", path.display()),
         SourceConfig::Helper { name } => format!("helper docker-credential-{name}"),
+        SourceConfig::Vault(source) => format!("vault {}", source.location),
     }
 }
 

@@ -214,9 +214,7 @@ fn fixture_errors_name_file_line_column_and_field() {
         ),
         (
             "vault.yaml",
-            "tests/data/config/vault.yaml:1:1: vault: Vault sources are not available in this \
-             version of pullsecretd; read credentials with from: {dockerConfig | dockercfg | \
-             containersAuth | helper} instead",
+            "tests/data/config/vault.yaml:2:3: vault.auth: required field is missing",
         ),
     ];
     for (name, want) in cases {
@@ -254,9 +252,8 @@ fn every_error_class_names_line_column_and_field() {
         ),
         (
             "registries:\n  q:\n    server: quay.io\n    from: { vault: { path: x } }\n".into(),
-            "config/x.yaml:4:13: registries.q.from.vault: Vault sources are not available in \
-             this version of pullsecretd; read credentials with from: {dockerConfig | dockercfg \
-             | containersAuth | helper} instead",
+            "config/x.yaml:4:20: registries.q.from.vault: a Vault source needs a top-level \
+             vault: block (address and auth)",
         ),
         // Missing required fields.
         (
@@ -374,7 +371,7 @@ fn every_error_class_names_line_column_and_field() {
         (
             "registries:\n  q:\n    server: quay.io\n    from: {}\n".into(),
             "config/x.yaml:4:11: registries.q.from: expected one source: dockerConfig, \
-             dockercfg, containersAuth, helper",
+             dockercfg, containersAuth, helper, vault",
         ),
         (
             "registries:\n  q:\n    server: quay.io\n    from: { helper: ../../bin/sh }\n".into(),

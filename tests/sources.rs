@@ -110,6 +110,7 @@ fn ctx() -> SourceContext {
     SourceContext {
         helper_dirs: Some(vec![helper_dir().to_path_buf()]),
         helper_timeout: Duration::from_secs(10),
+        vault: None,
     }
 }
 

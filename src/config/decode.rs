@@ -19,6 +19,8 @@ use crate::credential::{KeyError, RegistryKey};
 use crate::names::{dns1123_label_problem, dns1123_subdomain_problem};
 use crate::selector::LabelSelector;
 
+mod vault;
+
 /// What a problem is and where: the caller adds the file name.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -46,9 +48,15 @@ fn problem(node_mark: Mark, path: &FieldPath, message: impl Into<String>) -> Pro
     }
 }
 
-const TOP_FIELDS: &[&str] = &["registries", "pullSecrets", "imagePullers"];
+const TOP_FIELDS: &[&str] = &["vault", "registries", "pullSecrets", "imagePullers"];
 const REGISTRY_FIELDS: &[&str] = &["server", "from"];
-const SOURCE_FIELDS: &[&str] = &["dockerConfig", "dockercfg", "containersAuth", "helper"];
+const SOURCE_FIELDS: &[&str] = &[
+    "dockerConfig",
+    "dockercfg",
+    "containersAuth",
+    "helper",
+    "vault",
+];
 const PULL_SECRET_FIELDS: &[&str] = &[
     "name",
     "type",
@@ -70,8 +78,12 @@ const MAX_LISTED_NAMES: usize = 10;
 pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
     let path = FieldPath::root();
     let fields = Fields::read(root, &path, TOP_FIELDS)?;
+    let vault = match fields.get("vault") {
+        Some(node) => Some(vault::decode_vault(node, &path.key("vault"), context)?),
+        None => None,
+    };
     let registries = match fields.get("registries") {
-        Some(node) => decode_registries(node, &path.key("registries"), context)?,
+        Some(node) => decode_registries(node, &path.key("registries"), context, vault.is_some())?,
         None => Registries::default(),
     };
     let pull_secrets = match fields.get("pullSecrets") {
@@ -83,6 +95,7 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         None => Vec::new(),
     };
     Ok(Config {
+        vault,
         registries: registries.by_name,
         pull_secrets,
         image_pullers,
@@ -195,11 +208,7 @@ fn map_key<'n>(entry: &'n Entry, parent: &FieldPath) -> Result<&'n str> {
 }
 
 fn unknown_field(entry: &Entry, path: &FieldPath, key: &str, allowed: &[&str]) -> Problem {
-    let message = if key == "vault" {
-        "Vault sources are not available in this version of pullsecretd; read credentials with \
-         from: {dockerConfig | dockercfg | containersAuth | helper} instead"
-            .to_string()
-    } else if let Some(suggestion) = similar_field(key, allowed) {
+    let message = if let Some(suggestion) = similar_field(key, allowed) {
         format!("unknown field; did you mean {suggestion}?")
     } else {
         format!("unknown field (expected one of: {})", allowed.join(", "))
@@ -272,13 +281,18 @@ struct Registries {
     names: Vec<String>,
 }
 
-fn decode_registries(node: &Node, path: &FieldPath, context: &Context) -> Result<Registries> {
+fn decode_registries(
+    node: &Node,
+    path: &FieldPath,
+    context: &Context,
+    has_vault: bool,
+) -> Result<Registries> {
     let mut registries = Registries::default();
     for entry in expect_map(node, path)? {
         let name = map_key(entry, path)?;
         let entry_path = path.key(name);
         check_label(name, entry.key.mark, &entry_path, "registry name")?;
-        let registry = decode_registry(name, &entry.value, &entry_path, context)?;
+        let registry = decode_registry(name, &entry.value, &entry_path, context, has_vault)?;
         registries.names.push(name.to_string());
         registries.by_name.insert(name.to_string(), registry);
     }
@@ -290,11 +304,17 @@ fn decode_registry(
     node: &Node,
     path: &FieldPath,
     context: &Context,
+    has_vault: bool,
 ) -> Result<RegistryConfig> {
     let fields = Fields::read(node, path, REGISTRY_FIELDS)?;
     let server_node = fields.required("server")?;
     let server = decode_server(server_node, &path.key("server"))?;
-    let from = decode_source(fields.required("from")?, &path.key("from"), context)?;
+    let from = decode_source(
+        fields.required("from")?,
+        &path.key("from"),
+        context,
+        has_vault,
+    )?;
     Ok(RegistryConfig {
         name: name.to_string(),
         server,
@@ -317,7 +337,12 @@ fn decode_server(node: &Node, path: &FieldPath) -> Result<RegistryKey> {
     })
 }
 
-fn decode_source(node: &Node, path: &FieldPath, context: &Context) -> Result<SourceConfig> {
+fn decode_source(
+    node: &Node,
+    path: &FieldPath,
+    context: &Context,
+    has_vault: bool,
+) -> Result<SourceConfig> {
     let fields = Fields::read(node, path, SOURCE_FIELDS)?;
     let mut chosen: Option<(&str, &Node)> = None;
     for (key, key_mark, value) in &fields.values {
@@ -348,9 +373,17 @@ fn decode_source(node: &Node, path: &FieldPath, context: &Context) -> Result<Sou
         "containersAuth" => SourceConfig::ContainersAuth {
             path: decode_path(value, &value_path, context)?,
         },
-        _ => SourceConfig::Helper {
+        "helper" => SourceConfig::Helper {
             name: decode_helper_name(value, &value_path)?,
         },
+        _ if !has_vault => {
+            return Err(problem(
+                value.mark,
+                &value_path,
+                "a Vault source needs a top-level vault: block (address and auth)",
+            ));
+        }
+        _ => SourceConfig::Vault(vault::decode_vault_source(value, &value_path)?),
     };
     Ok(source)
 }

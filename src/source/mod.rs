@@ -5,18 +5,24 @@
 
 pub mod docker_file;
 pub mod helper;
+pub mod inventory;
+pub mod vault;
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::{RegistryConfig, SourceConfig};
+use crate::config::{Config, RegistryConfig, SourceConfig, VaultLocation, VaultSource};
 use crate::credential::{Credential, RegistryKey, Secret};
 use crate::dockerconfig::{AuthFileFormat, ParseError};
 
 pub use helper::HelperError;
+pub use inventory::{Inventory, RefreshFailure, RefreshReport};
+pub use vault::{VaultError, VaultSession};
 
 /// Why a registry's credential could not be read. Names the file, helper and registry; never
 /// carries a credential value.
@@ -81,6 +87,11 @@ pub enum Error {
         server_url: String,
         path: Option<PathBuf>,
     },
+    /// Shared by every registry that reads the same secret.
+    #[error(transparent)]
+    Vault(Arc<VaultError>),
+    #[error("registry {registry} reads from Vault, but no Vault session was set up")]
+    NoVaultSession { registry: String },
 }
 
 fn named_in(path: Option<&Path>) -> String {
@@ -104,6 +115,8 @@ pub struct SourceContext {
     pub helper_dirs: Option<Vec<PathBuf>>,
     /// How long a credential helper may take before it is killed.
     pub helper_timeout: Duration,
+    /// The process's one Vault session, shared by every Vault-sourced registry.
+    pub vault: Option<Arc<VaultSession>>,
 }
 
 impl Default for SourceContext {
@@ -111,8 +124,85 @@ impl Default for SourceContext {
         Self {
             helper_dirs: None,
             helper_timeout: Duration::from_secs(10),
+            vault: None,
         }
     }
+}
+
+/// What one pass over every registry produced: a credential or an error for each.
+#[derive(Debug, Default)]
+pub struct Resolution {
+    pub credentials: BTreeMap<String, Resolved>,
+    pub errors: BTreeMap<String, Error>,
+}
+
+/// Reads every registry once, however many projects use it. Vault registries that share a
+/// secret (mount, path, pinned version) share one read: reads scale with secrets, not with
+/// registries or projects.
+pub async fn resolve_all(config: &Config, ctx: &SourceContext) -> Resolution {
+    let mut resolution = Resolution::default();
+    let vault_reads = read_vault_secrets(config, ctx).await;
+    for registry in config.registries.values() {
+        let outcome = match &registry.from {
+            SourceConfig::Vault(source) => from_vault_read(registry, source, &vault_reads),
+            _ => resolve(registry, ctx).await,
+        };
+        match outcome {
+            Ok(resolved) => {
+                resolution
+                    .credentials
+                    .insert(registry.name.clone(), resolved);
+            }
+            Err(error) => {
+                resolution.errors.insert(registry.name.clone(), error);
+            }
+        }
+    }
+    resolution
+}
+
+type VaultReads = BTreeMap<VaultLocation, Result<vault::SecretData, Arc<VaultError>>>;
+
+/// Each distinct Vault location the config uses, read once. Without a session, nothing.
+async fn read_vault_secrets(config: &Config, ctx: &SourceContext) -> VaultReads {
+    let mut reads = VaultReads::new();
+    let Some(session) = &ctx.vault else {
+        return reads;
+    };
+    for registry in config.registries.values() {
+        if let SourceConfig::Vault(source) = &registry.from
+            && !reads.contains_key(&source.location)
+        {
+            let read = session.read(&source.location).await.map_err(Arc::new);
+            reads.insert(source.location.clone(), read);
+        }
+    }
+    reads
+}
+
+fn from_vault_read(
+    registry: &RegistryConfig,
+    source: &VaultSource,
+    reads: &VaultReads,
+) -> Result<Resolved, Error> {
+    let vault_error = Error::Vault;
+    let secret = match reads.get(&source.location) {
+        Some(Ok(secret)) => secret,
+        Some(Err(error)) => return Err(vault_error(error.clone())),
+        None => {
+            return Err(Error::NoVaultSession {
+                registry: registry.name.clone(),
+            });
+        }
+    };
+    let mut credential =
+        vault::credential_from(secret, &source.location, &source.mapping, &registry.server)
+            .map_err(|e| vault_error(Arc::new(e)))?;
+    credential.registry = registry.server.clone();
+    Ok(Resolved {
+        credential,
+        version: secret.version.clone(),
+    })
 }
 
 /// Reads the credential for `registry` from its configured source.
@@ -129,6 +219,7 @@ pub async fn resolve(registry: &RegistryConfig, ctx: &SourceContext) -> Result<R
             docker_file::resolve(path, AuthFileFormat::ContainersAuth, server, ctx).await?
         }
         SourceConfig::Helper { name } => from_helper(name, server, ctx).await?,
+        SourceConfig::Vault(source) => return resolve_vault(registry, source, ctx).await,
     };
     // Whatever key the source stored it under, the credential is for the configured server.
     credential.registry = server.clone();
@@ -137,6 +228,22 @@ pub async fn resolve(registry: &RegistryConfig, ctx: &SourceContext) -> Result<R
         credential,
         version,
     })
+}
+
+/// One Vault registry on its own (no sharing of reads; [`resolve_all`] shares them).
+async fn resolve_vault(
+    registry: &RegistryConfig,
+    source: &VaultSource,
+    ctx: &SourceContext,
+) -> Result<Resolved, Error> {
+    let Some(session) = &ctx.vault else {
+        return Err(Error::NoVaultSession {
+            registry: registry.name.clone(),
+        });
+    };
+    let read = session.read(&source.location).await.map_err(Arc::new);
+    let reads = VaultReads::from([(source.location.clone(), read)]);
+    from_vault_read(registry, source, &reads)
 }
 
 async fn from_helper(

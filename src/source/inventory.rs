@@ -1,0 +1,113 @@
+//! Source stage (I/O through [`resolve_all`]): the last good credential of every registry.
+//!
+//! A refresh reads every registry once; a registry whose read fails keeps the credential it
+//! last read successfully, and the failure is reported with that credential's age. Nothing is
+//! dropped or blanked because a source failed: an entry goes only when the config stops naming
+//! the registry. Must not hold anything but credentials the config still asks for.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::{Duration, Instant};
+
+use super::{Error, Resolved, SourceContext, resolve_all};
+use crate::config::Config;
+
+/// A registry's last good credential and when it was read.
+#[derive(Clone, Debug)]
+pub struct LastGood {
+    pub resolved: Resolved,
+    pub read_at: Instant,
+}
+
+/// Every registry's last good credential.
+#[derive(Debug, Default)]
+pub struct Inventory {
+    entries: BTreeMap<String, LastGood>,
+}
+
+/// What a refresh did.
+#[derive(Debug, Default)]
+pub struct RefreshReport {
+    /// Registries read successfully whose version changed (or that are new).
+    pub changed: Vec<String>,
+    /// Registries read successfully with the version they already had.
+    pub unchanged: Vec<String>,
+    /// Registries whose read failed; each keeps its last good credential, if any.
+    pub failures: Vec<RefreshFailure>,
+}
+
+/// A registry whose read failed, and how old the credential it keeps is.
+#[derive(Debug)]
+pub struct RefreshFailure {
+    pub registry: String,
+    pub error: Error,
+    /// Age of the last good credential still served; `None` when there never was one.
+    pub last_good_age: Option<Duration>,
+}
+
+impl fmt::Display for RefreshFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "registry {}: {}", self.registry, self.error)?;
+        match self.last_good_age {
+            Some(age) => write!(
+                f,
+                "; keeping the credential read {} ago",
+                humantime::format_duration(Duration::from_secs(age.as_secs()))
+            ),
+            None => f.write_str("; no credential was ever read, so its secrets are held"),
+        }
+    }
+}
+
+impl Inventory {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Reads every registry of `config` once and records what it got.
+    pub async fn refresh(&mut self, config: &Config, ctx: &SourceContext) -> RefreshReport {
+        let resolution = resolve_all(config, ctx).await;
+        let now = Instant::now();
+        self.entries
+            .retain(|name, _| config.registries.contains_key(name));
+        let mut report = RefreshReport::default();
+        for (name, resolved) in resolution.credentials {
+            let same = self
+                .entries
+                .get(&name)
+                .is_some_and(|old| old.resolved.version == resolved.version);
+            if same {
+                report.unchanged.push(name.clone());
+            } else {
+                report.changed.push(name.clone());
+            }
+            let read_at = now;
+            self.entries.insert(name, LastGood { resolved, read_at });
+        }
+        for (registry, error) in resolution.errors {
+            let last_good_age = self
+                .entries
+                .get(&registry)
+                .map(|entry| now.duration_since(entry.read_at));
+            tracing::warn!(%registry, %error, ?last_good_age, "Reading a registry failed.");
+            report.failures.push(RefreshFailure {
+                registry,
+                error,
+                last_good_age,
+            });
+        }
+        report
+    }
+
+    /// The last good credential of each registry that has one.
+    pub fn credentials(&self) -> BTreeMap<String, Resolved> {
+        self.entries
+            .iter()
+            .map(|(name, entry)| (name.clone(), entry.resolved.clone()))
+            .collect()
+    }
+
+    pub fn get(&self, registry: &str) -> Option<&LastGood> {
+        self.entries.get(registry)
+    }
+}
