@@ -66,6 +66,8 @@ pub struct Faults {
     pub rules: Vec<ErrorRule>,
     /// The next N update/patch requests get 409 Conflict.
     pub forced_conflicts: u64,
+    /// The next N watches from an explicit resourceVersion get 200 + ERROR 410 Expired.
+    pub expire_watches: u64,
     /// Watch streams end after this many events.
     pub watch_drop_after_events: Option<u64>,
     /// Watch streams end after this long.

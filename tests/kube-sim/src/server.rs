@@ -51,6 +51,15 @@ impl FaultsGuard<'_> {
         }
     }
 
+    pub fn take_expired_watch(&mut self) -> bool {
+        if self.0.expire_watches > 0 {
+            self.0.expire_watches -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
     pub fn watch_limits(&self) -> (Option<u64>, Option<std::time::Duration>) {
         (self.0.watch_drop_after_events, self.0.watch_drop_after)
     }

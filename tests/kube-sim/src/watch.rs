@@ -20,6 +20,8 @@ pub struct WatchSpec {
     selectors: Selectors,
     /// Lines sent first (initial ADDED events, the initial-events-end bookmark, or the 410 error).
     initial: VecDeque<Bytes>,
+    /// How many of `initial` are ADDED events (they count towards a watch-drop fault).
+    initial_events: usize,
     rx: Option<mpsc::UnboundedReceiver<WatchMsg>>,
     timeout: Option<Duration>,
     /// Objects are namespaces shown as projects.
@@ -88,6 +90,23 @@ pub fn spec(shared: &Shared, req: &Request) -> ApiResult<WatchSpec> {
         })?;
         rv.min(st.rv())
     };
+    // Fault: this watch finds its resourceVersion compacted away, as after an etcd compaction.
+    let explicit_rv = !(rv_param.is_empty() || rv_param == "0" || send_initial);
+    if explicit_rv && shared.faults().take_expired_watch() {
+        let status =
+            ApiError::gone(format!("too old resource version: {since} ({})", st.rv())).to_status();
+        initial.push_back(line("ERROR", &status));
+        return Ok(WatchSpec {
+            rt: req.rt,
+            selectors,
+            initial,
+            initial_events: 0,
+            rx: None,
+            timeout,
+            as_project,
+        });
+    }
+    let initial_events = initial.len();
     let rx = match st.watch(key, req.namespace.as_deref(), since, bookmarks) {
         Ok(rx) => Some(rx),
         Err(oldest) => {
@@ -101,6 +120,7 @@ pub fn spec(shared: &Shared, req: &Request) -> ApiResult<WatchSpec> {
         rt: req.rt,
         selectors,
         initial,
+        initial_events,
         rx,
         timeout,
         as_project,
@@ -165,16 +185,26 @@ pub fn stream(shared: Arc<Shared>, spec: WatchSpec) -> crate::server::Body {
     let deadline =
         tokio::time::Instant::now() + timeout.unwrap_or(Duration::from_secs(365 * 86_400));
     let shutdown = shared.shutdown_rx();
-    let done = spec.rx.is_none();
+    let mut spec = spec;
+    let drop_after = faults.0;
+    let mut done = spec.rx.is_none();
+    let mut sent = 0;
+    if let Some(n) = drop_after {
+        let n = usize::try_from(n).unwrap_or(usize::MAX);
+        if spec.initial_events >= n {
+            spec.initial.truncate(n);
+            done = true;
+        }
+        sent = spec.initial_events.min(n) as u64;
+    }
     let state = State {
         spec,
         shared,
-        sent: 0,
+        sent,
         deadline,
         shutdown,
         done,
     };
-    let drop_after = faults.0;
     let s = futures_util::stream::unfold(state, move |mut s| async move {
         loop {
             if let Some(b) = s.spec.initial.pop_front() {
