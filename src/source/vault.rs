@@ -131,6 +131,8 @@ pub enum Outcome {
     PermissionDenied,
     /// 403 and the token itself is refused (revoked, expired, wrong).
     TokenRejected,
+    /// 403 to a login: the auth method refused the role or credentials.
+    LoginRefused,
     /// 404: no secret there, or its version is deleted or destroyed.
     NotFound,
     /// Any other HTTP error status, with Vault's own error texts.
@@ -148,6 +150,10 @@ impl fmt::Display for Outcome {
             Self::TokenRejected => {
                 f.write_str("403 the Vault token was rejected (revoked, expired or unknown)")
             }
+            Self::LoginRefused => f.write_str(
+                "403 login refused (check the role, its credentials and the auth method's \
+                 configuration)",
+            ),
             Self::NotFound => f.write_str(
                 "404 not found (no secret at this path, or the version is deleted or destroyed)",
             ),
@@ -630,7 +636,10 @@ impl VaultSession {
             .map_err(|outcome| VaultError::Login {
                 method: self.config.auth.method(),
                 mount: mount.to_string(),
-                outcome,
+                outcome: match outcome {
+                    Outcome::PermissionDenied => Outcome::LoginRefused,
+                    other => other,
+                },
             })
     }
 
