@@ -136,6 +136,7 @@ pub struct Selectors {
     pub labels: LabelSelector,
     pub fields: FieldSelector,
     pub kind: &'static str,
+    pub name: Option<String>,
 }
 
 impl Selectors {
@@ -144,15 +145,27 @@ impl Selectors {
             .map_err(ApiError::bad_request)?;
         let fields = FieldSelector::parse(req.q("fieldSelector").unwrap_or(""), req.rt.kind)
             .map_err(ApiError::bad_request)?;
+        // A watch on `/<resource>/<name>` sees only that object.
+        let name = if req.verb == "watch" {
+            req.name.clone()
+        } else {
+            None
+        };
         Ok(Self {
             labels,
             fields,
             kind: req.rt.kind,
+            name,
         })
     }
 
     pub fn matches(&self, obj: &Value) -> bool {
-        self.labels.matches(&util::labels(obj)) && self.fields.matches(self.kind, obj)
+        self.labels.matches(&util::labels(obj))
+            && self.fields.matches(self.kind, obj)
+            && self
+                .name
+                .as_deref()
+                .is_none_or(|n| meta_str(obj, "name") == n)
     }
 }
 
@@ -718,7 +731,8 @@ fn delete(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     if req.dry_run() {
         return Ok(Reply::Json(200, obj));
     }
-    delete_locked(shared, &mut st, req.rt, req.ns(), req.name()).map(|r| Reply::Json(200, r))
+    delete_locked(shared, &mut st, req.rt, req.ns(), req.name(), orphans(req))
+        .map(|r| Reply::Json(200, r))
 }
 
 /// Deletes one object: finalizers defer it, namespaces terminate and cascade.
@@ -728,6 +742,7 @@ pub(crate) fn delete_locked(
     rt: &'static ResourceType,
     ns: &str,
     name: &str,
+    orphan: bool,
 ) -> ApiResult<Value> {
     let obj = st
         .get(key(rt), ns, name)
@@ -751,10 +766,46 @@ pub(crate) fn delete_locked(
         return Ok(st.put(key(rt), ns, name, next, EventType::Modified));
     }
     st.remove(key(rt), ns, name);
+    if !orphan {
+        collect_garbage(shared, st, ns, meta_str(&obj, "uid"));
+    }
     Ok(
         json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success",
               "details": {"name": name, "group": rt.group, "kind": rt.plural, "uid": meta_str(&obj, "uid")}}),
     )
+}
+
+/// The garbage collector's background propagation: dependents in the owner's namespace go too.
+fn collect_garbage(shared: &Shared, st: &mut Store, ns: &str, uid: &str) {
+    if ns.is_empty() || uid.is_empty() {
+        return;
+    }
+    let dependents: Vec<(ResourceKey, String)> = st
+        .in_namespace(ns)
+        .into_iter()
+        .filter(|(k, n)| {
+            st.get(*k, ns, n)
+                .and_then(|o| o.pointer("/metadata/ownerReferences"))
+                .and_then(Value::as_array)
+                .is_some_and(|refs| {
+                    refs.iter()
+                        .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+                })
+        })
+        .collect();
+    for (k, n) in dependents {
+        if let Some(rt) = resources::RESOURCES.iter().find(|r| r.key() == k) {
+            let _ = delete_locked(shared, st, rt, ns, &n, false);
+        }
+    }
+}
+
+/// `propagationPolicy: Orphan` (query or DeleteOptions body) keeps dependents.
+fn orphans(req: &Request) -> bool {
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    req.q("propagationPolicy") == Some("Orphan")
+        || body.get("propagationPolicy").and_then(Value::as_str) == Some("Orphan")
+        || body.get("orphanDependents").and_then(Value::as_bool) == Some(true)
 }
 
 fn delete_collection(shared: &Shared, req: &Request) -> ApiResult<Reply> {
@@ -775,7 +826,7 @@ fn delete_collection(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     let mut items = Vec::new();
     for (ns, name, obj) in targets {
         if !req.dry_run() {
-            delete_locked(shared, &mut st, req.rt, &ns, &name)?;
+            delete_locked(shared, &mut st, req.rt, &ns, &name, orphans(req))?;
         }
         items.push(list_item(&obj));
     }
@@ -941,7 +992,7 @@ fn projects(shared: &Shared, req: &Request) -> ApiResult<Reply> {
             if st.get(ns_key(), "", req.name()).is_none() {
                 return Err(ApiError::not_found(req.rt.group, req.rt.plural, req.name()));
             }
-            delete_locked(shared, &mut st, nsrt, "", req.name())?;
+            delete_locked(shared, &mut st, nsrt, "", req.name(), false)?;
             Ok(Reply::Json(
                 200,
                 json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}),

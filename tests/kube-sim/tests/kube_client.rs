@@ -920,3 +920,197 @@ async fn selectors_and_pagination() {
     assert!(page2.metadata.continue_.as_deref().unwrap_or("").is_empty());
     assert_eq!(names(page2), ["c"]);
 }
+
+#[tokio::test]
+async fn garbage_collection_leases_and_initial_events() {
+    let (h, c) = start(Options::default().openshift()).await;
+    let sas: Api<ServiceAccount> = Api::namespaced(c.clone(), "default");
+    sas.create(
+        &PostParams::default(),
+        &serde_json::from_value(json!({"metadata": {"name": "bot"}})).unwrap(),
+    )
+    .await
+    .unwrap();
+    let sa = sas.get("bot").await.unwrap();
+    let managed = sa.metadata.annotations.unwrap()[kube_sim::PULL_SECRET_REF].clone();
+    assert!(h.get("", "secrets", "default", &managed).is_some());
+    // The managed secret is owned by the SA: the garbage collector removes it with the SA.
+    sas.delete("bot", &DeleteParams::default()).await.unwrap();
+    assert!(h.get("", "secrets", "default", &managed).is_none());
+
+    use k8s_openapi::api::coordination::v1::Lease;
+    let leases: Api<Lease> = Api::namespaced(c.clone(), "default");
+    let l: Lease = serde_json::from_value(json!({"metadata": {"name": "pullsecretd"},
+        "spec": {"holderIdentity": "a", "leaseDurationSeconds": 15}}))
+    .unwrap();
+    let l = leases.create(&PostParams::default(), &l).await.unwrap();
+    let mut mine = l.clone();
+    mine.spec.as_mut().unwrap().holder_identity = Some("b".into());
+    leases
+        .replace("pullsecretd", &PostParams::default(), &mine)
+        .await
+        .unwrap();
+    let e = api_err(
+        leases
+            .replace("pullsecretd", &PostParams::default(), &l)
+            .await,
+    );
+    assert_eq!(
+        e.message,
+        "Operation cannot be fulfilled on leases.coordination.k8s.io \"pullsecretd\": the object has been modified; please apply your changes to the latest version and try again"
+    );
+
+    // sendInitialEvents: current state as ADDED, then a bookmark marking the end of it.
+    let (code, _, body) = raw(
+        &c,
+        "GET",
+        "/api/v1/namespaces/default/serviceaccounts?watch=1&sendInitialEvents=true&allowWatchBookmarks=true&resourceVersionMatch=NotOlderThan&timeoutSeconds=1",
+        "",
+        "",
+    )
+    .await;
+    assert_eq!(code, 200);
+    let events: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+    assert_eq!(
+        &kinds[..4],
+        ["ADDED", "ADDED", "ADDED", "BOOKMARK"],
+        "{body}"
+    );
+    assert_eq!(
+        events[3]["object"]["metadata"]["annotations"]["k8s.io/initial-events-end"],
+        "true"
+    );
+    assert_eq!(events[3]["object"]["kind"], "ServiceAccount");
+}
+
+#[tokio::test]
+async fn malformed_requests_get_status_replies() {
+    let (_h, c) = start(Options::default()).await;
+    let cases: &[(&str, &str, &str, &str, u16)] = &[
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            "application/json",
+            "",
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            "application/json",
+            "\"str\"",
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            "application/json",
+            r#"{"kind":"ConfigMap"}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            "application/json",
+            r#"{"metadata":{"name":"x"},"data":{"a":"!!"}}"#,
+            400,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            "application/json",
+            r#"{"metadata":{}}"#,
+            422,
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/secrets",
+            "application/vnd.kubernetes.protobuf",
+            "k8s\0\u{1}",
+            415,
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/serviceaccounts/default",
+            "application/json-patch+json",
+            "{}",
+            400,
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/serviceaccounts/default",
+            "application/merge-patch+json",
+            "[]",
+            400,
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/serviceaccounts/default",
+            "application/strategic-merge-patch+json",
+            r#"{"secrets":[{"nokey":1}]}"#,
+            400,
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/serviceaccounts/default",
+            "text/plain",
+            "{}",
+            415,
+        ),
+        (
+            "PATCH",
+            "/api/v1/namespaces/default/serviceaccounts/default?fieldManager=m",
+            "application/apply-patch+yaml",
+            "a: [",
+            400,
+        ),
+        (
+            "PUT",
+            "/api/v1/namespaces/default/serviceaccounts/default",
+            "application/json",
+            r#"{"metadata":{"name":"other"}}"#,
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/secrets?labelSelector=a%20in%20b",
+            "",
+            "",
+            400,
+        ),
+        (
+            "GET",
+            "/api/v1/namespaces/default/secrets?watch=1&resourceVersion=abc",
+            "",
+            "",
+            400,
+        ),
+        ("GET", "/api/v1/namespaces/default/nothings", "", "", 404),
+        ("GET", "/apis/nope.io/v1", "", "", 404),
+        (
+            "GET",
+            "/apis/authentication.k8s.io/v1/tokenreviews",
+            "",
+            "",
+            405,
+        ),
+        (
+            "DELETE",
+            "/api/v1/namespaces/default/secrets/x",
+            "application/json",
+            "{bad",
+            400,
+        ),
+    ];
+    for (method, path, ct, body, want) in cases {
+        let (code, _, text) = raw(&c, method, path, ct, body).await;
+        assert_eq!(code, *want, "{method} {path} {body}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert_eq!(v["kind"], "Status", "{method} {path}: {text}");
+        assert_eq!(v["code"], *want, "{method} {path}: {text}");
+    }
+}
