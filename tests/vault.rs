@@ -623,3 +623,64 @@ async fn cli_plan_reads_a_shared_path_once_for_fifty_projects() {
         assert!(!text.contains(SENTINEL) && !text.contains(&token), "{text}");
     }
 }
+
+/// The README's "Vault / OpenBao" walk-through: check-config, seed as the README does, plan.
+#[tokio::test]
+async fn shipped_vault_example_checks_and_plans_against_a_seeded_server() {
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/vault.yaml");
+    let example_arg = example.to_str().expect("UTF-8 path");
+    let out = pullsecretd(&["check-config", example_arg], ROOT_TOKEN);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let bao = OpenBao::start().await;
+    bao.kv2_put(
+        "secret",
+        "registries/private",
+        json!({ "username": "robot", "password": SENTINEL, "email": "ops@example.com" }),
+    )
+    .await;
+    bao.kv2_put(
+        "secret",
+        "registries/redhat-sso",
+        json!({ "username": "sso-user", "password": SENTINEL }),
+    )
+    .await;
+    let docker_config =
+        json!({ "auths": { "quay.io": { "username": "q", "password": SENTINEL } } });
+    bao.kv2_put(
+        "secret",
+        "registries/quay",
+        json!({ ".dockerconfigjson": docker_config.to_string() }),
+    )
+    .await;
+    // The example names the README's port; point a copy at this test's server.
+    let text = std::fs::read_to_string(&example).expect("example is readable");
+    assert!(text.contains("address: http://127.0.0.1:8200"));
+    let text = text.replace("http://127.0.0.1:8200", &bao.address);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let copy = dir.path().join("vault.yaml");
+    std::fs::write(&copy, text).expect("write config copy");
+
+    let out = pullsecretd(
+        &["plan", "--config", copy.to_str().expect("UTF-8")],
+        ROOT_TOKEN,
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stderr: {stderr}");
+    for expected in [
+        "private-registry  kubernetes.io/dockerconfigjson  privateregistry.example.com, sso.redhat.com",
+        "quay-robot        kubernetes.io/dockercfg         quay.io",
+        "Project project-b",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in:\n{stdout}"
+        );
+    }
+    assert!(!stdout.contains(SENTINEL) && !stderr.contains(SENTINEL));
+}
