@@ -324,7 +324,7 @@ impl Handle {
 
     /// Writes the CA certificate (PEM) to a file, for clients such as OpenBao.
     pub fn write_ca(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, self.ca_pem.as_deref().unwrap_or(""))
+        write_atomically(path, self.ca_pem.as_deref().unwrap_or(""))
     }
 
     /// A kubeconfig for this server, with `token` (default: the admin's) and a default namespace.
@@ -352,7 +352,7 @@ impl Handle {
 
     /// Writes the admin kubeconfig to a file.
     pub fn write_kubeconfig(&self, path: &Path) -> std::io::Result<()> {
-        std::fs::write(path, self.kubeconfig_yaml())
+        write_atomically(path, &self.kubeconfig_yaml())
     }
 
     /// A `kube::Config` for the admin user (namespace `default`).
@@ -425,6 +425,14 @@ impl Handle {
         api::create_locked(&self.shared, &mut st, rt, obj, "kube-sim-seed", false)
             .map_err(|e| e.message)
     }
+}
+
+/// Readers that wait for the file (scripts, tests) never see it half-written.
+fn write_atomically(path: &Path, content: &str) -> std::io::Result<()> {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    std::fs::write(&tmp, content)?;
+    std::fs::rename(&tmp, path)
 }
 
 fn pem_to_der(pem: &str) -> Vec<Vec<u8>> {

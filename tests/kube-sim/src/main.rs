@@ -33,6 +33,10 @@ struct Cli {
     /// Extra identity: TOKEN=system:serviceaccount:NS:NAME (repeatable), for TokenReview.
     #[arg(long = "service-account-token", value_name = "TOKEN=USERNAME")]
     sa_tokens: Vec<String>,
+    /// Inject errors: VERB:CODE:RATE, e.g. `update:503:0.1`, `*:429:0.05` (repeatable; CODE is
+    /// 500, 503 or 429, the latter with Retry-After: 1 and the plain-text body).
+    #[arg(long = "error-rate", value_name = "VERB:CODE:RATE")]
+    error_rates: Vec<String>,
     /// Enforce RBAC for non-admin identities.
     #[arg(long)]
     rbac: bool,
@@ -54,6 +58,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     opts.faults.latency = Duration::from_millis(cli.latency_ms);
+    for spec in &cli.error_rates {
+        let parts: Vec<&str> = spec.split(':').collect();
+        let [verb, code, rate] = parts.as_slice() else {
+            return Err(format!("--error-rate wants VERB:CODE:RATE, got {spec:?}").into());
+        };
+        let error = match *code {
+            "500" => kube_sim::InjectedError::Internal,
+            "503" => kube_sim::InjectedError::Unavailable,
+            "429" => kube_sim::InjectedError::TooManyRequests { retry_after: 1 },
+            other => return Err(format!("--error-rate: unsupported code {other}").into()),
+        };
+        let verb = if *verb == "*" { None } else { Some(*verb) };
+        let rule = kube_sim::ErrorRule::new(verb, None, error, None).with_rate(rate.parse()?);
+        opts.faults.rules.push(rule);
+    }
     for pair in &cli.sa_tokens {
         let (token, user) = pair
             .split_once('=')

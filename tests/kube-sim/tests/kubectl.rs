@@ -526,3 +526,56 @@ fn rbac_auth_can_i_and_forbidden() {
         "{err}"
     );
 }
+
+#[test]
+fn the_binary_writes_a_kubeconfig_kubectl_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let kc = dir.path().join("kubeconfig");
+    let ca = dir.path().join("ca.pem");
+    let mut server = Command::new(env!("CARGO_BIN_EXE_kube-sim"))
+        .args(["--tls", "--openshift", "--port", "0", "--latency-ms", "1"])
+        .arg("--kubeconfig-out")
+        .arg(&kc)
+        .arg("--ca-out")
+        .arg(&ca)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(kc.exists() && ca.exists()) {
+        assert!(
+            Instant::now() < deadline,
+            "kube-sim never wrote its kubeconfig"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    let out = Command::new("kubectl")
+        .args(["get", "projects", "-o", "name", "--kubeconfig"])
+        .arg(&kc)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .env("HOME", dir.path())
+        .output()
+        .expect("kubectl must be installed and on PATH");
+    let _ = server.kill();
+    let _ = server.wait();
+    let names = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        names
+            .lines()
+            .any(|l| l == "project.project.openshift.io/default"),
+        "{names}"
+    );
+    assert!(
+        std::fs::read_to_string(&ca)
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----")
+    );
+}
