@@ -377,7 +377,8 @@ async fn server_outage_serves_last_good_and_recovers_with_the_same_session() {
     let message = failure.to_string();
     assert!(
         message.starts_with(
-            "registry r: Vault read secret/registries/private (KV v2): Vault is unreachable"
+            "registry r: Vault metadata of secret/registries/private (KV v2): Vault is \
+             unreachable"
         ),
         "{message}"
     );
@@ -683,4 +684,92 @@ async fn shipped_vault_example_checks_and_plans_against_a_seeded_server() {
         );
     }
     assert!(!stdout.contains(SENTINEL) && !stderr.contains(SENTINEL));
+}
+
+/// Reads of `path` by operation `read`, per OpenBao's own audit log.
+fn audited_reads(bao: &OpenBao, path: &str) -> usize {
+    audit_requests(&bao.audit_log())
+        .into_iter()
+        .filter(|(op, p, _)| op == "read" && p == path)
+        .count()
+}
+
+#[tokio::test]
+async fn refreshes_poll_kv2_metadata_and_read_data_only_when_the_version_moves() {
+    const DATA: &str = "secret/data/registries/shared";
+    const METADATA: &str = "secret/metadata/registries/shared";
+    let bao = OpenBao::start().await;
+    bao.kv2_put(
+        "secret",
+        "registries/shared",
+        json!({ "username": "u", "password": "one" }),
+    )
+    .await;
+    let registries = [
+        registry(
+            "one",
+            "one.example.com",
+            "{ vault: { path: registries/shared } }",
+        ),
+        registry(
+            "two",
+            "two.example.com",
+            "{ vault: { path: registries/shared } }",
+        ),
+    ]
+    .concat();
+    let config = config(&bao, "{ method: token }", &registries);
+    let session = session(&config, token_env(ROOT_TOKEN));
+    let mut inventory = Inventory::new();
+    for _ in 0..3 {
+        let report = inventory.refresh(&config, &context(&session)).await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    assert_eq!(
+        audited_reads(&bao, DATA),
+        1,
+        "one data read for three refreshes"
+    );
+    assert_eq!(
+        audited_reads(&bao, METADATA),
+        2,
+        "later refreshes only poll the version"
+    );
+
+    bao.kv2_put(
+        "secret",
+        "registries/shared",
+        json!({ "username": "u", "password": "two" }),
+    )
+    .await;
+    let report = inventory.refresh(&config, &context(&session)).await;
+    assert_eq!(report.changed, vec!["one".to_string(), "two".to_string()]);
+    assert_eq!(password(&inventory.credentials()["two"]), "two");
+    assert_eq!(inventory.credentials()["two"].version, "v2");
+    assert_eq!(audited_reads(&bao, DATA), 2);
+
+    // A policy that may read the data but not the metadata: data reads each refresh, and the
+    // denied metadata poll is tried once, not answered with a login storm.
+    bao.put_policy(
+        "data-only",
+        "path \"secret/data/registries/*\" { capabilities = [\"read\"] }",
+    )
+    .await;
+    let token = bao
+        .create_token(json!({ "policies": ["data-only"], "ttl": "1h" }))
+        .await;
+    let narrow = session_for_token(&config, &token);
+    let mut inventory = Inventory::new();
+    let (data_before, metadata_before) = (audited_reads(&bao, DATA), audited_reads(&bao, METADATA));
+    for _ in 0..3 {
+        let report = inventory.refresh(&config, &context(&narrow)).await;
+        assert!(report.failures.is_empty(), "{:?}", report.failures);
+    }
+    assert_eq!(audited_reads(&bao, DATA) - data_before, 3);
+    assert_eq!(audited_reads(&bao, METADATA) - metadata_before, 1);
+    assert_eq!(narrow.stats().logins, 1);
+}
+
+fn session_for_token(config: &Config, token: &str) -> Arc<VaultSession> {
+    session(config, token_env(token))
 }

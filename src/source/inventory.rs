@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::{Duration, Instant};
 
-use super::{Error, Resolved, SourceContext, resolve_all};
+use super::{Error, Resolved, SourceContext, resolve_all_since};
 use crate::config::Config;
 
 /// A registry's last good credential and when it was read.
@@ -64,9 +64,10 @@ impl Inventory {
         Self::default()
     }
 
-    /// Reads every registry of `config` once and records what it got.
+    /// Reads every registry of `config` once and records what it got. Unpinned KV v2 secrets
+    /// whose version has not moved are only version-polled (metadata), not read again.
     pub async fn refresh(&mut self, config: &Config, ctx: &SourceContext) -> RefreshReport {
-        let resolution = resolve_all(config, ctx).await;
+        let resolution = resolve_all_since(config, ctx, &self.credentials()).await;
         let now = Instant::now();
         self.entries
             .retain(|name, _| config.registries.contains_key(name));

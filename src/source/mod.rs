@@ -16,7 +16,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 
-use crate::config::{Config, RegistryConfig, SourceConfig, VaultLocation, VaultSource};
+use crate::config::{Config, KvVersion, RegistryConfig, SourceConfig, VaultLocation, VaultSource};
 use crate::credential::{Credential, RegistryKey, Secret};
 use crate::dockerconfig::{AuthFileFormat, ParseError};
 
@@ -140,11 +140,35 @@ pub struct Resolution {
 /// secret (mount, path, pinned version) share one read: reads scale with secrets, not with
 /// registries or projects.
 pub async fn resolve_all(config: &Config, ctx: &SourceContext) -> Resolution {
+    resolve_all_since(config, ctx, &BTreeMap::new()).await
+}
+
+/// As [`resolve_all`], knowing what the last refresh read: an unpinned KV v2 secret whose
+/// metadata still names the version every registry using it already has is not read again
+/// (its registries keep their `previous` credential).
+pub async fn resolve_all_since(
+    config: &Config,
+    ctx: &SourceContext,
+    previous: &BTreeMap<String, Resolved>,
+) -> Resolution {
     let mut resolution = Resolution::default();
-    let vault_reads = read_vault_secrets(config, ctx).await;
+    let vault_reads = read_vault_secrets(config, ctx, previous).await;
     for registry in config.registries.values() {
         let outcome = match &registry.from {
-            SourceConfig::Vault(source) => from_vault_read(registry, source, &vault_reads),
+            SourceConfig::Vault(source) => match vault_reads.get(&source.location) {
+                Some(VaultRead::Unchanged) => {
+                    previous
+                        .get(&registry.name)
+                        .cloned()
+                        .ok_or_else(|| Error::NoVaultSession {
+                            registry: registry.name.clone(),
+                        })
+                }
+                Some(VaultRead::Read(read)) => from_vault_read(registry, source, read),
+                None => Err(Error::NoVaultSession {
+                    registry: registry.name.clone(),
+                }),
+            },
             _ => resolve(registry, ctx).await,
         };
         match outcome {
@@ -161,11 +185,21 @@ pub async fn resolve_all(config: &Config, ctx: &SourceContext) -> Resolution {
     resolution
 }
 
-type VaultReads = BTreeMap<VaultLocation, Result<vault::SecretData, Arc<VaultError>>>;
+/// What one refresh got for one Vault secret.
+enum VaultRead {
+    Read(Result<vault::SecretData, Arc<VaultError>>),
+    /// Its metadata names the version its registries already have.
+    Unchanged,
+}
 
-/// Each distinct Vault location the config uses, read once. Without a session, nothing.
-async fn read_vault_secrets(config: &Config, ctx: &SourceContext) -> VaultReads {
-    let mut reads = VaultReads::new();
+/// Each distinct Vault location the config uses, read (or version-polled) once. Without a
+/// session, nothing.
+async fn read_vault_secrets(
+    config: &Config,
+    ctx: &SourceContext,
+    previous: &BTreeMap<String, Resolved>,
+) -> BTreeMap<VaultLocation, VaultRead> {
+    let mut reads = BTreeMap::new();
     let Some(session) = &ctx.vault else {
         return reads;
     };
@@ -173,27 +207,65 @@ async fn read_vault_secrets(config: &Config, ctx: &SourceContext) -> VaultReads 
         if let SourceConfig::Vault(source) = &registry.from
             && !reads.contains_key(&source.location)
         {
-            let read = session.read(&source.location).await.map_err(Arc::new);
+            let read = read_vault_secret(session, config, &source.location, previous).await;
             reads.insert(source.location.clone(), read);
         }
     }
     reads
 }
 
+async fn read_vault_secret(
+    session: &VaultSession,
+    config: &Config,
+    location: &VaultLocation,
+    previous: &BTreeMap<String, Resolved>,
+) -> VaultRead {
+    if let Some(known) = known_kv2_version(config, location, previous) {
+        match session.current_version(location).await {
+            Ok(Some(current)) if format!("v{current}") == known => return VaultRead::Unchanged,
+            Ok(_) => {}
+            Err(error) => return VaultRead::Read(Err(Arc::new(error))),
+        }
+    }
+    VaultRead::Read(session.read(location).await.map_err(Arc::new))
+}
+
+/// The version every registry reading `location` already has, when it is an unpinned KV v2
+/// secret and they all agree.
+fn known_kv2_version<'a>(
+    config: &Config,
+    location: &VaultLocation,
+    previous: &'a BTreeMap<String, Resolved>,
+) -> Option<&'a str> {
+    if !matches!(location.kv, KvVersion::V2 { pinned: None }) {
+        return None;
+    }
+    let mut versions = config
+        .registries
+        .values()
+        .filter_map(|registry| match &registry.from {
+            SourceConfig::Vault(source) if source.location == *location => Some(
+                previous
+                    .get(&registry.name)
+                    .map(|resolved| resolved.version.as_str()),
+            ),
+            _ => None,
+        });
+    let first = versions.next()??;
+    versions
+        .all(|version| version == Some(first))
+        .then_some(first)
+}
+
 fn from_vault_read(
     registry: &RegistryConfig,
     source: &VaultSource,
-    reads: &VaultReads,
+    read: &Result<vault::SecretData, Arc<VaultError>>,
 ) -> Result<Resolved, Error> {
     let vault_error = Error::Vault;
-    let secret = match reads.get(&source.location) {
-        Some(Ok(secret)) => secret,
-        Some(Err(error)) => return Err(vault_error(error.clone())),
-        None => {
-            return Err(Error::NoVaultSession {
-                registry: registry.name.clone(),
-            });
-        }
+    let secret = match read {
+        Ok(secret) => secret,
+        Err(error) => return Err(vault_error(error.clone())),
     };
     let mut credential =
         vault::credential_from(secret, &source.location, &source.mapping, &registry.server)
@@ -242,8 +314,7 @@ async fn resolve_vault(
         });
     };
     let read = session.read(&source.location).await.map_err(Arc::new);
-    let reads = VaultReads::from([(source.location.clone(), read)]);
-    from_vault_read(registry, source, &reads)
+    from_vault_read(registry, source, &read)
 }
 
 async fn from_helper(

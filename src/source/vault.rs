@@ -18,7 +18,7 @@
 //! works the same in `plan`'s short-lived runtime and the daemon, whose refresh timer calls in
 //! regularly; a token that lapsed while nobody asked is replaced by the 403 → login path.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::io::Read as _;
@@ -73,6 +73,11 @@ pub enum VaultError {
     },
     #[error("Vault read {location}: {outcome}")]
     Read {
+        location: VaultLocation,
+        outcome: Outcome,
+    },
+    #[error("Vault metadata of {location}: {outcome}")]
+    ReadMetadata {
         location: VaultLocation,
         outcome: Outcome,
     },
@@ -323,6 +328,9 @@ pub struct VaultSession {
     environment: TokenEnvironment,
     retry: RetryPolicy,
     login: tokio::sync::Mutex<Option<Login>>,
+    /// KV v2 secrets whose metadata the policy does not let us read: polled by data reads
+    /// instead, without a 403 → login round each time. Forgotten at the next login.
+    metadata_denied: std::sync::Mutex<BTreeSet<VaultLocation>>,
     logins: AtomicU64,
     renewals: AtomicU64,
     failed_renewals: AtomicU64,
@@ -387,6 +395,7 @@ impl VaultSession {
             environment,
             retry: RetryPolicy::default(),
             login: tokio::sync::Mutex::new(None),
+            metadata_denied: std::sync::Mutex::new(BTreeSet::new()),
             logins: AtomicU64::new(0),
             renewals: AtomicU64::new(0),
             failed_renewals: AtomicU64::new(0),
@@ -461,6 +470,41 @@ impl VaultSession {
                 Ok(SecretData { fields, version })
             }
         }
+    }
+
+    /// The current version of an unpinned KV v2 secret, from its metadata: a cheap poll that
+    /// reads no secret value. `Ok(None)` when the policy does not allow reading the metadata
+    /// (then the caller reads the data instead; remembered until the next login).
+    pub async fn current_version(
+        &self,
+        location: &VaultLocation,
+    ) -> Result<Option<u64>, VaultError> {
+        if self.metadata_is_denied(location) {
+            return Ok(None);
+        }
+        let client = self.client().await?;
+        let read = self
+            .attempt(&client, &|c| read_kv2_metadata(c, location))
+            .await;
+        match read {
+            Ok(metadata) => Ok(Some(metadata.current_version)),
+            Err(Outcome::PermissionDenied) => {
+                if let Ok(mut denied) = self.metadata_denied.lock() {
+                    denied.insert(location.clone());
+                }
+                Ok(None)
+            }
+            Err(outcome) => Err(VaultError::ReadMetadata {
+                location: location.clone(),
+                outcome,
+            }),
+        }
+    }
+
+    fn metadata_is_denied(&self, location: &VaultLocation) -> bool {
+        self.metadata_denied
+            .lock()
+            .is_ok_and(|denied| denied.contains(location))
     }
 
     /// Runs `op` with a logged-in client: renews or logs in first when due, retries transient
@@ -616,6 +660,9 @@ impl VaultSession {
             }
         };
         self.logins.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut denied) = self.metadata_denied.lock() {
+            denied.clear();
+        }
         tracing::info!(method = self.config.auth.method(), "Logged in to Vault.");
         Ok(login)
     }
@@ -760,6 +807,13 @@ async fn read_kv2(
         version,
     };
     vaultrs::api::exec_with_result(&*client, endpoint).await
+}
+
+async fn read_kv2_metadata(
+    client: Arc<VaultClient>,
+    location: &VaultLocation,
+) -> Result<vaultrs::api::kv2::responses::ReadSecretMetadataResponse, ClientError> {
+    vaultrs::kv2::read_metadata(&*client, &location.mount, &location.path).await
 }
 
 async fn read_kv1(
