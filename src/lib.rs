@@ -13,7 +13,8 @@
 //! - [`dockerconfig`]: docker/containers auth file parsing and pull-secret payloads (pure).
 //! - [`names`]: Kubernetes object-name rules (pure).
 //! - [`selector`]: label selectors (pure).
-//! - [`source`]: reads credentials from docker config files and credential helpers (I/O).
+//! - [`source`]: reads credentials from Vault/OpenBao, docker config files and credential
+//!   helpers, and keeps each registry's last good one (I/O).
 //! - [`plan`]: sources in, desired objects out (pure: no I/O, no clock).
 //! - [`diff`]: desired vs observed objects → ordered, minimal actions (pure).
 //! - [`render`]: the plan as a table for people and as manifests for `kubectl`/`oc`.
