@@ -238,6 +238,28 @@ fn decode_continue(token: &str, compacted: u64) -> ApiResult<(String, String)> {
     ))
 }
 
+/// `fieldValidation`: unknown fields are an error with `Strict`, else dropped (Warn, Ignore).
+fn field_validation(req: &Request, obj: &mut Value) -> ApiResult<()> {
+    let unknown = strategy::unknown_fields(req.rt, obj);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    if req.q("fieldValidation") == Some("Strict") {
+        let list: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field {f:?}"))
+            .collect();
+        return Err(ApiError::bad_request(format!(
+            "{kind} in version {v:?} cannot be handled as a {kind}: strict decoding error: {}",
+            list.join(", "),
+            kind = req.rt.kind,
+            v = req.rt.version,
+        )));
+    }
+    strategy::prune(obj, &unknown);
+    Ok(())
+}
+
 /// Decodes a request body into a JSON object (JSON or YAML), with the apiserver's 400s.
 fn decode_object(req: &Request) -> ApiResult<Value> {
     let v: Value = if req.content_type.contains("yaml") {
@@ -327,6 +349,7 @@ fn check_namespace(st: &Store, rt: &ResourceType, ns: &str) -> ApiResult<()> {
 fn create(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     let mut obj = decode_object(req)?;
     type_meta(req, &mut obj)?;
+    field_validation(req, &mut obj)?;
     object_namespace(req, &mut obj)?;
     if !meta_str(&obj, "resourceVersion").is_empty() {
         return Err(ApiError::bad_request(
@@ -410,6 +433,7 @@ fn forced_conflict(shared: &Shared, req: &Request) -> ApiResult<()> {
 fn update(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     let mut obj = decode_object(req)?;
     type_meta(req, &mut obj)?;
+    field_validation(req, &mut obj)?;
     object_namespace(req, &mut obj)?;
     let body_name = meta_str(&obj, "name").to_string();
     if body_name != req.name() {
@@ -551,6 +575,7 @@ fn patch_req(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         "application/merge-patch+json" => patch::merge_patch(&old, &patch_doc)?,
         _ => patch::strategic_merge(req.rt.kind, &old, &patch_doc)?,
     };
+    field_validation(req, &mut obj)?;
     let rv = meta_str(&obj, "resourceVersion");
     if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
         return Err(ApiError::conflict(req.rt.group, req.rt.plural, req.name()));
@@ -618,6 +643,7 @@ fn apply(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         return Err(ApiError::bad_request("invalid object type: /, Kind="));
     }
     type_meta(req, &mut applied)?;
+    field_validation(req, &mut applied)?;
     let body_name = meta_str(&applied, "name").to_string();
     if !body_name.is_empty() && body_name != req.name() {
         return Err(ApiError::bad_request(format!(

@@ -433,6 +433,125 @@ fn validate_secret(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) ->
     Ok(())
 }
 
+/// `ObjectMeta` fields.
+const META_FIELDS: &[&str] = &[
+    "name",
+    "generateName",
+    "namespace",
+    "selfLink",
+    "uid",
+    "resourceVersion",
+    "generation",
+    "creationTimestamp",
+    "deletionTimestamp",
+    "deletionGracePeriodSeconds",
+    "labels",
+    "annotations",
+    "ownerReferences",
+    "finalizers",
+    "managedFields",
+];
+
+/// Top-level fields of the typed kinds (k8s.io/api); other kinds are not pruned.
+fn known_fields(rt: &ResourceType) -> Option<&'static [&'static str]> {
+    Some(match (rt.group, rt.plural) {
+        ("", "secrets") => &["data", "stringData", "type", "immutable"],
+        ("", "serviceaccounts") => &[
+            "secrets",
+            "imagePullSecrets",
+            "automountServiceAccountToken",
+        ],
+        ("", "namespaces") => &["spec", "status"],
+        ("", "configmaps") => &["data", "binaryData", "immutable"],
+        (crate::resources::RBAC, "rolebindings" | "clusterrolebindings") => {
+            &["subjects", "roleRef"]
+        }
+        (crate::resources::RBAC, "roles") => &["rules"],
+        (crate::resources::RBAC, "clusterroles") => &["rules", "aggregationRule"],
+        ("coordination.k8s.io", "leases") => &["spec"],
+        _ => return None,
+    })
+}
+
+/// Fields the apiserver's typed decoder would not know, as `fieldValidation` reports them.
+pub fn unknown_fields(rt: &ResourceType, obj: &Value) -> Vec<String> {
+    let mut out = Vec::new();
+    let Some(known) = known_fields(rt) else {
+        return out;
+    };
+    let Some(map) = obj.as_object() else {
+        return out;
+    };
+    for k in map.keys() {
+        if !(known.contains(&k.as_str())
+            || matches!(k.as_str(), "apiVersion" | "kind" | "metadata"))
+        {
+            out.push(k.clone());
+        }
+    }
+    if let Some(meta) = map.get("metadata").and_then(Value::as_object) {
+        out.extend(
+            meta.keys()
+                .filter(|k| !META_FIELDS.contains(&k.as_str()))
+                .map(|k| format!("metadata.{k}")),
+        );
+    }
+    if rt.plural == "serviceaccounts" {
+        for (list, fields) in [
+            ("imagePullSecrets", &["name"][..]),
+            (
+                "secrets",
+                &[
+                    "kind",
+                    "namespace",
+                    "name",
+                    "uid",
+                    "apiVersion",
+                    "resourceVersion",
+                    "fieldPath",
+                ][..],
+            ),
+        ] {
+            for (i, item) in map
+                .get(list)
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                for k in item.as_object().into_iter().flat_map(|m| m.keys()) {
+                    if !fields.contains(&k.as_str()) {
+                        out.push(format!("{list}[{i}].{k}"));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Drops the fields of `unknown_fields`, as decoding into the typed object does.
+pub fn prune(obj: &mut Value, unknown: &[String]) {
+    for path in unknown {
+        let (parent, field) = match path.rsplit_once('.') {
+            Some((p, f)) => (p, f),
+            None => ("", path.as_str()),
+        };
+        let target = if parent.is_empty() {
+            Some(&mut *obj)
+        } else if let Some((list, idx)) = parent.strip_suffix(']').and_then(|p| p.split_once('[')) {
+            idx.parse::<usize>()
+                .ok()
+                .and_then(|i| obj.get_mut(list).and_then(|l| l.get_mut(i)))
+        } else {
+            obj.get_mut(parent)
+        };
+        if let Some(Value::Object(m)) = target {
+            m.remove(field);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

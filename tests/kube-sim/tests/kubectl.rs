@@ -174,6 +174,16 @@ fn invalid_pull_secret_is_rejected_with_422() {
         err.contains(r#"data[.dockerconfigjson]: Invalid value: "<secret contents redacted>": json: cannot unmarshal array into Go value of type map[string]interface {}"#),
         "{err}"
     );
+    // kubectl asks for strict field validation; the server refuses unknown fields.
+    let typo = c.file(
+        "typo.yaml",
+        "apiVersion: v1\nkind: Secret\nmetadata: {name: t, labelz: {}}\nspec: {}\n",
+    );
+    let err = c.fails(&["create", "-f", &typo]);
+    assert!(
+        err.contains(r#"Secret in version "v1" cannot be handled as a Secret: strict decoding error: unknown field "spec", unknown field "metadata.labelz""#),
+        "{err}"
+    );
     // Client-side apply and create -f work without --validate=false.
     let good = c.file(
         "good.yaml",
