@@ -452,6 +452,19 @@ fn update(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
         return Err(ApiError::conflict(req.rt.group, req.rt.plural, req.name()));
     }
+    // A uid in the body is a precondition (the object was deleted and recreated meanwhile).
+    let uid = meta_str(&obj, "uid");
+    if !uid.is_empty() && uid != meta_str(&old, "uid") {
+        return Err(ApiError::conflict_msg(
+            req.rt.group,
+            req.rt.plural,
+            req.name(),
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta_str(&old, "uid")
+            ),
+        ));
+    }
     if req.rt.plural == "namespaces" && req.subresource.is_some() {
         // status/finalize write only those parts.
         let mut next = old.clone();

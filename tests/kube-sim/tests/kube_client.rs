@@ -169,6 +169,19 @@ async fn crud_conflicts_and_status_shapes() {
         (404, "secrets \"gone\" not found")
     );
 
+    // A uid from an earlier incarnation is a failed precondition.
+    let mut other = s4.clone();
+    other.metadata.resource_version = None;
+    other.metadata.uid = Some("not-the-uid".into());
+    let e = api_err(api.replace("s", &PostParams::default(), &other).await);
+    assert_eq!(e.code, 409);
+    assert!(
+        e.message
+            .contains("Precondition failed: UID in precondition: not-the-uid"),
+        "{}",
+        e.message
+    );
+
     let deleted = api.delete("s", &DeleteParams::default()).await.unwrap();
     let status = deleted.right().expect("a Status for a deleted secret");
     assert_eq!(
@@ -866,7 +879,7 @@ async fn token_review_over_https() {
 
 #[tokio::test]
 async fn selectors_and_pagination() {
-    let (_h, c) = start(Options::default()).await;
+    let (h, c) = start(Options::default()).await;
     let api: Api<Secret> = Api::namespaced(c.clone(), "default");
     for (name, ty, app) in [
         ("a", "kubernetes.io/dockerconfigjson", "web"),
@@ -919,6 +932,17 @@ async fn selectors_and_pagination() {
         .unwrap();
     assert!(page2.metadata.continue_.as_deref().unwrap_or("").is_empty());
     assert_eq!(names(page2), ["c"]);
+    // An expired continue token: 410.
+    h.compact();
+    api.create(&PostParams::default(), &secret("d", "Opaque", json!({})))
+        .await
+        .unwrap();
+    h.compact();
+    let e = api_err(
+        api.list(&ListParams::default().limit(2).continue_token(&token))
+            .await,
+    );
+    assert_eq!((e.code, e.reason.as_str()), (410, "Expired"));
 }
 
 #[tokio::test]
