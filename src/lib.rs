@@ -17,14 +17,18 @@
 //!   helpers, and keeps each registry's last good one (I/O).
 //! - [`plan`]: sources in, desired objects out (pure: no I/O, no clock).
 //! - [`diff`]: desired vs observed objects → ordered, minimal actions (pure).
+//! - [`cluster`]: reads the cluster and applies actions (kube I/O).
+//! - [`reconcile`]: one pass against a cluster: observe, plan, diff, apply.
 //! - [`render`]: the plan as a table for people and as manifests for `kubectl`/`oc`.
 
+pub mod cluster;
 pub mod config;
 pub mod credential;
 pub mod diff;
 pub mod dockerconfig;
 pub mod names;
 pub mod plan;
+pub mod reconcile;
 pub mod render;
 pub mod selector;
 pub mod source;

@@ -30,6 +30,9 @@ pub const CONTENT_HASH_ANNOTATION: &str = "pullsecretd.io/content-hash";
 pub const SOURCE_VERSION_ANNOTATION: &str = "pullsecretd.io/source-versions";
 /// The pull-secret entry of the config a Secret belongs to.
 pub const PULL_SECRET_ANNOTATION: &str = "pullsecretd.io/pull-secret";
+/// The service accounts a Secret is linked from, comma-separated: when the config stops linking
+/// one, this is how the next run finds the account to unlink before the Secret may be deleted.
+pub const SERVICE_ACCOUNTS_ANNOTATION: &str = "pullsecretd.io/service-accounts";
 /// The ClusterRole OpenShift grants for pulling images from a project (SPEC.md §6).
 pub const IMAGE_PULLER_ROLE: &str = "system:image-puller";
 /// The one RoleBinding pullsecretd keeps per image-holding project.
@@ -97,6 +100,8 @@ pub struct DesiredSecret {
     pub source_versions: String,
     /// Versioned Secrets are immutable; a new version is a new Secret.
     pub immutable: bool,
+    /// Service accounts the Secret is linked from, sorted.
+    pub service_accounts: Vec<String>,
 }
 
 impl DesiredSecret {
@@ -117,6 +122,10 @@ impl DesiredSecret {
                 self.source_versions.clone(),
             ),
             (PULL_SECRET_ANNOTATION.to_string(), self.pull_secret.clone()),
+            (
+                SERVICE_ACCOUNTS_ANNOTATION.to_string(),
+                self.service_accounts.join(","),
+            ),
         ])
     }
 }
@@ -297,6 +306,7 @@ fn render_secret(
         content_hash,
         source_versions: versions.join(","),
         immutable: pull_secret.rotation.strategy == RotationStrategy::Versioned,
+        service_accounts: pull_secret.links.keys().cloned().collect(),
     }))
 }
 

@@ -1,0 +1,130 @@
+//! Cluster stage (I/O): read what the cluster holds, and carry out the actions `diff` chose.
+//!
+//! The only module that talks to the Kubernetes API. It never decides *what* should exist —
+//! that is `plan` and `diff` — only how to read and write it safely: lists instead of per-object
+//! reads, a client-side rate limit, retries with jittered backoff for errors worth retrying,
+//! read-modify-write with `resourceVersion` for service-account lists, and errors that name the
+//! verb, resource and object but never a Secret's data.
+
+pub mod apply;
+pub mod observe;
+
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable as _};
+use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
+
+pub use apply::{ApplyOptions, ProjectOutcome, apply_project};
+pub use observe::{ClusterState, observe};
+
+/// A failed API call, named by what was attempted.
+#[derive(Debug, thiserror::Error)]
+#[error("{verb} {resource} {target}: {}", describe(.source))]
+pub struct ApiError {
+    pub verb: &'static str,
+    pub resource: &'static str,
+    /// `namespace/name`, `namespace` or `(all namespaces)`.
+    pub target: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+impl ApiError {
+    pub(crate) fn new(
+        verb: &'static str,
+        resource: &'static str,
+        target: impl fmt::Display,
+        source: kube::Error,
+    ) -> Self {
+        Self {
+            verb,
+            resource,
+            target: target.to_string(),
+            source,
+        }
+    }
+
+    /// The HTTP status the server answered with, if it answered.
+    pub fn status_code(&self) -> Option<u16> {
+        match &self.source {
+            kube::Error::Api(status) => Some(status.code),
+            _ => None,
+        }
+    }
+}
+
+/// The server's own message (`secrets "x" is forbidden: User ... cannot create ...`) with its
+/// code, or the transport error. Status messages for Secrets never carry data: the API server
+/// redacts it (`<secret contents redacted>`).
+fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if status.reason.is_empty() => {
+            format!("{} (HTTP {})", status.message, status.code)
+        }
+        kube::Error::Api(status) => {
+            format!(
+                "{} ({}, HTTP {})",
+                status.message, status.reason, status.code
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
+/// True for errors a later attempt may not get: throttling, server errors, timeouts and
+/// connection failures. Conflicts are handled by re-reading, not by blind retries.
+pub fn is_retryable(error: &kube::Error) -> bool {
+    match error {
+        kube::Error::Api(status) => status.code == 429 || status.code >= 500,
+        kube::Error::HyperError(_) | kube::Error::Service(_) => true,
+        _ => false,
+    }
+}
+
+/// Client-side politeness: a QPS/burst limit on every request, and how hard to retry.
+pub struct Throttle {
+    limiter: DefaultDirectRateLimiter,
+    retries: usize,
+}
+
+impl Throttle {
+    /// `qps` requests per second on average, at most `burst` at once; `retries` extra attempts
+    /// for retryable errors.
+    pub fn new(qps: NonZeroU32, burst: NonZeroU32, retries: usize) -> Self {
+        Self {
+            limiter: RateLimiter::direct(Quota::per_second(qps).allow_burst(burst)),
+            retries,
+        }
+    }
+
+    /// Runs one API call under the rate limit, retrying retryable errors with jittered
+    /// exponential backoff.
+    pub async fn call<T, F, Fut>(&self, op: F) -> Result<T, kube::Error>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, kube::Error>>,
+    {
+        let backoff = ExponentialBuilder::default()
+            .with_jitter()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_max_times(self.retries);
+        let attempt = || {
+            let request = op();
+            async move {
+                self.limiter.until_ready().await;
+                request.await
+            }
+        };
+        attempt
+            .retry(backoff)
+            .when(is_retryable)
+            .notify(|error, delay| {
+                tracing::warn!(%error, ?delay, "API call failed; retrying.");
+            })
+            .await
+    }
+}

@@ -1,0 +1,264 @@
+//! Observe (I/O, read-only): what the cluster holds that the diff needs, in few requests.
+//!
+//! Reads scale with kinds, not namespaces: one list of namespaces, one of pullsecretd's
+//! Secrets, one per linked service-account name (`fieldSelector=metadata.name=default`), one of
+//! pullsecretd's RoleBindings — each across all namespaces and paginated. An identity that may
+//! not list across namespaces (an OpenShift self-provisioner) falls back to OpenShift
+//! `projects` for the namespace list and to per-namespace lists for the rest.
+//!
+//! Same-name Secrets pullsecretd does not own are not read up front: a create that answers
+//! `AlreadyExists` reveals them at the cost of one request, instead of a read per namespace.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+
+use k8s_openapi::NamespaceResourceScope;
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
+use kube::{Client, Resource};
+use serde::de::DeserializeOwned;
+
+use super::{ApiError, Throttle};
+use crate::config::Config;
+use crate::diff::ObservedProject;
+use crate::plan::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, NamespaceInfo, SERVICE_ACCOUNTS_ANNOTATION};
+
+/// Objects per list page.
+const PAGE_SIZE: u32 = 500;
+
+/// Everything `plan` and `diff` need from the cluster.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    /// Namespaces that exist and are not terminating, with their labels.
+    pub namespaces: Vec<NamespaceInfo>,
+    /// What each namespace holds of interest; namespaces holding nothing are absent.
+    pub projects: BTreeMap<String, ObservedProject>,
+}
+
+impl ClusterState {
+    /// The observed objects of `namespace` (empty when it holds none).
+    pub fn project(&self, namespace: &str) -> ObservedProject {
+        self.projects.get(namespace).cloned().unwrap_or_default()
+    }
+}
+
+/// Reads namespaces, managed Secrets, the service accounts pullsecretd links (or has linked),
+/// and managed RoleBindings.
+pub async fn observe(
+    client: &Client,
+    config: &Config,
+    throttle: &Throttle,
+) -> Result<ClusterState, ApiError> {
+    let namespaces = list_namespaces(client, throttle).await?;
+    let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
+    let scope = Scope::detect(client, throttle, &names).await?;
+    let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+
+    let secrets: Vec<Secret> = scope.list(client, throttle, &managed).await?;
+    let mut accounts: Vec<ServiceAccount> = Vec::new();
+    for account in service_account_names(config, &secrets) {
+        let by_name = ListParams::default().fields(&format!("metadata.name={account}"));
+        accounts.extend(
+            scope
+                .list::<ServiceAccount>(client, throttle, &by_name)
+                .await?,
+        );
+    }
+    let bindings: Vec<RoleBinding> = scope.list(client, throttle, &managed).await?;
+
+    let mut projects: BTreeMap<String, ObservedProject> = BTreeMap::new();
+    for secret in secrets {
+        project_of(&mut projects, &secret).secrets.push(secret);
+    }
+    for account in accounts {
+        project_of(&mut projects, &account)
+            .service_accounts
+            .push(account);
+    }
+    for binding in bindings {
+        project_of(&mut projects, &binding)
+            .role_bindings
+            .push(binding);
+    }
+    Ok(ClusterState {
+        namespaces,
+        projects,
+    })
+}
+
+fn project_of<'a, K: Resource>(
+    projects: &'a mut BTreeMap<String, ObservedProject>,
+    object: &K,
+) -> &'a mut ObservedProject {
+    let namespace = object.meta().namespace.clone().unwrap_or_default();
+    projects.entry(namespace).or_default()
+}
+
+/// Service accounts the config links, plus those managed Secrets say they are linked from
+/// (so a link the config dropped can still be found and removed).
+fn service_account_names(config: &Config, secrets: &[Secret]) -> BTreeSet<String> {
+    let configured = config
+        .pull_secrets
+        .iter()
+        .flat_map(|p| p.links.keys().cloned());
+    let recorded = secrets
+        .iter()
+        .filter_map(|s| {
+            s.metadata
+                .annotations
+                .as_ref()?
+                .get(SERVICE_ACCOUNTS_ANNOTATION)
+        })
+        .flat_map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .map(String::from)
+                .collect::<Vec<_>>()
+        });
+    configured
+        .chain(recorded)
+        .filter(|name| !name.is_empty())
+        .collect()
+}
+
+/// All namespaces, or (when that is forbidden) the OpenShift projects the identity can see.
+/// Terminating namespaces are left out: nothing can be created in them.
+async fn list_namespaces(
+    client: &Client,
+    throttle: &Throttle,
+) -> Result<Vec<NamespaceInfo>, ApiError> {
+    let api: Api<Namespace> = Api::all(client.clone());
+    match list_pages(&api, throttle, &ListParams::default()).await {
+        Ok(namespaces) => Ok(namespaces
+            .iter()
+            .filter(|ns| !is_terminating(ns.status.as_ref().and_then(|s| s.phase.as_deref())))
+            .map(|ns| namespace_info(&ns.metadata))
+            .collect()),
+        Err(error) if is_forbidden(&error) => list_projects(client, throttle).await,
+        Err(error) => Err(ApiError::new("list", "namespaces", "(cluster)", error)),
+    }
+}
+
+async fn list_projects(
+    client: &Client,
+    throttle: &Throttle,
+) -> Result<Vec<NamespaceInfo>, ApiError> {
+    let resource = ApiResource {
+        group: "project.openshift.io".into(),
+        version: "v1".into(),
+        api_version: "project.openshift.io/v1".into(),
+        kind: "Project".into(),
+        plural: "projects".into(),
+    };
+    let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
+    let projects = list_pages(&api, throttle, &ListParams::default())
+        .await
+        .map_err(|error| ApiError::new("list", "projects", "(cluster)", error))?;
+    Ok(projects
+        .iter()
+        .filter(|p| {
+            let phase = p
+                .data
+                .get("status")
+                .and_then(|s| s.get("phase"))
+                .and_then(|v| v.as_str());
+            !is_terminating(phase)
+        })
+        .map(|p| namespace_info(&p.metadata))
+        .collect())
+}
+
+fn is_terminating(phase: Option<&str>) -> bool {
+    phase == Some("Terminating")
+}
+
+fn namespace_info(meta: &kube::api::ObjectMeta) -> NamespaceInfo {
+    NamespaceInfo {
+        name: meta.name.clone().unwrap_or_default(),
+        labels: meta.labels.clone().unwrap_or_default(),
+    }
+}
+
+fn is_forbidden(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 403)
+}
+
+/// Where lists run: across all namespaces, or namespace by namespace when the identity may only
+/// read inside its own projects.
+enum Scope {
+    Cluster,
+    Namespaces(Vec<String>),
+}
+
+impl Scope {
+    /// Cluster-wide if a cluster-wide list of Secrets is allowed.
+    async fn detect(
+        client: &Client,
+        throttle: &Throttle,
+        namespaces: &[String],
+    ) -> Result<Self, ApiError> {
+        let api: Api<Secret> = Api::all(client.clone());
+        let probe = ListParams::default()
+            .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
+            .limit(1);
+        match throttle.call(|| api.list_metadata(&probe)).await {
+            Ok(_) => Ok(Self::Cluster),
+            Err(error) if is_forbidden(&error) => Ok(Self::Namespaces(namespaces.to_vec())),
+            Err(error) => Err(ApiError::new("list", "secrets", "(all namespaces)", error)),
+        }
+    }
+
+    async fn list<K>(
+        &self,
+        client: &Client,
+        throttle: &Throttle,
+        params: &ListParams,
+    ) -> Result<Vec<K>, ApiError>
+    where
+        K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+            + k8s_openapi::Resource
+            + Clone
+            + DeserializeOwned
+            + Debug,
+    {
+        let resource = <K as k8s_openapi::Resource>::URL_PATH_SEGMENT;
+        match self {
+            Self::Cluster => list_pages(&Api::<K>::all(client.clone()), throttle, params)
+                .await
+                .map_err(|error| ApiError::new("list", resource, "(all namespaces)", error)),
+            Self::Namespaces(namespaces) => {
+                let mut items = Vec::new();
+                for namespace in namespaces {
+                    let api = Api::<K>::namespaced(client.clone(), namespace);
+                    let page = list_pages(&api, throttle, params)
+                        .await
+                        .map_err(|error| ApiError::new("list", resource, namespace, error))?;
+                    items.extend(page);
+                }
+                Ok(items)
+            }
+        }
+    }
+}
+
+/// Every page of a list.
+async fn list_pages<K>(
+    api: &Api<K>,
+    throttle: &Throttle,
+    params: &ListParams,
+) -> Result<Vec<K>, kube::Error>
+where
+    K: Clone + DeserializeOwned + Debug,
+{
+    let mut params = params.clone().limit(PAGE_SIZE);
+    let mut items = Vec::new();
+    loop {
+        let page: ObjectList<K> = throttle.call(|| api.list(&params)).await?;
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(items),
+        }
+    }
+}
