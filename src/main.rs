@@ -4,9 +4,10 @@
 //! (usage, config, or a credential source that cannot be read). Diagnostics go to stderr and
 //! never contain credential values.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Write as _;
+use std::num::NonZeroU32;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -16,11 +17,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+use kube::config::KubeConfigOptions;
+
+use pullsecretd::cluster::{ApplyOptions, Throttle};
 use pullsecretd::config::Config;
 use pullsecretd::names::dns1123_label_problem;
 use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
+use pullsecretd::reconcile;
 use pullsecretd::render;
-use pullsecretd::source::{Inventory, SourceContext, VaultSession};
+use pullsecretd::source::{Inventory, Resolved, SourceContext, VaultSession};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,21 +46,73 @@ enum Command {
         file: PathBuf,
     },
     /// Show the Secrets, service-account links and RoleBindings pullsecretd would write, per
-    /// project, without contacting any cluster.
+    /// project. Offline unless --cluster is given; never writes to a cluster.
     Plan {
-        /// The YAML config file.
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        sources: SourceArgs,
         /// Plan for these projects (comma-separated) instead of those the config names.
-        #[arg(long, value_delimiter = ',')]
+        #[arg(long, value_delimiter = ',', conflicts_with = "cluster")]
         projects: Vec<String>,
         /// Also write manifests (Secrets, RoleBindings) and `oc secrets link` commands here.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "cluster")]
         output: Option<PathBuf>,
-        /// How long a docker credential helper may run before it is killed.
-        #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
-        helper_timeout: Duration,
+        /// Read the current kube context's cluster and show the changes `once` would make.
+        #[arg(long)]
+        cluster: bool,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
+    /// Make the cluster match the config once: write Secrets, link service accounts, grant
+    /// image pullers, remove what the config no longer asks for. Exit 0 when everything
+    /// converged, 1 when some API call failed, 2 for a bad config or an unreadable source.
+    Once {
+        #[command(flatten)]
+        sources: SourceArgs,
+        #[command(flatten)]
+        kube: KubeArgs,
+        #[command(flatten)]
+        writes: WriteArgs,
+    },
+}
+
+/// Where credentials come from.
+#[derive(Debug, clap::Args)]
+struct SourceArgs {
+    /// The YAML config file.
+    #[arg(long)]
+    config: PathBuf,
+    /// How long a docker credential helper may run before it is killed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    helper_timeout: Duration,
+}
+
+/// Which cluster, and how politely to talk to it.
+#[derive(Debug, clap::Args)]
+struct KubeArgs {
+    /// kubeconfig context to use instead of the current one ($KUBECONFIG or ~/.kube/config;
+    /// in a pod, its service account).
+    #[arg(long)]
+    context: Option<String>,
+    /// Average API requests per second (client-side limit).
+    #[arg(long, default_value = "20")]
+    qps: NonZeroU32,
+    /// API requests allowed at once above the average.
+    #[arg(long, default_value = "40")]
+    burst: NonZeroU32,
+    /// Extra attempts for throttled (429), failed (5xx) or timed-out API calls.
+    #[arg(long, default_value = "5")]
+    retries: usize,
+}
+
+/// How `once` writes.
+#[derive(Debug, clap::Args)]
+struct WriteArgs {
+    /// Projects written at the same time.
+    #[arg(long, default_value = "8")]
+    concurrency: usize,
+    /// Do not publish Kubernetes Events for changes and failures.
+    #[arg(long)]
+    no_events: bool,
 }
 
 /// A failure and the exit status it maps to.
@@ -77,11 +134,23 @@ fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Plan {
-            config,
+            sources,
             projects,
             output,
-            helper_timeout,
-        } => run_plan(&config, &projects, output.as_deref(), helper_timeout),
+            cluster: false,
+            ..
+        } => run_plan(&sources, &projects, output.as_deref()),
+        Command::Plan {
+            sources,
+            cluster: true,
+            kube,
+            ..
+        } => run_cluster_plan(&sources, &kube),
+        Command::Once {
+            sources,
+            kube,
+            writes,
+        } => run_once(&sources, &kube, &writes),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -132,30 +201,14 @@ fn check_config(file: &Path) -> Result<(), Failure> {
 }
 
 fn run_plan(
-    config_path: &Path,
+    sources: &SourceArgs,
     projects: &[String],
     output: Option<&Path>,
-    helper_timeout: Duration,
 ) -> Result<(), Failure> {
-    let config = Config::load(config_path).map_err(bad_input)?;
+    let config = Config::load(&sources.config).map_err(bad_input)?;
     let namespaces = offline_namespaces(&config, projects).map_err(bad_input)?;
-    let vault = match &config.vault {
-        Some(vault) => Some(Arc::new(VaultSession::new(vault).map_err(bad_input)?)),
-        None => None,
-    };
-    let context = SourceContext {
-        helper_timeout,
-        vault,
-        ..SourceContext::default()
-    };
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")
-        .map_err(|error| Failure { status: 1, error })?;
-    let mut inventory = Inventory::new();
-    let report = runtime.block_on(inventory.refresh(&config, &context));
-    let credentials = inventory.credentials();
+    let runtime = runtime()?;
+    let (credentials, failures) = runtime.block_on(read_sources(&config, sources))?;
 
     let state = plan::plan(PlanInputs {
         config: &config,
@@ -167,17 +220,139 @@ fn run_plan(
         write_output(dir, &state).map_err(|error| Failure { status: 1, error })?;
         println!("\nWrote manifests and link commands to {}", dir.display());
     }
-    if report.failures.is_empty() {
+    sources_outcome(&config, &failures)
+}
+
+/// The async runtime every command that does I/O runs on.
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(|error| Failure { status: 1, error })
+}
+
+/// Reads every registry once. Failed registries are returned as messages; their Secrets are
+/// held by the planner.
+async fn read_sources(
+    config: &Config,
+    sources: &SourceArgs,
+) -> Result<(BTreeMap<String, Resolved>, Vec<String>), Failure> {
+    let vault = match &config.vault {
+        Some(vault) => Some(Arc::new(VaultSession::new(vault).map_err(bad_input)?)),
+        None => None,
+    };
+    let context = SourceContext {
+        helper_timeout: sources.helper_timeout,
+        vault,
+        ..SourceContext::default()
+    };
+    let mut inventory = Inventory::new();
+    let report = inventory.refresh(config, &context).await;
+    let failures = report
+        .failures
+        .iter()
+        .map(|f| format!("registry {}: {}", f.registry, f.error))
+        .collect();
+    Ok((inventory.credentials(), failures))
+}
+
+/// Exit 2 when a registry could not be read, after saying which and why.
+fn sources_outcome(config: &Config, failures: &[String]) -> Result<(), Failure> {
+    if failures.is_empty() {
         return Ok(());
     }
-    for failure in &report.failures {
-        eprintln!("error: registry {}: {}", failure.registry, failure.error);
+    for failure in failures {
+        eprintln!("error: {failure}");
     }
     Err(bad_input(anyhow::anyhow!(
-        "{} of {} registries could not be read; their secrets are not planned",
-        report.failures.len(),
+        "{} of {} registries could not be read; their secrets are held (left as they are)",
+        failures.len(),
         config.registries.len()
     )))
+}
+
+/// A client for the chosen (or current) kube context.
+async fn kube_client(kube: &KubeArgs) -> anyhow::Result<kube::Client> {
+    let config = match &kube.context {
+        Some(context) => {
+            let options = KubeConfigOptions {
+                context: Some(context.clone()),
+                ..KubeConfigOptions::default()
+            };
+            kube::Config::from_kubeconfig(&options)
+                .await
+                .with_context(|| format!("loading kube context {context}"))?
+        }
+        None => kube::Config::infer()
+            .await
+            .context("finding a cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?,
+    };
+    kube::Client::try_from(config).context("creating the Kubernetes client")
+}
+
+fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<(), Failure> {
+    let config = Config::load(&sources.config).map_err(bad_input)?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let (credentials, failures) = read_sources(&config, sources).await?;
+        let client = kube_client(kube).await.map_err(bad_input)?;
+        let throttle = Throttle::new(kube.qps, kube.burst, kube.retries);
+        let diff = reconcile::diff_cluster(&client, &throttle, &config, &credentials)
+            .await
+            .map_err(|error| Failure {
+                status: 1,
+                error: error.into(),
+            })?;
+        print!(
+            "{}",
+            render::plan_table(&config, &credentials, &diff.desired)
+        );
+        print!("{}", render::changes_table(&diff));
+        sources_outcome(&config, &failures)
+    })
+}
+
+fn run_once(sources: &SourceArgs, kube: &KubeArgs, writes: &WriteArgs) -> Result<(), Failure> {
+    let config = Config::load(&sources.config).map_err(bad_input)?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let (credentials, failures) = read_sources(&config, sources).await?;
+        let client = kube_client(kube).await.map_err(bad_input)?;
+        let throttle = Throttle::new(kube.qps, kube.burst, kube.retries);
+        let options = ApplyOptions {
+            events: !writes.no_events,
+            adopt: config
+                .pull_secrets
+                .iter()
+                .filter(|p| p.adopt)
+                .map(|p| p.name.clone())
+                .collect(),
+            ..ApplyOptions::default()
+        };
+        let report = reconcile::reconcile_once(
+            &client,
+            &throttle,
+            &options,
+            &config,
+            &credentials,
+            writes.concurrency,
+        )
+        .await
+        .map_err(|error| Failure {
+            status: 1,
+            error: error.into(),
+        })?;
+        print!("{}", render::once_summary(&report));
+        if !report.converged() {
+            sources_outcome(&config, &failures).ok();
+            return Err(Failure {
+                status: 1,
+                error: anyhow::anyhow!("not every project converged; see the failures above"),
+            });
+        }
+        sources_outcome(&config, &failures)
+    })
 }
 
 /// Offline there is no cluster to list: plan for the projects given on the command line, or

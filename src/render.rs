@@ -1,4 +1,5 @@
-//! Render stage (pure): a [`DesiredState`] as a table for people and as files for tools.
+//! Render stage (pure): a [`DesiredState`] as a table for people and as files for tools; a
+//! cluster diff and a `once` outcome as summaries.
 //!
 //! The table never shows secret values. The files are Secret and RoleBinding manifests built
 //! from the k8s-openapi types, and service-account links as `oc secrets link` commands: those
@@ -15,10 +16,12 @@ use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::config::{Config, LinkKind, PullerSubject, SourceConfig};
+use crate::diff::Action;
 use crate::plan::{
     DesiredLink, DesiredRoleBinding, DesiredSecret, DesiredState, IMAGE_PULLER_ROLE,
     MANAGED_BY_LABEL, MANAGED_BY_VALUE,
 };
+use crate::reconcile::{ClusterDiff, Report};
 use crate::source::Resolved;
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -321,5 +324,98 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
             .collect();
         let _ = writeln!(out, "  {}", cells.join("  ").trim_end());
     }
+    out
+}
+
+/// One action as a line for people, e.g. `link default: +reg-pull (imagePullSecrets)`.
+pub fn describe_action(action: &Action) -> String {
+    match action {
+        Action::CreateSecret(secret) => format!("create secret {}", secret.name),
+        Action::UpdateSecret { secret, .. } => format!("update secret {}", secret.name),
+        Action::RecreateSecret(secret) => {
+            format!(
+                "recreate secret {} (its type or immutable data changes)",
+                secret.name
+            )
+        }
+        Action::EditServiceAccount(edit) => {
+            let added = edit
+                .add
+                .iter()
+                .map(|(kind, secret)| format!("+{secret} ({})", kind.field()));
+            let removed = edit
+                .remove
+                .iter()
+                .map(|(kind, secret)| format!("-{secret} ({})", kind.field()));
+            let changes: Vec<String> = added.chain(removed).collect();
+            format!("link serviceaccount {}: {}", edit.name, changes.join(", "))
+        }
+        Action::DeleteSecret { name } => format!("delete secret {name}"),
+        Action::CreateRoleBinding(binding) => format!("create rolebinding {}", binding.name),
+        Action::UpdateRoleBinding { binding, .. } => {
+            format!("update rolebinding {} (subjects)", binding.name)
+        }
+        Action::DeleteRoleBinding { name } => format!("delete rolebinding {name}"),
+    }
+}
+
+/// What `once` would change, per project (`plan --cluster`).
+pub fn changes_table(diff: &ClusterDiff) -> String {
+    let mut out = String::from("\nChanges against the cluster\n");
+    if diff.projects.is_empty() {
+        out.push_str("  None: the cluster matches the config.\n");
+        return out;
+    }
+    for (project, project_diff) in &diff.projects {
+        let _ = writeln!(out, "  Project {project}");
+        for action in &project_diff.actions {
+            let _ = writeln!(out, "    {}", describe_action(action));
+        }
+        for problem in &project_diff.problems {
+            let _ = writeln!(out, "    {}: {}", problem.reason, problem.message);
+        }
+    }
+    let _ = writeln!(
+        out,
+        "  {} changes in {} projects.",
+        diff.action_count(),
+        diff.projects.len()
+    );
+    out
+}
+
+/// What `once` did: per project, changes, failures, skipped actions and problems; then totals.
+pub fn once_summary(report: &Report) -> String {
+    let mut out = String::new();
+    for problem in &report.plan_problems {
+        let _ = writeln!(out, "{}: {}", problem.reason, problem.message);
+    }
+    for project in &report.projects {
+        let _ = writeln!(out, "Project {}", project.project);
+        for change in &project.changes {
+            let _ = writeln!(out, "  {change}");
+        }
+        for failure in &project.failures {
+            let _ = writeln!(out, "  FAILED {failure}");
+        }
+        for skipped in &project.skipped {
+            let _ = writeln!(out, "  SKIPPED {skipped}");
+        }
+        for problem in &project.problems {
+            let _ = writeln!(out, "  {}: {}", problem.reason, problem.message);
+        }
+    }
+    let failures: usize = report.projects.iter().map(|p| p.failures.len()).sum();
+    let _ = writeln!(
+        out,
+        "{} changes, {failures} failures, in {} projects{}.",
+        report.change_count(),
+        report.projects.len(),
+        if report.converged() {
+            "; converged"
+        } else {
+            "; NOT converged"
+        }
+    );
     out
 }
