@@ -314,6 +314,10 @@ pub struct ImagePullerConfig {
     pub project: String,
     /// Who may pull from it, in config order, without duplicates.
     pub allow: Vec<PullerSubject>,
+    /// Pull secrets whose selected projects may all pull from it: each such project's service
+    /// accounts (group `system:serviceaccounts:<project>`) become subjects, as projects come
+    /// and go, without listing them.
+    pub allow_projects_of: Vec<String>,
 }
 
 /// A RoleBinding subject for `system:image-puller` (SPEC.md §6).

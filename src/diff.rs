@@ -528,6 +528,7 @@ mod tests {
             config,
             credentials: &credentials,
             namespaces: &[NamespaceInfo::named("a")],
+            openshift: None,
         });
         state.projects.get("a").cloned().unwrap_or_default()
     }

@@ -214,6 +214,7 @@ fn run_plan(
         config: &config,
         credentials: &credentials,
         namespaces: &namespaces,
+        openshift: None,
     });
     print!("{}", render::plan_table(&config, &credentials, &state));
     if let Some(dir) = output {

@@ -64,6 +64,9 @@ pub struct PlanInputs<'a> {
     pub credentials: &'a BTreeMap<String, Resolved>,
     /// The namespaces that exist (or, offline, that the user asked about).
     pub namespaces: &'a [NamespaceInfo],
+    /// Whether the cluster is OpenShift (`None`: not known, e.g. offline). Image-puller
+    /// bindings name OpenShift's `system:image-puller` role, so they are skipped elsewhere.
+    pub openshift: Option<bool>,
 }
 
 /// The rendered bytes of a Secret's one data key. Never printed.
@@ -193,9 +196,7 @@ pub fn plan(inputs: PlanInputs<'_>) -> DesiredState {
     for pull_secret in &inputs.config.pull_secrets {
         plan_pull_secret(pull_secret, inputs, &mut state);
     }
-    for puller in &inputs.config.image_pullers {
-        plan_image_puller(puller, inputs.namespaces, &mut state);
-    }
+    plan_image_pullers(inputs, &mut state);
     merge_role_bindings(&mut state);
     state.projects.retain(|_, project| !project.is_empty());
     state
@@ -394,12 +395,28 @@ fn report_missing_projects(
     }
 }
 
-fn plan_image_puller(
-    puller: &ImagePullerConfig,
-    namespaces: &[NamespaceInfo],
-    state: &mut DesiredState,
-) {
-    if !namespaces.iter().any(|ns| ns.name == puller.project) {
+fn plan_image_pullers(inputs: PlanInputs<'_>, state: &mut DesiredState) {
+    let pullers = &inputs.config.image_pullers;
+    if pullers.is_empty() {
+        return;
+    }
+    if inputs.openshift == Some(false) {
+        state.problems.push(Problem {
+            reason: "NotOpenShift",
+            message: format!(
+                "imagePullers skipped: this cluster is not OpenShift (no project.openshift.io or \
+                 image.openshift.io API), so the {IMAGE_PULLER_ROLE} role does not exist here"
+            ),
+        });
+        return;
+    }
+    for puller in pullers {
+        plan_image_puller(puller, inputs, state);
+    }
+}
+
+fn plan_image_puller(puller: &ImagePullerConfig, inputs: PlanInputs<'_>, state: &mut DesiredState) {
+    if !inputs.namespaces.iter().any(|ns| ns.name == puller.project) {
         state.problems.push(Problem {
             reason: "ProjectNotFound",
             message: format!(
@@ -409,11 +426,33 @@ fn plan_image_puller(
         });
         return;
     }
+    let mut subjects = puller.allow.clone();
+    subjects.extend(projects_of_pull_secrets(puller, inputs));
     let project_plan = state.projects.entry(puller.project.clone()).or_default();
     project_plan.role_bindings.push(DesiredRoleBinding {
         name: IMAGE_PULLER_BINDING.to_string(),
-        subjects: puller.allow.clone(),
+        subjects,
     });
+}
+
+/// `allowProjectsOf`: the service-account group of every project the named pull secrets
+/// select, except the image project itself (its own accounts may pull already).
+fn projects_of_pull_secrets(
+    puller: &ImagePullerConfig,
+    inputs: PlanInputs<'_>,
+) -> Vec<PullerSubject> {
+    let projects: BTreeSet<String> = inputs
+        .config
+        .pull_secrets
+        .iter()
+        .filter(|p| puller.allow_projects_of.contains(&p.name))
+        .flat_map(|p| selected_projects(p, inputs.namespaces))
+        .filter(|project| *project != puller.project)
+        .collect();
+    projects
+        .into_iter()
+        .map(|project| PullerSubject::ProjectServiceAccounts { project })
+        .collect()
 }
 
 /// Several `imagePullers` entries for one project become one binding, subjects deduplicated
@@ -534,6 +573,7 @@ mod tests {
             config,
             credentials,
             namespaces: ns,
+            openshift: None,
         })
     }
 
@@ -720,14 +760,17 @@ mod tests {
             ImagePullerConfig {
                 project: "b".into(),
                 allow: vec![sa.clone()],
+                allow_projects_of: vec![],
             },
             ImagePullerConfig {
                 project: "b".into(),
                 allow: vec![group.clone(), sa.clone()],
+                allow_projects_of: vec![],
             },
             ImagePullerConfig {
                 project: "missing".into(),
                 allow: vec![sa.clone()],
+                allow_projects_of: vec![],
             },
         ];
         let state = run(
@@ -744,6 +787,80 @@ mod tests {
         );
         assert_eq!(state.problems.len(), 1);
         assert_eq!(state.problems[0].reason, "ProjectNotFound");
+    }
+
+    #[test]
+    fn allow_projects_of_grants_every_selected_project_but_the_image_project() {
+        let mut ps = pull_secret("quay-pull", &["quay"], &["b"]);
+        ps.projects.selector = Some(LabelSelector::parse("team=web").expect("valid selector"));
+        let puller = ImagePullerConfig {
+            project: "b".into(),
+            allow: vec![PullerSubject::ServiceAccount {
+                namespace: "x".into(),
+                name: "ci".into(),
+            }],
+            allow_projects_of: vec!["quay-pull".into()],
+        };
+        let mut ns = namespaces(&["b", "other"]);
+        for name in ["web-2", "web-1"] {
+            let mut web = NamespaceInfo::named(name);
+            web.labels.insert("team".into(), "web".into());
+            ns.push(web);
+        }
+        let state = run(&config(vec![ps], vec![puller]), &all_credentials(), &ns);
+        let subjects = &state.projects["b"].role_bindings[0].subjects;
+        assert_eq!(
+            subjects,
+            &[
+                PullerSubject::ServiceAccount {
+                    namespace: "x".into(),
+                    name: "ci".into()
+                },
+                PullerSubject::ProjectServiceAccounts {
+                    project: "web-1".into()
+                },
+                PullerSubject::ProjectServiceAccounts {
+                    project: "web-2".into()
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn image_pullers_are_skipped_with_one_problem_off_openshift() {
+        let sa = PullerSubject::ServiceAccount {
+            namespace: "a".into(),
+            name: "default".into(),
+        };
+        let pullers = vec![
+            ImagePullerConfig {
+                project: "a".into(),
+                allow: vec![sa.clone()],
+                allow_projects_of: vec![],
+            },
+            ImagePullerConfig {
+                project: "b".into(),
+                allow: vec![sa],
+                allow_projects_of: vec![],
+            },
+        ];
+        let config = config(vec![pull_secret("quay-pull", &["quay"], &["a"])], pullers);
+        let ns = namespaces(&["a", "b"]);
+        let credentials = all_credentials();
+        let state = plan(PlanInputs {
+            config: &config,
+            credentials: &credentials,
+            namespaces: &ns,
+            openshift: Some(false),
+        });
+        assert!(state.projects.values().all(|p| p.role_bindings.is_empty()));
+        assert_eq!(
+            state.projects["a"].secrets.len(),
+            1,
+            "everything else still planned"
+        );
+        assert_eq!(state.problems.len(), 1);
+        assert_eq!(state.problems[0].reason, "NotOpenShift");
     }
 
     #[test]

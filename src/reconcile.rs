@@ -42,6 +42,7 @@ pub async fn diff_cluster(
         config,
         credentials,
         namespaces: &state.namespaces,
+        openshift: state.openshift,
     });
     // Desired projects, plus those holding managed objects nobody wants any more.
     let existing: BTreeSet<&str> = state.namespaces.iter().map(|ns| ns.name.as_str()).collect();

@@ -146,6 +146,7 @@ fn full_config_decodes_into_the_expected_types() {
                 project: "project-a".into(),
             },
         ],
+        allow_projects_of: vec![],
     }];
 
     assert_eq!(config.registries, registries);
@@ -387,6 +388,16 @@ fn every_error_class_names_line_column_and_field() {
             "imagePullers:\n  - project: b\n    allow: [\"user:alice\"]\n".into(),
             "config/x.yaml:3:13: imagePullers[0].allow[0]: expected \
              serviceaccount:<project>:<name> or group:<project>",
+        ),
+        (
+            "imagePullers:\n  - project: b\n    allowProjectsOf: [nope]\n".into(),
+            "config/x.yaml:3:23: imagePullers[0].allowProjectsOf[0]: unknown pull secret \"nope\" \
+             (no pullSecrets are defined)",
+        ),
+        (
+            "imagePullers:\n  - project: b\n".into(),
+            "config/x.yaml:2:5: imagePullers[0].allow: required field is missing (give allow, \
+             allowProjectsOf, or both)",
         ),
         (
             "".into(),

@@ -1,6 +1,7 @@
 //! Observe (I/O, read-only): what the cluster holds that the diff needs, in few requests.
 //!
-//! Reads scale with kinds, not namespaces: one list of namespaces, one of pullsecretd's
+//! Reads scale with kinds, not namespaces: API discovery (is this OpenShift?), one list of
+//! namespaces, one of pullsecretd's
 //! Secrets, one per linked service-account name (`fieldSelector=metadata.name=default`), one of
 //! pullsecretd's RoleBindings — each across all namespaces and paginated. An identity that may
 //! not list across namespaces (an OpenShift self-provisioner) falls back to OpenShift
@@ -34,6 +35,8 @@ pub struct ClusterState {
     pub namespaces: Vec<NamespaceInfo>,
     /// What each namespace holds of interest; namespaces holding nothing are absent.
     pub projects: BTreeMap<String, ObservedProject>,
+    /// OpenShift or not, from API discovery; `None` when discovery failed.
+    pub openshift: Option<bool>,
 }
 
 impl ClusterState {
@@ -81,10 +84,32 @@ pub async fn observe(
             .role_bindings
             .push(binding);
     }
+    let openshift = detect_openshift(client, throttle).await;
     Ok(ClusterState {
         namespaces,
         projects,
+        openshift,
     })
+}
+
+/// API groups that only OpenShift serves (SPEC.md §6). `user.openshift.io` is not one of them:
+/// it is absent when OpenShift uses an external OIDC provider.
+const OPENSHIFT_GROUPS: &[&str] = &["project.openshift.io", "image.openshift.io"];
+
+/// OpenShift is recognised by its API groups in `/apis`. A failed discovery is "unknown", not
+/// "no": aggregated APIs can be briefly unavailable.
+async fn detect_openshift(client: &Client, throttle: &Throttle) -> Option<bool> {
+    match throttle.call(|| client.list_api_groups()).await {
+        Ok(list) => Some(
+            list.groups
+                .iter()
+                .any(|group| OPENSHIFT_GROUPS.contains(&group.name.as_str())),
+        ),
+        Err(error) => {
+            tracing::warn!(%error, "API discovery failed; whether this is OpenShift is unknown.");
+            None
+        }
+    }
 }
 
 fn project_of<'a, K: Resource>(
@@ -231,10 +256,16 @@ impl Scope {
                 let mut items = Vec::new();
                 for namespace in namespaces {
                     let api = Api::<K>::namespaced(client.clone(), namespace);
-                    let page = list_pages(&api, throttle, params)
-                        .await
-                        .map_err(|error| ApiError::new("list", resource, namespace, error))?;
-                    items.extend(page);
+                    match list_pages(&api, throttle, params).await {
+                        Ok(page) => items.extend(page),
+                        // A project this identity may not read is not one it can manage.
+                        Err(error) if is_forbidden(&error) => {
+                            tracing::warn!(namespace, resource, "Not allowed to list; skipping.");
+                        }
+                        Err(error) => {
+                            return Err(ApiError::new("list", resource, namespace, error));
+                        }
+                    }
                 }
                 Ok(items)
             }

@@ -69,7 +69,7 @@ const PULL_SECRET_FIELDS: &[&str] = &[
 ];
 const PROJECTS_FIELDS: &[&str] = &["names", "selector", "exclude"];
 const ROTATION_FIELDS: &[&str] = &["refresh", "strategy"];
-const IMAGE_PULLER_FIELDS: &[&str] = &["project", "allow"];
+const IMAGE_PULLER_FIELDS: &[&str] = &["project", "allow", "allowProjectsOf"];
 
 /// How many known registry names an "unknown registry" message lists.
 const MAX_LISTED_NAMES: usize = 10;
@@ -91,7 +91,7 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         None => Vec::new(),
     };
     let image_pullers = match fields.get("imagePullers") {
-        Some(node) => decode_image_pullers(node, &path.key("imagePullers"))?,
+        Some(node) => decode_image_pullers(node, &path.key("imagePullers"), &pull_secrets)?,
         None => Vec::new(),
     };
     Ok(Config {
@@ -766,7 +766,11 @@ fn decode_duration(node: &Node, path: &FieldPath) -> Result<Duration> {
 // ---------------------------------------------------------------------------------------------
 // imagePullers:
 
-fn decode_image_pullers(node: &Node, path: &FieldPath) -> Result<Vec<ImagePullerConfig>> {
+fn decode_image_pullers(
+    node: &Node,
+    path: &FieldPath,
+    pull_secrets: &[PullSecretConfig],
+) -> Result<Vec<ImagePullerConfig>> {
     let mut pullers: Vec<ImagePullerConfig> = Vec::new();
     for (index, item) in expect_list(node, path)?.iter().enumerate() {
         let item_path = path.index(index);
@@ -780,10 +784,64 @@ fn decode_image_pullers(node: &Node, path: &FieldPath) -> Result<Vec<ImagePuller
                 format!("project already listed in imagePullers[{first}]; merge the allow lists"),
             ));
         }
-        let allow = decode_allow(fields.required("allow")?, &item_path.key("allow"))?;
-        pullers.push(ImagePullerConfig { project, allow });
+        let allow = match fields.get("allow") {
+            Some(node) => decode_allow(node, &item_path.key("allow"))?,
+            None => Vec::new(),
+        };
+        let allow_projects_of = match fields.get("allowProjectsOf") {
+            Some(node) => {
+                decode_pull_secret_refs(node, &item_path.key("allowProjectsOf"), pull_secrets)?
+            }
+            None => Vec::new(),
+        };
+        if allow.is_empty() && allow_projects_of.is_empty() {
+            return Err(problem(
+                item.mark,
+                &item_path.key("allow"),
+                "required field is missing (give allow, allowProjectsOf, or both)",
+            ));
+        }
+        pullers.push(ImagePullerConfig {
+            project,
+            allow,
+            allow_projects_of,
+        });
     }
     Ok(pullers)
+}
+
+/// Names of pull secrets defined above, without duplicates.
+fn decode_pull_secret_refs(
+    node: &Node,
+    path: &FieldPath,
+    pull_secrets: &[PullSecretConfig],
+) -> Result<Vec<String>> {
+    let items = expect_list(node, path)?;
+    if items.is_empty() {
+        return Err(problem(node.mark, path, "list at least one pull secret"));
+    }
+    let mut names: Vec<String> = Vec::new();
+    for (index, item) in items.iter().enumerate() {
+        let item_path = path.index(index);
+        let name = expect_string(item, &item_path)?;
+        if !pull_secrets.iter().any(|p| p.name == name) {
+            let known: Vec<&str> = pull_secrets.iter().map(|p| p.name.as_str()).collect();
+            let known = if known.is_empty() {
+                "no pullSecrets are defined".to_string()
+            } else {
+                format!("known: {}", known.join(", "))
+            };
+            return Err(problem(
+                item.mark,
+                &item_path,
+                format!("unknown pull secret {} ({known})", quoted(name)),
+            ));
+        }
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    Ok(names)
 }
 
 fn decode_allow(node: &Node, path: &FieldPath) -> Result<Vec<PullerSubject>> {
