@@ -68,6 +68,9 @@ pub struct Faults {
     pub forced_conflicts: u64,
     /// The next N watches from an explicit resourceVersion get 200 + ERROR 410 Expired.
     pub expire_watches: u64,
+    /// API groups whose discovery document answers 503, as an aggregated API that is down
+    /// (clients must tolerate `GroupDiscoveryFailed`).
+    pub failing_groups: Vec<String>,
     /// Watch streams end after this many events.
     pub watch_drop_after_events: Option<u64>,
     /// Watch streams end after this long.

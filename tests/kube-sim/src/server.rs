@@ -358,6 +358,11 @@ fn non_resource(shared: &Shared, method: &Method, path: &str) -> Option<Response
                 });
             }
             let parts: Vec<&str> = p.trim_start_matches('/').split('/').collect();
+            if let ["apis", g, ..] = parts.as_slice()
+                && shared.faults_mut().failing_groups.iter().any(|f| f == g)
+            {
+                return Some(error_response(&ApiError::service_unavailable()));
+            }
             match parts.as_slice() {
                 ["apis", g] => discovery::api_group(g, os),
                 ["apis", g, v] => discovery::resource_list(g, v, os),

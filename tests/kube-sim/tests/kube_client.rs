@@ -1138,3 +1138,90 @@ async fn malformed_requests_get_status_replies() {
         assert_eq!(v["code"], *want, "{method} {path}: {text}");
     }
 }
+
+#[tokio::test]
+async fn discovery_finds_openshift_and_survives_a_failing_group() {
+    let (h, c) = start(Options::default().openshift()).await;
+    let groups = c.list_api_groups().await.unwrap();
+    let names: Vec<&str> = groups.groups.iter().map(|g| g.name.as_str()).collect();
+    assert!(
+        names.contains(&"project.openshift.io") && names.contains(&"image.openshift.io"),
+        "{names:?}"
+    );
+    let (_p, plain) = start(Options::default()).await;
+    let plain_groups = plain.list_api_groups().await.unwrap();
+    assert!(
+        plain_groups
+            .groups
+            .iter()
+            .all(|g| !g.name.ends_with("openshift.io"))
+    );
+
+    h.set_faults(|f| f.failing_groups = vec!["image.openshift.io".into()]);
+    let strict = no_retry(&h);
+    let e = api_err(
+        strict
+            .list_api_group_resources("image.openshift.io/v1")
+            .await,
+    );
+    assert_eq!(e.code, 503);
+    // The group list itself still answers, as with an aggregated API that is down.
+    assert!(
+        c.list_api_groups()
+            .await
+            .unwrap()
+            .groups
+            .iter()
+            .any(|g| g.name == "image.openshift.io")
+    );
+    let core = c.list_core_api_resources("v1").await.unwrap();
+    assert!(
+        core.resources
+            .iter()
+            .any(|r| r.name == "secrets" && r.namespaced)
+    );
+}
+
+#[tokio::test]
+async fn runtime_watcher_with_streaming_lists() {
+    let (h, c) = start(Options::default()).await;
+    let api: Api<Secret> = Api::namespaced(c.clone(), "default");
+    api.create(
+        &PostParams::default(),
+        &secret("before", "Opaque", json!({})),
+    )
+    .await
+    .unwrap();
+    let cfg = kube::runtime::watcher::Config::default().streaming_lists();
+    let stream = kube::runtime::watcher(api.clone(), cfg);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let task = tokio::spawn(async move {
+        let mut stream = Box::pin(stream);
+        while let Some(ev) = stream.next().await {
+            match ev {
+                Ok(
+                    kube::runtime::watcher::Event::InitApply(s)
+                    | kube::runtime::watcher::Event::Apply(s),
+                ) => {
+                    let _ = tx.send(s.metadata.name.unwrap_or_default());
+                }
+                Ok(kube::runtime::watcher::Event::InitDone) => {
+                    let _ = tx.send("<init-done>".to_string());
+                }
+                _ => {}
+            }
+        }
+    });
+    assert!(wait_for(&mut rx, "before").await);
+    assert!(wait_for(&mut rx, "<init-done>").await);
+    api.create(
+        &PostParams::default(),
+        &secret("after", "Opaque", json!({})),
+    )
+    .await
+    .unwrap();
+    assert!(wait_for(&mut rx, "after").await);
+    // No list request: the initial state came through the watch.
+    assert_eq!(h.counts().count("list", "secrets"), 0);
+    task.abort();
+}
