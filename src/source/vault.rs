@@ -12,7 +12,12 @@
 //! - a request answered 403 logs in again once and is retried (a revoked or expired token is
 //!   invisible to callers); a second 403 is reported as a policy denial or a rejected token;
 //! - transport errors and 5xx are retried with jittered exponential backoff (`backon`), a
-//!   bounded number of times, so a `plan` against a dead server ends within seconds.
+//!   bounded number of times, so a `plan` against a dead server ends within seconds;
+//! - a login that still fails (refused, or the server unreachable after those retries) is not
+//!   tried again with the same credentials for a while ([`LoginBackoff`]: 10 s, doubling, at
+//!   most 5 min); meanwhile every request gets that login's error at once. A refresh over many
+//!   Vault paths therefore costs one login attempt — with Kubernetes auth, one TokenReview on
+//!   the API server — not one per path. Rotated credentials (a new token file) are tried at once.
 //!
 //! Renewing on use rather than from a timer task keeps the session free of task lifetimes and
 //! works the same in `plan`'s short-lived runtime and the daemon, whose refresh timer calls in
@@ -257,6 +262,24 @@ impl RetryPolicy {
     }
 }
 
+/// How long a refused login keeps the session from trying the same credentials again: the
+/// first refusal holds for `min`, each further one in a row for twice as long, up to `max`.
+/// Changed credentials (a rotated token or secret-ID file) are tried at once.
+#[derive(Clone, Copy, Debug)]
+pub struct LoginBackoff {
+    pub min: Duration,
+    pub max: Duration,
+}
+
+impl Default for LoginBackoff {
+    fn default() -> Self {
+        Self {
+            min: Duration::from_secs(10),
+            max: Duration::from_secs(300),
+        }
+    }
+}
+
 /// Where a token-auth session looks for its token besides the configured file. Captured once
 /// from the process; tests pass their own so they never touch the process environment.
 #[derive(Clone, Default)]
@@ -309,6 +332,32 @@ impl Login {
     }
 }
 
+/// A failed login: the same credentials are not presented again before `until`.
+struct LoginHold {
+    /// SHA-256 of the credentials that failed (never the credentials themselves).
+    fingerprint: [u8; 32],
+    until: Instant,
+    /// Failed logins in a row, whatever the credentials.
+    streak: u32,
+    method: &'static str,
+    mount: String,
+    outcome: Outcome,
+}
+
+impl LoginBackoff {
+    /// The hold after the `streak`-th failed login in a row.
+    fn delay(self, streak: u32) -> Duration {
+        let factor = 2u32.saturating_pow(streak.saturating_sub(1).min(16));
+        self.min.saturating_mul(factor).min(self.max)
+    }
+}
+
+/// SHA-256 of login credentials: tells "the same ones again" without keeping them.
+fn fingerprint(secret: &SecretString) -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    Sha256::digest(secret.expose_secret().as_bytes()).into()
+}
+
 /// Counters of what the session did, for logs, metrics and tests.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -327,7 +376,10 @@ pub struct VaultSession {
     base_url: reqwest::Url,
     environment: TokenEnvironment,
     retry: RetryPolicy,
+    login_backoff: LoginBackoff,
     login: tokio::sync::Mutex<Option<Login>>,
+    /// The last failed login, held off (see [`LoginBackoff`]).
+    login_hold: std::sync::Mutex<Option<LoginHold>>,
     /// KV v2 secrets whose metadata the policy does not let us read: polled by data reads
     /// instead, without a 403 → login round each time. Forgotten at the next login.
     metadata_denied: std::sync::Mutex<BTreeSet<VaultLocation>>,
@@ -394,7 +446,9 @@ impl VaultSession {
             base_url,
             environment,
             retry: RetryPolicy::default(),
+            login_backoff: LoginBackoff::default(),
             login: tokio::sync::Mutex::new(None),
+            login_hold: std::sync::Mutex::new(None),
             metadata_denied: std::sync::Mutex::new(BTreeSet::new()),
             logins: AtomicU64::new(0),
             renewals: AtomicU64::new(0),
@@ -406,6 +460,13 @@ impl VaultSession {
     #[must_use]
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
         self.retry = retry;
+        self
+    }
+
+    /// Replaces the hold-off after a refused login (tests use short ones).
+    #[must_use]
+    pub fn with_login_backoff(mut self, backoff: LoginBackoff) -> Self {
+        self.login_backoff = backoff;
         self
     }
 
@@ -616,18 +677,98 @@ impl VaultSession {
         }
     }
 
+    /// Logs in with the credentials configured now, unless the very same credentials were
+    /// refused (or the server could not be reached) within the hold-off: then the last error is
+    /// returned without a request. Without this, every Vault path of a refresh would log in
+    /// again, and with Kubernetes auth each attempt is a TokenReview on the API server.
     async fn log_in(&self) -> Result<Login, VaultError> {
-        let login = match &self.config.auth {
-            VaultAuth::Token { file } => self.log_in_with_token(file.as_deref()).await?,
-            VaultAuth::AppRole {
-                role_id,
-                secret_id_file,
+        let credentials = self.login_credentials()?;
+        let fingerprint = fingerprint(&credentials);
+        if let Some(error) = self.held_login(&fingerprint) {
+            return Err(error);
+        }
+        let result = self.log_in_with(&credentials).await;
+        let mut hold = self.login_hold.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(login) => {
+                *hold = None;
+                self.logins.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut denied) = self.metadata_denied.lock() {
+                    denied.clear();
+                }
+                tracing::info!(method = self.config.auth.method(), "Logged in to Vault.");
+                Ok(login)
+            }
+            Err(VaultError::Login {
+                method,
                 mount,
-            } => {
-                let secret_id = read_secret_file("AppRole secret ID", secret_id_file)?;
+                outcome,
+            }) => {
+                let streak = hold.as_ref().map_or(1, |h| h.streak.saturating_add(1));
+                let delay = self.login_backoff.delay(streak);
+                tracing::warn!(
+                    method,
+                    %outcome,
+                    ?delay,
+                    "Vault login failed; the same credentials are not tried again before the delay."
+                );
+                *hold = Some(LoginHold {
+                    fingerprint,
+                    until: Instant::now() + delay,
+                    streak,
+                    method,
+                    mount: mount.clone(),
+                    outcome: outcome.clone(),
+                });
+                Err(VaultError::Login {
+                    method,
+                    mount,
+                    outcome,
+                })
+            }
+            Err(other) => Err(other),
+        }
+    }
+
+    /// The last login error, while the same credentials are held off.
+    fn held_login(&self, fingerprint: &[u8; 32]) -> Option<VaultError> {
+        let hold = self.login_hold.lock().unwrap_or_else(|e| e.into_inner());
+        let hold = hold.as_ref()?;
+        let now = Instant::now();
+        if hold.fingerprint != *fingerprint || now >= hold.until {
+            return None;
+        }
+        tracing::debug!(
+            remaining = ?hold.until.duration_since(now),
+            "Vault login held off after a failure."
+        );
+        Some(VaultError::Login {
+            method: hold.method,
+            mount: hold.mount.clone(),
+            outcome: hold.outcome.clone(),
+        })
+    }
+
+    /// The secret a login presents, read now (files may have been rotated since the last one).
+    fn login_credentials(&self) -> Result<SecretString, VaultError> {
+        match &self.config.auth {
+            VaultAuth::Token { file } => self.find_token(file.as_deref()),
+            VaultAuth::AppRole { secret_id_file, .. } => {
+                read_secret_file("AppRole secret ID", secret_id_file)
+            }
+            VaultAuth::Kubernetes { token_file, .. } => {
+                read_secret_file("service-account token", token_file)
+            }
+        }
+    }
+
+    async fn log_in_with(&self, secret: &SecretString) -> Result<Login, VaultError> {
+        match &self.config.auth {
+            VaultAuth::Token { .. } => self.log_in_with_token(secret).await,
+            VaultAuth::AppRole { role_id, mount, .. } => {
                 let auth = self
                     .login_call(mount, |c| {
-                        let secret_id = secret_id.clone();
+                        let secret_id = secret.clone();
                         async move {
                             vaultrs::auth::approle::login(
                                 &*c,
@@ -639,32 +780,21 @@ impl VaultSession {
                         }
                     })
                     .await?;
-                self.login_from_auth(&auth)?
+                self.login_from_auth(&auth)
             }
-            VaultAuth::Kubernetes {
-                role,
-                mount,
-                token_file,
-            } => {
-                let jwt = read_secret_file("service-account token", token_file)?;
+            VaultAuth::Kubernetes { role, mount, .. } => {
                 let auth = self
                     .login_call(mount, |c| {
-                        let jwt = jwt.clone();
+                        let jwt = secret.clone();
                         async move {
                             vaultrs::auth::kubernetes::login(&*c, mount, role, jwt.expose_secret())
                                 .await
                         }
                     })
                     .await?;
-                self.login_from_auth(&auth)?
+                self.login_from_auth(&auth)
             }
-        };
-        self.logins.fetch_add(1, Ordering::Relaxed);
-        if let Ok(mut denied) = self.metadata_denied.lock() {
-            denied.clear();
         }
-        tracing::info!(method = self.config.auth.method(), "Logged in to Vault.");
-        Ok(login)
     }
 
     /// A login request made with an unauthenticated client, transient failures retried.
@@ -701,9 +831,8 @@ impl VaultSession {
     }
 
     /// Token auth: the token is found, then looked up for its TTL (which also proves it works).
-    async fn log_in_with_token(&self, file: Option<&Path>) -> Result<Login, VaultError> {
-        let token = self.find_token(file)?;
-        let client = Arc::new(self.vault_client(&token)?);
+    async fn log_in_with_token(&self, token: &SecretString) -> Result<Login, VaultError> {
+        let client = Arc::new(self.vault_client(token)?);
         let lookup = self
             .attempt(&client, &|c| async move {
                 vaultrs::token::lookup_self(&*c).await
@@ -1139,6 +1268,20 @@ mod tests {
         assert_eq!(a.version, b.version);
         assert_ne!(a.version, c.version);
         assert!(a.version.starts_with("sha256:"));
+    }
+
+    #[test]
+    fn failed_logins_are_held_off_twice_as_long_each_time_up_to_the_cap() {
+        let backoff = LoginBackoff::default();
+        let secs = |n| Duration::from_secs(n);
+        assert_eq!(backoff.delay(1), secs(10));
+        assert_eq!(backoff.delay(2), secs(20));
+        assert_eq!(backoff.delay(5), secs(160));
+        assert_eq!(backoff.delay(6), secs(300));
+        assert_eq!(backoff.delay(u32::MAX), secs(300));
+        let a = SecretString::from("token-a".to_string());
+        assert_eq!(fingerprint(&a), fingerprint(&a.clone()));
+        assert_ne!(fingerprint(&a), fingerprint(&"token-b".to_string().into()));
     }
 
     #[test]

