@@ -288,6 +288,11 @@ pub struct Rotation {
     /// How often the source is read again.
     pub refresh: Duration,
     pub strategy: RotationStrategy,
+    /// `versioned`: how long a replaced version stays (unlinked) before it is deleted, so pods
+    /// created just before the switch can still pull with it.
+    pub grace: Duration,
+    /// `versioned`: at most this many replaced versions are kept during their grace period.
+    pub keep: usize,
 }
 
 impl Default for Rotation {
@@ -295,6 +300,8 @@ impl Default for Rotation {
         Self {
             refresh: Duration::from_secs(300),
             strategy: RotationStrategy::InPlace,
+            grace: Duration::from_secs(600),
+            keep: 2,
         }
     }
 }

@@ -11,13 +11,16 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{LocalObjectReference, ObjectReference, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::jiff::Timestamp;
 
 use crate::config::{Config, LinkKind};
 use crate::plan::{
-    DesiredRoleBinding, DesiredSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, Problem, ProjectPlan,
+    DesiredRoleBinding, DesiredSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PULL_SECRET_ANNOTATION,
+    Problem, ProjectPlan,
 };
 use crate::render::role_binding_manifest;
 
@@ -86,15 +89,31 @@ pub struct ServiceAccountEdit {
 pub struct ProjectDiff {
     pub actions: Vec<Action>,
     pub problems: Vec<Problem>,
+    /// When a replaced versioned Secret kept for its grace period may be deleted: the project
+    /// needs another look then, even if nothing else changes.
+    pub revisit_at: Option<Timestamp>,
 }
 
-/// Computes the actions for one project. Pull secrets with `adopt: true` in `config` may take
-/// over same-name Secrets they did not create.
+/// Computes the actions for one project without a clock: replaced versioned Secrets are kept
+/// (up to `keep`) however old they are. See [`diff_project_at`].
 pub fn diff_project(
     project: &str,
     desired: &ProjectPlan,
     observed: &ObservedProject,
     config: &Config,
+) -> ProjectDiff {
+    diff_project_at(project, desired, observed, config, None)
+}
+
+/// Computes the actions for one project. Pull secrets with `adopt: true` in `config` may take
+/// over same-name Secrets they did not create. `now` (passed in: this stage reads no clock)
+/// decides which replaced versioned Secrets are past their grace period.
+pub fn diff_project_at(
+    project: &str,
+    desired: &ProjectPlan,
+    observed: &ObservedProject,
+    config: &Config,
+    now: Option<Timestamp>,
 ) -> ProjectDiff {
     let mut diff = ProjectDiff::default();
     let existing: BTreeMap<&str, &Secret> = observed
@@ -149,11 +168,14 @@ pub fn diff_project(
         .map(|s| s.name.as_str())
         .chain(desired.held.iter().map(|h| h.name.as_str()))
         .collect();
-    let unwanted: BTreeSet<&str> = existing
+    let mut unwanted: BTreeSet<&str> = existing
         .iter()
         .filter(|(name, s)| is_managed(&s.metadata.labels) && !wanted.contains(*name))
         .map(|(name, _)| *name)
         .collect();
+    let retention = retained_versions(desired, &existing, &unwanted, config, now);
+    unwanted.retain(|name| !retention.kept.contains(name));
+    diff.revisit_at = retention.revisit_at;
     let managed: BTreeSet<&str> = existing
         .iter()
         .filter(|(_, s)| is_managed(&s.metadata.labels))
@@ -182,6 +204,100 @@ pub fn diff_project(
         &mut diff.problems,
     ));
     diff
+}
+
+/// Replaced versioned Secrets still inside their grace period (unlinked, not yet deleted).
+#[derive(Default)]
+struct Retention<'a> {
+    kept: BTreeSet<&'a str>,
+    revisit_at: Option<Timestamp>,
+}
+
+/// For each desired versioned Secret, the older versions of it (same pull secret, same base
+/// name, a different hash suffix), newest first. Version *i* was replaced when version *i-1*
+/// (or the current one) was created; it is kept while fewer than `keep` newer old versions
+/// exist and its grace period, counted from that moment, has not run out.
+fn retained_versions<'a>(
+    desired: &ProjectPlan,
+    existing: &BTreeMap<&'a str, &'a Secret>,
+    unwanted: &BTreeSet<&'a str>,
+    config: &Config,
+    now: Option<Timestamp>,
+) -> Retention<'a> {
+    let mut retention = Retention::default();
+    for secret in desired.secrets.iter().filter(|s| s.immutable) {
+        let Some(rotation) = config
+            .pull_secrets
+            .iter()
+            .find(|p| p.name == secret.pull_secret)
+            .map(|p| &p.rotation)
+        else {
+            continue;
+        };
+        let Some(base) = version_base(&secret.name) else {
+            continue;
+        };
+        let mut older: Vec<(&'a str, Option<Timestamp>)> = unwanted
+            .iter()
+            .filter(|name| version_base(name) == Some(base))
+            .filter_map(|name| {
+                let current = existing.get(name)?;
+                let annotations = current.metadata.annotations.as_ref()?;
+                (annotations.get(PULL_SECRET_ANNOTATION) == Some(&secret.pull_secret))
+                    .then(|| (*name, created_at(current)))
+            })
+            .collect();
+        // Newest first; unknown creation times sort as oldest.
+        older.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
+        let current_created = existing
+            .get(secret.name.as_str())
+            .and_then(|s| created_at(s));
+        let mut replaced_at = current_created.or(now);
+        for (index, (name, created)) in older.into_iter().enumerate() {
+            let deadline = replaced_at.and_then(|at| at.checked_add(rotation.grace).ok());
+            let within_grace = match (now, deadline) {
+                (Some(now), Some(deadline)) => now < deadline,
+                // Without a clock nothing is old enough to go.
+                (None, _) => true,
+                (Some(_), None) => false,
+            };
+            if index < rotation.keep && within_grace {
+                retention.kept.insert(name);
+                if let Some(deadline) = deadline {
+                    retention.revisit_at = Some(
+                        retention
+                            .revisit_at
+                            .map_or(deadline, |earliest| earliest.min(deadline)),
+                    );
+                }
+            }
+            replaced_at = created;
+        }
+    }
+    retention
+}
+
+/// `base` of a versioned name `base-0123456789` (ten lowercase hex digits).
+fn version_base(name: &str) -> Option<&str> {
+    let (base, suffix) = name.rsplit_once('-')?;
+    (suffix.len() == VERSION_SUFFIX_LEN
+        && suffix
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(base)
+}
+
+/// Length of the hash suffix of versioned Secret names (as `plan` makes them).
+const VERSION_SUFFIX_LEN: usize = 10;
+
+fn created_at(secret: &Secret) -> Option<Timestamp> {
+    secret.metadata.creation_timestamp.as_ref().map(|t| t.0)
+}
+
+/// How long from `now` until `at`; zero when it has passed.
+pub fn until(now: Timestamp, at: Timestamp) -> Duration {
+    let seconds = at.as_millisecond().saturating_sub(now.as_millisecond());
+    Duration::from_millis(u64::try_from(seconds).unwrap_or(0))
 }
 
 enum SecretDecision {

@@ -19,11 +19,15 @@
 //! - [`diff`]: desired vs observed objects → ordered, minimal actions (pure).
 //! - [`cluster`]: reads the cluster and applies actions (kube I/O).
 //! - [`reconcile`]: one pass against a cluster: observe, plan, diff, apply.
+//! - [`daemon`]: `run`: watches, source timers, config reload and leader election drive
+//!   per-namespace reconciles from watch caches.
+//! - [`telemetry`]: logs, Prometheus metrics and the health/readiness/metrics listener.
 //! - [`render`]: the plan as a table for people and as manifests for `kubectl`/`oc`.
 
 pub mod cluster;
 pub mod config;
 pub mod credential;
+pub mod daemon;
 pub mod diff;
 pub mod dockerconfig;
 pub mod names;
@@ -32,3 +36,4 @@ pub mod reconcile;
 pub mod render;
 pub mod selector;
 pub mod source;
+pub mod telemetry;

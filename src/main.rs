@@ -26,6 +26,7 @@ use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
 use pullsecretd::reconcile;
 use pullsecretd::render;
 use pullsecretd::source::{Inventory, Resolved, SourceContext, VaultSession};
+use pullsecretd::{daemon, telemetry};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -73,6 +74,59 @@ enum Command {
         #[command(flatten)]
         writes: WriteArgs,
     },
+    /// Run as a daemon: keep every selected project right as namespaces, Secrets, service
+    /// accounts, credentials and the config change. Exit 0 after SIGTERM/SIGINT.
+    Run(Box<RunArgs>),
+}
+
+/// `run`: the daemon's settings beyond the config file.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    #[command(flatten)]
+    sources: SourceArgs,
+    #[command(flatten)]
+    kube: KubeArgs,
+    #[command(flatten)]
+    writes: WriteArgs,
+    /// Address of the /healthz, /readyz and /metrics listener.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value = "text")]
+    log_format: LogFormatArg,
+    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else pullsecretd).
+    #[arg(long)]
+    lease_namespace: Option<String>,
+    /// Name of the leader-election Lease.
+    #[arg(long, default_value = "pullsecretd")]
+    lease_name: String,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
+    #[arg(long)]
+    identity: Option<String>,
+    /// How long a standby waits on a Lease nobody renews before taking it.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    lease_duration: Duration,
+    /// How long a leader keeps writing after the start of its last good renewal.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    renew_deadline: Duration,
+    /// Time between Lease renewals (leader) or attempts (standby).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    retry_period: Duration,
+    /// Do not elect a leader: this replica always writes (run exactly one).
+    #[arg(long)]
+    no_leader_election: bool,
+    /// Longest wait for in-flight writes and the Lease release after SIGTERM/SIGINT.
+    #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
+    shutdown_timeout: Duration,
+    /// Quiet time after the config file changes before it is reloaded.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    reload_debounce: Duration,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum LogFormatArg {
+    Text,
+    Json,
 }
 
 /// Where credentials come from.
@@ -130,7 +184,16 @@ fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging();
+    match &cli.command {
+        Command::Run(args) => telemetry::init_logging(
+            match args.log_format {
+                LogFormatArg::Text => telemetry::LogFormat::Text,
+                LogFormatArg::Json => telemetry::LogFormat::Json,
+            },
+            "info,vaultrs=off,rustify=off",
+        ),
+        _ => init_logging(),
+    }
     let outcome = match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Plan {
@@ -151,6 +214,7 @@ fn main() -> ExitCode {
             kube,
             writes,
         } => run_once(&sources, &kube, &writes),
+        Command::Run(args) => run_daemon(&args),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -405,4 +469,90 @@ fn write_output(dir: &Path, state: &plan::DesiredState) -> anyhow::Result<()> {
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(())
+}
+
+/// `run`: starts the daemon and stops it gracefully on SIGTERM/SIGINT.
+fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(|error| Failure { status: 1, error })?;
+    runtime.block_on(async {
+        let config = Config::load(&args.sources.config).map_err(bad_input)?;
+        let vault = match &config.vault {
+            Some(vault) => Some(Arc::new(VaultSession::new(vault).map_err(bad_input)?)),
+            None => None,
+        };
+        let client = kube_client(&args.kube).await.map_err(bad_input)?;
+        let lease = (!args.no_leader_election).then(|| pullsecretd::cluster::lease::LeaseConfig {
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "pullsecretd".into()),
+            name: args.lease_name.clone(),
+            identity: args.identity.clone().unwrap_or_else(default_identity),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+        });
+        let options = daemon::DaemonOptions {
+            config_path: args.sources.config.clone(),
+            sources: SourceContext {
+                helper_timeout: args.sources.helper_timeout,
+                vault,
+                ..SourceContext::default()
+            },
+            throttle: Throttle::new(args.kube.qps, args.kube.burst, args.kube.retries),
+            events: !args.writes.no_events,
+            concurrency: u16::try_from(args.writes.concurrency).unwrap_or(u16::MAX),
+            lease,
+            listen: Some(args.listen),
+            reload_debounce: args.reload_debounce,
+            debounce: Duration::from_millis(50),
+        };
+        let running = daemon::start(client, options).await.map_err(bad_input)?;
+        if let Some(address) = running.address {
+            tracing::info!(%address, "Serving /healthz, /readyz and /metrics.");
+        }
+        wait_for_signal()
+            .await
+            .map_err(|error| Failure { status: 1, error })?;
+        tracing::info!("Stopping: finishing in-flight writes and releasing the Lease.");
+        running.stop();
+        if running.wait(args.shutdown_timeout).await {
+            Ok(())
+        } else {
+            Err(Failure {
+                status: 1,
+                error: anyhow::anyhow!("did not stop within {:?}", args.shutdown_timeout),
+            })
+        }
+    })
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// `$POD_NAME`, else the host name, else a fixed name.
+fn default_identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| {
+            fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("pullsecretd-{}", std::process::id()))
 }

@@ -11,7 +11,7 @@ use kube::Client;
 
 use crate::cluster::{self, ApiError, ApplyOptions, ProjectOutcome, Throttle};
 use crate::config::Config;
-use crate::diff::{ProjectDiff, diff_project};
+use crate::diff::{ProjectDiff, diff_project_at};
 use crate::plan::{self, DesiredState, PlanInputs, Problem};
 use crate::source::Resolved;
 
@@ -52,10 +52,12 @@ pub async fn diff_cluster(
         .chain(state.projects.keys())
         .filter(|name| existing.contains(name.as_str()))
         .collect();
+    // Replaced versioned Secrets are judged against the wall clock here, at the I/O edge.
+    let now = k8s_openapi::jiff::Timestamp::now();
     let mut projects = BTreeMap::new();
     for name in names {
         let wanted = desired.projects.get(name).cloned().unwrap_or_default();
-        let diff = diff_project(name, &wanted, &state.project(name), config);
+        let diff = diff_project_at(name, &wanted, &state.project(name), config, Some(now));
         if !diff.actions.is_empty() || !diff.problems.is_empty() {
             projects.insert(name.clone(), diff);
         }

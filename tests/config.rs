@@ -118,6 +118,7 @@ fn full_config_decodes_into_the_expected_types() {
         rotation: Rotation {
             refresh: Duration::from_secs(90 * 60),
             strategy: RotationStrategy::Versioned,
+            ..Rotation::default()
         },
         adopt: true,
     };
@@ -173,6 +174,8 @@ fn omitted_fields_take_their_defaults() {
         Rotation {
             refresh: Duration::from_secs(300),
             strategy: RotationStrategy::InPlace,
+            grace: Duration::from_secs(600),
+            keep: 2,
         }
     );
     assert!(!secret.adopt);

@@ -7,6 +7,8 @@
 //! verb, resource and object but never a Secret's data.
 
 pub mod apply;
+pub mod cache;
+pub mod lease;
 pub mod observe;
 
 use std::fmt;

@@ -68,7 +68,7 @@ const PULL_SECRET_FIELDS: &[&str] = &[
     "adopt",
 ];
 const PROJECTS_FIELDS: &[&str] = &["names", "selector", "exclude"];
-const ROTATION_FIELDS: &[&str] = &["refresh", "strategy"];
+const ROTATION_FIELDS: &[&str] = &["refresh", "strategy", "grace", "keep"];
 const IMAGE_PULLER_FIELDS: &[&str] = &["project", "allow", "allowProjectsOf"];
 
 /// How many known registry names an "unknown registry" message lists.
@@ -748,7 +748,29 @@ fn decode_rotation(node: &Node, path: &FieldPath) -> Result<Rotation> {
         )?,
         None => defaults.strategy,
     };
-    Ok(Rotation { refresh, strategy })
+    let grace = match fields.get("grace") {
+        Some(node) => decode_duration(node, &path.key("grace"))?,
+        None => defaults.grace,
+    };
+    let keep = match fields.get("keep") {
+        Some(node) => decode_count(node, &path.key("keep"))?,
+        None => defaults.keep,
+    };
+    Ok(Rotation {
+        refresh,
+        strategy,
+        grace,
+        keep,
+    })
+}
+
+/// A small non-negative whole number.
+fn decode_count(node: &Node, path: &FieldPath) -> Result<usize> {
+    const WANTED: &str = "expected a whole number from 0 to 100";
+    node.scalar_text()
+        .and_then(|text| text.parse::<usize>().ok())
+        .filter(|n| *n <= 100)
+        .ok_or_else(|| problem(node.mark, path, WANTED))
 }
 
 fn decode_duration(node: &Node, path: &FieldPath) -> Result<Duration> {

@@ -5,7 +5,7 @@
 //! dropped or blanked because a source failed: an entry goes only when the config stops naming
 //! the registry. Must not hold anything but credentials the config still asks for.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -67,10 +67,32 @@ impl Inventory {
     /// Reads every registry of `config` once and records what it got. Unpinned KV v2 secrets
     /// whose version has not moved are only version-polled (metadata), not read again.
     pub async fn refresh(&mut self, config: &Config, ctx: &SourceContext) -> RefreshReport {
-        let resolution = resolve_all_since(config, ctx, &self.credentials()).await;
-        let now = Instant::now();
+        self.forget_unconfigured(config);
+        self.read(config, ctx).await
+    }
+
+    /// Reads only the registries named in `due` (the daemon refreshes each on its own
+    /// schedule); the others keep what they have.
+    pub async fn refresh_only(
+        &mut self,
+        config: &Config,
+        ctx: &SourceContext,
+        due: &BTreeSet<String>,
+    ) -> RefreshReport {
+        let mut subset = config.clone();
+        subset.registries.retain(|name, _| due.contains(name));
+        self.read(&subset, ctx).await
+    }
+
+    /// Drops registries the config no longer names.
+    pub fn forget_unconfigured(&mut self, config: &Config) {
         self.entries
             .retain(|name, _| config.registries.contains_key(name));
+    }
+
+    async fn read(&mut self, config: &Config, ctx: &SourceContext) -> RefreshReport {
+        let resolution = resolve_all_since(config, ctx, &self.credentials()).await;
+        let now = Instant::now();
         let mut report = RefreshReport::default();
         for (name, resolved) in resolution.credentials {
             let same = self

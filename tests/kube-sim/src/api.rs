@@ -4,6 +4,7 @@
 //! selfsubjectaccessreviews). Everything runs under the store lock, so each request is atomic.
 
 use crate::UserInfo;
+use crate::convert;
 use crate::managed;
 use crate::patch;
 use crate::resources::{self, ResourceKey, ResourceType};
@@ -108,6 +109,17 @@ pub fn serve(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         ("project.openshift.io", "projects" | "projectrequests") => return projects(shared, req),
         _ => {}
     }
+    let reply = dispatch(shared, req)?;
+    Ok(match reply {
+        Reply::Json(code, mut v) if convert::is_events_v1(req.rt) => {
+            convert::from_core(&mut v);
+            Reply::Json(code, v)
+        }
+        other => other,
+    })
+}
+
+fn dispatch(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     match req.verb {
         "get" => get(shared, req),
         "list" => list(shared, req),
@@ -309,9 +321,16 @@ fn type_meta(req: &Request, obj: &mut Value) -> ApiResult<()> {
             req.rt.kind
         )));
     }
+    let (stored_av, stored_kind) = req.rt.stored_type();
     if let Some(m) = obj.as_object_mut() {
         m.insert("apiVersion".into(), json!(want_av));
-        m.insert("kind".into(), json!(req.rt.kind));
+        m.insert("kind".into(), json!(stored_kind));
+    }
+    if convert::is_events_v1(req.rt) {
+        convert::to_core(obj);
+    }
+    if let Some(m) = obj.as_object_mut() {
+        m.insert("apiVersion".into(), json!(stored_av));
     }
     Ok(())
 }
@@ -583,11 +602,19 @@ fn patch_req(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         .cloned()
         .ok_or_else(|| ApiError::not_found(req.rt.group, req.rt.plural, req.name()))?;
     forced_conflict(shared, req)?;
+    // The patch applies to the object as this API version shows it.
+    let mut view = old.clone();
+    if convert::is_events_v1(req.rt) {
+        convert::from_core(&mut view);
+    }
     let mut obj = match ct.as_str() {
-        "application/json-patch+json" => patch::json_patch(&old, &patch_doc)?,
-        "application/merge-patch+json" => patch::merge_patch(&old, &patch_doc)?,
-        _ => patch::strategic_merge(req.rt.kind, &old, &patch_doc)?,
+        "application/json-patch+json" => patch::json_patch(&view, &patch_doc)?,
+        "application/merge-patch+json" => patch::merge_patch(&view, &patch_doc)?,
+        _ => patch::strategic_merge(req.rt.kind, &view, &patch_doc)?,
     };
+    if convert::is_events_v1(req.rt) {
+        convert::to_core(&mut obj);
+    }
     field_validation(req, &mut obj)?;
     let rv = meta_str(&obj, "resourceVersion");
     if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
@@ -601,8 +628,9 @@ fn patch_req(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         ));
     }
     if let Some(m) = obj.as_object_mut() {
-        m.insert("apiVersion".into(), json!(req.rt.api_version()));
-        m.insert("kind".into(), json!(req.rt.kind));
+        let (av, kind) = req.rt.stored_type();
+        m.insert("apiVersion".into(), json!(av));
+        m.insert("kind".into(), json!(kind));
     }
     if req.rt.plural == "namespaces" && req.subresource.as_deref() == Some("status") {
         let mut next = old.clone();
@@ -679,8 +707,9 @@ fn apply(shared: &Shared, req: &Request) -> ApiResult<Reply> {
             }
         }
         if let Some(m) = obj.as_object_mut() {
-            m.insert("apiVersion".into(), json!(api_version));
-            m.insert("kind".into(), json!(req.rt.kind));
+            let (av, kind) = req.rt.stored_type();
+            m.insert("apiVersion".into(), json!(av));
+            m.insert("kind".into(), json!(kind));
         }
         let mf = obj.pointer("/metadata/managedFields").cloned();
         strategy::prepare_create(req.rt, &mut obj);

@@ -15,6 +15,7 @@
 //! - `discovery`, `table`, `rbac`, `selector`, `status`, `tls`, `faults`, `resources`, `util`.
 
 mod api;
+mod convert;
 mod discovery;
 pub mod faults;
 mod hooks;

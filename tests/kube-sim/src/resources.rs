@@ -44,10 +44,25 @@ impl ResourceType {
 
     /// Storage key: group and plural.
     pub fn key(&self) -> ResourceKey {
+        // events.k8s.io/v1 Events share the storage of v1 Events, as in the apiserver.
+        if self.group == "events.k8s.io" && self.plural == "events" {
+            return ResourceKey {
+                group: "",
+                plural: "events",
+            };
+        }
         ResourceKey {
             group: self.group,
             plural: self.plural,
         }
+    }
+
+    /// apiVersion and kind of stored objects (v1 for events.k8s.io Events).
+    pub fn stored_type(&self) -> (String, &'static str) {
+        if self.group == "events.k8s.io" && self.plural == "events" {
+            return ("v1".into(), "Event");
+        }
+        (self.api_version(), self.kind)
     }
 
     /// Whether objects are created by requests, rather than computed (tokenreviews, projects).

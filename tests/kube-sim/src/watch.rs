@@ -26,6 +26,8 @@ pub struct WatchSpec {
     timeout: Option<Duration>,
     /// Objects are namespaces shown as projects.
     as_project: bool,
+    /// Objects are stored v1 Events shown as events.k8s.io/v1.
+    events_v1: bool,
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -71,7 +73,8 @@ pub fn spec(shared: &Shared, req: &Request) -> ApiResult<WatchSpec> {
         .unwrap_or_default();
     let mut st = shared.lock_store();
     let mut initial = VecDeque::new();
-    let convert = |o: &Value| if as_project { project_of(o) } else { o.clone() };
+    let events_v1 = crate::convert::is_events_v1(req.rt);
+    let convert = |o: &Value| show(o, as_project, events_v1);
     let since = if rv_param.is_empty() || rv_param == "0" || send_initial {
         for obj in st.list(key, req.namespace.as_deref()) {
             if selectors.matches(obj) {
@@ -104,6 +107,7 @@ pub fn spec(shared: &Shared, req: &Request) -> ApiResult<WatchSpec> {
             rx: None,
             timeout,
             as_project,
+            events_v1,
         });
     }
     let initial_events = initial.len();
@@ -124,7 +128,20 @@ pub fn spec(shared: &Shared, req: &Request) -> ApiResult<WatchSpec> {
         rx,
         timeout,
         as_project,
+        events_v1,
     })
+}
+
+/// A stored object as the watched API version shows it.
+fn show(o: &Value, as_project: bool, events_v1: bool) -> Value {
+    if as_project {
+        return project_of(o);
+    }
+    let mut v = o.clone();
+    if events_v1 {
+        crate::convert::from_core(&mut v);
+    }
+    v
 }
 
 struct State {
@@ -138,13 +155,7 @@ struct State {
 
 impl State {
     fn render(&self, msg: WatchMsg) -> Option<Bytes> {
-        let convert = |o: &Value| {
-            if self.spec.as_project {
-                project_of(o)
-            } else {
-                o.clone()
-            }
-        };
+        let convert = |o: &Value| show(o, self.spec.as_project, self.spec.events_v1);
         match msg {
             WatchMsg::Bookmark(rv) => {
                 Some(line("BOOKMARK", &bookmark_object(self.spec.rt, rv, false)))

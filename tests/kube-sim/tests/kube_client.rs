@@ -1225,3 +1225,54 @@ async fn runtime_watcher_with_streaming_lists() {
     assert_eq!(h.counts().count("list", "secrets"), 0);
     task.abort();
 }
+
+#[tokio::test]
+async fn recorder_events_are_v1_events_too() {
+    use kube::runtime::events::{Event as RecEvent, EventType, Recorder, Reporter};
+    let (h, c) = start(Options::default()).await;
+    let recorder = Recorder::new(
+        c.clone(),
+        Reporter {
+            controller: "pullsecretd".into(),
+            instance: None,
+        },
+    );
+    let sa = Api::<ServiceAccount>::namespaced(c.clone(), "default")
+        .get("default")
+        .await
+        .unwrap();
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ServiceAccount".into()),
+        name: sa.metadata.name.clone(),
+        namespace: Some("default".into()),
+        uid: sa.metadata.uid.clone(),
+        ..Default::default()
+    };
+    let ev = RecEvent {
+        type_: EventType::Normal,
+        reason: "Linked".into(),
+        note: Some("linked reg".into()),
+        action: "Link".into(),
+        secondary: None,
+    };
+    recorder.publish(&ev, &reference).await.unwrap();
+    recorder.publish(&ev, &reference).await.unwrap();
+    // One storage: the v1 API shows the same Event with v1 field names.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(c.clone(), "default");
+    let list = core.list(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    let e = &list.items[0];
+    assert_eq!(e.message.as_deref(), Some("linked reg"));
+    assert_eq!(e.involved_object.name.as_deref(), Some("default"));
+    assert_eq!(e.reporting_component.as_deref(), Some("pullsecretd"));
+    assert_eq!(e.series.as_ref().map(|s| s.count), Some(Some(2)));
+    let new: Api<k8s_openapi::api::events::v1::Event> = Api::namespaced(c.clone(), "default");
+    let got = new.get(e.metadata.name.as_deref().unwrap()).await.unwrap();
+    assert_eq!(got.note.as_deref(), Some("linked reg"));
+    assert_eq!(
+        got.regarding.and_then(|r| r.name).as_deref(),
+        Some("default")
+    );
+    assert!(h.counts().count("patch", "events") >= 1);
+}

@@ -1,0 +1,222 @@
+//! Watch caches (kube I/O, read-only): kube-runtime reflectors over namespaces, managed Secrets,
+//! the linked service accounts (one watch per account name) and managed RoleBindings, and the
+//! per-namespace view of them that `diff` needs.
+//!
+//! After the initial list each cache is kept current by its watch (resumed from the last
+//! resourceVersion or bookmark; re-listed only after 410 Expired), so reading a namespace's
+//! objects costs no request. Every change is reported as the name of the namespace it touches,
+//! including objects that vanished while a watch was re-listing. Must not write anything.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Debug;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::{Stream, StreamExt as _};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::api::Api;
+use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::runtime::watcher::{self, Event};
+use kube::runtime::{WatchStreamExt as _, reflector as reflect, watcher as watch};
+use kube::{Client, Resource, ResourceExt as _};
+use serde::de::DeserializeOwned;
+use tokio::sync::mpsc;
+
+use crate::diff::ObservedProject;
+use crate::plan::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, NamespaceInfo};
+
+/// Names of namespaces whose objects changed; the controller reconciles them.
+pub type Touched = mpsc::UnboundedSender<String>;
+
+/// The reflector stores the daemon plans and diffs from.
+#[derive(Clone)]
+pub struct Caches {
+    pub namespaces: Store<Namespace>,
+    pub secrets: Store<Secret>,
+    pub role_bindings: Store<RoleBinding>,
+    /// One store per watched service-account name.
+    accounts: Arc<Mutex<BTreeMap<String, Store<ServiceAccount>>>>,
+    client: Client,
+    touched: Touched,
+}
+
+impl Caches {
+    /// Starts the namespace, Secret and RoleBinding watches (each in its own task) and one
+    /// watch per name in `accounts`. Changes are sent to `touched`.
+    pub fn start(client: &Client, accounts: &BTreeSet<String>, touched: Touched) -> Self {
+        let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
+        let namespaces = spawn_reflector(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+            touched.clone(),
+            |ns: &Namespace| ns.name_any(),
+        );
+        let secrets = spawn_reflector(
+            Api::<Secret>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+            touched.clone(),
+            namespace_of,
+        );
+        let role_bindings = spawn_reflector(
+            Api::<RoleBinding>::all(client.clone()),
+            watcher::Config::default().labels(&managed),
+            touched.clone(),
+            namespace_of,
+        );
+        let caches = Self {
+            namespaces,
+            secrets,
+            role_bindings,
+            accounts: Arc::default(),
+            client: client.clone(),
+            touched,
+        };
+        caches.watch_accounts(accounts);
+        caches
+    }
+
+    /// Adds a watch for each service-account name not watched yet. Names are never dropped:
+    /// an account the config stopped linking must still be seen to be unlinked.
+    pub fn watch_accounts(&self, names: &BTreeSet<String>) -> Vec<Store<ServiceAccount>> {
+        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut added = Vec::new();
+        for name in names {
+            if accounts.contains_key(name) {
+                continue;
+            }
+            let store = spawn_reflector(
+                Api::<ServiceAccount>::all(self.client.clone()),
+                watcher::Config::default().fields(&format!("metadata.name={name}")),
+                self.touched.clone(),
+                namespace_of,
+            );
+            accounts.insert(name.clone(), store.clone());
+            added.push(store);
+        }
+        added
+    }
+
+    fn account_stores(&self) -> Vec<(String, Store<ServiceAccount>)> {
+        self.accounts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(name, store)| (name.clone(), store.clone()))
+            .collect()
+    }
+
+    /// Waits until every store has had its initial list.
+    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.namespaces.wait_until_ready().await?;
+        self.secrets.wait_until_ready().await?;
+        self.role_bindings.wait_until_ready().await?;
+        for (_, store) in self.account_stores() {
+            store.wait_until_ready().await?;
+        }
+        Ok(())
+    }
+
+    /// Namespaces that exist and are not terminating, with their labels, sorted by name.
+    pub fn namespace_infos(&self) -> Vec<NamespaceInfo> {
+        let mut infos: Vec<NamespaceInfo> = self
+            .namespaces
+            .state()
+            .iter()
+            .filter(|ns| ns.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Terminating"))
+            .map(|ns| NamespaceInfo {
+                name: ns.name_any(),
+                labels: ns.metadata.labels.clone().unwrap_or_default(),
+            })
+            .collect();
+        infos.sort_by(|a, b| a.name.cmp(&b.name));
+        infos
+    }
+
+    /// What `namespace` holds of interest, from the caches (no request).
+    pub fn observed(&self, namespace: &str) -> ObservedProject {
+        let in_namespace =
+            |meta: &kube::api::ObjectMeta| meta.namespace.as_deref() == Some(namespace);
+        ObservedProject {
+            secrets: self
+                .secrets
+                .state_filter(|s| in_namespace(&s.metadata))
+                .iter()
+                .map(|s| Secret::clone(s))
+                .collect(),
+            service_accounts: self
+                .account_stores()
+                .iter()
+                .filter_map(|(name, store)| store.get(&ObjectRef::new(name).within(namespace)))
+                .map(|sa| ServiceAccount::clone(&sa))
+                .collect(),
+            role_bindings: self
+                .role_bindings
+                .state_filter(|b| in_namespace(&b.metadata))
+                .iter()
+                .map(|b| RoleBinding::clone(b))
+                .collect(),
+        }
+    }
+}
+
+fn namespace_of<K: Resource>(object: &K) -> String {
+    object.meta().namespace.clone().unwrap_or_default()
+}
+
+/// Runs a reflector in its own task, reporting the namespace of every object it sees change.
+fn spawn_reflector<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    touched: Touched,
+    namespace: fn(&K) -> String,
+) -> Store<K>
+where
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+{
+    let (reader, writer) = reflector::store();
+    let events = reflect(writer, watch(api, config).default_backoff());
+    let store = reader.clone();
+    tokio::spawn(report_changes(events, reader, touched, namespace));
+    store
+}
+
+/// Sends the namespace of each applied or deleted object. After a re-list (a fresh start or a
+/// 410 Expired), objects that were cached before and are gone now count as deleted.
+async fn report_changes<K>(
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    store: Store<K>,
+    touched: Touched,
+    namespace: fn(&K) -> String,
+) where
+    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
+{
+    let mut events = std::pin::pin!(events);
+    let mut before_relist: Vec<Arc<K>> = Vec::new();
+    while let Some(event) = events.next().await {
+        let sent = match event {
+            Ok(Event::Apply(object) | Event::Delete(object) | Event::InitApply(object)) => {
+                touched.send(namespace(&object))
+            }
+            Ok(Event::Init) => {
+                before_relist = store.state();
+                Ok(())
+            }
+            Ok(Event::InitDone) => {
+                let gone: BTreeSet<String> = before_relist
+                    .drain(..)
+                    .filter(|old| store.get(&ObjectRef::from_obj(old.as_ref())).is_none())
+                    .map(|old| namespace(&old))
+                    .collect();
+                gone.into_iter().try_for_each(|ns| touched.send(ns))
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Watch failed; retrying with backoff.");
+                Ok(())
+            }
+        };
+        if sent.is_err() {
+            // The controller is gone: the daemon is stopping.
+            return;
+        }
+    }
+}

@@ -1,0 +1,810 @@
+//! Daemon (orchestration): the `run` trigger of the pipeline, driven by watches and timers.
+//!
+//! ```text
+//!  sources task ──watch<Snapshot>──┐                     ┌─► reconcile(namespace):
+//!  config file (notify) ─watch<Config>─► dispatcher ─┐    │     plan (pure, from caches)
+//!  Lease (leader election) ──────────┘               ├─► applier ─► diff (pure, `now` passed in)
+//!  reflectors (ns, Secrets, SAs, RBs) ─ namespace ───┘   (dedup,     apply (leader only)
+//!                                        names            backoff)
+//! ```
+//!
+//! - Reconciles are per namespace and read only the watch caches; kube-runtime's `applier`
+//!   deduplicates requests, never runs one namespace twice at once, and requeues failures with
+//!   per-namespace backoff. A namespace is looked at again only when something it depends on
+//!   changes (or a replaced versioned Secret's grace period ends): no periodic resync, so an
+//!   idle cluster costs no request and no write.
+//! - Sources refresh each registry on its own `refresh` interval in their own task and publish
+//!   a [`Snapshot`]; a changed credential re-reconciles exactly the namespaces planned to use it.
+//!   A reconcile never calls a source.
+//! - Only the Lease holder writes, and it checks just before writing.
+//!
+//! Must not hold any state a restart cannot rebuild from the cluster and the sources.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt as _, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::{self, Action, ReconcileRequest, applier};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt as _};
+use tokio::sync::{mpsc, watch};
+use tracing::Instrument as _;
+
+use crate::cluster::cache::Caches;
+use crate::cluster::lease::{Elector, Leadership, LeaseConfig};
+use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle, apply_project};
+use crate::config::{Config, ConfigError};
+use crate::diff::{Action as DiffAction, ObservedProject, diff_project_at, until};
+use crate::plan::{
+    self, CONTENT_HASH_ANNOTATION, DesiredState, PULL_SECRET_ANNOTATION, PlanInputs,
+    SERVICE_ACCOUNTS_ANNOTATION,
+};
+use crate::source::{Inventory, Resolved, SourceContext};
+use crate::telemetry::{
+    self, Health, Metrics, ReadLabels, RegistryLabel, ResultLabel, WriteLabels,
+};
+
+/// Longest wait before a failed namespace is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How the daemon runs.
+pub struct DaemonOptions {
+    pub config_path: PathBuf,
+    pub sources: SourceContext,
+    pub throttle: Throttle,
+    /// Publish Kubernetes Events for changes and failures.
+    pub events: bool,
+    /// Namespaces reconciled at the same time.
+    pub concurrency: u16,
+    /// `None`: no election, this replica always writes.
+    pub lease: Option<LeaseConfig>,
+    /// Where /healthz, /readyz and /metrics are served (`None`: not at all).
+    pub listen: Option<SocketAddr>,
+    /// Quiet time after a config file change before it is reloaded.
+    pub reload_debounce: Duration,
+    /// Requests for one namespace arriving within this window are merged.
+    pub debounce: Duration,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    LoadConfig(#[from] ConfigError),
+    #[error(transparent)]
+    Listen(#[from] telemetry::ListenError),
+    #[error("watching config file {path}: {source}")]
+    WatchConfig {
+        path: PathBuf,
+        #[source]
+        source: notify::Error,
+    },
+}
+
+/// Why one namespace did not converge (the applier retries it with backoff).
+#[derive(Debug, thiserror::Error)]
+#[error("namespace {namespace}: {failures} write(s) failed, first: {first}")]
+pub struct ReconcileError {
+    pub namespace: String,
+    pub failures: usize,
+    pub first: String,
+}
+
+/// Every registry's last good credential, as the sources task last published it.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    pub credentials: BTreeMap<String, Resolved>,
+    /// When each registry's credential was last read successfully.
+    pub read_at: BTreeMap<String, Instant>,
+    /// Registries whose credential changed in the refresh that published this snapshot.
+    pub changed: BTreeSet<String>,
+    /// True once every configured registry has a credential.
+    pub complete: bool,
+    /// 0 before the first refresh finished.
+    pub generation: u64,
+}
+
+/// A started daemon.
+pub struct Running {
+    /// The bound address of the HTTP listener.
+    pub address: Option<SocketAddr>,
+    pub health: Arc<Health>,
+    pub leadership: Leadership,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    /// The tasks that act (elector, sources, dispatcher live under `task` or here).
+    helpers: Vec<tokio::task::AbortHandle>,
+}
+
+impl Running {
+    /// Stop taking work, finish in-flight reconciles, release the Lease.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Waits until the daemon has stopped, at most `limit`.
+    pub async fn wait(self, limit: Duration) -> bool {
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(limit, self.task).await.is_ok() {
+            true
+        } else {
+            abort.abort();
+            false
+        }
+    }
+
+    /// Ends every task that acts at once, as a crash would (no Lease release).
+    pub fn kill(&self) {
+        self.task.abort();
+        for helper in &self.helpers {
+            helper.abort();
+        }
+    }
+}
+
+/// What every reconcile shares.
+struct Context {
+    client: Client,
+    throttle: Throttle,
+    events: bool,
+    caches: Caches,
+    config: watch::Receiver<Arc<Config>>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    leadership: Leadership,
+    metrics: Arc<Metrics>,
+    stopping: watch::Receiver<bool>,
+    /// Consecutive failures per namespace, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+/// Starts the daemon's tasks. Returns once the HTTP listener is bound.
+pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, DaemonError> {
+    let config = Arc::new(Config::load(&options.config_path)?);
+    let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+
+    let ages = snapshot_rx.clone();
+    let health = Arc::new(Health {
+        metrics: Arc::clone(&metrics),
+        ready: false.into(),
+        before_scrape: Box::new(move |metrics| record_ages(metrics, &ages.borrow())),
+    });
+    let address = match options.listen {
+        Some(listen) => {
+            let stop = stop_rx.clone();
+            let (bound, _task) = telemetry::serve(listen, Arc::clone(&health), async move {
+                let mut stop = stop;
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await?;
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let (leadership, elector) = match options.lease.clone() {
+        Some(lease) => {
+            let (elector, leadership) = Elector::new(&client, lease);
+            (leadership, Some(elector))
+        }
+        None => (Leadership::always(), None),
+    };
+    let reload = watch_config_file(&options.config_path, options.reload_debounce, config_tx)?;
+
+    let (touched_tx, touched_rx) = mpsc::unbounded_channel();
+    let caches = Caches::start(&client, &account_names(&config), touched_tx.clone());
+    let context = Arc::new(Context {
+        client,
+        throttle: options.throttle,
+        events: options.events,
+        caches,
+        config: config_rx.clone(),
+        snapshot: snapshot_rx.clone(),
+        leadership: leadership.clone(),
+        metrics: Arc::clone(&metrics),
+        stopping: stop_rx.clone(),
+        failures: Mutex::default(),
+    });
+
+    let sources = tokio::spawn(run_sources(
+        config_rx,
+        options.sources,
+        snapshot_tx,
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
+    let elector_task = elector.map(|elector| tokio::spawn(elector.run(stop_rx.clone())));
+    let mut helpers = vec![sources.abort_handle()];
+    helpers.extend(
+        elector_task
+            .as_ref()
+            .map(tokio::task::JoinHandle::abort_handle),
+    );
+    let main = run_main(
+        Arc::clone(&context),
+        Arc::clone(&health),
+        touched_tx,
+        touched_rx,
+        options.concurrency,
+        options.debounce,
+    );
+    let task = tokio::spawn(async move {
+        let _reload = reload;
+        main.await;
+        if let Some(elector) = elector_task {
+            // The elector stops on the same signal and releases the Lease.
+            let _ = elector.await;
+        }
+        sources.abort();
+    });
+    Ok(Running {
+        address,
+        health,
+        leadership,
+        stop: stop_tx,
+        task,
+        helpers,
+    })
+}
+
+/// Waits for the caches, then runs the applier until the stop signal; in-flight reconciles
+/// finish first.
+async fn run_main(
+    context: Arc<Context>,
+    health: Arc<Health>,
+    touched_tx: mpsc::UnboundedSender<String>,
+    touched_rx: mpsc::UnboundedReceiver<String>,
+    concurrency: u16,
+    debounce: Duration,
+) {
+    let mut stopping = context.stopping.clone();
+    tokio::select! {
+        ready = context.caches.wait_until_ready() => if ready.is_err() { return },
+        () = stopped(&mut stopping) => return,
+    }
+    // Accounts earlier configs linked, as recorded on the Secrets: watched so they can be unlinked.
+    let recorded = recorded_accounts(&context.caches);
+    let added = context.caches.watch_accounts(&recorded);
+    for store in added {
+        let _ = store.wait_until_ready().await;
+    }
+    tracing::info!(
+        namespaces = context.caches.namespaces.state().len(),
+        "Caches synced."
+    );
+    let _dispatcher = AbortOnDrop(tokio::spawn(dispatch(Arc::clone(&context), touched_tx)));
+    let ready_context = Arc::clone(&context);
+    tokio::spawn(async move {
+        let mut snapshot = ready_context.snapshot.clone();
+        if snapshot.wait_for(|s| s.complete).await.is_ok() {
+            health.ready.store(true, Ordering::Relaxed);
+            tracing::info!("Ready: caches synced and every source delivered.");
+        }
+    });
+
+    let stop = {
+        let mut stopping = context.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    };
+    let queue = stream::unfold(touched_rx, |mut rx| async move {
+        let namespace = rx.recv().await?;
+        let request = ReconcileRequest::from(ObjectRef::<Namespace>::new(&namespace));
+        Some((Ok::<_, std::convert::Infallible>(request), rx))
+    })
+    .take_until(stop);
+    let config = controller::Config::default()
+        .concurrency(concurrency.max(1))
+        .debounce(debounce);
+    let results = applier(
+        |ns, ctx| Box::pin(reconcile(ns, ctx)),
+        error_policy,
+        Arc::clone(&context),
+        context.caches.namespaces.clone(),
+        queue,
+        config,
+    );
+    results
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                match error {
+                    controller::Error::ObjectNotFound(_) => {}
+                    controller::Error::ReconcilerFailed(error, _) => {
+                        tracing::warn!(%error, "Reconcile failed; requeueing.");
+                    }
+                    other => tracing::warn!(error = %other, "Controller error."),
+                }
+            }
+        })
+        .await;
+    tracing::info!("Stopped taking work; in-flight reconciles finished.");
+}
+
+/// One namespace: plan from the caches and the latest snapshot, diff, and (as leader) apply.
+async fn reconcile(
+    namespace: Arc<Namespace>,
+    context: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let name = namespace.name_any();
+    let span = tracing::info_span!("reconcile", namespace = %name);
+    async move {
+        if *context.stopping.borrow() || !context.leadership.is_leading() {
+            return Ok(Action::await_change());
+        }
+        let snapshot = Arc::clone(&context.snapshot.borrow());
+        if snapshot.generation == 0 {
+            // Nothing read yet: the first snapshot reconciles every namespace.
+            return Ok(Action::await_change());
+        }
+        let started = Instant::now();
+        let config = Arc::clone(&context.config.borrow());
+        let desired = plan_all(&context.caches, &config, &snapshot);
+        let wanted = desired.projects.get(&name).cloned().unwrap_or_default();
+        let observed = context.caches.observed(&name);
+        let now = Timestamp::now();
+        let diff = diff_project_at(&name, &wanted, &observed, &config, Some(now));
+        let revisit = diff
+            .revisit_at
+            .map(|at| until(now, at) + Duration::from_secs(1));
+        if diff.actions.is_empty() {
+            tracing::debug!("Namespace already up to date.");
+            return Ok(finish(&context, &name, started, revisit));
+        }
+        if !context.leadership.is_leading() || *context.stopping.borrow() {
+            return Ok(Action::await_change());
+        }
+        let rotations = count_rotations(&diff.actions, &observed);
+        let options = ApplyOptions {
+            events: context.events,
+            adopt: config
+                .pull_secrets
+                .iter()
+                .filter(|p| p.adopt)
+                .map(|p| p.name.clone())
+                .collect(),
+            ..ApplyOptions::default()
+        };
+        let outcome =
+            apply_project(&context.client, &context.throttle, &options, &name, diff).await;
+        context.metrics.rotations.inc_by(rotations);
+        record_writes(&context.metrics, &outcome);
+        for change in &outcome.changes {
+            tracing::info!(change = %change, "Changed.");
+        }
+        if let Some(first) = outcome.failures.first() {
+            context
+                .metrics
+                .reconciles
+                .get_or_create(&ResultLabel { result: "error" })
+                .inc();
+            return Err(ReconcileError {
+                namespace: name.clone(),
+                failures: outcome.failures.len(),
+                first: first.to_string(),
+            });
+        }
+        Ok(finish(&context, &name, started, revisit))
+    }
+    .instrument(span)
+    .await
+}
+
+fn finish(context: &Context, name: &str, started: Instant, revisit: Option<Duration>) -> Action {
+    context
+        .failures
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(name);
+    let metrics = &context.metrics;
+    metrics
+        .reconciles
+        .get_or_create(&ResultLabel { result: "ok" })
+        .inc();
+    metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics.last_sync.set(unix.as_secs_f64());
+    match revisit {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    }
+}
+
+/// Exponential backoff per namespace: 1 s, 2 s, 4 s … up to five minutes.
+fn error_policy(
+    namespace: Arc<Namespace>,
+    _error: &ReconcileError,
+    context: Arc<Context>,
+) -> Action {
+    let mut failures = context
+        .failures
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let count = failures.entry(namespace.name_any()).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*count - 1).min(9)).min(MAX_BACKOFF);
+    Action::requeue(delay)
+}
+
+/// The whole desired state for the namespaces in the cache.
+fn plan_all(caches: &Caches, config: &Config, snapshot: &Snapshot) -> DesiredState {
+    let namespaces = caches.namespace_infos();
+    plan::plan(PlanInputs {
+        config,
+        credentials: &snapshot.credentials,
+        namespaces: &namespaces,
+        openshift: None,
+    })
+}
+
+/// Secret writes whose content replaces an older version of the same pull secret.
+fn count_rotations(actions: &[DiffAction], observed: &ObservedProject) -> u64 {
+    let previous: BTreeMap<&str, &str> = observed
+        .secrets
+        .iter()
+        .filter_map(|s| {
+            let annotations = s.metadata.annotations.as_ref()?;
+            Some((
+                annotations.get(PULL_SECRET_ANNOTATION)?.as_str(),
+                annotations.get(CONTENT_HASH_ANNOTATION)?.as_str(),
+            ))
+        })
+        .collect();
+    let rotated = actions.iter().filter(|action| {
+        let secret = match action {
+            DiffAction::CreateSecret(s) | DiffAction::RecreateSecret(s) => s,
+            DiffAction::UpdateSecret { secret, .. } => secret,
+            _ => return false,
+        };
+        previous
+            .get(secret.pull_secret.as_str())
+            .is_some_and(|hash| *hash != secret.content_hash)
+    });
+    rotated.count() as u64
+}
+
+fn record_writes(metrics: &Metrics, outcome: &ProjectOutcome) {
+    for change in &outcome.changes {
+        let verb = match change.split_whitespace().next() {
+            Some("created") => "create",
+            Some("deleted") => "delete",
+            Some("recreated") => "recreate",
+            _ => "update",
+        };
+        metrics
+            .api_writes
+            .get_or_create(&WriteLabels { verb, result: "ok" })
+            .inc();
+    }
+    for failure in &outcome.failures {
+        metrics
+            .api_writes
+            .get_or_create(&WriteLabels {
+                verb: failure.verb,
+                result: "error",
+            })
+            .inc();
+    }
+}
+
+fn record_ages(metrics: &Metrics, snapshot: &Snapshot) {
+    for (registry, read_at) in &snapshot.read_at {
+        metrics
+            .credential_age
+            .get_or_create(&RegistryLabel {
+                registry: registry.clone(),
+            })
+            .set(read_at.elapsed().as_secs_f64());
+    }
+}
+
+/// Service accounts the config links.
+fn account_names(config: &Config) -> BTreeSet<String> {
+    config
+        .pull_secrets
+        .iter()
+        .flat_map(|p| p.links.keys().cloned())
+        .collect()
+}
+
+/// Service accounts managed Secrets say they are linked from.
+fn recorded_accounts(caches: &Caches) -> BTreeSet<String> {
+    caches
+        .secrets
+        .state()
+        .iter()
+        .filter_map(|s| {
+            s.metadata
+                .annotations
+                .as_ref()?
+                .get(SERVICE_ACCOUNTS_ANNOTATION)
+                .cloned()
+        })
+        .flat_map(|list| {
+            list.split(',')
+                .map(str::trim)
+                .filter(|n| !n.is_empty())
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Turns new snapshots, config reloads and leadership gains into namespace requests.
+async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<String>) {
+    let mut snapshot = context.snapshot.clone();
+    let mut config = context.config.clone();
+    let mut leading = context.leadership.changes();
+    let mut stopping = context.stopping.clone();
+    let mut elected = true;
+    // Whatever arrived before the caches synced counts as new now.
+    snapshot.mark_changed();
+    context
+        .metrics
+        .leader
+        .set(i64::from(context.leadership.is_leading()));
+    let send_all = |caches: &Caches| {
+        for ns in caches.namespace_infos() {
+            let _ = touched.send(ns.name);
+        }
+    };
+    loop {
+        tokio::select! {
+            changed = snapshot.changed() => {
+                if changed.is_err() { return; }
+                let current = Arc::clone(&snapshot.borrow_and_update());
+                if current.generation == 0 {
+                    continue;
+                }
+                if current.generation == 1 {
+                    send_all(&context.caches);
+                    continue;
+                }
+                let config = Arc::clone(&context.config.borrow());
+                for namespace in namespaces_using(&context.caches, &config, &current) {
+                    let _ = touched.send(namespace);
+                }
+            }
+            changed = config.changed() => {
+                if changed.is_err() { return; }
+                let current = Arc::clone(&config.borrow_and_update());
+                for store in context.caches.watch_accounts(&account_names(&current)) {
+                    let _ = store.wait_until_ready().await;
+                }
+                send_all(&context.caches);
+            }
+            changed = leading.changed(), if elected => {
+                if changed.is_err() {
+                    // No election (or it ended): leadership no longer changes.
+                    elected = false;
+                    continue;
+                }
+                let now_leading = *leading.borrow_and_update();
+                context.metrics.leader.set(i64::from(now_leading));
+                if now_leading {
+                    send_all(&context.caches);
+                }
+            }
+            () = stopped(&mut stopping) => return,
+        }
+    }
+}
+
+/// Namespaces planned to hold a Secret rendered from a registry in `snapshot.changed`.
+fn namespaces_using(caches: &Caches, config: &Config, snapshot: &Snapshot) -> BTreeSet<String> {
+    if snapshot.changed.is_empty() {
+        return BTreeSet::new();
+    }
+    let desired = plan_all(caches, config, snapshot);
+    desired
+        .projects
+        .iter()
+        .filter(|(_, project)| {
+            project
+                .secrets
+                .iter()
+                .any(|s| s.registries.iter().any(|r| snapshot.changed.contains(r)))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// How often each registry is read: the shortest `refresh` of the pull secrets using it.
+fn refresh_interval(config: &Config, registry: &str) -> Duration {
+    config
+        .pull_secrets
+        .iter()
+        .filter(|p| p.registries.iter().any(|r| r == registry))
+        .map(|p| p.rotation.refresh)
+        .min()
+        .unwrap_or(Duration::from_secs(300))
+}
+
+/// Reads each registry when it is due and publishes a snapshot after every read that changed
+/// something (and after the first).
+async fn run_sources(
+    mut config: watch::Receiver<Arc<Config>>,
+    context: SourceContext,
+    publish: watch::Sender<Arc<Snapshot>>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut inventory = Inventory::new();
+    let mut next_due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    let mut generation = 0u64;
+    loop {
+        let current = Arc::clone(&config.borrow_and_update());
+        inventory.forget_unconfigured(&current);
+        next_due.retain(|name, _| current.registries.contains_key(name));
+        let now = tokio::time::Instant::now();
+        for name in current.registries.keys() {
+            next_due.entry(name.clone()).or_insert(now);
+        }
+        let due: BTreeSet<String> = next_due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(name, _)| name.clone())
+            .collect();
+        if !due.is_empty() {
+            let report = inventory.refresh_only(&current, &context, &due).await;
+            for name in &due {
+                next_due.insert(name.clone(), now + refresh_interval(&current, name));
+            }
+            for (names, result) in [
+                (&report.changed, "changed"),
+                (&report.unchanged, "unchanged"),
+            ] {
+                for registry in names {
+                    metrics
+                        .source_reads
+                        .get_or_create(&ReadLabels {
+                            registry: registry.clone(),
+                            result,
+                        })
+                        .inc();
+                }
+            }
+            for failure in &report.failures {
+                let registry = failure.registry.clone();
+                metrics
+                    .source_reads
+                    .get_or_create(&ReadLabels {
+                        registry: registry.clone(),
+                        result: "error",
+                    })
+                    .inc();
+                metrics
+                    .source_errors
+                    .get_or_create(&RegistryLabel { registry })
+                    .inc();
+            }
+            if generation == 0 || !report.changed.is_empty() {
+                generation += 1;
+                let credentials = inventory.credentials();
+                let complete = current
+                    .registries
+                    .keys()
+                    .all(|r| credentials.contains_key(r));
+                let read_at = current
+                    .registries
+                    .keys()
+                    .filter_map(|r| Some((r.clone(), inventory.get(r)?.read_at)))
+                    .collect();
+                publish.send_replace(Arc::new(Snapshot {
+                    credentials,
+                    read_at,
+                    changed: report.changed.iter().cloned().collect(),
+                    complete,
+                    generation,
+                }));
+            } else {
+                // Ages still move on: keep read times current for the metric.
+                publish.send_modify(|snapshot| {
+                    let mut updated = Snapshot {
+                        credentials: snapshot.credentials.clone(),
+                        read_at: snapshot.read_at.clone(),
+                        changed: BTreeSet::new(),
+                        complete: snapshot.complete,
+                        generation: snapshot.generation,
+                    };
+                    for registry in &report.unchanged {
+                        if let Some(entry) = inventory.get(registry) {
+                            updated.read_at.insert(registry.clone(), entry.read_at);
+                        }
+                    }
+                    *snapshot = Arc::new(updated);
+                });
+            }
+        }
+        let wake = next_due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(now + Duration::from_secs(300));
+        tokio::select! {
+            () = tokio::time::sleep_until(wake) => {}
+            changed = config.changed() => if changed.is_err() { return },
+            () = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Watches the config file's directory (a ConfigMap mount swaps a symlink) and publishes each
+/// valid new config; an invalid one is logged and the running config kept.
+fn watch_config_file(
+    path: &Path,
+    debounce: Duration,
+    publish: watch::Sender<Arc<Config>>,
+) -> Result<notify::RecommendedWatcher, DaemonError> {
+    use notify::Watcher as _;
+    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.send(());
+        }
+    })
+    .map_err(|source| DaemonError::WatchConfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    watcher
+        .watch(dir, notify::RecursiveMode::NonRecursive)
+        .map_err(|source| DaemonError::WatchConfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let path = path.to_path_buf();
+    tokio::spawn(async move {
+        while rx.recv().await.is_some() {
+            // Debounce: wait for the writes to settle.
+            loop {
+                match tokio::time::timeout(debounce, rx.recv()).await {
+                    Ok(Some(())) => {}
+                    Ok(None) => return,
+                    Err(_) => break,
+                }
+            }
+            match Config::load(&path) {
+                Ok(config) if *publish.borrow().as_ref() == config => {}
+                Ok(config) => {
+                    tracing::info!(path = %path.display(), "Config reloaded.");
+                    publish.send_replace(Arc::new(config));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "New config rejected; keeping the running one.");
+                }
+            }
+        }
+    });
+    Ok(watcher)
+}
+
+/// Resolves once the stop signal is set (or its sender is gone).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Ends a helper task with the task that started it.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}

@@ -1,0 +1,243 @@
+//! Telemetry (I/O at the edge): the daemon's Prometheus metrics and its health/readiness/metrics
+//! HTTP listener.
+//!
+//! Metrics are counted by the stages that do the work and only read here. Labels carry results,
+//! verbs and registry names — never namespaces (unbounded) and never anything from a credential.
+//! Must not decide anything: readiness is a flag the daemon sets.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// `result` label: `ok` or `error`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+/// API writes by verb and result.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    pub verb: &'static str,
+    pub result: &'static str,
+}
+
+/// Per-registry source metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RegistryLabel {
+    pub registry: String,
+}
+
+/// Source reads by registry and result (`changed`, `unchanged`, `error`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadLabels {
+    pub registry: String,
+    pub result: &'static str,
+}
+
+/// Every metric the daemon exports.
+pub struct Metrics {
+    registry: Registry,
+    pub reconciles: Family<ResultLabel, Counter>,
+    pub api_writes: Family<WriteLabels, Counter>,
+    pub source_reads: Family<ReadLabels, Counter>,
+    pub source_errors: Family<RegistryLabel, Counter>,
+    /// Seconds since each registry's last good read; set by the daemon before each scrape.
+    pub credential_age: Family<RegistryLabel, Gauge<f64, AtomicU64>>,
+    pub rotations: Counter,
+    pub last_sync: Gauge<f64, AtomicU64>,
+    pub reconcile_duration: Histogram,
+    pub leader: Gauge,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("pullsecretd");
+        let reconciles = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "reconciles",
+            "Namespace reconciles by result",
+            reconciles.clone(),
+        );
+        let api_writes = Family::<WriteLabels, Counter>::default();
+        registry.register(
+            "api_writes",
+            "Kubernetes API writes by verb and result",
+            api_writes.clone(),
+        );
+        let source_reads = Family::<ReadLabels, Counter>::default();
+        registry.register(
+            "source_reads",
+            "Credential source reads by registry and result",
+            source_reads.clone(),
+        );
+        let source_errors = Family::<RegistryLabel, Counter>::default();
+        registry.register(
+            "source_errors",
+            "Credential source read errors by registry",
+            source_errors.clone(),
+        );
+        let credential_age = Family::<RegistryLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "credential_age_seconds",
+            "Seconds since the registry's credential was last read successfully",
+            credential_age.clone(),
+        );
+        let rotations = Counter::default();
+        registry.register(
+            "rotations",
+            "Pull secrets rewritten or re-versioned for new credentials",
+            rotations.clone(),
+        );
+        let last_sync = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "last_successful_sync_timestamp_seconds",
+            "Unix time of the last reconcile that converged",
+            last_sync.clone(),
+        );
+        let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 16));
+        registry.register(
+            "reconcile_duration_seconds",
+            "Time taken by one namespace reconcile",
+            reconcile_duration.clone(),
+        );
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica holds the Lease and may write",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            reconciles,
+            api_writes,
+            source_reads,
+            source_errors,
+            credential_age,
+            rotations,
+            last_sync,
+            reconcile_duration,
+            leader,
+        }
+    }
+
+    /// The metrics in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}
+
+/// What the HTTP listener reports.
+pub struct Health {
+    pub metrics: Arc<Metrics>,
+    /// Set once caches synced and every source delivered once.
+    pub ready: AtomicBool,
+    /// Called before each scrape to refresh gauges computed from time (credential age).
+    pub before_scrape: Box<dyn Fn(&Metrics) + Send + Sync>,
+}
+
+/// Why the listener could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("listening on {address}: {source}")]
+pub struct ListenError {
+    pub address: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `address` and serves until `shutdown` resolves. Returns the bound address (useful
+/// with port 0) and the server task.
+pub async fn serve(
+    address: SocketAddr,
+    health: Arc<Health>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), ListenError> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| ListenError { address, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| ListenError { address, source })?;
+    let app = Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(health);
+    let task = tokio::spawn(async move {
+        let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
+        if let Err(error) = server.await {
+            tracing::error!(%error, "The HTTP listener stopped.");
+        }
+    });
+    Ok((bound, task))
+}
+
+async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    if health.ready.load(Ordering::Relaxed) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+async fn metrics(State(health): State<Arc<Health>>) -> impl IntoResponse {
+    (health.before_scrape)(&health.metrics);
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        health.metrics.encode(),
+    )
+}
+
+/// Seconds as f64 for gauges.
+pub fn seconds(duration: Duration) -> f64 {
+    duration.as_secs_f64()
+}
+
+/// How the daemon writes logs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One human-readable line per event.
+    #[default]
+    Text,
+    /// One JSON object per event, with the span fields (e.g. `namespace`).
+    Json,
+}
+
+/// Installs the global tracing subscriber on stderr. `RUST_LOG` overrides `default_filter`.
+pub fn init_logging(format: LogFormat, default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A subscriber set already (tests) is kept.
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().with_current_span(true).try_init(),
+    };
+}
