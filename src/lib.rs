@@ -23,13 +23,18 @@
 //!   per-namespace reconciles from watch caches.
 //! - [`telemetry`]: logs, Prometheus metrics and the health/readiness/metrics listener.
 //! - [`render`]: the plan as a table for people and as manifests for `kubectl`/`oc`.
+//! - [`workstation`]: `workstation`: auth-file changes drive the same pass as `once`.
+//! - [`helper_protocol`]: `credential-helper`: the docker credential-helper protocol.
+//! - [`agent`]: the workstation's credential service and its private unix socket.
 
+pub mod agent;
 pub mod cluster;
 pub mod config;
 pub mod credential;
 pub mod daemon;
 pub mod diff;
 pub mod dockerconfig;
+pub mod helper_protocol;
 pub mod names;
 pub mod plan;
 pub mod reconcile;
@@ -37,3 +42,4 @@ pub mod render;
 pub mod selector;
 pub mod source;
 pub mod telemetry;
+pub mod workstation;

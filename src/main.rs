@@ -19,13 +19,17 @@ use clap::{Parser, Subcommand};
 
 use kube::config::KubeConfigOptions;
 
+use pullsecretd::agent::{self, AgentClient, CredentialService};
 use pullsecretd::cluster::{ApplyOptions, Throttle};
 use pullsecretd::config::Config;
+use pullsecretd::helper_protocol::{self, Backend, HELPER_NAME, LookupError, NESTED_ENV};
 use pullsecretd::names::dns1123_label_problem;
 use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
 use pullsecretd::reconcile;
 use pullsecretd::render;
+use pullsecretd::source::helper::HELPER_PREFIX;
 use pullsecretd::source::{Inventory, Resolved, SourceContext, VaultSession};
+use pullsecretd::workstation::{self, ConfigSource, WatchedFile, Workstation};
 use pullsecretd::{daemon, telemetry};
 
 #[derive(Debug, Parser)]
@@ -77,6 +81,40 @@ enum Command {
     /// Run as a daemon: keep every selected project right as namespaces, Secrets, service
     /// accounts, credentials and the config change. Exit 0 after SIGTERM/SIGINT.
     Run(Box<RunArgs>),
+    /// Keep the current kube context's projects in sync with the docker/podman auth files as
+    /// you log in (`docker login`, `podman login`), and serve credential-helper calls on the
+    /// agent socket. Only adds and updates; never deletes.
+    Workstation(WorkstationArgs),
+    /// The docker credential-helper protocol (also run as `docker-credential-pullsecretd`):
+    /// get, list, store, erase or version. Output on stdout, errors on stdout with exit 1.
+    CredentialHelper {
+        /// get, list, store, erase or version.
+        action: Option<String>,
+        /// Config to serve from instead of asking a running agent ($PULLSECRETD_CONFIG, else
+        /// ~/.config/pullsecretd/config.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+/// `pullsecretd workstation`.
+#[derive(Debug, clap::Args)]
+struct WorkstationArgs {
+    /// Config to sync (default: $PULLSECRETD_CONFIG or ~/.config/pullsecretd/config.yaml if
+    /// present, else every registry in the watched files, into the context's namespace).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// How long a docker credential helper may run before it is killed.
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    helper_timeout: Duration,
+    /// Quiet time after a file change before syncing.
+    #[arg(long, default_value = "200ms", value_parser = humantime::parse_duration)]
+    debounce: Duration,
+    /// Do not serve credential-helper calls on the agent socket.
+    #[arg(long)]
+    no_agent: bool,
+    #[command(flatten)]
+    kube: KubeArgs,
 }
 
 /// `run`: the daemon's settings beyond the config file.
@@ -183,6 +221,21 @@ fn bad_input(error: impl Into<anyhow::Error>) -> Failure {
 }
 
 fn main() -> ExitCode {
+    // Run as `docker-credential-pullsecretd ACTION` (a symlink or copy): the helper protocol.
+    let mut args = std::env::args_os();
+    let program = args.next().map(PathBuf::from).unwrap_or_default();
+    let name = program
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned());
+    if let Some(name) = name.filter(|n| n.starts_with(HELPER_PREFIX)) {
+        init_helper_logging();
+        let words: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+        let action = match words.as_slice() {
+            [word] => Some(word.as_str()),
+            _ => None,
+        };
+        return credential_helper(&name, action, None);
+    }
     let cli = Cli::parse();
     match &cli.command {
         Command::Run(args) => telemetry::init_logging(
@@ -192,6 +245,7 @@ fn main() -> ExitCode {
             },
             "info,vaultrs=off,rustify=off",
         ),
+        Command::CredentialHelper { .. } => init_helper_logging(),
         _ => init_logging(),
     }
     let outcome = match cli.command {
@@ -215,6 +269,14 @@ fn main() -> ExitCode {
             writes,
         } => run_once(&sources, &kube, &writes),
         Command::Run(args) => run_daemon(&args),
+        Command::Workstation(args) => run_workstation(args),
+        Command::CredentialHelper { action, config } => {
+            return credential_helper(
+                &format!("{HELPER_PREFIX}{HELPER_NAME}"),
+                action.as_deref(),
+                config,
+            );
+        }
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
@@ -555,4 +617,191 @@ fn default_identity() -> String {
         })
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| format!("pullsecretd-{}", std::process::id()))
+}
+
+/// Helper mode: docker and skopeo show the helper's stderr to the user, so only errors (which
+/// are also the stdout answer) are logged by default; `RUST_LOG` still applies.
+fn init_helper_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+}
+
+/// Answers one credential-helper call: protocol output (or the error) on stdout, exit 0 or 1.
+fn credential_helper(program: &str, action: Option<&str>, config: Option<PathBuf>) -> ExitCode {
+    let reply = helper_reply(program, action, config);
+    let mut stdout = std::io::stdout().lock();
+    if stdout
+        .write_all(&reply.stdout)
+        .and_then(|()| stdout.flush())
+        .is_err()
+    {
+        return ExitCode::from(1);
+    }
+    ExitCode::from(reply.exit_code)
+}
+
+fn helper_reply(
+    program: &str,
+    action: Option<&str>,
+    config: Option<PathBuf>,
+) -> helper_protocol::Reply {
+    let Some(word) = action else {
+        return helper_protocol::usage(program);
+    };
+    if std::env::var_os(NESTED_ENV).is_some() && word != "version" {
+        return helper_protocol::Reply::error(
+            "pullsecretd was asked for credentials by a credential helper pullsecretd itself \
+             runs: a credHelpers or credsStore entry in a file pullsecretd reads points back \
+             at pullsecretd",
+        );
+    }
+    let reads_input = helper_protocol::Action::parse(word).is_some_and(|a| a.reads_input());
+    let mut input = zeroize::Zeroizing::new(Vec::new());
+    if reads_input {
+        let mut stdin = std::io::Read::take(std::io::stdin().lock(), helper_protocol::MAX_INPUT);
+        if std::io::Read::read_to_end(&mut stdin, &mut input).is_err() {
+            return helper_protocol::Reply::error("reading stdin failed");
+        }
+    }
+    let Ok(runtime) = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    else {
+        return helper_protocol::Reply::error("starting the async runtime failed");
+    };
+    runtime.block_on(helper_protocol::handle(program, word, &input, || {
+        helper_backend(config)
+    }))
+}
+
+/// A running agent (unless `--config` is given), else this process reading the config's
+/// sources itself.
+async fn helper_backend(config: Option<PathBuf>) -> Result<Backend, LookupError> {
+    let env = |name: &str| std::env::var_os(name);
+    if config.is_none()
+        && let Some(socket) = agent::socket_path(env)
+        && let Some(client) = AgentClient::connect(&socket).await
+    {
+        return Ok(Backend::Agent(client));
+    }
+    let path = config
+        .or_else(|| helper_protocol::default_config_path(env))
+        .ok_or_else(|| LookupError("no config: set PULLSECRETD_CONFIG or HOME".into()))?;
+    let config = Config::load(&path).map_err(|e| LookupError(e.to_string()))?;
+    let context = source_context(&config, Duration::from_secs(10))
+        .map_err(|e| LookupError(error_chain(&e)))?;
+    Ok(Backend::Local(Arc::new(CredentialService::new(
+        Some(config),
+        context,
+        None,
+    ))))
+}
+
+/// How sources are read: helpers with `timeout`, and the config's one Vault session.
+fn source_context(config: &Config, timeout: Duration) -> anyhow::Result<SourceContext> {
+    let vault = match &config.vault {
+        Some(vault) => Some(Arc::new(VaultSession::new(vault)?)),
+        None => None,
+    };
+    Ok(SourceContext {
+        helper_timeout: timeout,
+        vault,
+        ..SourceContext::default()
+    })
+}
+
+/// `workstation`: watch the auth files, sync on change, serve the agent socket.
+fn run_workstation(args: WorkstationArgs) -> Result<(), Failure> {
+    let env = |name: &str| std::env::var_os(name);
+    let config_path = args
+        .config
+        .clone()
+        .or_else(|| helper_protocol::default_config_path(env).filter(|p| p.is_file()));
+    let config = match &config_path {
+        Some(path) => Some(Config::load(path).map_err(bad_input)?),
+        None => None,
+    };
+    let mut files = workstation::standard_files(env);
+    if let Some(config) = &config {
+        files.extend(files_named_in(config));
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(|error| Failure { status: 1, error })?;
+    runtime.block_on(async move {
+        let client = kube_client(&args.kube).await.map_err(bad_input)?;
+        let context = match &config {
+            Some(config) => source_context(config, args.helper_timeout).map_err(bad_input)?,
+            None => SourceContext {
+                helper_timeout: args.helper_timeout,
+                ..SourceContext::default()
+            },
+        };
+        // The agent keeps what it read for a short while: docker asks once per pull.
+        let service = Arc::new(CredentialService::new(
+            config.clone(),
+            context,
+            Some(Duration::from_secs(30)),
+        ));
+        if !args.no_agent
+            && let Some(socket) = agent::socket_path(env)
+        {
+            let listener = agent::bind(&socket).map_err(bad_input)?;
+            eprintln!("Serving credential-helper calls on {}", socket.display());
+            tokio::spawn(agent::serve(listener, service.clone()));
+        }
+        let refresh = config
+            .as_ref()
+            .and_then(|c| c.pull_secrets.iter().map(|p| p.rotation.refresh).min())
+            .unwrap_or(Duration::from_secs(300));
+        let source = match config {
+            Some(config) => ConfigSource::Fixed(Box::new(config)),
+            None => ConfigSource::Default {
+                files: files.clone(),
+                namespace: client.default_namespace().to_string(),
+            },
+        };
+        let paths = files.iter().map(|f| f.path.clone()).collect();
+        let watcher = workstation::watch::FileWatcher::new(paths).map_err(bad_input)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(watcher.forward(tx));
+        for file in &files {
+            eprintln!("Watching {}", file.path.display());
+        }
+        let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.retries);
+        Workstation::new(client, throttle, source, service)
+            .run(rx, args.debounce, refresh)
+            .await;
+        Ok(())
+    })
+}
+
+/// The auth files a config's registries read, so a fixed config follows their changes too.
+fn files_named_in(config: &Config) -> Vec<WatchedFile> {
+    use pullsecretd::config::SourceConfig;
+    use pullsecretd::dockerconfig::AuthFileFormat;
+    config
+        .registries
+        .values()
+        .filter_map(|registry| {
+            let (path, format) = match &registry.from {
+                SourceConfig::DockerConfig { path } => (path, AuthFileFormat::DockerConfig),
+                SourceConfig::Dockercfg { path } => (path, AuthFileFormat::Dockercfg),
+                SourceConfig::ContainersAuth { path } => (path, AuthFileFormat::ContainersAuth),
+                _ => return None,
+            };
+            Some(WatchedFile {
+                path: path.clone(),
+                format,
+            })
+        })
+        .collect()
 }

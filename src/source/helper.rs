@@ -163,6 +163,8 @@ async fn run_get(
 ) -> Result<Output, HelperError> {
     let mut child = Command::new(path)
         .arg("get")
+        // A helper entry pointing back at pullsecretd must not start it again and again.
+        .env(crate::helper_protocol::NESTED_ENV, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         // A helper's diagnostics may quote secrets; they are dropped, not relayed.

@@ -23,9 +23,20 @@ pub struct Registry {
 impl Registry {
     /// Starts a registry that accepts only `user:password`.
     pub fn start(user: &str, password: &str) -> Self {
+        Self::start_users(&[(user, password)])
+    }
+
+    /// Starts a registry that accepts each of `users` (user, password).
+    pub fn start_users(users: &[(&str, &str)]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let htpasswd = run_ok(Command::new("htpasswd").args(["-Bbn", user, password]));
-        std::fs::write(dir.path().join("htpasswd"), htpasswd.stdout).expect("htpasswd file");
+        let mut lines = Vec::new();
+        for (user, password) in users {
+            // -C 4: the lowest bcrypt cost, so logins stay fast in latency tests.
+            let out = run_ok(Command::new("htpasswd").args(["-Bbn", "-C", "4", user, password]));
+            lines.extend(String::from_utf8_lossy(&out.stdout).trim().as_bytes());
+            lines.push(b'\n');
+        }
+        std::fs::write(dir.path().join("htpasswd"), lines).expect("htpasswd file");
         let port = free_port();
         let host = format!("127.0.0.1:{port}");
         let config = format!(

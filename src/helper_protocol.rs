@@ -1,0 +1,323 @@
+//! Credential-helper front end (a trigger): the docker credential-helper protocol (SPEC.md §3)
+//! — `get`, `list`, `store`, `erase`, `version` — answered from the config's sources, either
+//! read here or asked of a running agent ([`crate::agent`]).
+//!
+//! Everything this module returns for stdout is protocol output; diagnostics belong on stderr.
+//! It must never turn a source failure into "not found" (docker would then carry on without
+//! credentials), never store or erase anything, and never put a secret in an error message.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use secrecy::ExposeSecret as _;
+use serde_json::{Map, Value};
+use zeroize::Zeroizing;
+
+use crate::agent::{AgentClient, CredentialService};
+use crate::credential::{Credential, RegistryKey, Secret};
+pub use crate::source::helper::{NOT_FOUND_TEXT, TOKEN_USERNAME};
+
+/// `get`/`erase` without a server URL (credentials/error.go).
+pub const NO_SERVER_URL: &str = "no credentials server URL";
+/// `store` without a username (credentials/error.go).
+pub const NO_USERNAME: &str = "no credentials username";
+/// The name docker derives from `credHelpers`/`credsStore: pullsecretd`.
+pub const HELPER_NAME: &str = "pullsecretd";
+/// Set in the environment of every credential helper pullsecretd runs: a helper entry that
+/// points back at pullsecretd would otherwise start pullsecretd again, and again.
+pub const NESTED_ENV: &str = "PULLSECRETD_NESTED_HELPER";
+/// Names the helper's config file.
+pub const CONFIG_ENV: &str = "PULLSECRETD_CONFIG";
+/// Largest stdin accepted (a server URL, or a small JSON object for `store`).
+pub const MAX_INPUT: u64 = 64 * 1024;
+
+/// What the protocol asks for: the helper's one argument.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Get,
+    List,
+    Store,
+    Erase,
+    Version,
+}
+
+impl Action {
+    pub fn parse(word: &str) -> Option<Self> {
+        match word {
+            "get" => Some(Self::Get),
+            "list" => Some(Self::List),
+            "store" => Some(Self::Store),
+            "erase" => Some(Self::Erase),
+            "version" => Some(Self::Version),
+            _ => None,
+        }
+    }
+
+    /// Whether the action reads stdin (`list` ignores it: docker sends `unused`).
+    pub fn reads_input(self) -> bool {
+        matches!(self, Self::Get | Self::Store | Self::Erase)
+    }
+}
+
+/// What to print on stdout and how to exit. Errors are printed on stdout too, with status 1
+/// (`credentials.Serve`).
+pub struct Reply {
+    /// May hold a secret (a `get` answer): zeroed on drop.
+    pub stdout: Zeroizing<Vec<u8>>,
+    pub exit_code: u8,
+}
+
+impl Reply {
+    fn ok(stdout: Vec<u8>) -> Self {
+        Self {
+            stdout: Zeroizing::new(stdout),
+            exit_code: 0,
+        }
+    }
+
+    /// An error: its text, one line, on stdout; exit status 1.
+    pub fn error(message: &str) -> Self {
+        Self {
+            stdout: Zeroizing::new(format!("{message}\n").into_bytes()),
+            exit_code: 1,
+        }
+    }
+}
+
+/// Why a lookup failed. The message names registries, files, Vault paths and outcomes, never
+/// a credential value: it is printed to stdout for docker to show.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct LookupError(pub String);
+
+/// Where answers come from: a running agent, or the sources read by this process.
+pub enum Backend {
+    Agent(AgentClient),
+    Local(Arc<CredentialService>),
+}
+
+impl Backend {
+    pub async fn get(&self, server: &RegistryKey) -> Result<Option<Credential>, LookupError> {
+        match self {
+            Self::Agent(agent) => agent.get(server).await,
+            Self::Local(service) => service.get(server).await,
+        }
+    }
+
+    pub async fn list(&self) -> Result<BTreeMap<String, String>, LookupError> {
+        match self {
+            Self::Agent(agent) => agent.list().await,
+            Self::Local(service) => service.list().await,
+        }
+    }
+}
+
+/// The usage text the reference helpers print (on stdout, exit 1) for a wrong argument count.
+pub fn usage(program: &str) -> Reply {
+    Reply::error(&format!("Usage: {program} <store|get|erase|list|version>"))
+}
+
+/// `version`: `<program> (<package>) <version>`, as the reference helpers print it.
+pub fn version(program: &str) -> Reply {
+    Reply::ok(format!("{program} (pullsecretd) v{}\n", env!("CARGO_PKG_VERSION")).into_bytes())
+}
+
+/// Answers one protocol call. `word` is the helper's argument, `input` its stdin; `backend`
+/// is set up only for `get` and `list` (a config or agent problem is then their error).
+pub async fn handle<F, Fut>(program: &str, word: &str, input: &[u8], backend: F) -> Reply
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<Backend, LookupError>>,
+{
+    let Some(action) = Action::parse(word) else {
+        return Reply::error(&format!("Unknown credential action `{word}`"));
+    };
+    let needs_backend = matches!(action, Action::Get | Action::List);
+    let backend = if needs_backend {
+        match backend().await {
+            Ok(backend) => Some(backend),
+            Err(error) => return Reply::error(&one_line(&error.to_string())),
+        }
+    } else {
+        None
+    };
+    match (action, backend) {
+        (Action::Get, Some(backend)) => get(input, &backend).await,
+        (Action::List, Some(backend)) => list(&backend).await,
+        (Action::Store, _) => store(input),
+        (Action::Erase, _) => erase(input),
+        _ => version(program),
+    }
+}
+
+/// Where the helper's config is when no `--config` is given: `$PULLSECRETD_CONFIG`, else
+/// `$XDG_CONFIG_HOME/pullsecretd/config.yaml`, else `~/.config/pullsecretd/config.yaml`.
+pub fn default_config_path(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    let var = |name| env(name).filter(|v| !v.is_empty()).map(PathBuf::from);
+    var(CONFIG_ENV).or_else(|| {
+        var("XDG_CONFIG_HOME")
+            .or_else(|| var("HOME").map(|home| home.join(".config")))
+            .map(|dir| dir.join("pullsecretd/config.yaml"))
+    })
+}
+
+/// The server URL on stdin, whitespace trimmed (`credentials.Get`).
+fn server_url(input: &[u8]) -> Result<&str, Reply> {
+    let text = std::str::from_utf8(input).map_err(|_| Reply::error("server URL is not UTF-8"))?;
+    let url = text.trim();
+    if url.is_empty() {
+        return Err(Reply::error(NO_SERVER_URL));
+    }
+    Ok(url)
+}
+
+async fn get(input: &[u8], backend: &Backend) -> Reply {
+    let url = match server_url(input) {
+        Ok(url) => url,
+        Err(reply) => return reply,
+    };
+    // Not a registry name: nothing can be stored under it.
+    let Ok(server) = RegistryKey::from_docker(url) else {
+        return Reply::error(NOT_FOUND_TEXT);
+    };
+    match backend.get(&server).await {
+        Ok(Some(credential)) => Reply::ok(get_answer(url, &credential)),
+        Ok(None) => Reply::error(NOT_FOUND_TEXT),
+        Err(error) => Reply::error(&one_line(&error.to_string())),
+    }
+}
+
+/// `{"ServerURL":…,"Username":…,"Secret":…}` and a newline; identity tokens under `<token>`.
+pub fn get_answer(server_url: &str, credential: &Credential) -> Vec<u8> {
+    let (username, secret) = protocol_login(credential);
+    let mut answer = Map::new();
+    answer.insert("ServerURL".into(), Value::String(server_url.to_string()));
+    answer.insert("Username".into(), Value::String(username.to_string()));
+    answer.insert("Secret".into(), Value::String(secret.to_string()));
+    let mut bytes = Value::Object(answer).to_string().into_bytes();
+    bytes.push(b'\n');
+    bytes
+}
+
+/// The `Username` and `Secret` a credential is stored under in the protocol.
+pub fn protocol_login(credential: &Credential) -> (&str, &str) {
+    match &credential.secret {
+        Secret::Password(password) => (credential.username.as_str(), password.expose_secret()),
+        Secret::IdentityToken(token) => (TOKEN_USERNAME, token.expose_secret()),
+    }
+}
+
+async fn list(backend: &Backend) -> Reply {
+    match backend.list().await {
+        Ok(entries) => {
+            let object: Map<String, Value> = entries
+                .into_iter()
+                .map(|(server, user)| (server, Value::String(user)))
+                .collect();
+            let mut bytes = Value::Object(object).to_string().into_bytes();
+            bytes.push(b'\n');
+            Reply::ok(bytes)
+        }
+        Err(error) => Reply::error(&one_line(&error.to_string())),
+    }
+}
+
+/// Why pullsecretd will not store or erase: it serves credentials, it does not keep them.
+pub const READ_ONLY_TEXT: &str = "pullsecretd serves credentials from the sources in its config \
+    (Vault, files) and its config names no writable target, so it does not store or erase \
+    them: put the credential in Vault and name it in the config";
+
+fn store(input: &[u8]) -> Reply {
+    let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(input) else {
+        return Reply::error(
+            "store: expected a JSON object with ServerURL, Username and Secret on stdin",
+        );
+    };
+    let text = |name: &str| fields.get(name).and_then(Value::as_str).unwrap_or_default();
+    if text("ServerURL").trim().is_empty() {
+        return Reply::error(NO_SERVER_URL);
+    }
+    if text("Username").is_empty() {
+        return Reply::error(NO_USERNAME);
+    }
+    Reply::error(READ_ONLY_TEXT)
+}
+
+fn erase(input: &[u8]) -> Reply {
+    match server_url(input) {
+        Ok(_) => Reply::error(READ_ONLY_TEXT),
+        Err(reply) => reply,
+    }
+}
+
+/// Errors go on one stdout line: docker shows the trimmed text.
+fn one_line(message: &str) -> String {
+    message.replace(['\n', '\r'], " ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(reply: &Reply) -> String {
+        String::from_utf8_lossy(&reply.stdout).into_owned()
+    }
+
+    #[test]
+    fn store_and_erase_check_their_input_then_refuse() {
+        let cases: [(&[u8], &str); 5] = [
+            (b"", "store: expected"),
+            (br#"{"Username":"u","Secret":"s"}"#, NO_SERVER_URL),
+            (br#"{"ServerURL":"quay.io","Secret":"s"}"#, NO_USERNAME),
+            (
+                br#"{"ServerURL":"quay.io","Username":"u","Secret":"SENTINEL"}"#,
+                READ_ONLY_TEXT,
+            ),
+            (b"[1]", "store: expected"),
+        ];
+        for (input, expected) in cases {
+            let reply = store(input);
+            assert_eq!(reply.exit_code, 1);
+            assert!(text(&reply).starts_with(expected), "{}", text(&reply));
+            assert!(!text(&reply).contains("SENTINEL"));
+        }
+        assert_eq!(text(&erase(b"  \n")), format!("{NO_SERVER_URL}\n"));
+        assert_eq!(text(&erase(b"quay.io")), format!("{READ_ONLY_TEXT}\n"));
+    }
+
+    #[test]
+    fn identity_tokens_use_the_token_username() {
+        let server = RegistryKey::from_docker("quay.io").expect("key");
+        let token = Credential {
+            registry: server.clone(),
+            username: String::new(),
+            secret: Secret::IdentityToken("tok".to_string().into()),
+            email: None,
+        };
+        let answer: Value = serde_json::from_slice(&get_answer("quay.io", &token)).expect("JSON");
+        assert_eq!(answer["Username"], TOKEN_USERNAME);
+        assert_eq!(answer["Secret"], "tok");
+        let password = Credential::with_password(server, "robot", "pw");
+        let bytes = get_answer("https://quay.io", &password);
+        assert!(bytes.ends_with(b"}\n"));
+        let answer: Value = serde_json::from_slice(&bytes).expect("JSON");
+        assert_eq!(
+            answer,
+            serde_json::json!({"ServerURL": "https://quay.io", "Username": "robot", "Secret": "pw"})
+        );
+    }
+
+    #[test]
+    fn actions_and_one_line_errors() {
+        assert_eq!(Action::parse("get"), Some(Action::Get));
+        assert_eq!(Action::parse("GET"), None);
+        assert!(!Action::List.reads_input());
+        assert_eq!(one_line("a\nb\r"), "a b ");
+        assert!(
+            text(&version("docker-credential-pullsecretd"))
+                .starts_with("docker-credential-pullsecretd (pullsecretd) v")
+        );
+    }
+}

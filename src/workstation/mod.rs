@@ -1,0 +1,312 @@
+//! Workstation mode (a trigger): when a developer logs in with `docker login`, `podman login`
+//! or `skopeo login`, the pull secrets of their projects follow — through the same
+//! observe → plan → diff → apply pass as `once` ([`crate::reconcile`]), run on file changes.
+//!
+//! A burst of changes is debounced into one pass. A file that vanished or is half-written
+//! keeps its last good content (its registries, and each registry's credential). Workstation
+//! passes only add and update: they never delete a Secret or a RoleBinding, or unlink anything
+//! (`once` cleans up), so a file going away can never delete a cluster Secret. Must not run a
+//! second copy of the pipeline: it only decides *when* to run it and with which config.
+
+pub mod files;
+pub mod watch;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use kube::Client;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::agent::CredentialService;
+use crate::cluster::{ApiError, ApplyOptions, Throttle};
+use crate::config::Config;
+use crate::diff::Action;
+use crate::reconcile::{self, ClusterDiff};
+pub use files::{FileRegistries, WatchedFile, standard_files};
+
+/// Quiet time after the last change before a pass runs.
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
+/// A pass runs at the latest this long after the first change of a burst, however long the
+/// burst goes on.
+pub const MAX_DELAY: Duration = Duration::from_secs(2);
+
+/// Waits until `changes` has been quiet for `quiet` (or `max` has passed since the call), so a
+/// burst of writes makes one pass. `false` when the sender is gone.
+pub async fn settle(changes: &mut mpsc::Receiver<()>, quiet: Duration, max: Duration) -> bool {
+    let deadline = Instant::now() + max;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return true;
+        }
+        match tokio::time::timeout(quiet.min(left), changes.recv()).await {
+            Ok(Some(())) => {}
+            Ok(None) => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// Which config the passes use.
+pub enum ConfigSource {
+    /// A config file, loaded once; its sources are read again on each pass.
+    Fixed(Box<Config>),
+    /// Built from the watched files on each pass: every registry in them, one pull secret
+    /// each, in `namespace` (the kube context's).
+    Default {
+        files: Vec<WatchedFile>,
+        namespace: String,
+    },
+}
+
+/// Counters for logs and tests.
+#[derive(Debug, Default)]
+pub struct Stats {
+    /// Passes run.
+    pub passes: AtomicU64,
+    /// Passes that had something to write.
+    pub applies: AtomicU64,
+    /// Individual changes made.
+    pub changes: AtomicU64,
+}
+
+/// Why a pass could not run. Source failures are not errors: those registries are held.
+#[derive(Debug, thiserror::Error)]
+pub enum PassError {
+    #[error(transparent)]
+    Cluster(#[from] ApiError),
+}
+
+/// The workstation's state between passes.
+pub struct Workstation {
+    client: Client,
+    throttle: Throttle,
+    options: ApplyOptions,
+    concurrency: usize,
+    source: ConfigSource,
+    /// Shared with the agent: one Vault session and one cache in the process.
+    service: Arc<CredentialService>,
+    registries: FileRegistries,
+    pub stats: Arc<Stats>,
+}
+
+impl Workstation {
+    pub fn new(
+        client: Client,
+        throttle: Throttle,
+        source: ConfigSource,
+        service: Arc<CredentialService>,
+    ) -> Self {
+        Self {
+            client,
+            throttle,
+            options: ApplyOptions {
+                events: false,
+                ..ApplyOptions::default()
+            },
+            concurrency: 4,
+            source,
+            service,
+            registries: FileRegistries::default(),
+            stats: Arc::new(Stats::default()),
+        }
+    }
+
+    /// The config for this pass: the fixed one, or the default rebuilt from the files (a file
+    /// that does not parse keeps what it named before; its error is logged with file:line).
+    fn config(&mut self) -> Option<Config> {
+        match &self.source {
+            ConfigSource::Fixed(config) => Some((**config).clone()),
+            ConfigSource::Default { files, namespace } => {
+                for problem in self.registries.reload(files) {
+                    tracing::warn!(%problem, "Keeping the last good content of an auth file.");
+                }
+                match self.registries.default_config(files, namespace) {
+                    Ok(config) => config,
+                    Err(error) => {
+                        tracing::error!(%error, "The default config is invalid; skipping.");
+                        None
+                    }
+                }
+            }
+        }
+    }
+
+    /// One pass: read the sources, plan, diff against the cluster, apply what is missing.
+    pub async fn pass(&mut self) -> Result<(), PassError> {
+        self.stats.passes.fetch_add(1, Ordering::Relaxed);
+        let Some(config) = self.config() else {
+            tracing::info!("No registries in the watched files yet.");
+            return Ok(());
+        };
+        let refreshed = self.service.refresh(Some(config.clone())).await;
+        for failure in &refreshed.failures {
+            tracing::warn!(%failure, "A registry could not be read; its Secrets are held.");
+        }
+        let diff = reconcile::diff_cluster(
+            &self.client,
+            &self.throttle,
+            &config,
+            &refreshed.credentials,
+        )
+        .await?;
+        let diff = additive(diff);
+        if diff.action_count() == 0 {
+            tracing::debug!("Cluster already up to date.");
+            return Ok(());
+        }
+        self.stats.applies.fetch_add(1, Ordering::Relaxed);
+        let report = reconcile::apply_diff(
+            &self.client,
+            &self.throttle,
+            &self.options,
+            diff,
+            self.concurrency,
+        )
+        .await;
+        for project in &report.projects {
+            self.stats
+                .changes
+                .fetch_add(project.changes.len() as u64, Ordering::Relaxed);
+            for change in &project.changes {
+                tracing::info!(project = %project.project, %change, "Synced.");
+            }
+            for failure in &project.failures {
+                tracing::warn!(project = %project.project, %failure, "A write failed; retrying on the next change.");
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs a pass now, then one after each debounced burst of `changes`, and every `refresh`
+    /// (Vault rotation), until `changes` closes.
+    pub async fn run(
+        mut self,
+        mut changes: mpsc::Receiver<()>,
+        debounce: Duration,
+        refresh: Duration,
+    ) {
+        self.logged_pass().await;
+        let mut timer = tokio::time::interval_at(Instant::now() + refresh, refresh);
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                change = changes.recv() => {
+                    if change.is_none() || !settle(&mut changes, debounce, MAX_DELAY).await {
+                        return;
+                    }
+                }
+                _ = timer.tick() => {}
+            }
+            self.logged_pass().await;
+        }
+    }
+
+    async fn logged_pass(&mut self) {
+        if let Err(error) = self.pass().await {
+            tracing::warn!(%error, "Sync pass failed; retrying on the next change.");
+        }
+    }
+}
+
+/// The diff without deletions and unlinks: workstation passes only add and update.
+pub fn additive(mut diff: ClusterDiff) -> ClusterDiff {
+    for project in diff.projects.values_mut() {
+        project.actions.retain_mut(|action| match action {
+            Action::DeleteSecret { .. } | Action::DeleteRoleBinding { .. } => false,
+            Action::EditServiceAccount(edit) => {
+                edit.remove.clear();
+                !edit.add.is_empty()
+            }
+            _ => true,
+        });
+    }
+    diff
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_settles_once_after_the_quiet_time() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let quiet = Duration::from_millis(200);
+        let start = Instant::now();
+        let sender = tokio::spawn(async move {
+            for _ in 0..10 {
+                let _ = tx.try_send(());
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            tx
+        });
+        assert_eq!(rx.recv().await, Some(()));
+        assert!(settle(&mut rx, quiet, MAX_DELAY).await);
+        // Ten writes 50 ms apart, then 200 ms of quiet.
+        assert_eq!(start.elapsed(), Duration::from_millis(450 + 200));
+        assert!(rx.try_recv().is_err(), "the burst was drained");
+        drop(sender.await);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_endless_burst_still_settles_at_the_deadline() {
+        let (tx, mut rx) = mpsc::channel(16);
+        let start = Instant::now();
+        tokio::spawn(async move {
+            while tx.send(()).await.is_ok() {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        });
+        assert!(settle(&mut rx, Duration::from_millis(200), MAX_DELAY).await);
+        assert_eq!(start.elapsed(), MAX_DELAY);
+    }
+
+    #[test]
+    fn workstation_passes_never_delete_or_unlink() {
+        use crate::config::LinkKind;
+        use crate::diff::{ProjectDiff, ServiceAccountEdit};
+        let edit = |add: &[&str], remove: &[&str]| {
+            Action::EditServiceAccount(ServiceAccountEdit {
+                name: "default".into(),
+                add: add
+                    .iter()
+                    .map(|n| (LinkKind::Pull, (*n).to_string()))
+                    .collect(),
+                remove: remove
+                    .iter()
+                    .map(|n| (LinkKind::Pull, (*n).to_string()))
+                    .collect(),
+            })
+        };
+        let diff = ClusterDiff {
+            desired: crate::plan::DesiredState::default(),
+            projects: [(
+                "dev".to_string(),
+                ProjectDiff {
+                    actions: vec![
+                        edit(&["new"], &["old"]),
+                        edit(&[], &["gone"]),
+                        Action::DeleteSecret { name: "old".into() },
+                        Action::DeleteRoleBinding { name: "b".into() },
+                    ],
+                    ..ProjectDiff::default()
+                },
+            )]
+            .into(),
+        };
+        let kept = additive(diff);
+        assert_eq!(
+            format!("{:?}", kept.projects["dev"].actions),
+            format!("{:?}", [edit(&["new"], &[])])
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closed_channel_ends_the_wait() {
+        let (tx, mut rx) = mpsc::channel::<()>(1);
+        drop(tx);
+        assert!(!settle(&mut rx, Duration::from_millis(200), MAX_DELAY).await);
+    }
+}
