@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -167,4 +168,73 @@ pub fn password_in(secret: &Secret) -> String {
         .as_str()
         .unwrap_or_default()
         .to_string()
+}
+
+/// One `auths` entry a test writes into a docker config source.
+pub struct Entry<'a> {
+    /// The registry entry's name in the config (and, with `layout: split`, the Secret's).
+    pub name: &'a str,
+    pub server: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
+impl Fixture {
+    /// A config with one registry per entry (all read from one docker config file written
+    /// here) and one pull secret `name` listing them all, with `layout`, in project `a`: the
+    /// delegated-authentication pair of OpenShift's "Using image pull secrets" procedure.
+    pub fn config_with_entries(&self, name: &str, layout: &str, entries: &[Entry<'_>]) -> Config {
+        let docker_config = self.dir.path().join(format!("{name}-docker-config.json"));
+        let auths: serde_json::Map<String, Value> = entries
+            .iter()
+            .map(|e| {
+                let auth = STANDARD.encode(format!("{}:{}", e.username, e.password));
+                (e.server.to_string(), json!({"auth": auth}))
+            })
+            .collect();
+        std::fs::write(&docker_config, json!({"auths": auths}).to_string())
+            .expect("docker config written");
+        let mut yaml = String::from("registries:\n");
+        for e in entries {
+            yaml.push_str(&format!(
+                "  {}:\n    server: {}\n    from: {{ dockerConfig: {} }}\n",
+                e.name,
+                e.server,
+                docker_config.display()
+            ));
+        }
+        let names: Vec<&str> = entries.iter().map(|e| e.name).collect();
+        yaml.push_str(&format!(
+            "pullSecrets:\n  - name: {name}\n    registries: [{}]\n    layout: {layout}\n    \
+             projects: {{ names: [a] }}\n",
+            names.join(", ")
+        ));
+        let path = self.dir.path().join(format!("{name}-config.yaml"));
+        std::fs::write(&path, &yaml).expect("config written");
+        Config::from_yaml(&yaml, &path).unwrap_or_else(|e| panic!("valid config: {e}\n{yaml}"))
+    }
+
+    /// The `auths` of these Secrets in `namespace`, merged in order as the kubelet merges all
+    /// of a pod's pull secrets, written as one auth file for skopeo.
+    pub fn merged_authfile(&self, namespace: &str, secrets: &[&str], file: &str) -> PathBuf {
+        let mut auths = serde_json::Map::new();
+        for name in secrets {
+            let secret = self
+                .secret(namespace, name)
+                .unwrap_or_else(|| panic!("secret {namespace}/{name} written by pullsecretd"));
+            assert_eq!(
+                secret.type_.as_deref(),
+                Some("kubernetes.io/dockerconfigjson")
+            );
+            let data = secret.data.expect("data");
+            let payload: Value =
+                serde_json::from_slice(&data[".dockerconfigjson"].0).expect("JSON payload");
+            for (key, entry) in payload["auths"].as_object().expect("auths") {
+                auths.entry(key.clone()).or_insert_with(|| entry.clone());
+            }
+        }
+        let path = self.dir.path().join(file);
+        std::fs::write(&path, json!({"auths": auths}).to_string()).expect("authfile");
+        path
+    }
 }

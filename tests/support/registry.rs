@@ -161,3 +161,57 @@ fn write_blob(blobs: &Path, content: &[u8]) -> String {
     std::fs::write(blobs.join(&digest), content).expect("blob");
     digest
 }
+
+/// Token auth (distribution's `auth: token`): the registry sends clients to `realm` for a
+/// bearer token and trusts tokens signed by a certificate in `rootcertbundle`.
+pub struct TokenAuth<'a> {
+    pub realm: &'a str,
+    pub service: &'a str,
+    pub issuer: &'a str,
+    pub rootcertbundle: &'a Path,
+}
+
+impl Registry {
+    /// Starts a registry with token auth: it accepts only bearer tokens from `auth`'s realm.
+    pub fn start_token(auth: &TokenAuth<'_>) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let host = format!("127.0.0.1:{}", free_port());
+        let config = format!(
+            "version: 0.1\nlog: {{ level: error }}\n\
+             storage: {{ filesystem: {{ rootdirectory: {root} }} }}\n\
+             http: {{ addr: {host} }}\n\
+             auth: {{ token: {{ realm: \"{realm}\", service: {service}, issuer: {issuer}, \
+             rootcertbundle: {bundle} }} }}\n",
+            root = dir.path().join("data").display(),
+            realm = auth.realm,
+            service = auth.service,
+            issuer = auth.issuer,
+            bundle = auth.rootcertbundle.display(),
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("registry config");
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config_path)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("docker-registry runs (Debian package docker-registry)");
+        let registry = Self { child, host, dir };
+        registry.wait_until_listening();
+        registry
+    }
+
+    /// Pulls `repository:tag` into a fresh local directory with `authfile`, as a node would.
+    pub fn pull(&self, authfile: &Path, repository: &str, tag: &str) -> Output {
+        let target = tempfile::tempdir_in(self.dir.path()).expect("pull target");
+        skopeo(&[
+            "copy",
+            "--src-tls-verify=false",
+            "--src-authfile",
+            path(authfile),
+            &format!("docker://{}/{repository}:{tag}", self.host),
+            &format!("dir:{}", path(target.path())),
+        ])
+    }
+}
