@@ -133,6 +133,29 @@ fn walk(
     }
 }
 
+/// Paths of maps and structs present in an object (not `metadata` itself, always present).
+/// An Update that creates or removes one owns it too, which FieldsV1 shows as `.`.
+fn containers(obj: &Value) -> Set {
+    fn rec(v: &Value, path: &mut Path, names: &mut Vec<String>, out: &mut Set) {
+        let Value::Object(m) = v else { return };
+        for (k, child) in m {
+            names.push(k.clone());
+            if !ignored(names) && child.as_object().is_some_and(|c| !c.is_empty()) {
+                path.push(Pe::Field(k.clone()));
+                if names.len() > 1 || k != "metadata" {
+                    out.insert(path.clone());
+                }
+                rec(child, path, names, out);
+                path.pop();
+            }
+            names.pop();
+        }
+    }
+    let mut out = Set::new();
+    rec(obj, &mut Vec::new(), &mut Vec::new(), &mut out);
+    out
+}
+
 /// The field set of an (applied) object.
 pub fn field_set(kind: &str, obj: &Value) -> Set {
     leaves(kind, obj).into_keys().collect()
@@ -310,7 +333,9 @@ pub fn track_update(
 ) {
     let mut entries = old.map(read_entries).unwrap_or_default();
     let empty = json!({});
-    let diff = changed(kind, old.unwrap_or(&empty), new);
+    let mut diff = changed(kind, old.unwrap_or(&empty), new);
+    let (c_old, c_new) = (containers(old.unwrap_or(&empty)), containers(new));
+    diff.extend(c_new.symmetric_difference(&c_old).cloned());
     if diff.is_empty() {
         write_entries(new, entries);
         return;
@@ -321,7 +346,7 @@ pub fn track_update(
     let now_fields = leaves(kind, new);
     let gained: Set = diff
         .into_iter()
-        .filter(|p| now_fields.contains_key(p))
+        .filter(|p| now_fields.contains_key(p) || c_new.contains(p))
         .collect();
     let time = crate::util::now_rfc3339();
     match entries
@@ -574,6 +599,24 @@ mod tests {
                    "f:imagePullSecrets": {}})
         );
         assert_eq!(from_fields_v1(&v), set);
+    }
+
+    #[test]
+    fn update_owns_the_maps_it_creates() {
+        let mut s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "x"},
+                           "data": {"a": "Yg=="}, "type": "Opaque"});
+        track_update("Secret", None, &mut s, "kubectl-create", "v1");
+        assert_eq!(
+            s["metadata"]["managedFields"][0]["fieldsV1"],
+            json!({"f:data": {".": {}, "f:a": {}}, "f:type": {}})
+        );
+        let old = s.clone();
+        s["metadata"]["labels"] = json!({"x": "y"});
+        track_update("Secret", Some(&old), &mut s, "kubectl-label", "v1");
+        assert_eq!(
+            s["metadata"]["managedFields"][1]["fieldsV1"],
+            json!({"f:metadata": {"f:labels": {".": {}, "f:x": {}}}})
+        );
     }
 
     #[test]
