@@ -687,3 +687,74 @@ async fn metrics_never_carry_namespaces_or_secrets() {
     running.stop();
     assert!(running.wait(Duration::from_secs(5)).await);
 }
+
+#[test]
+fn kustomize_renders_and_the_objects_apply_to_kube_sim_with_kubectl() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let rendered = std::process::Command::new("kubectl")
+        .args(["kustomize", "deploy/"])
+        .current_dir(root)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        rendered.status.success(),
+        "{}",
+        String::from_utf8_lossy(&rendered.stderr)
+    );
+    let text = String::from_utf8(rendered.stdout).expect("UTF-8");
+    let documents: Vec<&str> = text.split("\n---\n").collect();
+    let (deployments, others): (Vec<&str>, Vec<&str>) = documents
+        .iter()
+        .partition(|d| d.contains("kind: Deployment"));
+    assert_eq!(deployments.len(), 1);
+    let deployment: serde_json::Value =
+        serde_yaml_ng::from_str(deployments[0]).expect("Deployment YAML");
+    let spec = &deployment["spec"]["template"]["spec"];
+    assert_eq!(deployment["spec"]["replicas"], 2);
+    assert_eq!(spec["securityContext"]["runAsNonRoot"], true);
+    let container = &spec["containers"][0];
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert!(container["resources"]["requests"]["cpu"].is_string());
+
+    // kube-sim serves no apps/v1: everything but the Deployment is applied with kubectl.
+    let server = kube_sim::Server::start_in_thread(Options::default().tls()).expect("kube-sim");
+    let dir = tempfile::tempdir().expect("dir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let manifest = dir.path().join("rest.yaml");
+    std::fs::write(&manifest, others.join("\n---\n")).expect("manifest");
+    let applied = std::process::Command::new("kubectl")
+        .env("KUBECONFIG", &kubeconfig)
+        .args(["apply", "-f"])
+        .arg(&manifest)
+        .output()
+        .expect("kubectl runs");
+    assert!(
+        applied.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&applied.stdout),
+        String::from_utf8_lossy(&applied.stderr)
+    );
+    for (group, resource, namespace, name) in [
+        ("", "configmaps", "pullsecretd", "pullsecretd-config"),
+        (
+            "rbac.authorization.k8s.io",
+            "roles",
+            "pullsecretd",
+            "pullsecretd-leader-election",
+        ),
+        (
+            "rbac.authorization.k8s.io",
+            "clusterroles",
+            "",
+            "pullsecretd",
+        ),
+    ] {
+        assert!(
+            server.get(group, resource, namespace, name).is_some(),
+            "{resource}/{name}"
+        );
+    }
+}
