@@ -33,6 +33,8 @@ pub struct Request {
     pub body: bytes::Bytes,
     pub user: UserInfo,
     pub user_agent: String,
+    /// The client asked for server-side printing (`Accept: ...;as=Table`).
+    pub table: bool,
 }
 
 impl Request {

@@ -267,6 +267,7 @@ pub async fn handle(
         body,
         user,
         user_agent,
+        table: accept.contains("as=Table"),
     };
     shared.counts().record(
         request.verb,

@@ -28,6 +28,8 @@ pub struct WatchSpec {
     as_project: bool,
     /// Objects are stored v1 Events shown as events.k8s.io/v1.
     events_v1: bool,
+    /// Objects are sent as one-row Tables (`kubectl get -w`).
+    table: bool,
 }
 
 fn line(kind: &str, object: &Value) -> Bytes {
@@ -78,7 +80,13 @@ pub fn spec(shared: &Shared, req: &Request) -> ApiResult<WatchSpec> {
     let since = if rv_param.is_empty() || rv_param == "0" || send_initial {
         for obj in st.list(key, req.namespace.as_deref()) {
             if selectors.matches(obj) {
-                initial.push_back(line("ADDED", &convert(obj)));
+                let shown = convert(obj);
+                let shown = if req.table {
+                    crate::table::to_table(req.rt, &shown, 200)
+                } else {
+                    shown
+                };
+                initial.push_back(line("ADDED", &shown));
             }
         }
         if send_initial && bookmarks {
@@ -108,6 +116,7 @@ pub fn spec(shared: &Shared, req: &Request) -> ApiResult<WatchSpec> {
             timeout,
             as_project,
             events_v1,
+            table: req.table,
         });
     }
     let initial_events = initial.len();
@@ -129,6 +138,7 @@ pub fn spec(shared: &Shared, req: &Request) -> ApiResult<WatchSpec> {
         timeout,
         as_project,
         events_v1,
+        table: req.table,
     })
 }
 
@@ -178,7 +188,11 @@ impl State {
                     other if now => other.as_str(),
                     _ => return None,
                 };
-                Some(line(kind, &convert(&ev.object)))
+                let obj = convert(&ev.object);
+                if self.spec.table {
+                    return Some(line(kind, &crate::table::to_table(self.spec.rt, &obj, 200)));
+                }
+                Some(line(kind, &obj))
             }
         }
     }

@@ -788,6 +788,23 @@ async fn fault_injection_and_counters() {
         .await
         .unwrap();
     assert_eq!(events.len(), 2);
+
+    // ... or after a while.
+    h.set_faults(|f| {
+        f.watch_drop_after_events = None;
+        f.watch_drop_after = Some(Duration::from_millis(300));
+    });
+    let t = Instant::now();
+    let stream = api.watch(&WatchParams::default(), "0").await.unwrap();
+    let events: Vec<_> = tokio::time::timeout(Duration::from_secs(5), stream.collect::<Vec<_>>())
+        .await
+        .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(events.len(), 2, "the current state, then the stream ends");
 }
 
 #[tokio::test]

@@ -360,8 +360,15 @@ fn get_watch_sees_added_modified_deleted() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("kubectl must be installed and on PATH");
+    // A second watch printed by the server as Tables, as plain `kubectl get -w` asks.
+    let mut table = c
+        .command(&["get", "secrets", "-w", "--output-watch-events"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("kubectl must be installed and on PATH");
     let deadline = Instant::now() + Duration::from_secs(10);
-    while c.handle.watch_count() == 0 {
+    while c.handle.watch_count() < 2 {
         assert!(Instant::now() < deadline, "kubectl never opened a watch");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -394,6 +401,29 @@ fn get_watch_sees_added_modified_deleted() {
         .map(|(t, _)| t.as_str())
         .collect();
     assert_eq!(w1, ["ADDED", "MODIFIED", "DELETED"], "{text}");
+    let _ = table.kill();
+    let out = table.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows.first().map(|r| r[..4].to_vec()),
+        Some(vec!["EVENT", "NAME", "TYPE", "DATA"]),
+        "{text}"
+    );
+    let events: Vec<&str> = rows
+        .iter()
+        .skip(1)
+        .filter(|r| r.get(1) == Some(&"w1"))
+        .map(|r| r[0])
+        .collect();
+    assert_eq!(events, ["ADDED", "MODIFIED", "DELETED"], "{text}");
+    assert!(
+        rows.iter().skip(1).all(|r| r.get(2) == Some(&"Opaque")),
+        "{text}"
+    );
 }
 
 #[test]
