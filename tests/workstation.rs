@@ -254,3 +254,55 @@ async fn every_way_of_writing_ends_with_the_right_secret_and_one_apply_per_burst
         "one Secret update for the whole burst"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creds_store_entries_are_resolved_through_their_helper() {
+    let fx = Fixture::start(Options::default()).await;
+    fx.namespace("dev", json!({}));
+    // A credential store as docker leaves it: an empty stub in `auths`, the login in the helper.
+    let bin = fx.dir.path().join("bin");
+    std::fs::create_dir(&bin).expect("bin dir");
+    let helper = bin.join("docker-credential-teststore");
+    std::fs::write(
+        &helper,
+        "#!/bin/sh\nread server\n[ \"$1\" = get ] && [ \"$server\" = ghcr.io ] || exit 1\n\
+         echo '{\"ServerURL\":\"ghcr.io\",\"Username\":\"octo\",\"Secret\":\"SENTINEL-store\"}'\n",
+    )
+    .expect("helper script");
+    std::fs::set_permissions(&helper, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    let path = fx.dir.path().join("config.json");
+    std::fs::write(
+        &path,
+        json!({"auths": {"ghcr.io": {}}, "credsStore": "teststore"}).to_string(),
+    )
+    .expect("docker config");
+    let files = vec![WatchedFile {
+        path: path.clone(),
+        format: AuthFileFormat::DockerConfig,
+    }];
+    let context = SourceContext {
+        helper_dirs: Some(vec![bin]),
+        ..SourceContext::default()
+    };
+    let service = Arc::new(CredentialService::new(None, context, None));
+    let source = ConfigSource::Default {
+        files,
+        namespace: "dev".into(),
+    };
+    let mut workstation = Workstation::new(
+        fx.client.clone(),
+        Throttle::new(nz(200), nz(100), 4),
+        source,
+        service,
+    );
+    workstation.pass().await.expect("pass");
+    assert_eq!(
+        login_in(&fx, "ghcr-io", "ghcr.io"),
+        Some(("octo".to_string(), "SENTINEL-store".to_string()))
+    );
+    // Nothing changed: the next pass writes nothing.
+    let writes = fx.server.counts().writes();
+    workstation.pass().await.expect("pass");
+    assert_eq!(fx.server.counts().writes(), writes);
+}
