@@ -344,10 +344,38 @@ fn server_side_apply_and_conflict() {
     );
 }
 
+/// Reads a running kubectl's stdout until it contains `marker` (or 15 s pass), then stops it.
+fn output_until(mut child: std::process::Child, marker: &str) -> String {
+    use std::io::BufRead as _;
+    let stdout = child.stdout.take().expect("piped stdout");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !text.contains(marker) && Instant::now() < deadline {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(100)) {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    text
+}
+
 #[test]
 fn get_watch_sees_added_modified_deleted() {
     let c = Cluster::start(Options::default());
-    let mut child = c
+    let child = c
         .command(&[
             "get",
             "secrets",
@@ -361,7 +389,7 @@ fn get_watch_sees_added_modified_deleted() {
         .spawn()
         .expect("kubectl must be installed and on PATH");
     // A second watch printed by the server as Tables, as plain `kubectl get -w` asks.
-    let mut table = c
+    let table = c
         .command(&["get", "secrets", "-w", "--output-watch-events"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -375,10 +403,7 @@ fn get_watch_sees_added_modified_deleted() {
     c.ok(&["create", "secret", "generic", "w1", "--from-literal=a=b"]);
     c.ok(&["label", "secret", "w1", "x=y"]);
     c.ok(&["delete", "secret", "w1"]);
-    std::thread::sleep(Duration::from_millis(300));
-    let _ = child.kill();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = output_until(child, "\"DELETED\"");
     let events: Vec<Value> = serde_json::Deserializer::from_str(&text)
         .into_iter()
         .filter_map(Result::ok)
@@ -401,9 +426,7 @@ fn get_watch_sees_added_modified_deleted() {
         .map(|(t, _)| t.as_str())
         .collect();
     assert_eq!(w1, ["ADDED", "MODIFIED", "DELETED"], "{text}");
-    let _ = table.kill();
-    let out = table.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
+    let text = output_until(table, "DELETED ");
     let rows: Vec<Vec<&str>> = text
         .lines()
         .map(|l| l.split_whitespace().collect())
