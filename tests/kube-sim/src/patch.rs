@@ -58,6 +58,7 @@ fn merge_map(
         }
         None => {}
     }
+    let before = orig.clone();
     if let Some(Value::Array(keep)) = patch.get("$retainKeys") {
         let keep: Vec<&str> = keep.iter().filter_map(Value::as_str).collect();
         orig.retain(|k, _| keep.contains(&k.as_str()));
@@ -122,7 +123,70 @@ fn merge_map(
         }
         path.pop();
     }
+    // `$setElementOrder/<list>`: the order kubectl wants for a merged list.
+    for (k, order) in patch {
+        let (Some(field), Value::Array(order)) = (k.strip_prefix("$setElementOrder/"), order)
+        else {
+            continue;
+        };
+        path.push(field.to_string());
+        let names: Vec<&str> = path.iter().map(String::as_str).collect();
+        let key = match list_kind(kind, &names) {
+            ListKind::Map(key) => Some(key),
+            ListKind::Set => None,
+            ListKind::Atomic => {
+                path.pop();
+                continue;
+            }
+        };
+        path.pop();
+        let original = before
+            .get(field)
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(Value::Array(merged)) = orig.get_mut(field) {
+            *merged = normalize_element_order(std::mem::take(merged), order, &original, key);
+        }
+    }
     Ok(orig)
+}
+
+/// apimachinery `normalizeElementOrder` + `mergeSortedSlice`: items named in the order list
+/// follow it; the others keep their live order, interleaved by their position in the live list.
+fn normalize_element_order(
+    merged: Vec<Value>,
+    order: &[Value],
+    original: &[Value],
+    key: Option<&str>,
+) -> Vec<Value> {
+    let id = |v: &Value| match key {
+        Some(k) => v.get(k).cloned().unwrap_or(Value::Null),
+        None => v.clone(),
+    };
+    let order_ids: Vec<Value> = order.iter().map(id).collect();
+    let server_ids: Vec<Value> = original.iter().map(id).collect();
+    let pos = |ids: &[Value], v: &Value| ids.iter().position(|x| *x == id(v));
+    let (mut both, mut only): (Vec<Value>, Vec<Value>) = merged
+        .into_iter()
+        .partition(|v| pos(&order_ids, v).is_some());
+    both.sort_by_key(|v| pos(&order_ids, v));
+    only.sort_by_key(|v| pos(&server_ids, v).unwrap_or(usize::MAX));
+    let mut out = Vec::with_capacity(both.len() + only.len());
+    let (mut left, mut right) = (only.into_iter().peekable(), both.into_iter().peekable());
+    loop {
+        let take_left = match (left.peek(), right.peek()) {
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => break,
+            (Some(l), Some(r)) => match (pos(&server_ids, l), pos(&server_ids, r)) {
+                (Some(li), Some(ri)) => li < ri,
+                _ => false,
+            },
+        };
+        out.extend(if take_left { left.next() } else { right.next() });
+    }
+    out
 }
 
 fn merge_keyed_list(
@@ -240,8 +304,33 @@ mod tests {
         let out = strategic_merge("ServiceAccount", &sa(), &p);
         assert_eq!(
             out.ok().and_then(|o| o.get("secrets").cloned()),
-            Some(json!([{"name": "default-dockercfg-x"}, {"name": "mine"}]))
+            // The ordered item first: a server-only item goes before a patch item only when
+            // both are in the live list.
+            Some(json!([{"name": "mine"}, {"name": "default-dockercfg-x"}]))
         );
+    }
+
+    #[test]
+    fn set_element_order_as_kubectl_apply_sends_it() {
+        // Live [s1, foreign]; kubectl apply replaces its s1 by s2: server-only items go after
+        // patch items they cannot be compared with.
+        let live = json!({"secrets": [{"name": "s1"}, {"name": "foreign"}]});
+        let p = json!({"$setElementOrder/secrets": [{"name": "s2"}],
+                       "secrets": [{"name": "s2"}, {"name": "s1", "$patch": "delete"}]});
+        let out = strategic_merge("ServiceAccount", &live, &p).unwrap_or_default();
+        assert_eq!(out["secrets"], json!([{"name": "s2"}, {"name": "foreign"}]));
+        // Items in the order keep its sequence; x, before b in the live list, stays in front.
+        let live = json!({"secrets": [{"name": "a"}, {"name": "x"}, {"name": "b"}]});
+        let p = json!({"$setElementOrder/secrets": [{"name": "b"}, {"name": "a"}]});
+        let out = strategic_merge("ServiceAccount", &live, &p).unwrap_or_default();
+        assert_eq!(
+            out["secrets"],
+            json!([{"name": "x"}, {"name": "b"}, {"name": "a"}])
+        );
+        let live = json!({"metadata": {"finalizers": ["f1", "f2"]}});
+        let p = json!({"metadata": {"$setElementOrder/finalizers": ["f3", "f1"], "finalizers": ["f3"]}});
+        let out = strategic_merge("ServiceAccount", &live, &p).unwrap_or_default();
+        assert_eq!(out["metadata"]["finalizers"], json!(["f3", "f1", "f2"]));
     }
 
     #[test]
