@@ -161,6 +161,8 @@ struct Context {
     stopping: watch::Receiver<bool>,
     /// Consecutive failures per namespace, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// OpenShift or not (API discovery at start): image-puller bindings exist only there.
+    openshift: Option<bool>,
 }
 
 /// Starts the daemon's tasks. Returns once the HTTP listener is bound.
@@ -199,6 +201,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
     };
     let reload = watch_config_file(&options.config_path, options.reload_debounce, config_tx)?;
 
+    let openshift = crate::cluster::observe::detect_openshift(&client, &options.throttle).await;
     let (touched_tx, touched_rx) = mpsc::unbounded_channel();
     let caches = Caches::start(&client, &account_names(&config), touched_tx.clone());
     let context = Arc::new(Context {
@@ -212,6 +215,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         metrics: Arc::clone(&metrics),
         stopping: stop_rx.clone(),
         failures: Mutex::default(),
+        openshift,
     });
 
     let sources = tokio::spawn(run_sources(
@@ -347,7 +351,7 @@ async fn reconcile(
         }
         let started = Instant::now();
         let config = Arc::clone(&context.config.borrow());
-        let desired = plan_all(&context.caches, &config, &snapshot);
+        let desired = plan_all(&context.caches, &config, &snapshot, context.openshift);
         let wanted = desired.projects.get(&name).cloned().unwrap_or_default();
         let observed = context.caches.observed(&name);
         let now = Timestamp::now();
@@ -439,13 +443,18 @@ fn error_policy(
 }
 
 /// The whole desired state for the namespaces in the cache.
-fn plan_all(caches: &Caches, config: &Config, snapshot: &Snapshot) -> DesiredState {
+fn plan_all(
+    caches: &Caches,
+    config: &Config,
+    snapshot: &Snapshot,
+    openshift: Option<bool>,
+) -> DesiredState {
     let namespaces = caches.namespace_infos();
     plan::plan(PlanInputs {
         config,
         credentials: &snapshot.credentials,
         namespaces: &namespaces,
-        openshift: None,
+        openshift,
     })
 }
 
@@ -607,7 +616,8 @@ fn namespaces_using(caches: &Caches, config: &Config, snapshot: &Snapshot) -> BT
     if snapshot.changed.is_empty() {
         return BTreeSet::new();
     }
-    let desired = plan_all(caches, config, snapshot);
+    // Which namespaces hold a registry's Secrets does not depend on image pullers.
+    let desired = plan_all(caches, config, snapshot, None);
     desired
         .projects
         .iter()

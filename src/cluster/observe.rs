@@ -98,7 +98,7 @@ const OPENSHIFT_GROUPS: &[&str] = &["project.openshift.io", "image.openshift.io"
 
 /// OpenShift is recognised by its API groups in `/apis`. A failed discovery is "unknown", not
 /// "no": aggregated APIs can be briefly unavailable.
-async fn detect_openshift(client: &Client, throttle: &Throttle) -> Option<bool> {
+pub async fn detect_openshift(client: &Client, throttle: &Throttle) -> Option<bool> {
     match throttle.call(|| client.list_api_groups()).await {
         Ok(list) => Some(
             list.groups
