@@ -100,12 +100,14 @@ fn merge_map(
                             Some(Value::Array(a)) => a,
                             _ => Vec::new(),
                         };
+                        let original = cur.clone();
                         for v in pl {
                             if !cur.contains(v) {
                                 cur.push(v.clone());
                             }
                         }
-                        Value::Array(cur)
+                        // mergeSlice enforces the patch's order, server-only items interleaved.
+                        Value::Array(normalize_element_order(cur, pl, &original, None))
                     }
                     ListKind::Map(key) => {
                         let cur = match orig.remove(k) {
@@ -207,6 +209,20 @@ fn merge_keyed_list(
             .map(|v| strip(v.clone()))
             .collect());
     }
+    // Deletions first (mergeSliceWithSpecialElements), then merges; the live list left after
+    // the deletions is the order server-only items keep.
+    for item in patch {
+        if item.get("$patch").and_then(Value::as_str) == Some("delete") {
+            let Some(kv) = item.get(key) else {
+                return Err(ApiError::bad_request(format!(
+                    "map: {item} does not contain declared merge key: {key}"
+                )));
+            };
+            cur.retain(|c| c.get(key) != Some(kv));
+        }
+    }
+    let original = cur.clone();
+    let mut order = Vec::new();
     for item in patch {
         let Some(pm) = item.as_object() else {
             return Err(ApiError::bad_request(format!(
@@ -218,13 +234,11 @@ fn merge_keyed_list(
                 "map: {item} does not contain declared merge key: {key}"
             )));
         };
-        let pos = cur.iter().position(|c| c.get(key) == Some(kv));
-        if pm.get("$patch").and_then(Value::as_str) == Some("delete") {
-            if let Some(i) = pos {
-                cur.remove(i);
-            }
+        if pm.get("$patch").is_some() {
             continue;
         }
+        order.push(item.clone());
+        let pos = cur.iter().position(|c| c.get(key) == Some(kv));
         match pos {
             Some(i) => {
                 let o = cur[i].as_object().cloned().unwrap_or_default();
@@ -233,7 +247,7 @@ fn merge_keyed_list(
             None => cur.push(strip(item.clone())),
         }
     }
-    Ok(cur)
+    Ok(normalize_element_order(cur, &order, &original, Some(key)))
 }
 
 fn strip_directives(m: Map<String, Value>) -> Map<String, Value> {
@@ -311,6 +325,24 @@ mod tests {
     }
 
     #[test]
+    fn merged_lists_take_the_patch_order() {
+        // apimachinery mergeSlice: patch items first unless both are in the live list.
+        let live = json!({"secrets": [{"name": "ddx"}, {"name": "other"}]});
+        let out = strategic_merge(
+            "ServiceAccount",
+            &live,
+            &json!({"secrets": [{"name": "mine"}]}),
+        );
+        assert_eq!(
+            out.unwrap_or_default()["secrets"],
+            json!([{"name": "mine"}, {"name": "ddx"}, {"name": "other"}])
+        );
+        let p = json!({"secrets": [{"name": "other"}, {"name": "ddx"}]});
+        let out = strategic_merge("ServiceAccount", &live, &p).unwrap_or_default();
+        assert_eq!(out["secrets"], json!([{"name": "other"}, {"name": "ddx"}]));
+    }
+
+    #[test]
     fn set_element_order_as_kubectl_apply_sends_it() {
         // Live [s1, foreign]; kubectl apply replaces its s1 by s2: server-only items go after
         // patch items they cannot be compared with.
@@ -337,9 +369,10 @@ mod tests {
     fn finalizers_union_and_null_deletes() {
         let p = json!({"metadata": {"finalizers": ["b", "a"], "labels": {"x": "1"}}, "imagePullSecrets": null});
         let out = strategic_merge("ServiceAccount", &sa(), &p).unwrap_or_default();
+        // The patch's order wins for the items it names (mergeSlice -> normalizeElementOrder).
         assert_eq!(
             out.pointer("/metadata/finalizers"),
-            Some(&json!(["a", "b"]))
+            Some(&json!(["b", "a"]))
         );
         assert_eq!(out.get("imagePullSecrets"), None);
         assert_eq!(out.pointer("/metadata/labels/x"), Some(&json!("1")));

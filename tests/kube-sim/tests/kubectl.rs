@@ -232,9 +232,10 @@ fn strategic_patch_replaces_image_pull_secrets_and_merges_secrets() {
         "-p",
         r#"{"secrets":[{"name":"mine"}]}"#,
     ]);
+    // Merged, not replaced; as mergeSlice orders it, the patch's new item comes first.
     assert_eq!(
         c.json(&["get", "sa", "bot"])["secrets"],
-        json!([{"name": "bot-dockercfg-abcde"}, {"name": "mine"}])
+        json!([{"name": "mine"}, {"name": "bot-dockercfg-abcde"}])
     );
     c.ok(&[
         "patch",
