@@ -14,7 +14,7 @@
 mod decode;
 mod yaml;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -33,6 +33,17 @@ pub struct Config {
     pub pull_secrets: Vec<PullSecretConfig>,
     /// Cross-project `system:image-puller` grants (OpenShift).
     pub image_pullers: Vec<ImagePullerConfig>,
+}
+
+impl Config {
+    /// Pull secrets allowed to take over same-name Secrets they did not create (`adopt: true`).
+    pub fn adopting(&self) -> BTreeSet<String> {
+        self.pull_secrets
+            .iter()
+            .filter(|p| p.adopt)
+            .map(|p| p.name.clone())
+            .collect()
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -369,12 +369,7 @@ async fn reconcile(
         let rotations = count_rotations(&diff.actions, &observed);
         let options = ApplyOptions {
             events: context.events,
-            adopt: config
-                .pull_secrets
-                .iter()
-                .filter(|p| p.adopt)
-                .map(|p| p.name.clone())
-                .collect(),
+            adopt: config.adopting(),
             ..ApplyOptions::default()
         };
         let outcome =

@@ -121,18 +121,13 @@ pub fn diff_project_at(
         .iter()
         .filter_map(|s| Some((s.metadata.name.as_deref()?, s)))
         .collect();
-    let adopting: BTreeSet<&str> = config
-        .pull_secrets
-        .iter()
-        .filter(|p| p.adopt)
-        .map(|p| p.name.as_str())
-        .collect();
+    let adopting = config.adopting();
 
     // Phase 1: Secrets. Remember which names may be linked afterwards.
     let mut linkable: BTreeSet<&str> = BTreeSet::new();
     for secret in &desired.secrets {
         let current = existing.get(secret.name.as_str()).copied();
-        let adopt = adopting.contains(secret.pull_secret.as_str());
+        let adopt = adopting.contains(&secret.pull_secret);
         match secret_action(secret, current, adopt) {
             SecretDecision::Write(action) => {
                 diff.actions.push(action);

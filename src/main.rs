@@ -196,6 +196,13 @@ struct KubeArgs {
     retries: usize,
 }
 
+impl KubeArgs {
+    /// The client-side rate limit and retry policy these flags ask for.
+    fn throttle(&self) -> Throttle {
+        Throttle::new(self.qps, self.burst, self.retries)
+    }
+}
+
 /// How `once` writes.
 #[derive(Debug, clap::Args)]
 struct WriteArgs {
@@ -424,7 +431,7 @@ fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<(), Failure
     runtime.block_on(async {
         let (credentials, failures) = read_sources(&config, sources).await?;
         let client = kube_client(kube).await.map_err(bad_input)?;
-        let throttle = Throttle::new(kube.qps, kube.burst, kube.retries);
+        let throttle = kube.throttle();
         let diff = reconcile::diff_cluster(&client, &throttle, &config, &credentials)
             .await
             .map_err(|error| Failure {
@@ -446,15 +453,10 @@ fn run_once(sources: &SourceArgs, kube: &KubeArgs, writes: &WriteArgs) -> Result
     runtime.block_on(async {
         let (credentials, failures) = read_sources(&config, sources).await?;
         let client = kube_client(kube).await.map_err(bad_input)?;
-        let throttle = Throttle::new(kube.qps, kube.burst, kube.retries);
+        let throttle = kube.throttle();
         let options = ApplyOptions {
             events: !writes.no_events,
-            adopt: config
-                .pull_secrets
-                .iter()
-                .filter(|p| p.adopt)
-                .map(|p| p.name.clone())
-                .collect(),
+            adopt: config.adopting(),
             ..ApplyOptions::default()
         };
         let report = reconcile::reconcile_once(
@@ -566,7 +568,7 @@ fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
                 vault,
                 ..SourceContext::default()
             },
-            throttle: Throttle::new(args.kube.qps, args.kube.burst, args.kube.retries),
+            throttle: args.kube.throttle(),
             events: !args.writes.no_events,
             concurrency: u16::try_from(args.writes.concurrency).unwrap_or(u16::MAX),
             lease,
@@ -776,7 +778,7 @@ fn run_workstation(args: WorkstationArgs) -> Result<(), Failure> {
         for file in &files {
             eprintln!("Watching {}", file.path.display());
         }
-        let throttle = Throttle::new(args.kube.qps, args.kube.burst, args.kube.retries);
+        let throttle = args.kube.throttle();
         Workstation::new(client, throttle, source, service)
             .run(rx, args.debounce, refresh)
             .await;

@@ -108,12 +108,7 @@ impl Fixture {
         let credentials = resolve(config).await;
         let throttle = Throttle::new(nz(200), nz(50), 4);
         let options = ApplyOptions {
-            adopt: config
-                .pull_secrets
-                .iter()
-                .filter(|p| p.adopt)
-                .map(|p| p.name.clone())
-                .collect(),
+            adopt: config.adopting(),
             ..ApplyOptions::default()
         };
         reconcile_once(&self.client, &throttle, &options, config, &credentials, 8)
