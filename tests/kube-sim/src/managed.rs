@@ -391,24 +391,81 @@ fn apply_merge(kind: &str, names: &mut Vec<String>, live: &mut Value, applied: &
             match list_kind(kind, &n) {
                 ListKind::Atomic => *l = a.clone(),
                 ListKind::Set => {
-                    for v in a {
-                        if !l.contains(v) {
-                            l.push(v.clone());
-                        }
-                    }
+                    *l = merge_associative(l, a, |v| v.clone(), |_, r| r.clone());
                 }
                 ListKind::Map(key) => {
-                    for item in a {
-                        match l.iter_mut().find(|x| x.get(key) == item.get(key)) {
-                            Some(x) => apply_merge(kind, names, x, item),
-                            None => l.push(item.clone()),
+                    let id = |v: &Value| v.get(key).cloned().unwrap_or(Value::Null);
+                    *l = merge_associative(l, a, id, |live, applied| match live {
+                        Some(live) => {
+                            let mut merged = live.clone();
+                            apply_merge(kind, names, &mut merged, applied);
+                            merged
                         }
-                    }
+                        None => applied.clone(),
+                    });
                 }
             }
         }
         (l, a) => *l = a.clone(),
     }
+}
+
+/// structured-merge-diff's `visitListItems` for map and set lists: applied items keep their
+/// order, live-only items stay where they were, shared items follow the applied order.
+fn merge_associative(
+    lhs: &[Value],
+    rhs: &[Value],
+    id: impl Fn(&Value) -> Value,
+    mut merge: impl FnMut(Option<&Value>, &Value) -> Value,
+) -> Vec<Value> {
+    let l_ids: Vec<Value> = lhs.iter().map(&id).collect();
+    let r_ids: Vec<Value> = rhs.iter().map(&id).collect();
+    let mut shared: std::collections::VecDeque<Value> = r_ids
+        .iter()
+        .filter(|r| l_ids.contains(r))
+        .cloned()
+        .collect();
+    let mut next_shared = shared.pop_front();
+    let mut merged_rhs: Vec<Value> = Vec::new();
+    let mut out = Vec::with_capacity(lhs.len().max(rhs.len()));
+    let (mut li, mut ri) = (0, 0);
+    while li < lhs.len() || ri < rhs.len() {
+        if li < lhs.len() && ri < rhs.len() {
+            if l_ids[li] == r_ids[ri] {
+                out.push(merge(Some(&lhs[li]), &rhs[ri]));
+                merged_rhs.push(r_ids[ri].clone());
+                li += 1;
+                ri += 1;
+                next_shared = shared.pop_front();
+                continue;
+            }
+            if r_ids.contains(&l_ids[li]) && next_shared.as_ref().is_some_and(|n| *n != l_ids[li]) {
+                li += 1;
+                continue;
+            }
+        }
+        if li < lhs.len() {
+            if !r_ids.contains(&l_ids[li]) {
+                out.push(lhs[li].clone());
+                li += 1;
+                continue;
+            } else if merged_rhs.contains(&l_ids[li]) {
+                li += 1;
+                continue;
+            }
+        }
+        if ri < rhs.len() {
+            let pe = r_ids[ri].clone();
+            let live = l_ids.iter().position(|l| *l == pe).map(|i| &lhs[i]);
+            out.push(merge(live, &rhs[ri]));
+            merged_rhs.push(pe.clone());
+            ri += 1;
+            if next_shared.as_ref() == Some(&pe) {
+                next_shared = shared.pop_front();
+            }
+        }
+    }
+    out
 }
 
 /// Removes one path from an object (a field, a map-list item or a set value).
@@ -599,6 +656,29 @@ mod tests {
                    "f:imagePullSecrets": {}})
         );
         assert_eq!(from_fields_v1(&v), set);
+    }
+
+    #[test]
+    fn associative_lists_merge_in_structured_merge_diff_order() {
+        let id = |v: &Value| v.clone();
+        let keep = |_: Option<&Value>, r: &Value| r.clone();
+        let m = |l: Value, r: Value| {
+            let (l, r) = (
+                l.as_array().cloned().unwrap_or_default(),
+                r.as_array().cloned().unwrap_or_default(),
+            );
+            Value::Array(merge_associative(&l, &r, id, keep))
+        };
+        assert_eq!(m(json!(["x"]), json!(["y"])), json!(["x", "y"]));
+        assert_eq!(
+            m(json!(["a", "b"]), json!(["c", "a"])),
+            json!(["c", "a", "b"])
+        );
+        assert_eq!(
+            m(json!(["a", "b", "c"]), json!(["c", "a"])),
+            json!(["b", "c", "a"])
+        );
+        assert_eq!(m(json!([]), json!(["a"])), json!(["a"]));
     }
 
     #[test]
