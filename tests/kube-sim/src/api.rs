@@ -504,22 +504,13 @@ fn update(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         }
         strategy::prepare_update(req.rt, &old, &mut obj);
     }
-    let out = write_update(
-        shared,
-        &mut st,
-        req.rt,
-        &old,
-        obj,
-        &req.manager(),
-        req.dry_run(),
-    )?;
+    let out = write_update(&mut st, req.rt, &old, obj, &req.manager(), req.dry_run())?;
     Ok(Reply::Json(200, out))
 }
 
 /// Validates and stores an update; a write that changes nothing is not stored (no new
 /// resourceVersion, no watch event), as in the apiserver's GuaranteedUpdate.
 pub(crate) fn write_update(
-    shared: &Shared,
     st: &mut Store,
     rt: &'static ResourceType,
     old: &Value,
@@ -529,11 +520,10 @@ pub(crate) fn write_update(
 ) -> ApiResult<Value> {
     strategy::validate(rt, &obj, Some(old))?;
     managed::track_update(rt.kind, Some(old), &mut obj, manager, &rt.api_version());
-    store_update(shared, st, rt, old, obj, dry_run)
+    store_update(st, rt, old, obj, dry_run)
 }
 
 fn store_update(
-    shared: &Shared,
     st: &mut Store,
     rt: &'static ResourceType,
     old: &Value,
@@ -567,7 +557,6 @@ fn store_update(
             .remove(key(rt), &ns, &name)
             .ok_or_else(|| ApiError::internal("object vanished"));
     }
-    let _ = shared;
     Ok(st.put(key(rt), &ns, &name, obj, EventType::Modified))
 }
 
@@ -641,15 +630,7 @@ fn patch_req(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     } else {
         strategy::prepare_update(req.rt, &old, &mut obj);
     }
-    let out = write_update(
-        shared,
-        &mut st,
-        req.rt,
-        &old,
-        obj,
-        &req.manager(),
-        req.dry_run(),
-    )?;
+    let out = write_update(&mut st, req.rt, &old, obj, &req.manager(), req.dry_run())?;
     Ok(Reply::Json(200, out))
 }
 
@@ -750,7 +731,7 @@ fn apply(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     )?;
     strategy::prepare_update(req.rt, &live, &mut obj);
     strategy::validate(req.rt, &obj, Some(&live))?;
-    let out = store_update(shared, &mut st, req.rt, &live, obj, req.dry_run())?;
+    let out = store_update(&mut st, req.rt, &live, obj, req.dry_run())?;
     Ok(Reply::Json(200, out))
 }
 

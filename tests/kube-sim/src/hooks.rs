@@ -217,5 +217,4 @@ pub fn bootstrap(shared: &Shared) {
             let _ = api::create_locked(shared, &mut st, ns_rt, obj, "kube-apiserver", false);
         }
     }
-    let _ = EventType::Added;
 }

@@ -469,7 +469,7 @@ fn merge_associative(
 }
 
 /// Removes one path from an object (a field, a map-list item or a set value).
-fn remove_path(kind: &str, obj: &mut Value, path: &[Pe]) {
+fn remove_path(obj: &mut Value, path: &[Pe]) {
     let Some((last, parent)) = path.split_last() else {
         return;
     };
@@ -495,7 +495,6 @@ fn remove_path(kind: &str, obj: &mut Value, path: &[Pe]) {
             None => return,
         }
     }
-    let _ = kind;
     match last {
         Pe::Field(f) => {
             if let Some(m) = cur.as_object_mut() {
@@ -548,7 +547,7 @@ pub fn apply(
         .collect();
     for p in prev_set.difference(&new_set) {
         if !others.contains(p) {
-            remove_path(kind, &mut merged, p);
+            remove_path(&mut merged, p);
         }
     }
 

@@ -4,7 +4,7 @@
 
 use crate::api::{self, Reply};
 use crate::faults::{Faults, InjectedError, RequestCounts};
-use crate::resources::{self, RBAC};
+use crate::resources;
 use crate::status::ApiError;
 use crate::store::Store;
 use crate::{Options, UserInfo, discovery};
@@ -468,7 +468,6 @@ fn parse_resource_path(
             ));
         }
     };
-    let _ = RBAC;
     Ok(Parsed {
         rt,
         namespace,
