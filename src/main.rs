@@ -422,7 +422,7 @@ async fn kube_client(kube: &KubeArgs) -> anyhow::Result<kube::Client> {
             .await
             .context("finding a cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?,
     };
-    kube::Client::try_from(config).context("creating the Kubernetes client")
+    pullsecretd::cluster::client(config).context("creating the Kubernetes client")
 }
 
 fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<(), Failure> {

@@ -318,7 +318,7 @@ async fn rbac_fixture(rbac: Vec<Value>) -> (Fixture, Client) {
     )
     .await
     .expect("client config");
-    let client = Client::try_from(config).expect("client");
+    let client = pullsecretd::cluster::client(config).expect("client");
     (fx, client)
 }
 

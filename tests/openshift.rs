@@ -482,7 +482,7 @@ async fn a_user_who_cannot_list_namespaces_works_through_projects() {
     )
     .await
     .expect("client config");
-    let alice = kube::Client::try_from(client_config).expect("client");
+    let alice = pullsecretd::cluster::client(client_config).expect("client");
 
     let yaml = format!(
         "registries:\n  quay:\n    server: quay.io\n    from: {{ dockerConfig: {}/config.json }}\n\

@@ -22,6 +22,15 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 pub use apply::{ApplyOptions, ProjectOutcome, apply_project};
 pub use observe::{ClusterState, observe};
 
+/// A Kubernetes client whose only retries are [`Throttle`]'s. kube's built-in retry layer
+/// (on by default since kube 3: up to 15 retries of 429/503/504 with delays growing to 1000 s)
+/// is turned off: it would bypass the client-side rate limit, stack under `--retries`, and keep a
+/// call against a failing API server going for minutes.
+pub fn client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
+    config.default_retry = false;
+    kube::Client::try_from(config)
+}
+
 /// A failed API call, named by what was attempted.
 #[derive(Debug, thiserror::Error)]
 #[error("{verb} {resource} {target}: {}", describe(.source))]

@@ -29,7 +29,8 @@ pub struct Fixture {
 impl Fixture {
     pub async fn start(options: Options) -> Self {
         let server = Server::start(options.tls()).await.expect("kube-sim starts");
-        let client = Client::try_from(server.kube_config()).expect("client for kube-sim");
+        let client =
+            pullsecretd::cluster::client(server.kube_config()).expect("client for kube-sim");
         let dir = tempfile::tempdir().expect("temp dir");
         Self {
             server,
