@@ -976,4 +976,319 @@ mod tests {
             "ForeignRoleBinding"
         );
     }
+
+    // ---------------------------------------------------------------------------------------
+    // Versioned rotation: grace and keep. Every `now` is passed in; the timestamps are in 2001,
+    // so a diff that read the wall clock (years later) would find every old version expired.
+
+    const T0: &str = "2001-02-03T04:00:00Z";
+
+    fn at(minutes: i64) -> Timestamp {
+        let start: Timestamp = T0.parse().expect("timestamp");
+        start
+            .checked_add(k8s_openapi::jiff::SignedDuration::from_mins(minutes))
+            .expect("in range")
+    }
+
+    fn versioned_config(grace_minutes: u64, keep: usize) -> Config {
+        let mut ps = pull_secret("quay-pull", "quay");
+        ps.rotation = Rotation {
+            strategy: crate::config::RotationStrategy::Versioned,
+            grace: Duration::from_secs(grace_minutes * 60),
+            keep,
+            ..Rotation::default()
+        };
+        config(vec![ps])
+    }
+
+    /// One version in the cluster: the plan for `password`, created `minutes` after T0
+    /// (`None`: no creation time), and whether the service accounts still link it.
+    struct Version<'a> {
+        password: &'a str,
+        created: Option<i64>,
+        linked: bool,
+    }
+
+    fn version_name(config: &Config, password: &str) -> String {
+        desired(config, password).secrets[0].name.clone()
+    }
+
+    fn cluster_with(config: &Config, versions: &[Version<'_>]) -> ObservedProject {
+        let mut default = account("default", &["default-dockercfg-abcde"], &[]);
+        let mut builder = account("builder", &[], &["builder-dockercfg-xyz12"]);
+        let mut secrets = Vec::new();
+        for version in versions {
+            let plan = desired(config, version.password);
+            let mut secret = secret_manifest("a", &plan.secrets[0]);
+            secret.metadata.creation_timestamp = version
+                .created
+                .map(|m| k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(m)));
+            secrets.push(secret);
+            if version.linked {
+                for link in &plan.links {
+                    let sa = if link.service_account == "default" {
+                        &mut default
+                    } else {
+                        &mut builder
+                    };
+                    add_link(sa, link.kind, &link.secret);
+                }
+            }
+        }
+        ObservedProject {
+            secrets,
+            service_accounts: vec![default, builder],
+            role_bindings: vec![],
+        }
+    }
+
+    fn deleted(diff: &ProjectDiff) -> Vec<String> {
+        diff.actions
+            .iter()
+            .filter_map(|a| match a {
+                Action::DeleteSecret { name } => Some(name.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn versioned_rotation_links_the_new_version_and_keeps_the_old_one_within_grace() {
+        let config = versioned_config(10, 2);
+        let (v1, v2) = (version_name(&config, "pw1"), version_name(&config, "pw2"));
+        assert_ne!(v1, v2);
+        let observed = cluster_with(
+            &config,
+            &[Version {
+                password: "pw1",
+                created: Some(0),
+                linked: true,
+            }],
+        );
+        let now = at(60);
+        let diff = diff_project_at("a", &desired(&config, "pw2"), &observed, &config, Some(now));
+        // The new one is created and swapped in, in one edit per account; the old one stays.
+        assert_eq!(
+            names(&diff.actions),
+            [
+                format!("create {v2}"),
+                format!("edit builder +[(Mount, \"{v2}\")] -[(Mount, \"{v1}\")]"),
+                format!("edit default +[(Pull, \"{v2}\")] -[(Pull, \"{v1}\")]"),
+            ]
+        );
+        // It was replaced just now (the new version does not exist yet): its grace starts now.
+        assert_eq!(diff.revisit_at, Some(at(70)));
+    }
+
+    #[test]
+    fn a_replaced_version_goes_exactly_when_its_grace_ends() {
+        let config = versioned_config(10, 2);
+        let (v1, v2) = (version_name(&config, "pw1"), version_name(&config, "pw2"));
+        // v2 created at minute 30 (which replaced v1); v1 is unlinked already.
+        let observed = cluster_with(
+            &config,
+            &[
+                Version {
+                    password: "pw1",
+                    created: Some(0),
+                    linked: false,
+                },
+                Version {
+                    password: "pw2",
+                    created: Some(30),
+                    linked: true,
+                },
+            ],
+        );
+        let plan = desired(&config, "pw2");
+        let diff = diff_project_at("a", &plan, &observed, &config, Some(at(39)));
+        assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
+        assert_eq!(
+            diff.revisit_at,
+            Some(at(40)),
+            "grace counts from the replacement"
+        );
+
+        let diff = diff_project_at("a", &plan, &observed, &config, Some(at(40)));
+        assert_eq!(names(&diff.actions), [format!("delete {v1}")]);
+        assert_eq!(diff.revisit_at, None, "nothing left to wait for");
+        assert!(!deleted(&diff).contains(&v2));
+    }
+
+    #[test]
+    fn a_version_past_grace_that_is_still_linked_is_unlinked_before_it_is_deleted() {
+        let config = versioned_config(10, 2);
+        let (v1, v2) = (version_name(&config, "pw1"), version_name(&config, "pw2"));
+        // v2 exists since minute 30 but the link swap never happened (say the edit failed).
+        let observed = cluster_with(
+            &config,
+            &[
+                Version {
+                    password: "pw1",
+                    created: Some(0),
+                    linked: true,
+                },
+                Version {
+                    password: "pw2",
+                    created: Some(30),
+                    linked: false,
+                },
+            ],
+        );
+        let diff = diff_project_at(
+            "a",
+            &desired(&config, "pw2"),
+            &observed,
+            &config,
+            Some(at(600)),
+        );
+        assert_eq!(
+            names(&diff.actions),
+            [
+                format!("edit builder +[(Mount, \"{v2}\")] -[(Mount, \"{v1}\")]"),
+                format!("edit default +[(Pull, \"{v2}\")] -[(Pull, \"{v1}\")]"),
+                format!("delete {v1}"),
+            ]
+        );
+    }
+
+    #[test]
+    fn at_most_keep_replaced_versions_are_retained_newest_first() {
+        // A long grace: only `keep` limits what stays.
+        let config = versioned_config(24 * 60, 2);
+        let v: Vec<String> = ["pw1", "pw2", "pw3", "pw4"]
+            .iter()
+            .map(|p| version_name(&config, p))
+            .collect();
+        let observed = cluster_with(
+            &config,
+            &[
+                Version {
+                    password: "pw1",
+                    created: Some(0),
+                    linked: false,
+                },
+                Version {
+                    password: "pw2",
+                    created: Some(10),
+                    linked: false,
+                },
+                Version {
+                    password: "pw3",
+                    created: Some(20),
+                    linked: false,
+                },
+                Version {
+                    password: "pw4",
+                    created: Some(30),
+                    linked: true,
+                },
+            ],
+        );
+        let plan = desired(&config, "pw4");
+        let diff = diff_project_at("a", &plan, &observed, &config, Some(at(31)));
+        assert_eq!(deleted(&diff), [v[0].clone()], "only the oldest goes");
+        // v2 was replaced (by v3) at minute 20: the earliest deadline of those kept.
+        assert_eq!(diff.revisit_at, Some(at(20 + 24 * 60)));
+
+        let none_kept = versioned_config(24 * 60, 0);
+        let diff = diff_project_at("a", &plan, &observed, &none_kept, Some(at(31)));
+        let mut gone = deleted(&diff);
+        gone.sort();
+        let mut expected = v[..3].to_vec();
+        expected.sort();
+        assert_eq!(gone, expected, "keep: 0 deletes every replaced version");
+        assert_eq!(diff.revisit_at, None);
+
+        // Past grace beats keep: v3 (replaced at 30) is kept, v2 (replaced at 20) is not.
+        let short = versioned_config(15, 2);
+        let diff = diff_project_at("a", &plan, &observed, &short, Some(at(40)));
+        let mut gone = deleted(&diff);
+        gone.sort();
+        let mut expected = vec![v[0].clone(), v[1].clone()];
+        expected.sort();
+        assert_eq!(gone, expected);
+        assert_eq!(diff.revisit_at, Some(at(45)));
+    }
+
+    #[test]
+    fn without_a_clock_replaced_versions_are_kept_up_to_keep_and_unknown_ages_go_first() {
+        let config = versioned_config(10, 1);
+        let v: Vec<String> = ["pw1", "pw2", "pw3"]
+            .iter()
+            .map(|p| version_name(&config, p))
+            .collect();
+        let observed = cluster_with(
+            &config,
+            &[
+                Version {
+                    password: "pw1",
+                    created: None,
+                    linked: false,
+                },
+                Version {
+                    password: "pw2",
+                    created: Some(10),
+                    linked: false,
+                },
+                Version {
+                    password: "pw3",
+                    created: Some(20),
+                    linked: true,
+                },
+            ],
+        );
+        let plan = desired(&config, "pw3");
+        // `diff_project` has no clock: years after T0, nothing is judged old, and keep holds.
+        let diff = diff_project("a", &plan, &observed, &config);
+        assert_eq!(
+            deleted(&diff),
+            [v[0].clone()],
+            "no creation time sorts as oldest"
+        );
+        assert_eq!(diff.revisit_at, Some(at(30)));
+        // The same answer whenever it is computed: `now` is the only time it looks at.
+        let later = diff_project_at("a", &plan, &observed, &config, Some(at(29)));
+        assert_eq!(deleted(&later), [v[0].clone()]);
+        let past = diff_project_at("a", &plan, &observed, &config, Some(at(30)));
+        let mut gone = deleted(&past);
+        gone.sort();
+        let mut expected = vec![v[0].clone(), v[1].clone()];
+        expected.sort();
+        assert_eq!(gone, expected);
+    }
+
+    #[test]
+    fn a_managed_secret_recording_another_pull_secret_is_not_retained_as_a_version() {
+        // A managed Secret named like a version of ours but recording another pull secret
+        // is not an old version of it: unwanted, it is deleted at once.
+        let config = versioned_config(10, 2);
+        let mut observed = cluster_with(
+            &config,
+            &[Version {
+                password: "pw2",
+                created: Some(0),
+                linked: true,
+            }],
+        );
+        let mut stranger = secret_manifest("a", &desired(&config, "pw1").secrets[0]);
+        let stranger_name = stranger.metadata.name.clone().expect("name");
+        stranger
+            .metadata
+            .annotations
+            .get_or_insert_default()
+            .insert(PULL_SECRET_ANNOTATION.into(), "someone-else".into());
+        stranger.metadata.creation_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(at(1)));
+        observed.secrets.push(stranger);
+        let diff = diff_project_at(
+            "a",
+            &desired(&config, "pw2"),
+            &observed,
+            &config,
+            Some(at(2)),
+        );
+        assert_eq!(deleted(&diff), [stranger_name]);
+        assert_eq!(diff.revisit_at, None);
+    }
 }
