@@ -50,27 +50,31 @@ impl FileWatcher {
         Ok(this)
     }
 
-    /// Watches, for each file, its directory or else the nearest ancestor that exists.
+    /// Watches, for each file, its directory or else the nearest ancestor that exists. Repeats
+    /// until nothing new is watched: a directory created between finding the nearest ancestor
+    /// and watching it (`mkdir -p` makes several quickly) would otherwise never be watched.
     fn ensure_watches(&mut self) -> Result<(), WatchError> {
-        let wanted: BTreeSet<PathBuf> = self
-            .files
-            .iter()
-            .filter_map(|file| file.parent().and_then(nearest_existing))
-            .collect();
-        for dir in wanted {
-            if self.watched.contains(&dir) {
-                continue;
+        loop {
+            let wanted: BTreeSet<PathBuf> = self
+                .files
+                .iter()
+                .filter_map(|file| file.parent().and_then(nearest_existing))
+                .filter(|dir| !self.watched.contains(dir))
+                .collect();
+            if wanted.is_empty() {
+                return Ok(());
             }
-            self.watcher
-                .watch(&dir, RecursiveMode::NonRecursive)
-                .map_err(|source| WatchError {
-                    path: dir.clone(),
-                    source,
-                })?;
-            tracing::debug!(dir = %dir.display(), "Watching for auth file changes.");
-            self.watched.insert(dir);
+            for dir in wanted {
+                self.watcher
+                    .watch(&dir, RecursiveMode::NonRecursive)
+                    .map_err(|source| WatchError {
+                        path: dir.clone(),
+                        source,
+                    })?;
+                tracing::debug!(dir = %dir.display(), "Watching for auth file changes.");
+                self.watched.insert(dir);
+            }
         }
-        Ok(())
     }
 
     /// Waits until one of the files may have changed; `None` when watching has stopped.
