@@ -133,8 +133,11 @@ pub enum VaultError {
 /// What a Vault request came to, in words safe to log.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Outcome {
-    /// No HTTP answer: connection refused, DNS, TLS, reset.
+    /// No HTTP answer: connection refused, DNS, reset.
     Unreachable(String),
+    /// The server's TLS certificate was not accepted (unknown CA, or it does not name the
+    /// host): a configuration problem, not retried.
+    CertificateRejected(String),
     /// No answer within the configured timeout.
     TimedOut,
     /// 403 after a fresh login, with a token Vault still accepts.
@@ -155,6 +158,11 @@ impl fmt::Display for Outcome {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unreachable(detail) => write!(f, "Vault is unreachable ({detail})"),
+            Self::CertificateRejected(detail) => write!(
+                f,
+                "the server's TLS certificate was not accepted ({detail}); check vault.caCert \
+                 and vault.tlsServerName"
+            ),
             Self::TimedOut => f.write_str("Vault did not answer in time"),
             Self::PermissionDenied => f.write_str("403 permission denied by policy"),
             Self::TokenRejected => {
@@ -226,6 +234,10 @@ impl Outcome {
             }
             innermost = e.to_string();
             current = e.source();
+        }
+        // rustls says "invalid peer certificate: UnknownIssuer" (or NotValidForName…).
+        if innermost.contains("invalid peer certificate") {
+            return Self::CertificateRejected(innermost);
         }
         Self::Unreachable(innermost)
     }
@@ -1298,5 +1310,8 @@ mod tests {
             .is_transient()
         );
         assert!(!Outcome::NotFound.is_transient());
+        // A certificate problem is configuration: retrying cannot fix it.
+        assert!(!Outcome::CertificateRejected("x".into()).is_transient());
+        assert!(Outcome::Unreachable("connection refused".into()).is_transient());
     }
 }

