@@ -17,6 +17,10 @@
 //!   a [`Snapshot`]; a changed credential re-reconciles exactly the namespaces planned to use it.
 //!   A reconcile never calls a source.
 //! - Only the Lease holder writes, and it checks just before writing.
+//! - A reconcile costs its own namespace, not the cluster: it plans just that namespace from
+//!   Secrets rendered once per credential snapshot, and reads only that namespace's cached
+//!   objects (re-planning every namespace per reconcile made a 10,000-namespace cold start
+//!   quadratic; see the README's Performance section).
 //!
 //! Must not hold any state a restart cannot rebuild from the cluster and the sources.
 
@@ -36,14 +40,14 @@ use kube::{Client, ResourceExt as _};
 use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
-use crate::cluster::cache::Caches;
+use crate::cluster::cache::{Caches, namespace_info};
 use crate::cluster::lease::{Elector, Leadership, LeaseConfig};
-use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle, apply_project};
+use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle, apply_project_from};
 use crate::config::{Config, ConfigError};
 use crate::diff::{Action as DiffAction, ObservedProject, diff_project_at, until};
 use crate::plan::{
-    self, CONTENT_HASH_ANNOTATION, DesiredState, PULL_SECRET_ANNOTATION, PlanInputs,
-    SERVICE_ACCOUNTS_ANNOTATION,
+    self, CONTENT_HASH_ANNOTATION, DesiredState, PULL_SECRET_ANNOTATION, PlanInputs, ProjectPlan,
+    RenderedSecrets, SERVICE_ACCOUNTS_ANNOTATION,
 };
 use crate::source::{Inventory, Resolved, SourceContext};
 use crate::telemetry::{
@@ -163,6 +167,35 @@ struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// OpenShift or not (API discovery at start): image-puller bindings exist only there.
     openshift: Option<bool>,
+    /// The Secrets of the latest config and snapshot, rendered once for every reconcile.
+    rendered: Mutex<Option<Rendered>>,
+}
+
+/// Secrets rendered from one config and one snapshot generation.
+struct Rendered {
+    config: Arc<Config>,
+    generation: u64,
+    secrets: Arc<RenderedSecrets>,
+}
+
+impl Context {
+    /// The rendered Secrets for `config` and `snapshot`, rendering them on first use.
+    fn rendered(&self, config: &Arc<Config>, snapshot: &Snapshot) -> Arc<RenderedSecrets> {
+        let mut cache = self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = cache.as_ref()
+            && Arc::ptr_eq(&cached.config, config)
+            && cached.generation == snapshot.generation
+        {
+            return Arc::clone(&cached.secrets);
+        }
+        let secrets = Arc::new(plan::render_secrets(config, &snapshot.credentials));
+        *cache = Some(Rendered {
+            config: Arc::clone(config),
+            generation: snapshot.generation,
+            secrets: Arc::clone(&secrets),
+        });
+        secrets
+    }
 }
 
 /// Starts the daemon's tasks. Returns once the HTTP listener is bound.
@@ -216,6 +249,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         stopping: stop_rx.clone(),
         failures: Mutex::default(),
         openshift,
+        rendered: Mutex::default(),
     });
 
     let sources = tokio::spawn(run_sources(
@@ -351,8 +385,7 @@ async fn reconcile(
         }
         let started = Instant::now();
         let config = Arc::clone(&context.config.borrow());
-        let desired = plan_all(&context.caches, &config, &snapshot, context.openshift);
-        let wanted = desired.projects.get(&name).cloned().unwrap_or_default();
+        let wanted = plan_one(&context, &namespace, &config, &snapshot);
         let observed = context.caches.observed(&name);
         let now = Timestamp::now();
         let diff = diff_project_at(&name, &wanted, &observed, &config, Some(now));
@@ -372,8 +405,15 @@ async fn reconcile(
             adopt: config.adopting(),
             ..ApplyOptions::default()
         };
-        let outcome =
-            apply_project(&context.client, &context.throttle, &options, &name, diff).await;
+        let outcome = apply_project_from(
+            &context.client,
+            &context.throttle,
+            &options,
+            &name,
+            diff,
+            observed.service_accounts,
+        )
+        .await;
         context.metrics.rotations.inc_by(rotations);
         record_writes(&context.metrics, &outcome);
         for change in &outcome.changes {
@@ -435,6 +475,35 @@ fn error_policy(
     *count = count.saturating_add(1);
     let delay = Duration::from_secs(1u64 << (*count - 1).min(9)).min(MAX_BACKOFF);
     Action::requeue(delay)
+}
+
+/// The desired state of one namespace (nothing while it terminates). Reads the other
+/// namespaces only when this one holds an image puller's binding.
+fn plan_one(
+    context: &Context,
+    namespace: &Namespace,
+    config: &Arc<Config>,
+    snapshot: &Snapshot,
+) -> ProjectPlan {
+    let Some(info) = namespace_info(namespace) else {
+        return ProjectPlan::default();
+    };
+    let rendered = context.rendered(config, snapshot);
+    let all = if plan::needs_all_namespaces(config, &info.name) {
+        context.caches.namespace_infos()
+    } else {
+        Vec::new()
+    };
+    plan::plan_namespace(
+        PlanInputs {
+            config,
+            credentials: &snapshot.credentials,
+            namespaces: &all,
+            openshift: context.openshift,
+        },
+        &rendered,
+        &info,
+    )
 }
 
 /// The whole desired state for the namespaces in the cache.

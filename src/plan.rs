@@ -192,9 +192,15 @@ pub struct DesiredState {
 
 /// Computes the desired state. Pure.
 pub fn plan(inputs: PlanInputs<'_>) -> DesiredState {
+    let rendered = render_secrets(inputs.config, inputs.credentials);
     let mut state = DesiredState::default();
-    for pull_secret in &inputs.config.pull_secrets {
-        plan_pull_secret(pull_secret, inputs, &mut state);
+    for (pull_secret, rendered) in inputs
+        .config
+        .pull_secrets
+        .iter()
+        .zip(&rendered.pull_secrets)
+    {
+        plan_pull_secret(pull_secret, rendered, inputs, &mut state);
     }
     plan_image_pullers(inputs, &mut state);
     merge_role_bindings(&mut state);
@@ -202,22 +208,104 @@ pub fn plan(inputs: PlanInputs<'_>) -> DesiredState {
     state
 }
 
+/// Every pull secret's Secrets rendered from one set of credentials: payloads, hashes and
+/// names are computed once and shared (`Arc`) by every project that gets them.
+#[derive(Debug, Default)]
+pub struct RenderedSecrets {
+    /// One entry per pull secret of the config, in config order.
+    pull_secrets: Vec<RenderedPullSecret>,
+}
+
+#[derive(Debug, Default)]
+struct RenderedPullSecret {
+    secrets: Vec<Result<Arc<DesiredSecret>, HeldSecret>>,
+    problems: Vec<Problem>,
+}
+
+/// Renders every pull secret of `config` once. Pure.
+pub fn render_secrets(
+    config: &Config,
+    credentials: &BTreeMap<String, Resolved>,
+) -> RenderedSecrets {
+    let pull_secrets = config
+        .pull_secrets
+        .iter()
+        .map(|pull_secret| {
+            let mut problems = Vec::new();
+            let secrets = secret_groups(pull_secret)
+                .iter()
+                .map(|(name, registries)| {
+                    render_secret(pull_secret, name, registries, credentials, &mut problems)
+                })
+                .collect();
+            RenderedPullSecret { secrets, problems }
+        })
+        .collect();
+    RenderedSecrets { pull_secrets }
+}
+
+/// Whether [`plan_namespace`] reads `inputs.namespaces` for `namespace`: only when it holds
+/// an image puller's binding (its `allowProjectsOf` subjects are other namespaces).
+pub fn needs_all_namespaces(config: &Config, namespace: &str) -> bool {
+    config.image_pullers.iter().any(|p| p.project == namespace)
+}
+
+/// The plan of one namespace, without planning the others: equal to
+/// `plan(inputs).projects[namespace.name]` (an empty plan when that has none), for
+/// `rendered = render_secrets(inputs.config, inputs.credentials)` and `namespace` one of
+/// `inputs.namespaces`. `inputs.namespaces` is read only when
+/// [`needs_all_namespaces`] says so; otherwise it may be empty. Problems are not reported
+/// here (see [`plan`]). Pure.
+pub fn plan_namespace(
+    inputs: PlanInputs<'_>,
+    rendered: &RenderedSecrets,
+    namespace: &NamespaceInfo,
+) -> ProjectPlan {
+    let mut project = ProjectPlan::default();
+    let mut problems = Vec::new();
+    for (pull_secret, rendered) in inputs
+        .config
+        .pull_secrets
+        .iter()
+        .zip(&rendered.pull_secrets)
+    {
+        if !is_selected(pull_secret, namespace) {
+            continue;
+        }
+        for secret in &rendered.secrets {
+            add_secret(
+                &mut project,
+                pull_secret,
+                secret,
+                &namespace.name,
+                &mut problems,
+            );
+        }
+    }
+    if inputs.openshift != Some(false) {
+        for puller in &inputs.config.image_pullers {
+            if puller.project == namespace.name {
+                project
+                    .role_bindings
+                    .push(image_puller_binding(puller, inputs));
+            }
+        }
+        merge_project_role_bindings(&mut project);
+    }
+    project
+}
+
 fn plan_pull_secret(
     pull_secret: &PullSecretConfig,
+    rendered: &RenderedPullSecret,
     inputs: PlanInputs<'_>,
     state: &mut DesiredState,
 ) {
-    let groups = secret_groups(pull_secret);
-    let rendered: Vec<Result<Arc<DesiredSecret>, HeldSecret>> = groups
-        .iter()
-        .map(|(name, registries)| {
-            render_secret(pull_secret, name, registries, inputs, &mut state.problems)
-        })
-        .collect();
+    state.problems.extend(rendered.problems.iter().cloned());
     let projects = selected_projects(pull_secret, inputs.namespaces);
     report_missing_projects(pull_secret, inputs.namespaces, &mut state.problems);
     for project in projects {
-        for secret in &rendered {
+        for secret in &rendered.secrets {
             let project_plan = state.projects.entry(project.clone()).or_default();
             add_secret(
                 project_plan,
@@ -247,7 +335,7 @@ fn render_secret(
     pull_secret: &PullSecretConfig,
     base_name: &str,
     registries: &[String],
-    inputs: PlanInputs<'_>,
+    resolved_credentials: &BTreeMap<String, Resolved>,
     problems: &mut Vec<Problem>,
 ) -> Result<Arc<DesiredSecret>, HeldSecret> {
     let held = || HeldSecret {
@@ -257,7 +345,7 @@ fn render_secret(
     let mut credentials: Vec<Credential> = Vec::with_capacity(registries.len());
     let mut versions = Vec::with_capacity(registries.len());
     for registry in registries {
-        let Some(resolved) = inputs.credentials.get(registry) else {
+        let Some(resolved) = resolved_credentials.get(registry) else {
             problems.push(Problem {
                 reason: "SourceFailed",
                 message: format!(
@@ -362,19 +450,26 @@ fn add_secret(
 /// Names listed, plus those whose labels match the selector, minus excluded ones; each
 /// namespace must be known.
 fn selected_projects(pull_secret: &PullSecretConfig, namespaces: &[NamespaceInfo]) -> Vec<String> {
-    let selection = &pull_secret.projects;
     namespaces
         .iter()
-        .filter(|ns| {
-            selection.names.contains(&ns.name)
-                || selection
-                    .selector
-                    .as_ref()
-                    .is_some_and(|s| s.matches(&ns.labels))
-        })
-        .filter(|ns| !selection.exclude.iter().any(|glob| glob.matches(&ns.name)))
+        .filter(|ns| is_selected(pull_secret, ns))
         .map(|ns| ns.name.clone())
         .collect()
+}
+
+/// Listed by name or matched by the selector, and not excluded.
+fn is_selected(pull_secret: &PullSecretConfig, namespace: &NamespaceInfo) -> bool {
+    let selection = &pull_secret.projects;
+    let chosen = selection.names.contains(&namespace.name)
+        || selection
+            .selector
+            .as_ref()
+            .is_some_and(|s| s.matches(&namespace.labels));
+    chosen
+        && !selection
+            .exclude
+            .iter()
+            .any(|glob| glob.matches(&namespace.name))
 }
 
 fn report_missing_projects(
@@ -426,13 +521,18 @@ fn plan_image_puller(puller: &ImagePullerConfig, inputs: PlanInputs<'_>, state: 
         });
         return;
     }
+    let binding = image_puller_binding(puller, inputs);
+    let project_plan = state.projects.entry(puller.project.clone()).or_default();
+    project_plan.role_bindings.push(binding);
+}
+
+fn image_puller_binding(puller: &ImagePullerConfig, inputs: PlanInputs<'_>) -> DesiredRoleBinding {
     let mut subjects = puller.allow.clone();
     subjects.extend(projects_of_pull_secrets(puller, inputs));
-    let project_plan = state.projects.entry(puller.project.clone()).or_default();
-    project_plan.role_bindings.push(DesiredRoleBinding {
+    DesiredRoleBinding {
         name: IMAGE_PULLER_BINDING.to_string(),
         subjects,
-    });
+    }
 }
 
 /// `allowProjectsOf`: the service-account group of every project the named pull secrets
@@ -459,21 +559,25 @@ fn projects_of_pull_secrets(
 /// in first-seen order.
 fn merge_role_bindings(state: &mut DesiredState) {
     for project_plan in state.projects.values_mut() {
-        let mut seen = BTreeSet::new();
-        let mut subjects = Vec::new();
-        for binding in project_plan.role_bindings.drain(..) {
-            for subject in binding.subjects {
-                if seen.insert(subject.clone()) {
-                    subjects.push(subject);
-                }
+        merge_project_role_bindings(project_plan);
+    }
+}
+
+fn merge_project_role_bindings(project_plan: &mut ProjectPlan) {
+    let mut seen = BTreeSet::new();
+    let mut subjects = Vec::new();
+    for binding in project_plan.role_bindings.drain(..) {
+        for subject in binding.subjects {
+            if seen.insert(subject.clone()) {
+                subjects.push(subject);
             }
         }
-        if !subjects.is_empty() {
-            project_plan.role_bindings.push(DesiredRoleBinding {
-                name: IMAGE_PULLER_BINDING.to_string(),
-                subjects,
-            });
-        }
+    }
+    if !subjects.is_empty() {
+        project_plan.role_bindings.push(DesiredRoleBinding {
+            name: IMAGE_PULLER_BINDING.to_string(),
+            subjects,
+        });
     }
 }
 
@@ -892,6 +996,142 @@ mod tests {
             "{}",
             state.problems[0].message
         );
+    }
+
+    type Summary = (
+        Vec<(String, String)>,
+        Vec<HeldSecret>,
+        Vec<DesiredLink>,
+        Vec<DesiredRoleBinding>,
+    );
+
+    fn summary(project: &ProjectPlan) -> Summary {
+        (
+            project
+                .secrets
+                .iter()
+                .map(|s| (s.name.clone(), s.content_hash.clone()))
+                .collect(),
+            project.held.clone(),
+            project.links.clone(),
+            project.role_bindings.clone(),
+        )
+    }
+
+    /// Pull secrets of every kind (combined, split, versioned, selector with exclude, a name
+    /// conflict, a failed source) and image pullers with `allowProjectsOf`.
+    fn busy_config() -> (Config, Vec<NamespaceInfo>) {
+        let mut split = pull_secret("pair", &["private", "sso"], &["a"]);
+        split.layout = Layout::Split;
+        split.projects.selector = Some(LabelSelector::parse("team=web").expect("selector"));
+        let mut versioned = pull_secret("quay-pull", &["quay"], &["b"]);
+        versioned.rotation.strategy = RotationStrategy::Versioned;
+        versioned.projects.selector = Some(LabelSelector::parse("team").expect("selector"));
+        versioned.projects.exclude = vec![glob::Pattern::new("*-tmp").expect("glob")];
+        let conflicting = pull_secret("private", &["quay"], &["a", "gone"]);
+        let held = pull_secret("held", &["private", "missing"], &["b"]);
+        let pullers = vec![
+            ImagePullerConfig {
+                project: "images".into(),
+                allow: vec![PullerSubject::ServiceAccount {
+                    namespace: "x".into(),
+                    name: "ci".into(),
+                }],
+                allow_projects_of: vec!["quay-pull".into()],
+            },
+            ImagePullerConfig {
+                project: "images".into(),
+                allow: vec![],
+                allow_projects_of: vec!["pair".into()],
+            },
+        ];
+        let mut config = config(vec![split, versioned, conflicting, held], pullers);
+        config
+            .registries
+            .insert("missing".into(), registry("missing", "missing.example.com"));
+        let mut ns = namespaces(&["a", "b", "c", "images"]);
+        for (name, team) in [("web-1", "web"), ("web-tmp", "web"), ("db-1", "db")] {
+            let mut info = NamespaceInfo::named(name);
+            info.labels.insert("team".into(), team.into());
+            ns.push(info);
+        }
+        (config, ns)
+    }
+
+    #[test]
+    fn plan_namespace_is_the_whole_plan_restricted_to_one_namespace() {
+        let (config, ns) = busy_config();
+        let credentials = all_credentials();
+        for openshift in [None, Some(true), Some(false)] {
+            let inputs = PlanInputs {
+                config: &config,
+                credentials: &credentials,
+                namespaces: &ns,
+                openshift,
+            };
+            let whole = plan(inputs);
+            let rendered = render_secrets(&config, &credentials);
+            for namespace in &ns {
+                let alone = plan_namespace(inputs, &rendered, namespace);
+                let expected = whole
+                    .projects
+                    .get(&namespace.name)
+                    .map(summary)
+                    .unwrap_or_default();
+                assert_eq!(
+                    summary(&alone),
+                    expected,
+                    "{} ({openshift:?})",
+                    namespace.name
+                );
+                // Only image-puller projects need the other namespaces.
+                if !needs_all_namespaces(&config, &namespace.name) {
+                    let without_others = plan_namespace(
+                        PlanInputs {
+                            namespaces: &[],
+                            ..inputs
+                        },
+                        &rendered,
+                        namespace,
+                    );
+                    assert_eq!(summary(&without_others), expected, "{}", namespace.name);
+                }
+            }
+        }
+        assert!(needs_all_namespaces(&config, "images"));
+        assert!(!needs_all_namespaces(&config, "a"));
+    }
+
+    #[test]
+    fn plan_namespace_shares_secrets_rendered_once() {
+        let (config, ns) = busy_config();
+        let credentials = all_credentials();
+        let inputs = PlanInputs {
+            config: &config,
+            credentials: &credentials,
+            namespaces: &ns,
+            openshift: None,
+        };
+        let rendered = render_secrets(&config, &credentials);
+        let web = plan_namespace(inputs, &rendered, &ns[4]);
+        let a = plan_namespace(inputs, &rendered, &ns[0]);
+        assert_eq!(web.secrets[0].name, "private");
+        let shared = a
+            .secrets
+            .iter()
+            .find(|s| s.name == "sso")
+            .expect("sso in a");
+        let again = web
+            .secrets
+            .iter()
+            .find(|s| s.name == "sso")
+            .expect("sso in web-1");
+        assert!(
+            Arc::ptr_eq(shared, again),
+            "one rendering for every namespace"
+        );
+        // A namespace no pull secret selects gets an empty plan.
+        assert!(plan_namespace(inputs, &rendered, &ns[2]).is_empty());
     }
 
     #[test]

@@ -11,7 +11,7 @@
 //! Every write is reported as an Event on the object (or, for failures before it exists, on the
 //! namespace), with a reason and object names, never data.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -89,6 +89,20 @@ pub async fn apply_project(
     project: &str,
     diff: ProjectDiff,
 ) -> ProjectOutcome {
+    apply_project_from(client, throttle, options, project, diff, Vec::new()).await
+}
+
+/// [`apply_project`], with the service accounts the diff was made from (a watch cache or a
+/// list): a link edit's first attempt writes against that copy's `resourceVersion` instead of
+/// reading the account again; only a 409 Conflict (the copy was stale) costs a GET.
+pub async fn apply_project_from(
+    client: &Client,
+    throttle: &Throttle,
+    options: &ApplyOptions,
+    project: &str,
+    diff: ProjectDiff,
+    accounts: Vec<ServiceAccount>,
+) -> ProjectOutcome {
     let mut run = ProjectRun {
         client,
         throttle,
@@ -110,6 +124,11 @@ pub async fn apply_project(
         },
         unlinkable: BTreeSet::new(),
         undeletable: BTreeSet::new(),
+        known_accounts: accounts
+            .into_iter()
+            .filter(|sa| sa.metadata.resource_version.is_some())
+            .filter_map(|sa| Some((sa.metadata.name.clone()?, sa)))
+            .collect(),
     };
     for action in diff.actions {
         run.execute(action).await;
@@ -128,6 +147,8 @@ struct ProjectRun<'a> {
     unlinkable: BTreeSet<String>,
     /// Secrets that must not be deleted: a reference to them may remain.
     undeletable: BTreeSet<String>,
+    /// Service accounts as last seen, by name: each used once, for a first attempt.
+    known_accounts: BTreeMap<String, ServiceAccount>,
 }
 
 impl ProjectRun<'_> {
@@ -298,13 +319,19 @@ impl ProjectRun<'_> {
         }
     }
 
-    /// GET, edit the lists, PUT with the `resourceVersion` read; again on 409 Conflict.
+    /// GET (or take the copy last seen), edit the lists, PUT with its `resourceVersion`;
+    /// again, with a fresh GET, on 409 Conflict.
     async fn read_modify_write(&mut self, edit: &ServiceAccountEdit) -> Result<(), ApiError> {
         let api = self.accounts();
         let target = self.target(&edit.name);
         let mut last_conflict = None;
         for _ in 0..self.options.conflict_attempts {
-            let current = match self.throttle.call(|| api.get(&edit.name)).await {
+            let known = self.known_accounts.remove(&edit.name);
+            let read = match known {
+                Some(known) => Ok(known),
+                None => self.throttle.call(|| api.get(&edit.name)).await,
+            };
+            let current = match read {
                 Ok(current) => current,
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
                     self.outcome.problems.push(Problem {
@@ -334,6 +361,17 @@ impl ProjectRun<'_> {
                 }
                 Err(kube::Error::Api(status)) if status.is_conflict() => {
                     last_conflict = Some(kube::Error::Api(status));
+                }
+                Err(kube::Error::Api(status)) if status.is_not_found() => {
+                    // The copy last seen was of an account deleted since.
+                    self.outcome.problems.push(Problem {
+                        reason: "ServiceAccountMissing",
+                        message: format!(
+                            "project {}: service account {} disappeared",
+                            self.project, edit.name
+                        ),
+                    });
+                    return Ok(());
                 }
                 Err(error) => {
                     return Err(ApiError::new("update", "serviceaccounts", target, error));
