@@ -1,0 +1,323 @@
+//! The `run` daemon under exactly the shipped least-privilege RBAC (deploy/base/rbac.yaml and
+//! the Lease Role in deploy/base/leader-election.yaml) in kube-sim with RBAC enforced, acting
+//! as pullsecretd's service account: it elects itself, converges, repairs drift from its
+//! watches (namespaces, Secrets, service accounts), rotates, cleans up, reloads its config
+//! (image-puller RoleBinding created, then deleted), publishes Events, and releases the Lease.
+
+#[path = "support/cluster.rs"]
+mod cluster;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use kube::Client;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube_sim::Options;
+use serde_json::{Value, json};
+
+use cluster::{Fixture, nz, password_in};
+use pullsecretd::cluster::Throttle;
+use pullsecretd::cluster::lease::LeaseConfig;
+use pullsecretd::daemon::{self, DaemonOptions};
+use pullsecretd::source::SourceContext;
+
+const SENTINEL: &str = "SENTINEL-pw-daemon-rbac-71c3";
+const TOKEN: &str = "pullsecretd-sa-token";
+/// Where deploy/base puts pullsecretd (its ServiceAccount, and the Lease).
+const HOME: &str = "pullsecretd";
+
+/// Every RBAC object (and the ServiceAccount) deploy/base ships, as JSON values.
+fn shipped_rbac() -> Vec<Value> {
+    let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
+    ["rbac.yaml", "leader-election.yaml"]
+        .iter()
+        .flat_map(|file| {
+            let yaml = std::fs::read_to_string(base.join(file)).expect("deploy/base file");
+            serde_yaml_ng::Deserializer::from_str(&yaml)
+                .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML document"))
+                .collect::<Vec<Value>>()
+        })
+        .collect()
+}
+
+/// kube-sim (OpenShift flavour, RBAC enforced) holding deploy/base's objects, and a client
+/// acting as the pullsecretd ServiceAccount.
+async fn rbac_fixture() -> (Fixture, Client) {
+    let mut options = Options::default()
+        .openshift()
+        .identity(TOKEN, kube_sim::UserInfo::service_account(HOME, HOME));
+    options.rbac = true;
+    let fx = Fixture::start(options).await;
+    fx.namespace(HOME, json!({}));
+    let objects = shipped_rbac();
+    let kinds: Vec<&str> = objects.iter().filter_map(|o| o["kind"].as_str()).collect();
+    assert_eq!(
+        kinds,
+        [
+            "ServiceAccount",
+            "ClusterRole",
+            "ClusterRoleBinding",
+            "Role",
+            "RoleBinding"
+        ],
+        "deploy/base changed: load what it ships"
+    );
+    for object in objects {
+        let (group, resource) = match object["kind"].as_str() {
+            Some("ServiceAccount") => ("", "serviceaccounts"),
+            Some("ClusterRole") => ("rbac.authorization.k8s.io", "clusterroles"),
+            Some("ClusterRoleBinding") => ("rbac.authorization.k8s.io", "clusterrolebindings"),
+            Some("Role") => ("rbac.authorization.k8s.io", "roles"),
+            _ => ("rbac.authorization.k8s.io", "rolebindings"),
+        };
+        fx.server
+            .create(group, resource, object)
+            .unwrap_or_else(|e| panic!("seeding {resource}: {e}"));
+    }
+    let kubeconfig =
+        kube::config::Kubeconfig::from_yaml(&fx.server.kubeconfig_yaml_for(TOKEN, "default"))
+            .expect("kubeconfig");
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await
+    .expect("client config");
+    (fx, Client::try_from(config).expect("client"))
+}
+
+async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !check() {
+        assert!(
+            started.elapsed() < limit,
+            "timed out after {limit:?}: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn lease_holder(fx: &Fixture) -> Option<String> {
+    fx.server
+        .get("coordination.k8s.io", "leases", HOME, HOME)
+        .and_then(|lease| lease["spec"]["holderIdentity"].as_str().map(String::from))
+        .filter(|holder| !holder.is_empty())
+}
+
+const IMAGE_PULLERS: &str =
+    "imagePullers:\n  - project: b\n    allow: [serviceaccount:a:default]\n";
+
+#[tokio::test]
+async fn run_converges_and_watches_under_exactly_the_shipped_rbac() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let (fx, client) = rbac_fixture().await;
+    fx.namespace("a", json!({}));
+    fx.namespace("b", json!({}));
+    let rotation = "    rotation: { refresh: 200ms }\n";
+    fx.config(SENTINEL, &format!("{rotation}{IMAGE_PULLERS}"));
+    let config_path = fx.dir.path().join("config.yaml");
+
+    // The admin client can do anything; make sure this one cannot (RBAC is on).
+    let as_sa: Api<ConfigMap> = Api::namespaced(client.clone(), HOME);
+    let denied = as_sa
+        .list(&kube::api::ListParams::default())
+        .await
+        .expect_err("not allowed");
+    assert!(denied.to_string().contains("forbidden"), "{denied}");
+
+    let running = daemon::start(
+        client,
+        DaemonOptions {
+            config_path: config_path.clone(),
+            sources: SourceContext::default(),
+            throttle: Throttle::new(nz(500), nz(200), 2),
+            events: true,
+            concurrency: 4,
+            lease: Some(LeaseConfig {
+                namespace: HOME.into(),
+                name: HOME.into(),
+                identity: "replica-1".into(),
+                // Renewals rare enough that the forced conflict below meets the Secret update.
+                lease_duration: Duration::from_secs(40),
+                renew_deadline: Duration::from_secs(30),
+                retry_period: Duration::from_secs(20),
+            }),
+            listen: Some("127.0.0.1:0".parse().expect("address")),
+            reload_debounce: Duration::from_millis(150),
+            debounce: Duration::from_millis(10),
+        },
+    )
+    .await
+    .expect("daemon starts");
+
+    // Lease created (create), the Secret written and linked (OpenShift's builder has
+    // `secrets`), the image-puller RoleBinding created, Events published.
+    let limit = Duration::from_secs(10);
+    eventually(limit, "converged as leader", || {
+        lease_holder(&fx).as_deref() == Some("replica-1")
+            && fx.secret("a", "reg-pull").is_some()
+            && fx
+                .account_lists("a", "default")
+                .0
+                .contains(&"reg-pull".into())
+            && fx
+                .account_lists("a", "builder")
+                .1
+                .contains(&"reg-pull".into())
+            && fx
+                .server
+                .get(
+                    "rbac.authorization.k8s.io",
+                    "rolebindings",
+                    "b",
+                    "pullsecretd-image-puller",
+                )
+                .is_some()
+    })
+    .await;
+    eventually(limit, "Events published", || {
+        fx.server.count_objects("events.k8s.io", "events") > 0
+    })
+    .await;
+
+    // Namespace watch: a new labelled namespace is provisioned.
+    fx.namespace("web-1", json!({"team": "web"}));
+    eventually(limit, "web-1 provisioned", || {
+        fx.secret("web-1", "reg-pull").is_some()
+            && fx
+                .account_lists("web-1", "default")
+                .0
+                .contains(&"reg-pull".into())
+    })
+    .await;
+
+    // Secret watch: deleted by hand → restored.
+    let admin_secrets: Api<Secret> = Api::namespaced(fx.client.clone(), "web-1");
+    admin_secrets
+        .delete("reg-pull", &DeleteParams::default())
+        .await
+        .expect("deleted by hand");
+    eventually(limit, "secret restored", || {
+        fx.secret("web-1", "reg-pull").is_some()
+    })
+    .await;
+
+    // Service-account watch: link removed by hand → restored (get + update).
+    let admin_accounts: Api<ServiceAccount> = Api::namespaced(fx.client.clone(), "web-1");
+    admin_accounts
+        .patch(
+            "default",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"imagePullSecrets": []})),
+        )
+        .await
+        .expect("unlinked by hand");
+    eventually(limit, "link restored", || {
+        fx.account_lists("web-1", "default")
+            .0
+            .contains(&"reg-pull".into())
+    })
+    .await;
+
+    // RoleBinding watch: subjects edited by hand → updated back.
+    let bindings: Api<RoleBinding> = Api::namespaced(fx.client.clone(), "b");
+    bindings
+        .patch(
+            "pullsecretd-image-puller",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"subjects": []})),
+        )
+        .await
+        .expect("binding edited by hand");
+    eventually(limit, "binding repaired", || {
+        fx.server
+            .get(
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                "b",
+                "pullsecretd-image-puller",
+            )
+            .is_some_and(|b| b["subjects"].as_array().is_some_and(|s| !s.is_empty()))
+    })
+    .await;
+
+    // Rotation (update), its first write answered 409: the Secret is read again (get).
+    fx.server.reset_counts();
+    fx.server.force_conflicts(1);
+    fx.config("rotated-pw", &format!("{rotation}{IMAGE_PULLERS}"));
+    eventually(limit, "rotated in place", || {
+        ["a", "web-1"].iter().all(|ns| {
+            fx.secret(ns, "reg-pull")
+                .is_some_and(|s| password_in(&s) == "rotated-pw")
+        })
+    })
+    .await;
+    let counts = fx.server.counts();
+    assert!(
+        counts.count("get", "secrets") > 0,
+        "re-read after the 409: {counts:#?}"
+    );
+
+    // Clean-up (update + delete): label removed.
+    let namespaces: Api<Namespace> = Api::all(fx.client.clone());
+    namespaces
+        .patch(
+            "web-1",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"labels": {"team": null}}})),
+        )
+        .await
+        .expect("label removed");
+    eventually(limit, "web-1 cleaned up", || {
+        fx.secret("web-1", "reg-pull").is_none()
+            && !fx
+                .account_lists("web-1", "default")
+                .0
+                .contains(&"reg-pull".into())
+    })
+    .await;
+
+    // Config reload without image pullers: the RoleBinding is deleted.
+    fx.config("rotated-pw", rotation);
+    eventually(limit, "RoleBinding deleted", || {
+        fx.server
+            .get(
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                "b",
+                "pullsecretd-image-puller",
+            )
+            .is_none()
+    })
+    .await;
+
+    // Nothing was refused on the way: no failed write, no failed reconcile.
+    let address = running.address.expect("listener");
+    let metrics = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+        .get(format!("http://{address}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    assert!(
+        metrics.contains("pullsecretd_api_writes_total{verb=\"delete\",result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(!metrics.contains("result=\"error\""), "{metrics}");
+    assert!(metrics.contains("pullsecretd_leader 1"), "{metrics}");
+
+    // SIGTERM's path: stop, and the Lease is released (update) under the Role.
+    running.stop();
+    assert!(running.wait(Duration::from_secs(10)).await, "stopped");
+    assert_eq!(lease_holder(&fx), None, "Lease released");
+}
