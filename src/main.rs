@@ -159,6 +159,12 @@ struct RunArgs {
     /// Quiet time after the config file changes before it is reloaded.
     #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
     reload_debounce: Duration,
+    /// Also serve credential-helper calls on the agent socket, as `workstation` does
+    /// ($PULLSECRETD_AGENT_SOCKET, else $XDG_RUNTIME_DIR/pullsecretd/agent.sock), from the
+    /// config's registries and this process's Vault session. Off by default: in a pod no
+    /// helper runs beside the daemon.
+    #[arg(long)]
+    agent: bool,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
@@ -549,6 +555,16 @@ fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
             None => None,
         };
         let client = kube_client(&args.kube).await.map_err(bad_input)?;
+        let sources = SourceContext {
+            helper_timeout: args.sources.helper_timeout,
+            vault,
+            ..SourceContext::default()
+        };
+        let agent = if args.agent {
+            Some(serve_agent(&config, &sources).map_err(bad_input)?)
+        } else {
+            None
+        };
         let lease = (!args.no_leader_election).then(|| pullsecretd::cluster::lease::LeaseConfig {
             namespace: args
                 .lease_namespace
@@ -563,11 +579,7 @@ fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
         });
         let options = daemon::DaemonOptions {
             config_path: args.sources.config.clone(),
-            sources: SourceContext {
-                helper_timeout: args.sources.helper_timeout,
-                vault,
-                ..SourceContext::default()
-            },
+            sources,
             throttle: args.kube.throttle(),
             events: !args.writes.no_events,
             concurrency: u16::try_from(args.writes.concurrency).unwrap_or(u16::MAX),
@@ -584,6 +596,7 @@ fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
             .await
             .map_err(|error| Failure { status: 1, error })?;
         tracing::info!("Stopping: finishing in-flight writes and releasing the Lease.");
+        drop(agent);
         running.stop();
         if running.wait(args.shutdown_timeout).await {
             Ok(())
@@ -594,6 +607,37 @@ fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
             })
         }
     })
+}
+
+/// The agent socket of `run --agent`: served until dropped, then removed.
+struct ServedAgent {
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ServedAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+/// Binds the agent socket where the helper looks for it and serves the config's registries,
+/// cached as `workstation` caches them, through the daemon's own sources (one Vault session).
+/// The registries are those of the config at start, like the `vault:` block.
+fn serve_agent(config: &Config, sources: &SourceContext) -> anyhow::Result<ServedAgent> {
+    let socket = agent::socket_path(|name| std::env::var_os(name)).context(
+        "--agent: set PULLSECRETD_AGENT_SOCKET or XDG_RUNTIME_DIR to say where the socket goes",
+    )?;
+    let listener = agent::bind(&socket)?;
+    let service = Arc::new(CredentialService::new(
+        Some(config.clone()),
+        sources.clone(),
+        Some(Duration::from_secs(30)),
+    ));
+    tracing::info!(socket = %socket.display(), "Serving credential-helper calls.");
+    let task = tokio::spawn(agent::serve(listener, service));
+    Ok(ServedAgent { socket, task })
 }
 
 /// SIGTERM or SIGINT.
