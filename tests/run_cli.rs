@@ -309,7 +309,8 @@ fn helper(dir: &Path, action: &str, stdin: &str, env: &[(&str, &str)]) -> Output
     out
 }
 
-#[tokio::test]
+// Multi-threaded: kube-sim runs on this runtime while the test blocks on child processes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_with_agent_serves_the_credential_helper_from_its_vault_session() {
     let bao = OpenBao::start().await;
     bao.kv2_put(
