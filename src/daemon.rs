@@ -622,6 +622,9 @@ async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<String>)
     let mut leading = context.leadership.changes();
     let mut stopping = context.stopping.clone();
     let mut elected = true;
+    // Snapshots also change when only read times moved (every refresh): act on new
+    // generations only, or an idle daemon re-reconciles every namespace at every refresh.
+    let mut seen_generation = 0u64;
     // Whatever arrived before the caches synced counts as new now.
     snapshot.mark_changed();
     context
@@ -638,9 +641,10 @@ async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<String>)
             changed = snapshot.changed() => {
                 if changed.is_err() { return; }
                 let current = Arc::clone(&snapshot.borrow_and_update());
-                if current.generation == 0 {
+                if current.generation == seen_generation {
                     continue;
                 }
+                seen_generation = current.generation;
                 if current.generation == 1 {
                     send_all(&context.caches);
                     continue;
