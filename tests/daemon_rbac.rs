@@ -185,7 +185,10 @@ async fn run_converges_and_watches_under_exactly_the_shipped_rbac() {
     })
     .await;
 
-    // Namespace watch: a new labelled namespace is provisioned.
+    // Namespace watch: a new labelled namespace is provisioned. Its first link edit (from
+    // the cached account) is answered 409, so the account is read again (get).
+    fx.server.reset_counts();
+    fx.server.force_conflicts(1);
     fx.namespace("web-1", json!({"team": "web"}));
     eventually(limit, "web-1 provisioned", || {
         fx.secret("web-1", "reg-pull").is_some()
@@ -195,6 +198,11 @@ async fn run_converges_and_watches_under_exactly_the_shipped_rbac() {
                 .contains(&"reg-pull".into())
     })
     .await;
+    let counts = fx.server.counts();
+    assert!(
+        counts.count("get", "serviceaccounts") > 0,
+        "re-read after the 409: {counts:#?}"
+    );
 
     // Secret watch: deleted by hand → restored.
     let admin_secrets: Api<Secret> = Api::namespaced(fx.client.clone(), "web-1");
