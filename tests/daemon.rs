@@ -354,15 +354,18 @@ async fn vault_rotation_in_place_updates_exactly_the_using_namespaces() {
     fx.namespace("other", json!({"team": "db"}));
     let path = vault_config(&fx, &bao, "{ refresh: 200ms }", "team=web");
     let running = start(&fx, vault_sources(&path), None).await;
-    eventually(Duration::from_secs(5), "provisioned", || {
-        namespaces
-            .iter()
-            .all(|ns| fx.secret(ns, "reg-pull").is_some())
+    // Provisioned means written *and* linked: a link still in flight would otherwise be counted
+    // as part of the rotation below.
+    eventually(Duration::from_secs(20), "provisioned and linked", || {
+        namespaces.iter().all(|ns| {
+            fx.secret(ns, "reg-pull").is_some() && pull_list(&fx, ns, "default") == ["reg-pull"]
+        })
     })
     .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     fx.server.reset_counts();
     put_password(&bao, "two").await;
-    eventually(Duration::from_secs(5), "updated in place", || {
+    eventually(Duration::from_secs(20), "updated in place", || {
         namespaces.iter().all(|ns| {
             fx.secret(ns, "reg-pull")
                 .is_some_and(|s| password_in(&s) == "two")
