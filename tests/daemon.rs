@@ -113,7 +113,7 @@ async fn namespaces_are_provisioned_cleaned_up_and_repaired_from_watches() {
     fx.namespace("a", json!({}));
     fx.config(SENTINEL, "");
     let running = start(&fx, SourceContext::default(), None).await;
-    eventually(Duration::from_secs(5), "a provisioned", || {
+    eventually(Duration::from_secs(20), "a provisioned", || {
         fx.secret("a", "reg-pull").is_some() && pull_list(&fx, "a", "default") == ["reg-pull"]
     })
     .await;
@@ -136,7 +136,7 @@ async fn namespaces_are_provisioned_cleaned_up_and_repaired_from_watches() {
         .delete("reg-pull", &DeleteParams::default())
         .await
         .expect("deleted by hand");
-    eventually(Duration::from_secs(3), "secret restored", || {
+    eventually(Duration::from_secs(20), "secret restored", || {
         fx.secret("web-1", "reg-pull").is_some()
     })
     .await;
@@ -149,7 +149,7 @@ async fn namespaces_are_provisioned_cleaned_up_and_repaired_from_watches() {
         )
         .await
         .expect("unlinked by hand");
-    eventually(Duration::from_secs(3), "link restored", || {
+    eventually(Duration::from_secs(20), "link restored", || {
         pull_list(&fx, "web-1", "default") == ["users-own", "reg-pull"]
     })
     .await;
@@ -164,7 +164,7 @@ async fn namespaces_are_provisioned_cleaned_up_and_repaired_from_watches() {
         )
         .await
         .expect("label removed");
-    eventually(Duration::from_secs(3), "web-1 cleaned up", || {
+    eventually(Duration::from_secs(20), "web-1 cleaned up", || {
         fx.secret("web-1", "reg-pull").is_none()
             && pull_list(&fx, "web-1", "default") == ["users-own"]
     })
@@ -259,7 +259,7 @@ async fn vault_rotation_versioned_never_dangles_and_old_versions_go_after_grace(
         "team=web",
     );
     let running = start(&fx, vault_sources(&path), None).await;
-    eventually(Duration::from_secs(5), "first version linked", || {
+    eventually(Duration::from_secs(20), "first version linked", || {
         namespaces
             .iter()
             .all(|ns| pull_list(&fx, ns, "default").len() == 1)
@@ -458,11 +458,11 @@ async fn vault_outage_keeps_secrets_ages_the_credential_and_recovers_without_res
     let path = vault_config(&fx, &bao, "{ refresh: 200ms }", "team=web");
     let running = start(&fx, vault_sources(&path), None).await;
     let address = running.address.expect("listener");
-    eventually(Duration::from_secs(5), "provisioned", || {
+    eventually(Duration::from_secs(20), "provisioned", || {
         fx.secret("web-1", "reg-pull").is_some()
     })
     .await;
-    eventually(Duration::from_secs(3), "ready", || {
+    eventually(Duration::from_secs(20), "ready", || {
         running.health.ready.load(Ordering::Relaxed)
     })
     .await;
@@ -493,7 +493,7 @@ async fn vault_outage_keeps_secrets_ages_the_credential_and_recovers_without_res
     bao.restart().await;
     put_password(&bao, "after-0").await;
     put_password(&bao, "after").await;
-    eventually(Duration::from_secs(5), "resumed after the outage", || {
+    eventually(Duration::from_secs(20), "resumed after the outage", || {
         fx.secret("web-1", "reg-pull")
             .is_some_and(|s| password_in(&s) == "after")
     })
@@ -540,12 +540,12 @@ async fn two_daemons_one_leads_and_the_standby_takes_over_when_it_dies() {
     fx.namespace("web-1", json!({"team": "web"}));
     fx.config(SENTINEL, "");
     let one = start(&fx, SourceContext::default(), Some(lease("one"))).await;
-    eventually(Duration::from_secs(3), "one leads", || {
+    eventually(Duration::from_secs(20), "one leads", || {
         lease_holder(&fx).as_deref() == Some("one")
     })
     .await;
     let two = start(&fx, SourceContext::default(), Some(lease("two"))).await;
-    eventually(Duration::from_secs(5), "provisioned by the leader", || {
+    eventually(Duration::from_secs(20), "provisioned by the leader", || {
         fx.secret("web-1", "reg-pull").is_some()
     })
     .await;
@@ -570,7 +570,7 @@ async fn two_daemons_one_leads_and_the_standby_takes_over_when_it_dies() {
 
     one.kill();
     let killed = Instant::now();
-    eventually(Duration::from_secs(6), "two takes over", || {
+    eventually(Duration::from_secs(20), "two takes over", || {
         two.leadership.is_leading()
     })
     .await;
@@ -580,7 +580,7 @@ async fn two_daemons_one_leads_and_the_standby_takes_over_when_it_dies() {
     // three lease durations leave room for a loaded machine.
     assert!(takeover < Duration::from_millis(3 * 1500), "{takeover:?}");
     fx.namespace("web-2", json!({"team": "web"}));
-    eventually(Duration::from_secs(3), "the new leader converges", || {
+    eventually(Duration::from_secs(20), "the new leader converges", || {
         fx.secret("web-2", "reg-pull").is_some()
     })
     .await;
@@ -599,7 +599,7 @@ async fn watch_drops_and_410_expired_resume_without_missing_anything() {
     fx.namespace("web-1", json!({"team": "web"}));
     fx.config(SENTINEL, "");
     let running = start(&fx, SourceContext::default(), None).await;
-    eventually(Duration::from_secs(5), "provisioned", || {
+    eventually(Duration::from_secs(20), "provisioned", || {
         fx.secret("web-1", "reg-pull").is_some()
     })
     .await;
@@ -618,7 +618,7 @@ async fn watch_drops_and_410_expired_resume_without_missing_anything() {
         fx.server.compact();
         tokio::time::sleep(Duration::from_millis(400)).await;
     }
-    eventually(Duration::from_secs(8), "nothing missed", || {
+    eventually(Duration::from_secs(20), "nothing missed", || {
         fx.secret("web-1", "reg-pull").is_some()
             && (0..3).all(|r| fx.secret(&format!("web-new-{r}"), "reg-pull").is_some())
     })
@@ -634,7 +634,7 @@ async fn config_reload_applies_a_valid_config_and_rejects_an_invalid_one() {
     fx.namespace("b", json!({}));
     fx.config(SENTINEL, "");
     let running = start(&fx, SourceContext::default(), None).await;
-    eventually(Duration::from_secs(5), "a provisioned", || {
+    eventually(Duration::from_secs(20), "a provisioned", || {
         fx.secret("a", "reg-pull").is_some()
     })
     .await;
@@ -644,7 +644,7 @@ async fn config_reload_applies_a_valid_config_and_rejects_an_invalid_one() {
     let path = fx.dir.path().join("config.yaml");
     let text = std::fs::read_to_string(&path).expect("config");
     std::fs::write(&path, text.replace("names: [a]", "names: [b]")).expect("rewritten");
-    eventually(Duration::from_secs(5), "reloaded", || {
+    eventually(Duration::from_secs(20), "reloaded", || {
         fx.secret("b", "reg-pull").is_some() && fx.secret("a", "reg-pull").is_none()
     })
     .await;
@@ -669,13 +669,13 @@ async fn metrics_never_carry_namespaces_or_secrets() {
     fx.namespace("a", json!({}));
     fx.config(SENTINEL, "");
     let running = start(&fx, SourceContext::default(), None).await;
-    eventually(Duration::from_secs(5), "provisioned", || {
+    eventually(Duration::from_secs(20), "provisioned", || {
         fx.secret("a", "reg-pull").is_some()
     })
     .await;
     let address = running.address.expect("listener");
     assert_eq!(http_get(address, "/healthz").await.0, 200);
-    eventually(Duration::from_secs(3), "ready", || {
+    eventually(Duration::from_secs(20), "ready", || {
         running.health.ready.load(Ordering::Relaxed)
     })
     .await;
