@@ -44,10 +44,12 @@ use crate::cluster::cache::{Caches, namespace_info};
 use crate::cluster::lease::{Elector, Leadership, LeaseConfig};
 use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle, apply_project_from};
 use crate::config::{Config, ConfigError};
-use crate::diff::{Action as DiffAction, ObservedProject, diff_project_at, until};
+use crate::diff::{
+    Action as DiffAction, ObservedProject, diff_project_at, recorded_service_accounts, until,
+};
 use crate::plan::{
     self, CONTENT_HASH_ANNOTATION, DesiredState, PULL_SECRET_ANNOTATION, PlanInputs, ProjectPlan,
-    RenderedSecrets, SERVICE_ACCOUNTS_ANNOTATION,
+    RenderedSecrets,
 };
 use crate::source::{Inventory, Resolved, SourceContext};
 use crate::telemetry::{
@@ -598,20 +600,7 @@ fn recorded_accounts(caches: &Caches) -> BTreeSet<String> {
         .secrets
         .state()
         .iter()
-        .filter_map(|s| {
-            s.metadata
-                .annotations
-                .as_ref()?
-                .get(SERVICE_ACCOUNTS_ANNOTATION)
-                .cloned()
-        })
-        .flat_map(|list| {
-            list.split(',')
-                .map(str::trim)
-                .filter(|n| !n.is_empty())
-                .map(String::from)
-                .collect::<Vec<_>>()
-        })
+        .flat_map(|secret| recorded_service_accounts(secret).collect::<Vec<_>>())
         .collect()
 }
 

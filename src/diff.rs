@@ -20,7 +20,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::config::{Config, LinkKind};
 use crate::plan::{
     DesiredRoleBinding, DesiredSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PULL_SECRET_ANNOTATION,
-    Problem, ProjectPlan,
+    Problem, ProjectPlan, SERVICE_ACCOUNTS_ANNOTATION,
 };
 use crate::render::role_binding_manifest;
 
@@ -352,6 +352,21 @@ fn contains_all(
     wanted
         .iter()
         .all(|(k, v)| actual.and_then(|a| a.get(k)) == Some(v))
+}
+
+/// The service accounts a managed Secret says it is linked from
+/// ([`SERVICE_ACCOUNTS_ANNOTATION`]), so links the config dropped can still be found.
+pub fn recorded_service_accounts(secret: &Secret) -> impl Iterator<Item = String> + '_ {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SERVICE_ACCOUNTS_ANNOTATION))
+        .into_iter()
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+        .map(String::from)
 }
 
 /// True when the object carries `app.kubernetes.io/managed-by: pullsecretd`.

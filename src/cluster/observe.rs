@@ -22,8 +22,8 @@ use serde::de::DeserializeOwned;
 
 use super::{ApiError, Throttle};
 use crate::config::Config;
-use crate::diff::ObservedProject;
-use crate::plan::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, NamespaceInfo, SERVICE_ACCOUNTS_ANNOTATION};
+use crate::diff::{ObservedProject, recorded_service_accounts};
+use crate::plan::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, NamespaceInfo};
 
 /// Objects per list page.
 const PAGE_SIZE: u32 = 500;
@@ -127,20 +127,7 @@ fn service_account_names(config: &Config, secrets: &[Secret]) -> BTreeSet<String
         .pull_secrets
         .iter()
         .flat_map(|p| p.links.keys().cloned());
-    let recorded = secrets
-        .iter()
-        .filter_map(|s| {
-            s.metadata
-                .annotations
-                .as_ref()?
-                .get(SERVICE_ACCOUNTS_ANNOTATION)
-        })
-        .flat_map(|list| {
-            list.split(',')
-                .map(str::trim)
-                .map(String::from)
-                .collect::<Vec<_>>()
-        });
+    let recorded = secrets.iter().flat_map(recorded_service_accounts);
     configured
         .chain(recorded)
         .filter(|name| !name.is_empty())

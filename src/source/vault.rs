@@ -1116,13 +1116,7 @@ fn from_docker_config(
     field: &str,
     server: &RegistryKey,
 ) -> Result<Credential, VaultError> {
-    let value = secret
-        .fields
-        .get(field)
-        .ok_or_else(|| VaultError::MissingField {
-            location: location.clone(),
-            field: field.to_string(),
-        })?;
+    let value = present_field(secret, location, field)?;
     if value.kind == FieldKind::Other {
         return Err(VaultError::NotAString {
             location: location.clone(),
@@ -1151,19 +1145,28 @@ fn from_docker_config(
     }
 }
 
+/// A field that must be present (its value is not looked at here).
+fn present_field<'a>(
+    secret: &'a SecretData,
+    location: &VaultLocation,
+    field: &str,
+) -> Result<&'a FieldValue, VaultError> {
+    secret
+        .fields
+        .get(field)
+        .ok_or_else(|| VaultError::MissingField {
+            location: location.clone(),
+            field: field.to_string(),
+        })
+}
+
 /// A string field that must be there and not empty.
 fn required_text(
     secret: &SecretData,
     location: &VaultLocation,
     field: &str,
 ) -> Result<String, VaultError> {
-    let value = secret
-        .fields
-        .get(field)
-        .ok_or_else(|| VaultError::MissingField {
-            location: location.clone(),
-            field: field.to_string(),
-        })?;
+    let value = present_field(secret, location, field)?;
     if value.kind != FieldKind::String {
         return Err(VaultError::NotAString {
             location: location.clone(),
