@@ -25,6 +25,10 @@ use crate::selector::LabelSelector;
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
+    /// The pullsecretd instance this config runs as: every object it writes carries this name,
+    /// and it changes or deletes only objects that do (docs/ownership.md). `None`: the trigger's
+    /// default ([`crate::model::managed::DEFAULT_INSTANCE`], or `workstation` for workstation mode).
+    pub instance: Option<String>,
     /// How to reach Vault/OpenBao; present whenever a registry reads from Vault.
     pub vault: Option<VaultConfig>,
     /// Named registry credentials, each from one source.
@@ -36,6 +40,13 @@ pub struct Config {
 }
 
 impl Config {
+    /// The instance name: the config's, else the default one.
+    pub fn instance_name(&self) -> &str {
+        self.instance
+            .as_deref()
+            .unwrap_or(crate::model::managed::DEFAULT_INSTANCE)
+    }
+
     /// Pull secrets allowed to take over same-name Secrets they did not create (`adopt: true`).
     pub fn adopting(&self) -> BTreeSet<String> {
         self.pull_secrets

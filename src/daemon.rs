@@ -45,12 +45,11 @@ use crate::cluster::lease::{Elector, Leadership, LeaseConfig};
 use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle, apply_project_from};
 use crate::config::{Config, ConfigError};
 use crate::diff::{
-    Action as DiffAction, ObservedProject, diff_project_at, recorded_service_accounts, until,
+    Action as DiffAction, DiffPolicy, ObservedProject, diff_project_at, recorded_service_accounts,
+    until,
 };
-use crate::plan::{
-    self, CONTENT_HASH_ANNOTATION, DesiredState, PULL_SECRET_ANNOTATION, PlanInputs, ProjectPlan,
-    RenderedSecrets,
-};
+use crate::model::managed::{self, CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION};
+use crate::plan::{self, DesiredState, PlanInputs, ProjectPlan, RenderedSecrets};
 use crate::source::{Inventory, Resolved, SourceContext};
 use crate::telemetry::{
     self, Health, Metrics, ReadLabels, RegistryLabel, ResultLabel, WriteLabels,
@@ -311,7 +310,8 @@ async fn run_main(
         () = stopped(&mut stopping) => return,
     }
     // Accounts earlier configs linked, as recorded on the Secrets: watched so they can be unlinked.
-    let recorded = recorded_accounts(&context.caches);
+    let instance = context.config.borrow().instance_name().to_string();
+    let recorded = recorded_accounts(&context.caches, &instance);
     let added = context.caches.watch_accounts(&recorded);
     for store in added {
         let _ = store.wait_until_ready().await;
@@ -390,7 +390,8 @@ async fn reconcile(
         let wanted = plan_one(&context, &namespace, &config, &snapshot);
         let observed = context.caches.observed(&name);
         let now = Timestamp::now();
-        let diff = diff_project_at(&name, &wanted, &observed, &config, Some(now));
+        let policy = DiffPolicy::full(config.instance_name());
+        let diff = diff_project_at(&name, &wanted, &observed, &policy, Some(now));
         let revisit = diff
             .revisit_at
             .map(|at| until(now, at) + Duration::from_secs(1));
@@ -404,8 +405,7 @@ async fn reconcile(
         let rotations = count_rotations(&diff.actions, &observed);
         let options = ApplyOptions {
             events: context.events,
-            adopt: config.adopting(),
-            ..ApplyOptions::default()
+            ..ApplyOptions::for_instance(config.instance_name())
         };
         let outcome = apply_project_from(
             &context.client,
@@ -418,9 +418,6 @@ async fn reconcile(
         .await;
         context.metrics.rotations.inc_by(rotations);
         record_writes(&context.metrics, &outcome);
-        for change in &outcome.changes {
-            tracing::info!(change = %change, "Changed.");
-        }
         if let Some(first) = outcome.failures.first() {
             context
                 .metrics
@@ -539,7 +536,8 @@ fn count_rotations(actions: &[DiffAction], observed: &ObservedProject) -> u64 {
         .collect();
     let rotated = actions.iter().filter(|action| {
         let secret = match action {
-            DiffAction::CreateSecret(s) | DiffAction::RecreateSecret(s) => s,
+            DiffAction::CreateSecret(s) => s,
+            DiffAction::RecreateSecret(recreate) => &recreate.secret,
             DiffAction::UpdateSecret { secret, .. } => secret,
             _ => return false,
         };
@@ -552,15 +550,12 @@ fn count_rotations(actions: &[DiffAction], observed: &ObservedProject) -> u64 {
 
 fn record_writes(metrics: &Metrics, outcome: &ProjectOutcome) {
     for change in &outcome.changes {
-        let verb = match change.split_whitespace().next() {
-            Some("created") => "create",
-            Some("deleted") => "delete",
-            Some("recreated") => "recreate",
-            _ => "update",
-        };
         metrics
             .api_writes
-            .get_or_create(&WriteLabels { verb, result: "ok" })
+            .get_or_create(&WriteLabels {
+                verb: change.verb().as_str(),
+                result: "ok",
+            })
             .inc();
     }
     for failure in &outcome.failures {
@@ -594,12 +589,13 @@ fn account_names(config: &Config) -> BTreeSet<String> {
         .collect()
 }
 
-/// Service accounts managed Secrets say they are linked from.
-fn recorded_accounts(caches: &Caches) -> BTreeSet<String> {
+/// Service accounts this instance's Secrets say they are linked from.
+fn recorded_accounts(caches: &Caches, instance: &str) -> BTreeSet<String> {
     caches
         .secrets
         .state()
         .iter()
+        .filter(|secret| managed::secret_ownership(secret, instance).is_ours())
         .flat_map(|secret| recorded_service_accounts(secret).collect::<Vec<_>>())
         .collect()
 }
@@ -668,21 +664,27 @@ async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<String>)
     }
 }
 
-/// Namespaces planned to hold a Secret rendered from a registry in `snapshot.changed`.
+/// Namespaces planned to hold a Secret of a pull secret using a registry in
+/// `snapshot.changed` (rendered, or held because that registry has no credential now).
 fn namespaces_using(caches: &Caches, config: &Config, snapshot: &Snapshot) -> BTreeSet<String> {
     if snapshot.changed.is_empty() {
         return BTreeSet::new();
     }
+    let uses_changed = |pull_secret: &str| {
+        config
+            .pull_secrets
+            .iter()
+            .find(|p| p.name == pull_secret)
+            .is_some_and(|p| p.registries.iter().any(|r| snapshot.changed.contains(r)))
+    };
     // Which namespaces hold a registry's Secrets does not depend on image pullers.
     let desired = plan_all(caches, config, snapshot, None);
     desired
         .projects
         .iter()
         .filter(|(_, project)| {
-            project
-                .secrets
-                .iter()
-                .any(|s| s.registries.iter().any(|r| snapshot.changed.contains(r)))
+            project.secrets.iter().any(|s| uses_changed(&s.pull_secret))
+                || project.held.iter().any(|h| uses_changed(&h.pull_secret))
         })
         .map(|(name, _)| name.clone())
         .collect()
@@ -699,8 +701,88 @@ fn refresh_interval(config: &Config, registry: &str) -> Duration {
         .unwrap_or(Duration::from_secs(300))
 }
 
+/// When each registry is read next: every `refresh` after a good read; after a failed one,
+/// with jittered exponential backoff from one second, growing to the refresh interval — a
+/// failed source is retried long before its next refresh is due.
+#[derive(Default)]
+struct SourceSchedule {
+    next_due: BTreeMap<String, tokio::time::Instant>,
+    /// Registries whose last read failed, with their backoff.
+    failing: BTreeMap<String, backon::ExponentialBackoff>,
+}
+
+/// The first retry of a failed source.
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+
+impl SourceSchedule {
+    /// Follows `config`: registries it no longer names are dropped, new ones and `reread`
+    /// (their source config changed) are due at once.
+    fn follow(&mut self, config: &Config, reread: &[String], now: tokio::time::Instant) {
+        self.next_due
+            .retain(|name, _| config.registries.contains_key(name));
+        self.failing
+            .retain(|name, _| config.registries.contains_key(name));
+        for name in config.registries.keys() {
+            self.next_due.entry(name.clone()).or_insert(now);
+        }
+        for name in reread {
+            if config.registries.contains_key(name) {
+                self.next_due.insert(name.clone(), now);
+                self.failing.remove(name);
+            }
+        }
+    }
+
+    fn due(&self, now: tokio::time::Instant) -> BTreeSet<String> {
+        self.next_due
+            .iter()
+            .filter(|(_, at)| **at <= now)
+            .map(|(name, _)| name.clone())
+            .collect()
+    }
+
+    /// Schedules the registries just read: good ones at their refresh, failed ones at their
+    /// next backoff step (never later than the refresh).
+    fn after_read(
+        &mut self,
+        config: &Config,
+        read: &BTreeSet<String>,
+        failed: &BTreeSet<String>,
+        now: tokio::time::Instant,
+    ) {
+        use backon::BackoffBuilder as _;
+        for name in read {
+            let refresh = refresh_interval(config, name);
+            let wait = if failed.contains(name) {
+                let backoff = self.failing.entry(name.clone()).or_insert_with(|| {
+                    backon::ExponentialBuilder::default()
+                        .with_jitter()
+                        .with_min_delay(FIRST_RETRY)
+                        .with_max_delay(refresh)
+                        .without_max_times()
+                        .build()
+                });
+                backoff.next().unwrap_or(refresh).min(refresh)
+            } else {
+                self.failing.remove(name);
+                refresh
+            };
+            self.next_due.insert(name.clone(), now + wait);
+        }
+    }
+
+    fn next_wake(&self, now: tokio::time::Instant) -> tokio::time::Instant {
+        self.next_due
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(now + Duration::from_secs(300))
+    }
+}
+
 /// Reads each registry when it is due and publishes a snapshot after every read that changed
-/// something (and after the first).
+/// something (and after the first). A registry whose source config changed on reload is
+/// forgotten at once (its old credential is never served under the new config) and read again.
 async fn run_sources(
     mut config: watch::Receiver<Arc<Config>>,
     context: SourceContext,
@@ -709,102 +791,102 @@ async fn run_sources(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut inventory = Inventory::new();
-    let mut next_due: BTreeMap<String, tokio::time::Instant> = BTreeMap::new();
+    let mut schedule = SourceSchedule::default();
     let mut generation = 0u64;
     loop {
         let current = Arc::clone(&config.borrow_and_update());
-        inventory.forget_unconfigured(&current);
-        next_due.retain(|name, _| current.registries.contains_key(name));
+        let forgotten = inventory.forget_stale(&current);
         let now = tokio::time::Instant::now();
-        for name in current.registries.keys() {
-            next_due.entry(name.clone()).or_insert(now);
-        }
-        let due: BTreeSet<String> = next_due
-            .iter()
-            .filter(|(_, at)| **at <= now)
-            .map(|(name, _)| name.clone())
-            .collect();
+        schedule.follow(&current, &forgotten, now);
+        let due = schedule.due(now);
+        let mut changed: BTreeSet<String> = forgotten.iter().cloned().collect();
+        let mut read_any = false;
         if !due.is_empty() {
+            read_any = true;
             let report = inventory.refresh_only(&current, &context, &due).await;
-            for name in &due {
-                next_due.insert(name.clone(), now + refresh_interval(&current, name));
-            }
-            for (names, result) in [
-                (&report.changed, "changed"),
-                (&report.unchanged, "unchanged"),
-            ] {
-                for registry in names {
-                    metrics
-                        .source_reads
-                        .get_or_create(&ReadLabels {
-                            registry: registry.clone(),
-                            result,
-                        })
-                        .inc();
-                }
-            }
-            for failure in &report.failures {
-                let registry = failure.registry.clone();
-                metrics
-                    .source_reads
-                    .get_or_create(&ReadLabels {
-                        registry: registry.clone(),
-                        result: "error",
-                    })
-                    .inc();
-                metrics
-                    .source_errors
-                    .get_or_create(&RegistryLabel { registry })
-                    .inc();
-            }
-            if generation == 0 || !report.changed.is_empty() {
-                generation += 1;
-                let credentials = inventory.credentials();
-                let complete = current
-                    .registries
-                    .keys()
-                    .all(|r| credentials.contains_key(r));
-                let read_at = current
-                    .registries
-                    .keys()
-                    .filter_map(|r| Some((r.clone(), inventory.get(r)?.read_at)))
-                    .collect();
-                publish.send_replace(Arc::new(Snapshot {
-                    credentials,
-                    read_at,
-                    changed: report.changed.iter().cloned().collect(),
-                    complete,
-                    generation,
-                }));
-            } else {
-                // Ages still move on: keep read times current for the metric.
-                publish.send_modify(|snapshot| {
-                    let mut updated = Snapshot {
-                        credentials: snapshot.credentials.clone(),
-                        read_at: snapshot.read_at.clone(),
-                        changed: BTreeSet::new(),
-                        complete: snapshot.complete,
-                        generation: snapshot.generation,
-                    };
-                    for registry in &report.unchanged {
-                        if let Some(entry) = inventory.get(registry) {
-                            updated.read_at.insert(registry.clone(), entry.read_at);
-                        }
-                    }
-                    *snapshot = Arc::new(updated);
-                });
-            }
+            let failed: BTreeSet<String> =
+                report.failures.iter().map(|f| f.registry.clone()).collect();
+            schedule.after_read(&current, &due, &failed, tokio::time::Instant::now());
+            count_reads(&metrics, &report);
+            changed.extend(report.changed.iter().cloned());
         }
-        let wake = next_due
-            .values()
-            .min()
-            .copied()
-            .unwrap_or(now + Duration::from_secs(300));
+        if (read_any && generation == 0) || !changed.is_empty() {
+            generation += 1;
+            publish.send_replace(Arc::new(snapshot_of(
+                &inventory, &current, changed, generation,
+            )));
+        } else if read_any {
+            // Ages still move on: keep read times current for the metric.
+            publish.send_modify(|snapshot| {
+                let mut updated =
+                    snapshot_of(&inventory, &current, BTreeSet::new(), snapshot.generation);
+                updated.credentials = snapshot.credentials.clone();
+                *snapshot = Arc::new(updated);
+            });
+        }
+        let wake = schedule.next_wake(now);
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             changed = config.changed() => if changed.is_err() { return },
             () = stopped(&mut stop) => return,
         }
+    }
+}
+
+fn count_reads(metrics: &Metrics, report: &crate::source::RefreshReport) {
+    for (names, result) in [
+        (&report.changed, "changed"),
+        (&report.unchanged, "unchanged"),
+    ] {
+        for registry in names {
+            metrics
+                .source_reads
+                .get_or_create(&ReadLabels {
+                    registry: registry.clone(),
+                    result,
+                })
+                .inc();
+        }
+    }
+    for failure in &report.failures {
+        let registry = failure.registry.clone();
+        metrics
+            .source_reads
+            .get_or_create(&ReadLabels {
+                registry: registry.clone(),
+                result: "error",
+            })
+            .inc();
+        metrics
+            .source_errors
+            .get_or_create(&RegistryLabel { registry })
+            .inc();
+    }
+}
+
+/// The snapshot of what `inventory` holds for `config`.
+fn snapshot_of(
+    inventory: &Inventory,
+    config: &Config,
+    changed: BTreeSet<String>,
+    generation: u64,
+) -> Snapshot {
+    let credentials = inventory.credentials();
+    let complete = config
+        .registries
+        .keys()
+        .all(|r| credentials.contains_key(r));
+    let read_at = config
+        .registries
+        .keys()
+        .filter_map(|r| Some((r.clone(), inventory.get(r)?.read_at)))
+        .collect();
+    Snapshot {
+        credentials,
+        read_at,
+        changed,
+        complete,
+        generation,
     }
 }
 
@@ -873,5 +955,75 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_with_refresh(refresh: Duration) -> Config {
+        let yaml = [
+            "registries:",
+            "  reg: { server: quay.io, from: { helper: x } }",
+            "pullSecrets:",
+            "  - name: reg-pull",
+            "    registries: [reg]",
+            "    projects: { names: [a] }",
+            &format!("    rotation: {{ refresh: {}s }}", refresh.as_secs()),
+        ]
+        .join("\n");
+        Config::from_yaml(&yaml, Path::new("/config.yaml")).expect("valid config")
+    }
+
+    #[test]
+    fn a_failed_source_is_retried_with_growing_backoff_capped_at_its_refresh() {
+        let config = config_with_refresh(Duration::from_secs(60));
+        let start = tokio::time::Instant::now();
+        let mut schedule = SourceSchedule::default();
+        schedule.follow(&config, &[], start);
+        let reg = BTreeSet::from(["reg".to_string()]);
+        assert_eq!(schedule.due(start), reg, "new registries are read at once");
+
+        let mut waits = Vec::new();
+        let mut now = start;
+        for _ in 0..12 {
+            schedule.after_read(&config, &reg, &reg, now);
+            let next = schedule.next_due["reg"];
+            waits.push(next - now);
+            now = next;
+        }
+        // 1 s first (with jitter up to twice that), doubling, never past the refresh interval.
+        assert!(
+            waits[0] >= FIRST_RETRY && waits[0] <= 2 * FIRST_RETRY,
+            "{waits:?}"
+        );
+        assert!(waits[3] >= Duration::from_secs(8), "{waits:?}");
+        assert!(
+            waits.iter().all(|w| *w <= Duration::from_secs(60)),
+            "{waits:?}"
+        );
+        assert_eq!(waits[11], Duration::from_secs(60), "{waits:?}");
+
+        // A good read resets it: the next read is one refresh away, and a later failure starts
+        // over at about a second.
+        schedule.after_read(&config, &reg, &BTreeSet::new(), now);
+        assert_eq!(schedule.next_due["reg"] - now, Duration::from_secs(60));
+        schedule.after_read(&config, &reg, &reg, now);
+        assert!(schedule.next_due["reg"] - now <= 2 * FIRST_RETRY);
+    }
+
+    #[test]
+    fn a_registry_whose_source_changed_is_read_again_at_once() {
+        let config = config_with_refresh(Duration::from_secs(3600));
+        let start = tokio::time::Instant::now();
+        let mut schedule = SourceSchedule::default();
+        schedule.follow(&config, &[], start);
+        let reg = BTreeSet::from(["reg".to_string()]);
+        schedule.after_read(&config, &reg, &BTreeSet::new(), start);
+        let later = start + Duration::from_secs(5);
+        assert!(schedule.due(later).is_empty(), "next read in an hour");
+        schedule.follow(&config, &["reg".to_string()], later);
+        assert_eq!(schedule.due(later), reg);
     }
 }

@@ -3,10 +3,15 @@
 //!
 //! No I/O and no clock. Actions come out in the only safe order — write Secrets, then edit
 //! service accounts (links added and removed together), then delete — so no service account
-//! ever references a Secret pullsecretd deleted. Nothing pullsecretd does not own is changed:
-//! a Secret or RoleBinding without the managed-by label is reported, not touched (unless the
-//! pull secret says `adopt`), and service-account lists are edited entry by entry, never
-//! replaced. A link counts as pullsecretd's when it names a Secret pullsecretd manages.
+//! ever references a Secret pullsecretd deleted. A type change (which the API allows only by
+//! delete and create) unlinks the Secret first and relinks it after (see [`Recreate`]).
+//!
+//! Ownership is proven before anything is changed or deleted ([`crate::model::managed`]): only
+//! this instance's objects are updated, unlinked or deleted; another instance's are left alone;
+//! objects that carry pullsecretd's label but fail the proof are reported, never touched; a
+//! Secret pullsecretd did not create is taken over only with `adopt`. A held Secret (its source
+//! failed, or it cannot be rendered) keeps every Secret it owns — every version — and their
+//! links exactly as they are. Service-account lists are edited entry by entry, never replaced.
 //! Equal inputs give no actions: that is the "zero writes in steady state" guarantee.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -17,22 +22,51 @@ use k8s_openapi::api::core::v1::{LocalObjectReference, ObjectReference, Secret, 
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::jiff::Timestamp;
 
-use crate::config::{Config, LinkKind};
-use crate::plan::{
-    DesiredRoleBinding, DesiredSecret, MANAGED_BY_LABEL, MANAGED_BY_VALUE, PULL_SECRET_ANNOTATION,
-    Problem, ProjectPlan, SERVICE_ACCOUNTS_ANNOTATION,
-};
+use crate::config::LinkKind;
+use crate::model::managed::{self, Ownership};
+use crate::model::rotation;
+use crate::plan::{DesiredRoleBinding, DesiredSecret, HeldSecret, Problem, ProjectPlan};
 use crate::render::role_binding_manifest;
+
+pub use crate::model::managed::recorded_service_accounts;
 
 /// What the cluster holds in one project, as read from watch caches or a list.
 #[derive(Clone, Debug, Default)]
 pub struct ObservedProject {
-    /// Secrets that are managed by pullsecretd or share a name with a desired Secret.
+    /// Secrets that carry pullsecretd's managed-by label (any instance).
     pub secrets: Vec<Secret>,
-    /// Service accounts that the config links to.
+    /// Service accounts that the config links (or this instance's Secrets record).
     pub service_accounts: Vec<ServiceAccount>,
-    /// RoleBindings managed by pullsecretd or sharing a desired name.
+    /// RoleBindings that carry pullsecretd's managed-by label (any instance).
     pub role_bindings: Vec<RoleBinding>,
+}
+
+/// How far a diff may go.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Create, update, recreate, link, unlink and delete (`once`, `run`).
+    #[default]
+    Full,
+    /// Create and update this instance's Secrets and add links only: never delete, unlink,
+    /// recreate or take over anything (`workstation`).
+    AddOnly,
+}
+
+/// What the diff needs beyond the desired and observed objects.
+#[derive(Clone, Debug)]
+pub struct DiffPolicy {
+    /// The instance whose objects may be changed.
+    pub instance: String,
+    pub mode: Mode,
+}
+
+impl DiffPolicy {
+    pub fn full(instance: &str) -> Self {
+        Self {
+            instance: instance.to_string(),
+            mode: Mode::Full,
+        }
+    }
 }
 
 /// One step toward the desired state, in a project.
@@ -44,20 +78,48 @@ pub enum Action {
         secret: Arc<DesiredSecret>,
         resource_version: Option<String>,
     },
-    /// The API forbids changing `type` and the data of an immutable Secret: delete, then create.
-    RecreateSecret(Arc<DesiredSecret>),
+    /// The API forbids changing `type` and the data of an immutable Secret: unlink, delete,
+    /// create, relink.
+    RecreateSecret(Recreate),
     EditServiceAccount(ServiceAccountEdit),
-    DeleteSecret {
-        name: String,
-    },
+    DeleteSecret(Delete),
     CreateRoleBinding(DesiredRoleBinding),
     UpdateRoleBinding {
         binding: DesiredRoleBinding,
         resource_version: Option<String>,
     },
-    DeleteRoleBinding {
-        name: String,
-    },
+    DeleteRoleBinding(Delete),
+}
+
+/// An object to delete, with what identifies the version read: the delete carries them as
+/// preconditions, so an object recreated or changed by someone else meanwhile survives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Delete {
+    pub name: String,
+    pub uid: Option<String>,
+    pub resource_version: Option<String>,
+}
+
+impl Delete {
+    fn of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Self {
+        Self {
+            name: meta.name.clone().unwrap_or_default(),
+            uid: meta.uid.clone(),
+            resource_version: meta.resource_version.clone(),
+        }
+    }
+}
+
+/// A Secret whose type (or immutable data) must change. In order: remove it from every list in
+/// `linked` (so no account names it while it is missing), delete `current`, create `secret`,
+/// add it back to `linked`. A failure stops the sequence where it is: before the delete the
+/// links are restored; after it they stay removed until a later pass creates the Secret.
+#[derive(Clone, Debug)]
+pub struct Recreate {
+    pub secret: Arc<DesiredSecret>,
+    pub current: Delete,
+    /// (service account, list) pairs that reference the Secret now.
+    pub linked: Vec<(String, LinkKind)>,
 }
 
 impl Action {
@@ -69,7 +131,7 @@ impl Action {
             | Self::EditServiceAccount(_)
             | Self::UpdateRoleBinding { .. } => "update",
             Self::RecreateSecret(_) => "recreate",
-            Self::DeleteSecret { .. } | Self::DeleteRoleBinding { .. } => "delete",
+            Self::DeleteSecret(_) | Self::DeleteRoleBinding(_) => "delete",
         }
     }
 }
@@ -84,11 +146,21 @@ pub struct ServiceAccountEdit {
     pub remove: Vec<(LinkKind, String)>,
 }
 
+/// A held Secret and the existing Secrets it keeps as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Held {
+    pub secret: HeldSecret,
+    /// This instance's Secrets it owns in the project (its name, or its versions), kept.
+    pub kept: Vec<String>,
+}
+
 /// The diff of one project: actions in safe order, plus problems to report.
 #[derive(Clone, Debug, Default)]
 pub struct ProjectDiff {
     pub actions: Vec<Action>,
     pub problems: Vec<Problem>,
+    /// Secrets held (source failed, or not rendered), with what they keep.
+    pub held: Vec<Held>,
     /// When a replaced versioned Secret kept for its grace period may be deleted: the project
     /// needs another look then, even if nothing else changes.
     pub revisit_at: Option<Timestamp>,
@@ -100,35 +172,53 @@ pub fn diff_project(
     project: &str,
     desired: &ProjectPlan,
     observed: &ObservedProject,
-    config: &Config,
+    policy: &DiffPolicy,
 ) -> ProjectDiff {
-    diff_project_at(project, desired, observed, config, None)
+    diff_project_at(project, desired, observed, policy, None)
 }
 
-/// Computes the actions for one project. Pull secrets with `adopt: true` in `config` may take
-/// over same-name Secrets they did not create. `now` (passed in: this stage reads no clock)
-/// decides which replaced versioned Secrets are past their grace period.
+/// An existing Secret with whose it is.
+struct Existing<'a> {
+    secret: &'a Secret,
+    ownership: Ownership,
+}
+
+/// Computes the actions for one project. `now` (passed in: this stage reads no clock) decides
+/// which replaced versioned Secrets are past their grace period.
 pub fn diff_project_at(
     project: &str,
     desired: &ProjectPlan,
     observed: &ObservedProject,
-    config: &Config,
+    policy: &DiffPolicy,
     now: Option<Timestamp>,
 ) -> ProjectDiff {
     let mut diff = ProjectDiff::default();
-    let existing: BTreeMap<&str, &Secret> = observed
+    let existing: BTreeMap<&str, Existing<'_>> = observed
         .secrets
         .iter()
-        .filter_map(|s| Some((s.metadata.name.as_deref()?, s)))
+        .filter_map(|s| {
+            let name = s.metadata.name.as_deref()?;
+            let ownership = managed::secret_ownership(s, &policy.instance);
+            Some((
+                name,
+                Existing {
+                    secret: s,
+                    ownership,
+                },
+            ))
+        })
         .collect();
-    let adopting = config.adopting();
+    let ours: BTreeSet<&str> = existing
+        .iter()
+        .filter(|(_, e)| e.ownership.is_ours())
+        .map(|(name, _)| *name)
+        .collect();
 
     // Phase 1: Secrets. Remember which names may be linked afterwards.
     let mut linkable: BTreeSet<&str> = BTreeSet::new();
     for secret in &desired.secrets {
-        let current = existing.get(secret.name.as_str()).copied();
-        let adopt = adopting.contains(&secret.pull_secret);
-        match secret_action(secret, current, adopt) {
+        let current = existing.get(secret.name.as_str());
+        match secret_action(project, secret, current, policy.mode) {
             SecretDecision::Write(action) => {
                 diff.actions.push(action);
                 linkable.insert(&secret.name);
@@ -136,69 +226,121 @@ pub fn diff_project_at(
             SecretDecision::UpToDate => {
                 linkable.insert(&secret.name);
             }
-            SecretDecision::Foreign => diff.problems.push(Problem {
-                reason: "ForeignSecret",
-                message: format!(
-                    "project {project}: secret {} exists and was not created by pullsecretd; \
-                     left untouched (set adopt: true on pull secret {} to take it over)",
-                    secret.name, secret.pull_secret
-                ),
-            }),
+            SecretDecision::LeftAlone(problem) => diff.problems.push(problem),
         }
     }
-    // A held Secret keeps whatever exists; an existing managed one may still be linked.
+
+    // Held Secrets keep everything they own; an existing in-place one may still be linked.
+    let mut kept: BTreeSet<&str> = BTreeSet::new();
     for held in &desired.held {
-        if existing
-            .get(held.name.as_str())
-            .is_some_and(|s| is_managed(&s.metadata.labels))
-        {
+        let owned: Vec<&str> = ours
+            .iter()
+            .copied()
+            .filter(|name| held_owns(held, existing[name].secret))
+            .collect();
+        if ours.contains(held.name.as_str()) {
             linkable.insert(&held.name);
         }
+        kept.extend(&owned);
+        diff.held.push(Held {
+            secret: held.clone(),
+            kept: owned.iter().map(|n| (*n).to_string()).collect(),
+        });
     }
+    report_unproven(project, desired, &existing, &mut diff.problems);
 
-    // Managed Secrets nobody wants any more (held ones are wanted, whatever their content).
-    let wanted: BTreeSet<&str> = desired
-        .secrets
-        .iter()
-        .map(|s| s.name.as_str())
-        .chain(desired.held.iter().map(|h| h.name.as_str()))
-        .collect();
-    let mut unwanted: BTreeSet<&str> = existing
-        .iter()
-        .filter(|(name, s)| is_managed(&s.metadata.labels) && !wanted.contains(*name))
-        .map(|(name, _)| *name)
-        .collect();
-    let retention = retained_versions(desired, &existing, &unwanted, config, now);
-    unwanted.retain(|name| !retention.kept.contains(name));
-    diff.revisit_at = retention.revisit_at;
-    let managed: BTreeSet<&str> = existing
-        .iter()
-        .filter(|(_, s)| is_managed(&s.metadata.labels))
-        .map(|(name, _)| *name)
-        .collect();
-
-    // Phase 2: service accounts, one edit each.
-    diff.actions.extend(service_account_edits(
-        project,
-        desired,
-        observed,
-        &linkable,
-        &managed,
-        &mut diff.problems,
-    ));
+    // Phase 2: service accounts, one edit each; a recreated Secret is unlinked and relinked
+    // by its own action, so the edits leave its entries alone.
+    let links = Links {
+        linkable: &linkable,
+        ours: &ours,
+        kept: &kept,
+        mode: policy.mode,
+    };
+    let edits = service_account_edits(project, desired, observed, &links, &mut diff.problems);
+    attach_recreate_links(&mut diff.actions, observed);
+    diff.actions.extend(edits);
 
     // Phase 3: deletions, after every reference to them is gone.
-    diff.actions
-        .extend(unwanted.into_iter().map(|name| Action::DeleteSecret {
-            name: name.to_string(),
-        }));
+    if policy.mode == Mode::Full {
+        let wanted: BTreeSet<&str> = desired
+            .secrets
+            .iter()
+            .map(|s| s.name.as_str())
+            .chain(kept.iter().copied())
+            .collect();
+        let mut unwanted: BTreeSet<&str> = ours
+            .iter()
+            .copied()
+            .filter(|name| !wanted.contains(name))
+            .collect();
+        let retention = retained_versions(desired, &existing, &unwanted, now);
+        unwanted.retain(|name| !retention.kept.contains(name));
+        diff.revisit_at = retention.revisit_at;
+        diff.actions.extend(
+            unwanted
+                .into_iter()
+                .map(|name| Action::DeleteSecret(Delete::of(&existing[name].secret.metadata))),
+        );
+    }
     diff.actions.extend(role_binding_actions(
         project,
         desired,
         observed,
+        policy,
         &mut diff.problems,
     ));
     diff
+}
+
+/// Whether `secret` (this instance's) belongs to `held`: it records the same pull secret and
+/// is the held Secret itself or one of its versions.
+fn held_owns(held: &HeldSecret, secret: &Secret) -> bool {
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    managed::recorded_pull_secret(secret) == Some(held.pull_secret.as_str())
+        && rotation::is_name_or_version_of(name, &held.name)
+}
+
+/// Objects with pullsecretd's label that fail the ownership proof are reported (never touched).
+/// A desired Secret of the same name has been reported already.
+fn report_unproven(
+    project: &str,
+    desired: &ProjectPlan,
+    existing: &BTreeMap<&str, Existing<'_>>,
+    problems: &mut Vec<Problem>,
+) {
+    for (name, current) in existing {
+        if let Ownership::Unproven(why) = current.ownership
+            && !desired.secrets.iter().any(|s| s.name == *name)
+        {
+            problems.push(Problem {
+                reason: "UnprovenOwnership",
+                message: format!(
+                    "project {project}: secret {name} carries pullsecretd's label but {why}; \
+                     left untouched"
+                ),
+            });
+        }
+    }
+}
+
+/// Fills in each recreate's `linked`: the lists of the observed accounts that name it now.
+fn attach_recreate_links(actions: &mut [Action], observed: &ObservedProject) {
+    for action in actions {
+        let Action::RecreateSecret(recreate) = action else {
+            continue;
+        };
+        for account in &observed.service_accounts {
+            let Some(account_name) = account.metadata.name.as_deref() else {
+                continue;
+            };
+            for kind in [LinkKind::Pull, LinkKind::Mount] {
+                if linked_names(account, kind).contains(&recreate.secret.name.as_str()) {
+                    recreate.linked.push((account_name.to_string(), kind));
+                }
+            }
+        }
+    }
 }
 
 /// Replaced versioned Secrets still inside their grace period (unlinked, not yet deleted).
@@ -214,31 +356,24 @@ struct Retention<'a> {
 /// exist and its grace period, counted from that moment, has not run out.
 fn retained_versions<'a>(
     desired: &ProjectPlan,
-    existing: &BTreeMap<&'a str, &'a Secret>,
+    existing: &BTreeMap<&'a str, Existing<'a>>,
     unwanted: &BTreeSet<&'a str>,
-    config: &Config,
     now: Option<Timestamp>,
 ) -> Retention<'a> {
     let mut retention = Retention::default();
-    for secret in desired.secrets.iter().filter(|s| s.immutable) {
-        let Some(rotation) = config
-            .pull_secrets
-            .iter()
-            .find(|p| p.name == secret.pull_secret)
-            .map(|p| &p.rotation)
-        else {
+    for secret in &desired.secrets {
+        let Some(policy) = secret.retention else {
             continue;
         };
-        let Some(base) = version_base(&secret.name) else {
+        let Some(base) = rotation::version_base(&secret.name) else {
             continue;
         };
         let mut older: Vec<(&'a str, Option<Timestamp>)> = unwanted
             .iter()
-            .filter(|name| version_base(name) == Some(base))
+            .filter(|name| rotation::version_base(name) == Some(base))
             .filter_map(|name| {
-                let current = existing.get(name)?;
-                let annotations = current.metadata.annotations.as_ref()?;
-                (annotations.get(PULL_SECRET_ANNOTATION) == Some(&secret.pull_secret))
+                let current = existing.get(name)?.secret;
+                (managed::recorded_pull_secret(current) == Some(secret.pull_secret.as_str()))
                     .then(|| (*name, created_at(current)))
             })
             .collect();
@@ -246,17 +381,17 @@ fn retained_versions<'a>(
         older.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
         let current_created = existing
             .get(secret.name.as_str())
-            .and_then(|s| created_at(s));
+            .and_then(|e| created_at(e.secret));
         let mut replaced_at = current_created.or(now);
         for (index, (name, created)) in older.into_iter().enumerate() {
-            let deadline = replaced_at.and_then(|at| at.checked_add(rotation.grace).ok());
+            let deadline = replaced_at.and_then(|at| at.checked_add(policy.grace).ok());
             let within_grace = match (now, deadline) {
                 (Some(now), Some(deadline)) => now < deadline,
                 // Without a clock nothing is old enough to go.
                 (None, _) => true,
                 (Some(_), None) => false,
             };
-            if index < rotation.keep && within_grace {
+            if index < policy.keep && within_grace {
                 retention.kept.insert(name);
                 if let Some(deadline) = deadline {
                     retention.revisit_at = Some(
@@ -272,19 +407,6 @@ fn retained_versions<'a>(
     retention
 }
 
-/// `base` of a versioned name `base-0123456789` (ten lowercase hex digits).
-fn version_base(name: &str) -> Option<&str> {
-    let (base, suffix) = name.rsplit_once('-')?;
-    (suffix.len() == VERSION_SUFFIX_LEN
-        && suffix
-            .bytes()
-            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
-    .then_some(base)
-}
-
-/// Length of the hash suffix of versioned Secret names (as `plan` makes them).
-const VERSION_SUFFIX_LEN: usize = 10;
-
 fn created_at(secret: &Secret) -> Option<Timestamp> {
     secret.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
@@ -298,25 +420,67 @@ pub fn until(now: Timestamp, at: Timestamp) -> Duration {
 enum SecretDecision {
     Write(Action),
     UpToDate,
-    Foreign,
+    /// Not written (someone else's, or a change this mode may not make): the problem says why.
+    LeftAlone(Problem),
 }
 
 fn secret_action(
+    project: &str,
     desired: &Arc<DesiredSecret>,
-    current: Option<&Secret>,
-    adopt: bool,
+    current: Option<&Existing<'_>>,
+    mode: Mode,
 ) -> SecretDecision {
     let Some(current) = current else {
         return SecretDecision::Write(Action::CreateSecret(Arc::clone(desired)));
     };
-    if !is_managed(&current.metadata.labels) && !adopt {
-        return SecretDecision::Foreign;
+    let adopt = desired.adopt && mode == Mode::Full;
+    match &current.ownership {
+        Ownership::Ours { .. } => {}
+        Ownership::OtherInstance(instance) => {
+            return SecretDecision::LeftAlone(Problem {
+                reason: "OwnedByAnotherInstance",
+                message: format!(
+                    "project {project}: secret {} belongs to pullsecretd instance {instance}; \
+                     left untouched (give the two configs different names, or let one of them \
+                     write it)",
+                    desired.name
+                ),
+            });
+        }
+        Ownership::Unproven(_) | Ownership::Foreign if adopt => {}
+        Ownership::Unproven(why) => {
+            return SecretDecision::LeftAlone(Problem {
+                reason: "UnprovenOwnership",
+                message: format!(
+                    "project {project}: secret {} carries pullsecretd's label but {why}; left \
+                     untouched (set adopt: true on pull secret {} to take it over)",
+                    desired.name, desired.pull_secret
+                ),
+            });
+        }
+        Ownership::Foreign => return SecretDecision::LeftAlone(foreign_secret(project, desired)),
     }
+    let current = current.secret;
     let type_matches = current.type_.as_deref() == Some(desired.secret_type.type_name());
     let data_matches = secret_data_matches(desired, current);
     let frozen = current.immutable == Some(true);
     if !type_matches || (frozen && !data_matches) || frozen != desired.immutable {
-        return SecretDecision::Write(Action::RecreateSecret(Arc::clone(desired)));
+        if mode == Mode::AddOnly {
+            return SecretDecision::LeftAlone(Problem {
+                reason: "RecreateSkipped",
+                message: format!(
+                    "project {project}: secret {} must be recreated (its type or immutable data \
+                     changes), which this mode never does; left as it is (run `pullsecretd \
+                     once` to replace it)",
+                    desired.name
+                ),
+            });
+        }
+        return SecretDecision::Write(Action::RecreateSecret(Recreate {
+            secret: Arc::clone(desired),
+            current: Delete::of(&current.metadata),
+            linked: Vec::new(),
+        }));
     }
     if data_matches && metadata_matches(desired, current) {
         return SecretDecision::UpToDate;
@@ -325,6 +489,18 @@ fn secret_action(
         secret: Arc::clone(desired),
         resource_version: current.metadata.resource_version.clone(),
     })
+}
+
+/// The problem reported for a same-name Secret pullsecretd did not create.
+pub fn foreign_secret(project: &str, desired: &DesiredSecret) -> Problem {
+    Problem {
+        reason: "ForeignSecret",
+        message: format!(
+            "project {project}: secret {} exists and was not created by pullsecretd; left \
+             untouched (set adopt: true on pull secret {} to take it over)",
+            desired.name, desired.pull_secret
+        ),
+    }
 }
 
 /// Exactly one data key, holding exactly the desired payload.
@@ -354,35 +530,22 @@ fn contains_all(
         .all(|(k, v)| actual.and_then(|a| a.get(k)) == Some(v))
 }
 
-/// The service accounts a managed Secret says it is linked from
-/// ([`SERVICE_ACCOUNTS_ANNOTATION`]), so links the config dropped can still be found.
-pub fn recorded_service_accounts(secret: &Secret) -> impl Iterator<Item = String> + '_ {
-    secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SERVICE_ACCOUNTS_ANNOTATION))
-        .into_iter()
-        .flat_map(|list| list.split(','))
-        .map(str::trim)
-        .filter(|name| !name.is_empty())
-        .map(String::from)
-}
-
-/// True when the object carries `app.kubernetes.io/managed-by: pullsecretd`.
-pub fn is_managed(labels: &Option<BTreeMap<String, String>>) -> bool {
-    labels
-        .as_ref()
-        .and_then(|l| l.get(MANAGED_BY_LABEL))
-        .is_some_and(|v| v == MANAGED_BY_VALUE)
+/// What the service-account edits may touch.
+struct Links<'a> {
+    /// Secrets that exist (or are being written) and may be linked.
+    linkable: &'a BTreeSet<&'a str>,
+    /// This instance's Secrets: only links to these may be removed.
+    ours: &'a BTreeSet<&'a str>,
+    /// Secrets of held pull secrets: their links stay as they are.
+    kept: &'a BTreeSet<&'a str>,
+    mode: Mode,
 }
 
 fn service_account_edits(
     project: &str,
     desired: &ProjectPlan,
     observed: &ObservedProject,
-    linkable: &BTreeSet<&str>,
-    managed: &BTreeSet<&str>,
+    links: &Links<'_>,
     problems: &mut Vec<Problem>,
 ) -> Vec<Action> {
     let mut wanted_by_account: BTreeMap<&str, Vec<(LinkKind, String)>> = BTreeMap::new();
@@ -410,14 +573,13 @@ fn service_account_edits(
         }
     }
 
-    let held: BTreeSet<&str> = desired.held.iter().map(|h| h.name.as_str()).collect();
     let mut actions = Vec::new();
     for (name, account) in accounts {
         let wanted = wanted_by_account
             .get(name)
             .map(Vec::as_slice)
             .unwrap_or_default();
-        let edit = account_edit(name, account, wanted, linkable, managed, &held);
+        let edit = account_edit(name, account, wanted, links);
         if !edit.add.is_empty() || !edit.remove.is_empty() {
             actions.push(Action::EditServiceAccount(edit));
         }
@@ -425,15 +587,14 @@ fn service_account_edits(
     actions
 }
 
-/// Adds wanted links to Secrets that exist (or are being written) and removes links to
-/// managed Secrets that are no longer wanted on this list. Links to held Secrets stay.
+/// Adds wanted links to Secrets that exist (or are being written) and removes links to this
+/// instance's Secrets that are no longer wanted on this list. Links to held Secrets, to other
+/// instances' and to foreign Secrets stay.
 fn account_edit(
     name: &str,
     account: &ServiceAccount,
     wanted: &[(LinkKind, String)],
-    linkable: &BTreeSet<&str>,
-    managed: &BTreeSet<&str>,
-    held: &BTreeSet<&str>,
+    links: &Links<'_>,
 ) -> ServiceAccountEdit {
     let mut edit = ServiceAccountEdit {
         name: name.to_string(),
@@ -441,15 +602,18 @@ fn account_edit(
     };
     for (kind, secret) in wanted {
         let present = linked_names(account, *kind).contains(&secret.as_str());
-        if !present && linkable.contains(secret.as_str()) {
+        if !present && links.linkable.contains(secret.as_str()) {
             edit.add.push((*kind, secret.clone()));
         }
+    }
+    if links.mode == Mode::AddOnly {
+        return edit;
     }
     for kind in [LinkKind::Pull, LinkKind::Mount] {
         for secret in linked_names(account, kind) {
             let still_wanted = wanted.iter().any(|(k, s)| *k == kind && s == secret);
-            let ours = managed.contains(secret);
-            if ours && !still_wanted && !held.contains(secret) {
+            let ours = links.ours.contains(secret);
+            if ours && !still_wanted && !links.kept.contains(secret) {
                 edit.remove.push((kind, secret.to_string()));
             }
         }
@@ -541,52 +705,70 @@ fn role_binding_actions(
     project: &str,
     desired: &ProjectPlan,
     observed: &ObservedProject,
+    policy: &DiffPolicy,
     problems: &mut Vec<Problem>,
 ) -> Vec<Action> {
-    let existing: BTreeMap<&str, &RoleBinding> = observed
+    let existing: BTreeMap<&str, (&RoleBinding, Ownership)> = observed
         .role_bindings
         .iter()
-        .filter_map(|b| Some((b.metadata.name.as_deref()?, b)))
+        .filter_map(|b| {
+            let ownership = managed::role_binding_ownership(b, &policy.instance);
+            Some((b.metadata.name.as_deref()?, (b, ownership)))
+        })
         .collect();
     let mut actions = Vec::new();
     for binding in &desired.role_bindings {
-        match existing.get(binding.name.as_str()) {
-            None => actions.push(Action::CreateRoleBinding(binding.clone())),
-            Some(current) if !is_managed(&current.metadata.labels) => problems.push(Problem {
+        let Some((current, ownership)) = existing.get(binding.name.as_str()) else {
+            actions.push(Action::CreateRoleBinding(binding.clone()));
+            continue;
+        };
+        if !ownership.is_ours() {
+            let whose = match ownership {
+                Ownership::OtherInstance(instance) => {
+                    format!("belongs to pullsecretd instance {instance}")
+                }
+                _ => "exists and was not created by pullsecretd".to_string(),
+            };
+            problems.push(Problem {
                 reason: "ForeignRoleBinding",
                 message: format!(
-                    "project {project}: rolebinding {} exists and was not created by pullsecretd; \
-                     left untouched",
+                    "project {project}: rolebinding {} {whose}; left untouched",
                     binding.name
                 ),
-            }),
-            Some(current) => {
-                let wanted = role_binding_manifest(project, binding);
-                if current.role_ref != wanted.role_ref {
-                    // roleRef is immutable: replace the binding.
-                    actions.push(Action::DeleteRoleBinding {
-                        name: binding.name.clone(),
-                    });
-                    actions.push(Action::CreateRoleBinding(binding.clone()));
-                } else if current.subjects != wanted.subjects {
-                    actions.push(Action::UpdateRoleBinding {
-                        binding: binding.clone(),
-                        resource_version: current.metadata.resource_version.clone(),
-                    });
-                }
-            }
+            });
+            continue;
         }
+        let wanted = role_binding_manifest(project, binding);
+        if current.role_ref != wanted.role_ref {
+            if policy.mode == Mode::AddOnly {
+                continue;
+            }
+            // roleRef is immutable: replace the binding.
+            actions.push(Action::DeleteRoleBinding(Delete::of(&current.metadata)));
+            actions.push(Action::CreateRoleBinding(binding.clone()));
+        } else if current.subjects != wanted.subjects
+            || !contains_all(
+                &current.metadata.labels,
+                &wanted.metadata.labels.unwrap_or_default(),
+            )
+        {
+            actions.push(Action::UpdateRoleBinding {
+                binding: binding.clone(),
+                resource_version: current.metadata.resource_version.clone(),
+            });
+        }
+    }
+    if policy.mode == Mode::AddOnly {
+        return actions;
     }
     let wanted: BTreeSet<&str> = desired
         .role_bindings
         .iter()
         .map(|b| b.name.as_str())
         .collect();
-    for (name, current) in existing {
-        if is_managed(&current.metadata.labels) && !wanted.contains(name) {
-            actions.push(Action::DeleteRoleBinding {
-                name: name.to_string(),
-            });
+    for (name, (current, ownership)) in existing {
+        if ownership.is_ours() && !wanted.contains(name) {
+            actions.push(Action::DeleteRoleBinding(Delete::of(&current.metadata)));
         }
     }
     actions
@@ -595,13 +777,20 @@ fn role_binding_actions(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Config;
     use crate::config::{
         Layout, ProjectSelection, PullSecretConfig, RegistryConfig, Rotation, SecretType,
         SourceConfig,
     };
     use crate::credential::{Credential, RegistryKey};
+    use crate::model::managed::PULL_SECRET_ANNOTATION;
+    use crate::plan::HoldReason;
     use crate::plan::{self, NamespaceInfo, PlanInputs};
     use crate::render::secret_manifest;
+
+    fn policy() -> DiffPolicy {
+        DiffPolicy::full("default")
+    }
     use crate::source::Resolved;
 
     fn pull_secret(name: &str, registry: &str) -> PullSecretConfig {
@@ -630,6 +819,7 @@ mod tests {
             from: SourceConfig::Helper { name: "x".into() },
         };
         Config {
+            instance: None,
             vault: None,
             registries: BTreeMap::from([("quay".into(), registry)]),
             pull_secrets,
@@ -722,14 +912,14 @@ mod tests {
             .map(|a| match a {
                 Action::CreateSecret(s) => format!("create {}", s.name),
                 Action::UpdateSecret { secret, .. } => format!("update {}", secret.name),
-                Action::RecreateSecret(s) => format!("recreate {}", s.name),
+                Action::RecreateSecret(r) => format!("recreate {} {:?}", r.secret.name, r.linked),
                 Action::EditServiceAccount(e) => {
                     format!("edit {} +{:?} -{:?}", e.name, e.add, e.remove)
                 }
-                Action::DeleteSecret { name } => format!("delete {name}"),
+                Action::DeleteSecret(delete) => format!("delete {}", delete.name),
                 Action::CreateRoleBinding(b) => format!("create rb {}", b.name),
                 Action::UpdateRoleBinding { binding, .. } => format!("update rb {}", binding.name),
-                Action::DeleteRoleBinding { name } => format!("delete rb {name}"),
+                Action::DeleteRoleBinding(delete) => format!("delete rb {}", delete.name),
             })
             .collect()
     }
@@ -742,7 +932,7 @@ mod tests {
             service_accounts: vec![account("default", &["default-dockercfg-abcde"], &[])],
             ..ObservedProject::default()
         };
-        let diff = diff_project("a", &plan, &observed, &config);
+        let diff = diff_project("a", &plan, &observed, &policy());
         assert_eq!(
             names(&diff.actions),
             [
@@ -763,7 +953,7 @@ mod tests {
     fn converged_project_needs_no_action() {
         let config = config(vec![pull_secret("quay-pull", "quay")]);
         let plan = desired(&config, "pw1");
-        let diff = diff_project("a", &plan, &converged(&plan), &config);
+        let diff = diff_project("a", &plan, &converged(&plan), &policy());
         assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
         assert!(diff.problems.is_empty());
     }
@@ -772,7 +962,7 @@ mod tests {
     fn rotation_in_place_updates_data_and_leaves_links() {
         let config = config(vec![pull_secret("quay-pull", "quay")]);
         let observed = converged(&desired(&config, "pw1"));
-        let diff = diff_project("a", &desired(&config, "pw2"), &observed, &config);
+        let diff = diff_project("a", &desired(&config, "pw2"), &observed, &policy());
         assert_eq!(names(&diff.actions), ["update quay-pull"]);
         let Action::UpdateSecret {
             resource_version, ..
@@ -798,7 +988,7 @@ mod tests {
             );
         }
         assert_eq!(
-            names(&diff_project("a", &plan, &observed, &config).actions),
+            names(&diff_project("a", &plan, &observed, &policy()).actions),
             ["update quay-pull"]
         );
     }
@@ -809,8 +999,19 @@ mod tests {
         legacy.secret_type = SecretType::Dockercfg;
         let observed = converged(&desired(&config(vec![legacy]), "pw1"));
         let config = config(vec![pull_secret("quay-pull", "quay")]);
-        let diff = diff_project("a", &desired(&config, "pw1"), &observed, &config);
-        assert_eq!(names(&diff.actions), ["recreate quay-pull"]);
+        let diff = diff_project("a", &desired(&config, "pw1"), &observed, &policy());
+        // Every list naming it now is unlinked before the delete and relinked after the create.
+        assert_eq!(
+            names(&diff.actions),
+            ["recreate quay-pull [(\"default\", Pull), (\"builder\", Mount)]"]
+        );
+        let Action::RecreateSecret(recreate) = &diff.actions[0] else {
+            panic!("a recreate");
+        };
+        assert_eq!(
+            recreate.current.uid, observed.secrets[0].metadata.uid,
+            "the delete is guarded by the uid read"
+        );
     }
 
     #[test]
@@ -824,14 +1025,14 @@ mod tests {
             service_accounts: vec![account("default", &[], &[]), account("builder", &[], &[])],
             role_bindings: vec![],
         };
-        let diff = diff_project("a", &plan, &observed, &config);
+        let diff = diff_project("a", &plan, &observed, &policy());
         assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
         assert_eq!(diff.problems[0].reason, "ForeignSecret");
 
         let mut adopting = pull_secret("quay-pull", "quay");
         adopting.adopt = true;
         let config = self::config(vec![adopting]);
-        let diff = diff_project("a", &desired(&config, "pw1"), &observed, &config);
+        let diff = diff_project("a", &desired(&config, "pw1"), &observed, &policy());
         assert_eq!(names(&diff.actions)[0], "update quay-pull");
         assert_eq!(diff.actions.len(), 3, "{:?}", names(&diff.actions));
     }
@@ -843,7 +1044,7 @@ mod tests {
         // A user's own secret, linked after ours.
         add_link(&mut observed.service_accounts[0], LinkKind::Pull, "my-own");
         let now = config(vec![]);
-        let diff = diff_project("a", &desired(&now, "pw1"), &observed, &now);
+        let diff = diff_project("a", &desired(&now, "pw1"), &observed, &policy());
         assert_eq!(
             names(&diff.actions),
             [
@@ -907,8 +1108,11 @@ mod tests {
         held.held.push(plan::HeldSecret {
             name,
             pull_secret: "quay-pull".into(),
+            reason: HoldReason::SourceFailed {
+                registries: vec!["quay".into()],
+            },
         });
-        let diff = diff_project("a", &held, &observed, &config);
+        let diff = diff_project("a", &held, &observed, &policy());
         assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
     }
 
@@ -921,13 +1125,16 @@ mod tests {
         held.held.push(plan::HeldSecret {
             name,
             pull_secret: "quay-pull".into(),
+            reason: HoldReason::SourceFailed {
+                registries: vec!["quay".into()],
+            },
         });
         let observed = ObservedProject {
             service_accounts: vec![account("default", &[], &[]), account("builder", &[], &[])],
             ..ObservedProject::default()
         };
         assert!(
-            diff_project("a", &held, &observed, &config)
+            diff_project("a", &held, &observed, &policy())
                 .actions
                 .is_empty()
         );
@@ -935,7 +1142,6 @@ mod tests {
 
     #[test]
     fn role_bindings_are_created_updated_and_deleted_only_when_managed() {
-        let config = config(vec![]);
         let subject = crate::config::PullerSubject::ServiceAccount {
             namespace: "b".into(),
             name: "default".into(),
@@ -943,6 +1149,7 @@ mod tests {
         let binding = DesiredRoleBinding {
             name: "pullsecretd-image-puller".into(),
             subjects: vec![subject],
+            instance: "default".into(),
         };
         let plan = ProjectPlan {
             role_bindings: vec![binding.clone()],
@@ -950,7 +1157,7 @@ mod tests {
         };
         let empty = ObservedProject::default();
         assert_eq!(
-            names(&diff_project("a", &plan, &empty, &config).actions),
+            names(&diff_project("a", &plan, &empty, &policy()).actions),
             ["create rb pullsecretd-image-puller"]
         );
 
@@ -959,7 +1166,11 @@ mod tests {
             role_bindings: vec![current.clone()],
             ..ObservedProject::default()
         };
-        assert!(diff_project("a", &plan, &same, &config).actions.is_empty());
+        assert!(
+            diff_project("a", &plan, &same, &policy())
+                .actions
+                .is_empty()
+        );
 
         current.subjects = Some(vec![]);
         let drifted = ObservedProject {
@@ -967,13 +1178,13 @@ mod tests {
             ..ObservedProject::default()
         };
         assert_eq!(
-            names(&diff_project("a", &plan, &drifted, &config).actions),
+            names(&diff_project("a", &plan, &drifted, &policy()).actions),
             ["update rb pullsecretd-image-puller"]
         );
 
         let nothing = ProjectPlan::default();
         assert_eq!(
-            names(&diff_project("a", &nothing, &drifted, &config).actions),
+            names(&diff_project("a", &nothing, &drifted, &policy()).actions),
             ["delete rb pullsecretd-image-puller"]
         );
         current.metadata.labels = None;
@@ -982,12 +1193,12 @@ mod tests {
             ..ObservedProject::default()
         };
         assert!(
-            diff_project("a", &nothing, &foreign, &config)
+            diff_project("a", &nothing, &foreign, &policy())
                 .actions
                 .is_empty()
         );
         assert_eq!(
-            diff_project("a", &plan, &foreign, &config).problems[0].reason,
+            diff_project("a", &plan, &foreign, &policy()).problems[0].reason,
             "ForeignRoleBinding"
         );
     }
@@ -1061,7 +1272,7 @@ mod tests {
         diff.actions
             .iter()
             .filter_map(|a| match a {
-                Action::DeleteSecret { name } => Some(name.clone()),
+                Action::DeleteSecret(delete) => Some(delete.name.clone()),
                 _ => None,
             })
             .collect()
@@ -1081,7 +1292,13 @@ mod tests {
             }],
         );
         let now = at(60);
-        let diff = diff_project_at("a", &desired(&config, "pw2"), &observed, &config, Some(now));
+        let diff = diff_project_at(
+            "a",
+            &desired(&config, "pw2"),
+            &observed,
+            &policy(),
+            Some(now),
+        );
         // The new one is created and swapped in, in one edit per account; the old one stays.
         assert_eq!(
             names(&diff.actions),
@@ -1116,7 +1333,7 @@ mod tests {
             ],
         );
         let plan = desired(&config, "pw2");
-        let diff = diff_project_at("a", &plan, &observed, &config, Some(at(39)));
+        let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(39)));
         assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
         assert_eq!(
             diff.revisit_at,
@@ -1124,7 +1341,7 @@ mod tests {
             "grace counts from the replacement"
         );
 
-        let diff = diff_project_at("a", &plan, &observed, &config, Some(at(40)));
+        let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(40)));
         assert_eq!(names(&diff.actions), [format!("delete {v1}")]);
         assert_eq!(diff.revisit_at, None, "nothing left to wait for");
         assert!(!deleted(&diff).contains(&v2));
@@ -1154,7 +1371,7 @@ mod tests {
             "a",
             &desired(&config, "pw2"),
             &observed,
-            &config,
+            &policy(),
             Some(at(600)),
         );
         assert_eq!(
@@ -1201,13 +1418,14 @@ mod tests {
             ],
         );
         let plan = desired(&config, "pw4");
-        let diff = diff_project_at("a", &plan, &observed, &config, Some(at(31)));
+        let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(31)));
         assert_eq!(deleted(&diff), [v[0].clone()], "only the oldest goes");
         // v2 was replaced (by v3) at minute 20: the earliest deadline of those kept.
         assert_eq!(diff.revisit_at, Some(at(20 + 24 * 60)));
 
         let none_kept = versioned_config(24 * 60, 0);
-        let diff = diff_project_at("a", &plan, &observed, &none_kept, Some(at(31)));
+        let plan_none_kept = desired(&none_kept, "pw4");
+        let diff = diff_project_at("a", &plan_none_kept, &observed, &policy(), Some(at(31)));
         let mut gone = deleted(&diff);
         gone.sort();
         let mut expected = v[..3].to_vec();
@@ -1217,7 +1435,8 @@ mod tests {
 
         // Past grace beats keep: v3 (replaced at 30) is kept, v2 (replaced at 20) is not.
         let short = versioned_config(15, 2);
-        let diff = diff_project_at("a", &plan, &observed, &short, Some(at(40)));
+        let plan_short = desired(&short, "pw4");
+        let diff = diff_project_at("a", &plan_short, &observed, &policy(), Some(at(40)));
         let mut gone = deleted(&diff);
         gone.sort();
         let mut expected = vec![v[0].clone(), v[1].clone()];
@@ -1255,7 +1474,7 @@ mod tests {
         );
         let plan = desired(&config, "pw3");
         // `diff_project` has no clock: years after T0, nothing is judged old, and keep holds.
-        let diff = diff_project("a", &plan, &observed, &config);
+        let diff = diff_project("a", &plan, &observed, &policy());
         assert_eq!(
             deleted(&diff),
             [v[0].clone()],
@@ -1263,9 +1482,9 @@ mod tests {
         );
         assert_eq!(diff.revisit_at, Some(at(30)));
         // The same answer whenever it is computed: `now` is the only time it looks at.
-        let later = diff_project_at("a", &plan, &observed, &config, Some(at(29)));
+        let later = diff_project_at("a", &plan, &observed, &policy(), Some(at(29)));
         assert_eq!(deleted(&later), [v[0].clone()]);
-        let past = diff_project_at("a", &plan, &observed, &config, Some(at(30)));
+        let past = diff_project_at("a", &plan, &observed, &policy(), Some(at(30)));
         let mut gone = deleted(&past);
         gone.sort();
         let mut expected = vec![v[0].clone(), v[1].clone()];
@@ -1300,10 +1519,259 @@ mod tests {
             "a",
             &desired(&config, "pw2"),
             &observed,
-            &config,
+            &policy(),
             Some(at(2)),
         );
         assert_eq!(deleted(&diff), [stranger_name]);
         assert_eq!(diff.revisit_at, None);
+    }
+}
+
+#[cfg(test)]
+mod safety_tests {
+    //! Ownership, held Secrets and the add-only mode (issue: never delete what is still wanted
+    //! or what someone else owns).
+    use super::*;
+    use crate::config::{
+        Config, Layout, ProjectSelection, PullSecretConfig, RegistryConfig, Rotation,
+        RotationStrategy, SecretType, SourceConfig,
+    };
+    use crate::credential::{Credential, RegistryKey};
+    use crate::model::managed::{INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+    use crate::plan::{self, HoldReason, NamespaceInfo, PlanInputs};
+    use crate::render::secret_manifest;
+    use crate::source::Resolved;
+
+    fn config(instance: Option<&str>, strategy: RotationStrategy) -> Config {
+        let registry = RegistryConfig {
+            name: "quay".into(),
+            server: RegistryKey::from_docker("quay.io").expect("valid"),
+            from: SourceConfig::Helper { name: "x".into() },
+        };
+        Config {
+            instance: instance.map(String::from),
+            vault: None,
+            registries: BTreeMap::from([("quay".into(), registry)]),
+            pull_secrets: vec![PullSecretConfig {
+                name: "priv".into(),
+                secret_type: SecretType::DockerConfigJson,
+                registries: vec!["quay".into()],
+                layout: Layout::Combined,
+                projects: ProjectSelection {
+                    names: vec!["a".into()],
+                    ..ProjectSelection::default()
+                },
+                links: BTreeMap::from([("default".into(), vec![LinkKind::Pull])]),
+                rotation: Rotation {
+                    strategy,
+                    ..Rotation::default()
+                },
+                adopt: false,
+            }],
+            image_pullers: vec![],
+        }
+    }
+
+    /// The plan with the credential (`Some(password)`) or with its source failed (`None`).
+    fn planned(config: &Config, password: Option<&str>) -> ProjectPlan {
+        let credentials: BTreeMap<String, Resolved> = password
+            .map(|password| {
+                let credential = Credential::with_password(
+                    RegistryKey::from_docker("quay.io").expect("valid"),
+                    "robot",
+                    password,
+                );
+                (
+                    "quay".to_string(),
+                    Resolved {
+                        credential,
+                        version: password.into(),
+                    },
+                )
+            })
+            .into_iter()
+            .collect();
+        let state = plan::plan(PlanInputs {
+            config,
+            credentials: &credentials,
+            namespaces: &[NamespaceInfo::named("a")],
+            openshift: None,
+        });
+        state.projects.get("a").cloned().unwrap_or_default()
+    }
+
+    fn account(pull: &[&str]) -> ServiceAccount {
+        let mut sa = ServiceAccount::default();
+        sa.metadata.name = Some("default".into());
+        sa.metadata.resource_version = Some("3".into());
+        sa.image_pull_secrets = Some(
+            pull.iter()
+                .map(|n| LocalObjectReference { name: (*n).into() })
+                .collect(),
+        );
+        sa
+    }
+
+    fn written(config: &Config, password: &str) -> (Secret, String) {
+        let plan = planned(config, Some(password));
+        let mut secret = secret_manifest("a", &plan.secrets[0]);
+        secret.metadata.uid = Some(format!("uid-{password}"));
+        secret.metadata.resource_version = Some("7".into());
+        let name = plan.secrets[0].name.clone();
+        (secret, name)
+    }
+
+    #[test]
+    fn a_held_versioned_pull_secret_keeps_every_version_and_its_links() {
+        let config = config(None, RotationStrategy::Versioned);
+        let (v1, n1) = written(&config, "pw1");
+        let (v2, n2) = written(&config, "pw2");
+        let observed = ObservedProject {
+            secrets: vec![v1, v2],
+            service_accounts: vec![account(&["default-dockercfg-x", &n2])],
+            role_bindings: vec![],
+        };
+        for hold in [None, Some("")] {
+            // Source failed (no credential), or not rendered (an empty-username token).
+            let held = match hold {
+                None => planned(&config, None),
+                Some(_) => {
+                    let mut plan = planned(&config, Some("pw3"));
+                    let name = plan.secrets.remove(0).name.clone();
+                    plan.held.push(plan::HeldSecret {
+                        name: rotation::version_base(&name).expect("versioned").into(),
+                        pull_secret: "priv".into(),
+                        reason: HoldReason::NotRendered {
+                            reason: "identity token".into(),
+                        },
+                    });
+                    plan
+                }
+            };
+            assert_eq!(held.held.len(), 1, "{held:?}");
+            let diff = diff_project_at("a", &held, &observed, &DiffPolicy::full("default"), None);
+            assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+            let mut kept = diff.held[0].kept.clone();
+            kept.sort();
+            let mut both = vec![n1.clone(), n2.clone()];
+            both.sort();
+            assert_eq!(kept, both);
+        }
+    }
+
+    #[test]
+    fn another_instances_secrets_are_never_touched_or_unlinked() {
+        let team_a = config(Some("team-a"), RotationStrategy::InPlace);
+        let (theirs, name) = written(&team_a, "pw1");
+        let observed = ObservedProject {
+            secrets: vec![theirs],
+            service_accounts: vec![account(&[&name])],
+            role_bindings: vec![],
+        };
+        // Team B wants nothing here: nothing is unlinked or deleted.
+        let team_b = config(Some("team-b"), RotationStrategy::InPlace);
+        let nothing = ProjectPlan::default();
+        let diff = diff_project("a", &nothing, &observed, &DiffPolicy::full("team-b"));
+        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        // Team B wants the same name: reported, not written, not linked.
+        let wanted = planned(&team_b, Some("pw2"));
+        let diff = diff_project("a", &wanted, &observed, &DiffPolicy::full("team-b"));
+        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        assert_eq!(diff.problems[0].reason, "OwnedByAnotherInstance");
+        assert!(diff.problems[0].message.contains("team-a"));
+    }
+
+    #[test]
+    fn a_labelled_secret_that_fails_the_proof_is_reported_not_deleted() {
+        let mut opaque = Secret::default();
+        opaque.metadata.name = Some("app-config".into());
+        opaque.metadata.labels = Some(BTreeMap::from([(
+            MANAGED_BY_LABEL.to_string(),
+            MANAGED_BY_VALUE.to_string(),
+        )]));
+        opaque.type_ = Some("Opaque".into());
+        let observed = ObservedProject {
+            secrets: vec![opaque],
+            ..ObservedProject::default()
+        };
+        let diff = diff_project(
+            "a",
+            &ProjectPlan::default(),
+            &observed,
+            &DiffPolicy::full("default"),
+        );
+        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        assert_eq!(diff.problems[0].reason, "UnprovenOwnership");
+    }
+
+    #[test]
+    fn a_legacy_secret_is_adopted_by_the_default_instance_with_its_label_only() {
+        let config = config(None, RotationStrategy::InPlace);
+        let (mut legacy, name) = written(&config, "pw1");
+        legacy
+            .metadata
+            .labels
+            .as_mut()
+            .expect("labels")
+            .remove(INSTANCE_LABEL);
+        let observed = ObservedProject {
+            secrets: vec![legacy.clone()],
+            service_accounts: vec![account(&[&name])],
+            role_bindings: vec![],
+        };
+        let plan = planned(&config, Some("pw1"));
+        let diff = diff_project("a", &plan, &observed, &DiffPolicy::full("default"));
+        let [Action::UpdateSecret { secret, .. }] = diff.actions.as_slice() else {
+            panic!("one update: {:?}", diff.actions);
+        };
+        let after = secret_manifest("a", secret);
+        assert_eq!(after.data, legacy.data, "the data is not rewritten");
+        assert_eq!(after.metadata.annotations, legacy.metadata.annotations);
+        // Another instance leaves it alone.
+        let diff = diff_project(
+            "a",
+            &ProjectPlan::default(),
+            &observed,
+            &DiffPolicy::full("team-b"),
+        );
+        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+    }
+
+    #[test]
+    fn add_only_never_recreates_unlinks_or_deletes() {
+        let mut old = config(Some("workstation"), RotationStrategy::InPlace);
+        old.pull_secrets[0].secret_type = SecretType::Dockercfg;
+        let (dockercfg, name) = written(&old, "pw1");
+        let (stale, stale_name) = {
+            let mut other = config(Some("workstation"), RotationStrategy::InPlace);
+            other.pull_secrets[0].name = "gone".into();
+            written(&other, "pw9")
+        };
+        let observed = ObservedProject {
+            secrets: vec![dockercfg, stale],
+            service_accounts: vec![account(&[&name, &stale_name])],
+            role_bindings: vec![],
+        };
+        let now = config(Some("workstation"), RotationStrategy::InPlace);
+        let add_only = DiffPolicy {
+            instance: "workstation".into(),
+            mode: Mode::AddOnly,
+        };
+        let diff = diff_project("a", &planned(&now, Some("pw1")), &observed, &add_only);
+        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        assert_eq!(diff.problems[0].reason, "RecreateSkipped");
+        // The full mode would recreate it and clean up the stale one.
+        let full = diff_project(
+            "a",
+            &planned(&now, Some("pw1")),
+            &observed,
+            &DiffPolicy::full("workstation"),
+        );
+        assert!(matches!(full.actions[0], Action::RecreateSecret(_)));
+        assert!(
+            full.actions
+                .iter()
+                .any(|a| matches!(a, Action::DeleteSecret(d) if d.name == stale_name))
+        );
     }
 }

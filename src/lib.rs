@@ -11,6 +11,8 @@
 //! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
 //! - [`credential`]: the credential model and registry-key normalisation (pure).
 //! - [`dockerconfig`]: docker/containers auth file parsing and pull-secret payloads (pure).
+//! - [`model`]: the pure floor: managed-object rules, instance identity and ownership, rotation
+//!   naming.
 //! - [`names`]: Kubernetes object-name rules (pure).
 //! - [`selector`]: label selectors (pure).
 //! - [`source`]: reads credentials from Vault/OpenBao, docker config files and credential
@@ -35,6 +37,7 @@ pub mod daemon;
 pub mod diff;
 pub mod dockerconfig;
 pub mod helper_protocol;
+pub mod model;
 pub mod names;
 pub mod plan;
 pub mod reconcile;

@@ -438,12 +438,18 @@ fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<(), Failure
         let (credentials, failures) = read_sources(&config, sources).await?;
         let client = kube_client(kube).await.map_err(bad_input)?;
         let throttle = kube.throttle();
-        let diff = reconcile::diff_cluster(&client, &throttle, &config, &credentials)
-            .await
-            .map_err(|error| Failure {
-                status: 1,
-                error: error.into(),
-            })?;
+        let diff = reconcile::diff_cluster(
+            &client,
+            &throttle,
+            &config,
+            &credentials,
+            pullsecretd::diff::Mode::Full,
+        )
+        .await
+        .map_err(|error| Failure {
+            status: 1,
+            error: error.into(),
+        })?;
         print!(
             "{}",
             render::plan_table(&config, &credentials, &diff.desired)
@@ -462,8 +468,7 @@ fn run_once(sources: &SourceArgs, kube: &KubeArgs, writes: &WriteArgs) -> Result
         let throttle = kube.throttle();
         let options = ApplyOptions {
             events: !writes.no_events,
-            adopt: config.adopting(),
-            ..ApplyOptions::default()
+            ..ApplyOptions::for_instance(config.instance_name())
         };
         let report = reconcile::reconcile_once(
             &client,

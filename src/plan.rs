@@ -21,24 +21,12 @@ use crate::dockerconfig::render_payload;
 use crate::names::dns1123_subdomain_problem;
 use crate::source::Resolved;
 
-/// Label on every object pullsecretd writes; objects without it are never modified.
-pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
-pub const MANAGED_BY_VALUE: &str = "pullsecretd";
-/// SHA-256 of the Secret payload: lets a diff see a change without reading the data.
-pub const CONTENT_HASH_ANNOTATION: &str = "pullsecretd.io/content-hash";
-/// `registry=version` pairs of the credentials a Secret was rendered from.
-pub const SOURCE_VERSION_ANNOTATION: &str = "pullsecretd.io/source-versions";
-/// The pull-secret entry of the config a Secret belongs to.
-pub const PULL_SECRET_ANNOTATION: &str = "pullsecretd.io/pull-secret";
-/// The service accounts a Secret is linked from, comma-separated: when the config stops linking
-/// one, this is how the next run finds the account to unlink before the Secret may be deleted.
-pub const SERVICE_ACCOUNTS_ANNOTATION: &str = "pullsecretd.io/service-accounts";
-/// The ClusterRole OpenShift grants for pulling images from a project (SPEC.md §6).
-pub const IMAGE_PULLER_ROLE: &str = "system:image-puller";
-/// The one RoleBinding pullsecretd keeps per image-holding project.
-pub const IMAGE_PULLER_BINDING: &str = "pullsecretd-image-puller";
-/// Hex characters of the content hash appended to versioned Secret names.
-const VERSION_SUFFIX_LEN: usize = 10;
+use crate::model::managed::{
+    CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION, SERVICE_ACCOUNTS_ANNOTATION,
+    SOURCE_VERSION_ANNOTATION,
+};
+pub use crate::model::managed::{IMAGE_PULLER_BINDING, IMAGE_PULLER_ROLE};
+use crate::model::{managed, rotation};
 
 /// What the planner knows about a namespace.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -105,12 +93,25 @@ pub struct DesiredSecret {
     pub immutable: bool,
     /// Service accounts the Secret is linked from, sorted.
     pub service_accounts: Vec<String>,
+    /// The pullsecretd instance writing it (its identity label).
+    pub instance: String,
+    /// The pull secret may take over a same-name Secret pullsecretd did not create.
+    pub adopt: bool,
+    /// Versioned Secrets: how long replaced versions stay, and how many.
+    pub retention: Option<Retention>,
+}
+
+/// How replaced versions of a versioned Secret are kept (`rotation.grace`, `rotation.keep`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Retention {
+    pub grace: std::time::Duration,
+    pub keep: usize,
 }
 
 impl DesiredSecret {
-    /// Labels every managed Secret carries.
+    /// Labels every managed Secret carries: managed-by and the instance.
     pub fn labels(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([(MANAGED_BY_LABEL.to_string(), MANAGED_BY_VALUE.to_string())])
+        managed::labels(&self.instance)
     }
 
     /// Annotations every managed Secret carries: hashes and versions, never values.
@@ -146,14 +147,44 @@ pub struct DesiredLink {
 pub struct DesiredRoleBinding {
     pub name: String,
     pub subjects: Vec<PullerSubject>,
+    /// The pullsecretd instance writing it (its identity label).
+    pub instance: String,
 }
 
-/// A Secret the config wants whose content is unknown because a source failed. Whatever
-/// exists in the cluster for it must be left exactly as it is (last known good).
+/// A Secret the config wants whose content cannot be known now. Every Secret it owns in the
+/// cluster (the one of its name and, for versioned rotation, every version), and their links,
+/// must be left exactly as they are (last known good).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HeldSecret {
+    /// The Secret's name, or for versioned rotation the base every version shares.
     pub name: String,
     pub pull_secret: String,
+    pub reason: HoldReason,
+}
+
+/// Why a Secret is held.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HoldReason {
+    /// These registries have no credential: their source failed and none was read before.
+    SourceFailed { registries: Vec<String> },
+    /// The credentials were read but make no valid pull secret (the text says why, never a
+    /// value), or its name is invalid.
+    NotRendered { reason: String },
+}
+
+impl fmt::Display for HoldReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::SourceFailed { registries } => {
+                write!(
+                    f,
+                    "source failed: no credential for {}",
+                    registries.join(", ")
+                )
+            }
+            Self::NotRendered { reason } => write!(f, "not rendered: {reason}"),
+        }
+    }
 }
 
 /// Desired objects in one project.
@@ -235,7 +266,12 @@ pub fn render_secrets(
             let secrets = secret_groups(pull_secret)
                 .iter()
                 .map(|(name, registries)| {
-                    render_secret(pull_secret, name, registries, credentials, &mut problems)
+                    let group = SecretGroup {
+                        base_name: name,
+                        registries,
+                        instance: config.instance_name(),
+                    };
+                    render_secret(pull_secret, &group, credentials, &mut problems)
                 })
                 .collect();
             RenderedPullSecret { secrets, problems }
@@ -331,59 +367,88 @@ fn secret_groups(pull_secret: &PullSecretConfig) -> Vec<(String, Vec<String>)> {
     }
 }
 
+/// One Secret of a pull secret, before it is rendered.
+struct SecretGroup<'a> {
+    base_name: &'a str,
+    registries: &'a [String],
+    instance: &'a str,
+}
+
 fn render_secret(
     pull_secret: &PullSecretConfig,
-    base_name: &str,
-    registries: &[String],
+    group: &SecretGroup<'_>,
     resolved_credentials: &BTreeMap<String, Resolved>,
     problems: &mut Vec<Problem>,
 ) -> Result<Arc<DesiredSecret>, HeldSecret> {
-    let held = || HeldSecret {
+    let SecretGroup {
+        base_name,
+        registries,
+        instance,
+    } = *group;
+    let held = |reason| HeldSecret {
         name: base_name.to_string(),
         pull_secret: pull_secret.name.clone(),
+        reason,
     };
+    let missing: Vec<String> = registries
+        .iter()
+        .filter(|registry| !resolved_credentials.contains_key(*registry))
+        .cloned()
+        .collect();
+    if !missing.is_empty() {
+        problems.push(Problem {
+            reason: "SourceFailed",
+            message: format!(
+                "secret {base_name}: held (source failed: no credential for {}); every Secret \
+                 it owns and its links are left as they are",
+                missing.join(", ")
+            ),
+        });
+        return Err(held(HoldReason::SourceFailed {
+            registries: missing,
+        }));
+    }
     let mut credentials: Vec<Credential> = Vec::with_capacity(registries.len());
     let mut versions = Vec::with_capacity(registries.len());
     for registry in registries {
-        let Some(resolved) = resolved_credentials.get(registry) else {
-            problems.push(Problem {
-                reason: "SourceFailed",
-                message: format!(
-                    "secret {base_name}: registry {registry} has no credential; \
-                     existing objects are left as they are"
-                ),
-            });
-            return Err(held());
-        };
-        credentials.push(resolved.credential.clone());
-        versions.push(format!("{registry}={}", resolved.version));
+        if let Some(resolved) = resolved_credentials.get(registry) {
+            credentials.push(resolved.credential.clone());
+            versions.push(format!("{registry}={}", resolved.version));
+        }
     }
     let payload = match render_payload(pull_secret.secret_type, &credentials) {
         Ok(payload) => payload,
         Err(error) => {
             problems.push(Problem {
-                reason: "Unrenderable",
-                message: format!("secret {base_name}: {error}"),
+                reason: "NotRendered",
+                message: format!(
+                    "secret {base_name}: held (not rendered: {error}); every Secret it owns and \
+                     its links are left as they are"
+                ),
             });
-            return Err(held());
+            return Err(held(HoldReason::NotRendered {
+                reason: error.to_string(),
+            }));
         }
     };
     let content_hash = content_hash(pull_secret.secret_type, &payload);
-    let name = match pull_secret.rotation.strategy {
-        RotationStrategy::InPlace => base_name.to_string(),
-        RotationStrategy::Versioned => {
-            format!("{base_name}-{}", &content_hash[..VERSION_SUFFIX_LEN])
-        }
+    let versioned = pull_secret.rotation.strategy == RotationStrategy::Versioned;
+    let name = if versioned {
+        rotation::versioned_name(base_name, &content_hash)
+    } else {
+        base_name.to_string()
     };
     if let Some(problem) = dns1123_subdomain_problem(&name) {
         problems.push(Problem {
             reason: "InvalidName",
             message: format!(
-                "secret {name} of pull secret {}: the name {problem}",
+                "secret {name} of pull secret {}: the name {problem}; held",
                 pull_secret.name
             ),
         });
-        return Err(held());
+        return Err(held(HoldReason::NotRendered {
+            reason: format!("the name {name} {problem}"),
+        }));
     }
     Ok(Arc::new(DesiredSecret {
         name,
@@ -394,8 +459,14 @@ fn render_secret(
         payload: SecretPayload(SecretSlice::from(payload)),
         content_hash,
         source_versions: versions.join(","),
-        immutable: pull_secret.rotation.strategy == RotationStrategy::Versioned,
+        immutable: versioned,
         service_accounts: pull_secret.links.keys().cloned().collect(),
+        instance: instance.to_string(),
+        adopt: pull_secret.adopt,
+        retention: versioned.then_some(Retention {
+            grace: pull_secret.rotation.grace,
+            keep: pull_secret.rotation.keep,
+        }),
     }))
 }
 
@@ -532,6 +603,7 @@ fn image_puller_binding(puller: &ImagePullerConfig, inputs: PlanInputs<'_>) -> D
     DesiredRoleBinding {
         name: IMAGE_PULLER_BINDING.to_string(),
         subjects,
+        instance: inputs.config.instance_name().to_string(),
     }
 }
 
@@ -566,17 +638,20 @@ fn merge_role_bindings(state: &mut DesiredState) {
 fn merge_project_role_bindings(project_plan: &mut ProjectPlan) {
     let mut seen = BTreeSet::new();
     let mut subjects = Vec::new();
+    let mut instance = None;
     for binding in project_plan.role_bindings.drain(..) {
+        instance.get_or_insert(binding.instance);
         for subject in binding.subjects {
             if seen.insert(subject.clone()) {
                 subjects.push(subject);
             }
         }
     }
-    if !subjects.is_empty() {
+    if let Some(instance) = instance.filter(|_| !subjects.is_empty()) {
         project_plan.role_bindings.push(DesiredRoleBinding {
             name: IMAGE_PULLER_BINDING.to_string(),
             subjects,
+            instance,
         });
     }
 }
@@ -632,6 +707,7 @@ mod tests {
         image_pullers: Vec<ImagePullerConfig>,
     ) -> Config {
         Config {
+            instance: None,
             vault: None,
             registries: [
                 registry("private", "privateregistry.example.com"),
@@ -791,7 +867,10 @@ mod tests {
             project.held,
             [HeldSecret {
                 name: "private-registry".into(),
-                pull_secret: "private-registry".into()
+                pull_secret: "private-registry".into(),
+                reason: HoldReason::SourceFailed {
+                    registries: vec!["sso".into()]
+                },
             }]
         );
         assert_eq!(state.problems.len(), 1);
@@ -817,7 +896,11 @@ mod tests {
         );
         let state = run(&config, &credentials, &namespaces(&["a"]));
         assert_eq!(state.projects["a"].held.len(), 1);
-        assert_eq!(state.problems[0].reason, "Unrenderable");
+        assert!(matches!(
+            state.projects["a"].held[0].reason,
+            HoldReason::NotRendered { .. }
+        ));
+        assert_eq!(state.problems[0].reason, "NotRendered");
         assert!(state.problems[0].message.contains("identity token"));
         assert!(!format!("{state:?}").contains(SENTINEL));
     }
@@ -886,7 +969,8 @@ mod tests {
             state.projects["b"].role_bindings,
             [DesiredRoleBinding {
                 name: IMAGE_PULLER_BINDING.into(),
-                subjects: vec![sa, group]
+                subjects: vec![sa, group],
+                instance: "default".into(),
             }]
         );
         assert_eq!(state.problems.len(), 1);

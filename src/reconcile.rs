@@ -7,11 +7,12 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::stream::{self, StreamExt as _};
+use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::Client;
 
 use crate::cluster::{self, ApiError, ApplyOptions, ProjectOutcome, Throttle};
 use crate::config::Config;
-use crate::diff::{ProjectDiff, diff_project_at};
+use crate::diff::{DiffPolicy, Mode, ProjectDiff, diff_project_at};
 use crate::plan::{self, DesiredState, PlanInputs, Problem};
 use crate::source::Resolved;
 
@@ -21,6 +22,9 @@ pub struct ClusterDiff {
     pub desired: DesiredState,
     /// Projects with something to do or report, by name.
     pub projects: BTreeMap<String, ProjectDiff>,
+    /// The service accounts each of those projects was diffed against: a link edit writes
+    /// against them first instead of reading them again.
+    pub accounts: BTreeMap<String, Vec<ServiceAccount>>,
 }
 
 impl ClusterDiff {
@@ -30,12 +34,14 @@ impl ClusterDiff {
     }
 }
 
-/// Reads the cluster and computes what must change. Writes nothing.
+/// Reads the cluster and computes what must change (`mode`: everything, or add-only for
+/// workstation passes). Writes nothing.
 pub async fn diff_cluster(
     client: &Client,
     throttle: &Throttle,
     config: &Config,
     credentials: &BTreeMap<String, Resolved>,
+    mode: Mode,
 ) -> Result<ClusterDiff, ApiError> {
     let state = cluster::observe(client, config, throttle).await?;
     let desired = plan::plan(PlanInputs {
@@ -54,15 +60,26 @@ pub async fn diff_cluster(
         .collect();
     // Replaced versioned Secrets are judged against the wall clock here, at the I/O edge.
     let now = k8s_openapi::jiff::Timestamp::now();
+    let policy = DiffPolicy {
+        instance: config.instance_name().to_string(),
+        mode,
+    };
     let mut projects = BTreeMap::new();
+    let mut accounts = BTreeMap::new();
     for name in names {
         let wanted = desired.projects.get(name).cloned().unwrap_or_default();
-        let diff = diff_project_at(name, &wanted, &state.project(name), config, Some(now));
-        if !diff.actions.is_empty() || !diff.problems.is_empty() {
+        let observed = state.project(name);
+        let diff = diff_project_at(name, &wanted, &observed, &policy, Some(now));
+        if !diff.actions.is_empty() || !diff.problems.is_empty() || !diff.held.is_empty() {
             projects.insert(name.clone(), diff);
+            accounts.insert(name.clone(), observed.service_accounts);
         }
     }
-    Ok(ClusterDiff { desired, projects })
+    Ok(ClusterDiff {
+        desired,
+        projects,
+        accounts,
+    })
 }
 
 /// The result of one `once` pass.
@@ -94,9 +111,19 @@ pub async fn apply_diff(
     diff: ClusterDiff,
     concurrency: usize,
 ) -> Report {
-    let mut projects: Vec<ProjectOutcome> = stream::iter(diff.projects)
-        .map(|(name, project_diff)| async move {
-            cluster::apply_project(client, throttle, options, &name, project_diff).await
+    let mut accounts = diff.accounts;
+    let work: Vec<(String, ProjectDiff, Vec<ServiceAccount>)> = diff
+        .projects
+        .into_iter()
+        .map(|(name, project_diff)| {
+            let observed = accounts.remove(&name).unwrap_or_default();
+            (name, project_diff, observed)
+        })
+        .collect();
+    let mut projects: Vec<ProjectOutcome> = stream::iter(work)
+        .map(|(name, project_diff, observed)| async move {
+            cluster::apply_project_from(client, throttle, options, &name, project_diff, observed)
+                .await
         })
         .buffer_unordered(concurrency.max(1))
         .collect()
@@ -117,6 +144,6 @@ pub async fn reconcile_once(
     credentials: &BTreeMap<String, Resolved>,
     concurrency: usize,
 ) -> Result<Report, ApiError> {
-    let diff = diff_cluster(client, throttle, config, credentials).await?;
+    let diff = diff_cluster(client, throttle, config, credentials, options.mode).await?;
     Ok(apply_diff(client, throttle, options, diff, concurrency).await)
 }

@@ -17,10 +17,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
 use crate::config::{Config, LinkKind, PullerSubject, SourceConfig};
 use crate::diff::Action;
-use crate::plan::{
-    DesiredLink, DesiredRoleBinding, DesiredSecret, DesiredState, IMAGE_PULLER_ROLE,
-    MANAGED_BY_LABEL, MANAGED_BY_VALUE,
-};
+use crate::model::managed::{self, IMAGE_PULLER_ROLE};
+use crate::plan::{DesiredLink, DesiredRoleBinding, DesiredSecret, DesiredState, HoldReason};
 use crate::reconcile::{ClusterDiff, Report};
 use crate::source::Resolved;
 
@@ -53,10 +51,7 @@ pub fn role_binding_manifest(namespace: &str, binding: &DesiredRoleBinding) -> R
         metadata: ObjectMeta {
             name: Some(binding.name.clone()),
             namespace: Some(namespace.to_string()),
-            labels: Some(BTreeMap::from([(
-                MANAGED_BY_LABEL.to_string(),
-                MANAGED_BY_VALUE.to_string(),
-            )])),
+            labels: Some(managed::labels(&binding.instance)),
             ..ObjectMeta::default()
         },
         role_ref: RoleRef {
@@ -271,9 +266,13 @@ fn secret_rows(plan: &crate::plan::ProjectPlan) -> Vec<Vec<String>> {
         })
         .collect();
     rows.extend(plan.held.iter().map(|h| {
+        let label = match &h.reason {
+            HoldReason::SourceFailed { .. } => "(held: source failed)",
+            HoldReason::NotRendered { .. } => "(held: not rendered)",
+        };
         vec![
             h.name.clone(),
-            "(held: source failed)".to_string(),
+            label.to_string(),
             "left as it is".to_string(),
         ]
     }));
@@ -332,10 +331,11 @@ pub fn describe_action(action: &Action) -> String {
     match action {
         Action::CreateSecret(secret) => format!("create secret {}", secret.name),
         Action::UpdateSecret { secret, .. } => format!("update secret {}", secret.name),
-        Action::RecreateSecret(secret) => {
+        Action::RecreateSecret(recreate) => {
             format!(
-                "recreate secret {} (its type or immutable data changes)",
-                secret.name
+                "recreate secret {} (its type or immutable data changes: unlink, delete, \
+                 create, relink)",
+                recreate.secret.name
             )
         }
         Action::EditServiceAccount(edit) => {
@@ -350,12 +350,12 @@ pub fn describe_action(action: &Action) -> String {
             let changes: Vec<String> = added.chain(removed).collect();
             format!("link serviceaccount {}: {}", edit.name, changes.join(", "))
         }
-        Action::DeleteSecret { name } => format!("delete secret {name}"),
+        Action::DeleteSecret(delete) => format!("delete secret {}", delete.name),
         Action::CreateRoleBinding(binding) => format!("create rolebinding {}", binding.name),
         Action::UpdateRoleBinding { binding, .. } => {
             format!("update rolebinding {} (subjects)", binding.name)
         }
-        Action::DeleteRoleBinding { name } => format!("delete rolebinding {name}"),
+        Action::DeleteRoleBinding(delete) => format!("delete rolebinding {}", delete.name),
     }
 }
 
@@ -392,6 +392,18 @@ pub fn once_summary(report: &Report) -> String {
     }
     for project in &report.projects {
         let _ = writeln!(out, "Project {}", project.project);
+        for held in &project.held {
+            let kept = if held.kept.is_empty() {
+                "nothing exists yet".to_string()
+            } else {
+                held.kept.join(", ")
+            };
+            let _ = writeln!(
+                out,
+                "  HELD secret {} ({}): kept as they are: {kept}",
+                held.secret.name, held.secret.reason
+            );
+        }
         for change in &project.changes {
             let _ = writeln!(out, "  {change}");
         }

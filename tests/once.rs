@@ -328,7 +328,7 @@ async fn once_as(fx: &Fixture, client: &Client, config: &Config) -> Report {
     reconcile_once(
         client,
         &throttle,
-        &ApplyOptions::default(),
+        &ApplyOptions::for_instance("default"),
         config,
         &credentials,
         4,

@@ -53,7 +53,7 @@ async fn once(fx: &Fixture, config: &Config) -> Report {
     let report = reconcile_once(
         &fx.client,
         &throttle,
-        &ApplyOptions::default(),
+        &ApplyOptions::for_instance("default"),
         config,
         &credentials,
         4,
@@ -495,7 +495,7 @@ async fn a_user_who_cannot_list_namespaces_works_through_projects() {
     let report = reconcile_once(
         &alice,
         &throttle,
-        &ApplyOptions::default(),
+        &ApplyOptions::for_instance("default"),
         &config,
         &credentials,
         2,

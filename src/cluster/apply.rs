@@ -1,9 +1,15 @@
 //! Apply (I/O): carry out one project's actions, in the order `diff` gave them.
 //!
 //! Safety rules enforced here, whatever happens on the wire:
+//! - ownership is proven again against what the server returns before anything found there is
+//!   changed (a create that meets an existing Secret, an update that meets a 409): only this
+//!   instance's objects, or with `adopt` a Secret pullsecretd did not create;
 //! - a Secret that could not be written (or turned out to be someone else's) is never linked;
 //! - a Secret whose unlink failed is never deleted, so no service account is left pointing at a
-//!   Secret pullsecretd removed;
+//!   Secret pullsecretd removed; a type change unlinks first, deletes, creates and relinks, and
+//!   stops where a step fails with no account naming a missing Secret;
+//! - deletes carry the uid and resourceVersion read as preconditions: an object recreated or
+//!   changed by someone else meanwhile survives;
 //! - service-account lists are edited by read-modify-write with the `resourceVersion` read,
 //!   re-read and re-applied on 409 Conflict, never replaced wholesale;
 //! - one failing project never stops the others: failures are collected in the outcome.
@@ -12,28 +18,28 @@
 //! namespace), with a reason and object names, never data.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::Client;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use super::{ApiError, Throttle};
-use crate::diff::{Action, ProjectDiff, ServiceAccountEdit, edit_service_account, is_managed};
+use crate::config::LinkKind;
+use crate::diff::{
+    Action, Delete, Held, Mode, ProjectDiff, Recreate, ServiceAccountEdit, edit_service_account,
+    foreign_secret,
+};
+use crate::model::managed::{self, Ownership};
 use crate::plan::{DesiredRoleBinding, DesiredSecret, Problem};
 use crate::render::{role_binding_manifest, secret_manifest};
 
-/// Plain create/replace and delete parameters (no dry run, no field manager needed).
+/// Plain create/replace parameters (no dry run, no field manager needed).
 static POST: PostParams = PostParams {
     dry_run: false,
     field_manager: None,
-};
-static DELETE: DeleteParams = DeleteParams {
-    dry_run: false,
-    grace_period_seconds: None,
-    propagation_policy: None,
-    preconditions: None,
 };
 
 /// The name pullsecretd reports as, in Events and field managers.
@@ -46,16 +52,130 @@ pub struct ApplyOptions {
     pub conflict_attempts: usize,
     /// Publish Kubernetes Events for changes and failures.
     pub events: bool,
-    /// Pull secrets allowed to take over same-name Secrets they did not create.
-    pub adopt: BTreeSet<String>,
+    /// The instance whose objects may be changed.
+    pub instance: String,
+    /// `AddOnly` never takes a Secret over, whatever `adopt` says.
+    pub mode: Mode,
 }
 
-impl Default for ApplyOptions {
-    fn default() -> Self {
+impl ApplyOptions {
+    /// Full writes for `instance`, Events on.
+    pub fn for_instance(instance: &str) -> Self {
         Self {
             conflict_attempts: 5,
             events: true,
-            adopt: BTreeSet::new(),
+            instance: instance.to_string(),
+            mode: Mode::Full,
+        }
+    }
+}
+
+/// What a write did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Verb {
+    Create,
+    Update,
+    Delete,
+}
+
+impl Verb {
+    /// `create`, `update` or `delete`, as metrics label writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Create => "create",
+            Self::Update => "update",
+            Self::Delete => "delete",
+        }
+    }
+
+    fn past(self) -> &'static str {
+        match self {
+            Self::Create => "created",
+            Self::Update => "updated",
+            Self::Delete => "deleted",
+        }
+    }
+
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Create => "Created",
+            Self::Update => "Updated",
+            Self::Delete => "Deleted",
+        }
+    }
+}
+
+/// One change made in a project, as data: rendered to text at the edge.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Change {
+    Secret {
+        verb: Verb,
+        name: String,
+    },
+    /// One write of a service account's lists.
+    Links {
+        account: String,
+        added: Vec<(LinkKind, String)>,
+        removed: Vec<(LinkKind, String)>,
+    },
+    RoleBinding {
+        verb: Verb,
+        name: String,
+    },
+}
+
+impl Change {
+    /// The API verb of the write.
+    pub fn verb(&self) -> Verb {
+        match self {
+            Self::Secret { verb, .. } | Self::RoleBinding { verb, .. } => *verb,
+            Self::Links { .. } => Verb::Update,
+        }
+    }
+
+    /// The Event reason: `Created`, `Updated`, `Deleted`, `Linked`, `Unlinked`, `Relinked`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Secret { verb, .. } | Self::RoleBinding { verb, .. } => verb.reason(),
+            Self::Links { added, removed, .. } => match (added.is_empty(), removed.is_empty()) {
+                (false, true) => "Linked",
+                (true, false) => "Unlinked",
+                _ => "Relinked",
+            },
+        }
+    }
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Secret { verb, name } => write!(f, "{} secret {name}", verb.past()),
+            Self::RoleBinding { verb, name } => write!(f, "{} rolebinding {name}", verb.past()),
+            Self::Links {
+                account,
+                added,
+                removed,
+            } => {
+                let entries: Vec<String> = added
+                    .iter()
+                    .map(|(kind, secret)| format!("+{secret} ({})", kind.field()))
+                    .chain(
+                        removed
+                            .iter()
+                            .map(|(kind, secret)| format!("-{secret} ({})", kind.field())),
+                    )
+                    .collect();
+                let verb = match self.reason() {
+                    "Linked" => "linked",
+                    "Unlinked" => "unlinked",
+                    _ => "relinked",
+                };
+                write!(
+                    f,
+                    "{verb} [{}] on serviceaccount {account}",
+                    entries.join(", ")
+                )
+            }
         }
     }
 }
@@ -64,14 +184,16 @@ impl Default for ApplyOptions {
 #[derive(Debug, Default)]
 pub struct ProjectOutcome {
     pub project: String,
-    /// One line per change made, e.g. `created secret quay-pull`.
-    pub changes: Vec<String>,
+    /// Every change made, in the order made.
+    pub changes: Vec<Change>,
     /// Calls that failed for good, with the reason.
     pub failures: Vec<ApiError>,
     /// Things left alone on purpose (someone else's Secret, a missing service account).
     pub problems: Vec<Problem>,
     /// Actions skipped because an earlier one failed (never linked, never deleted).
     pub skipped: Vec<String>,
+    /// Secrets held (source failed or not rendered) and what they keep as it is.
+    pub held: Vec<Held>,
 }
 
 impl ProjectOutcome {
@@ -113,13 +235,14 @@ pub async fn apply_project_from(
                 client.clone(),
                 Reporter {
                     controller: CONTROLLER_NAME.into(),
-                    instance: None,
+                    instance: Some(options.instance.clone()),
                 },
             )
         }),
         outcome: ProjectOutcome {
             project: project.to_string(),
             problems: diff.problems,
+            held: diff.held,
             ..ProjectOutcome::default()
         },
         unlinkable: BTreeSet::new(),
@@ -130,6 +253,7 @@ pub async fn apply_project_from(
             .filter_map(|sa| Some((sa.metadata.name.clone()?, sa)))
             .collect(),
     };
+    run.report_held().await;
     for action in diff.actions {
         run.execute(action).await;
     }
@@ -151,6 +275,15 @@ struct ProjectRun<'a> {
     known_accounts: BTreeMap<String, ServiceAccount>,
 }
 
+/// How a guarded delete ended.
+enum Deleted {
+    /// Gone now (deleted, or already missing).
+    Gone,
+    /// Not deleted on purpose: changed or recreated by someone else, or no longer ours.
+    Kept(String),
+    Failed(ApiError),
+}
+
 impl ProjectRun<'_> {
     fn secrets(&self) -> Api<Secret> {
         Api::namespaced(self.client.clone(), self.project)
@@ -170,63 +303,128 @@ impl ProjectRun<'_> {
 
     async fn execute(&mut self, action: Action) {
         match action {
-            Action::CreateSecret(secret) => self.create_secret(&secret).await,
+            Action::CreateSecret(secret) => {
+                self.create_secret(&secret).await;
+            }
             Action::UpdateSecret {
                 secret,
                 resource_version,
-            } => self.update_secret(&secret, resource_version).await,
-            Action::RecreateSecret(secret) => self.recreate_secret(&secret).await,
+            } => {
+                self.update_secret(&secret, resource_version).await;
+            }
+            Action::RecreateSecret(recreate) => self.recreate_secret(recreate).await,
             Action::EditServiceAccount(edit) => self.edit_account(edit).await,
-            Action::DeleteSecret { name } => self.delete_secret(&name).await,
+            Action::DeleteSecret(delete) => self.delete_secret(&delete).await,
             Action::CreateRoleBinding(binding) => self.create_binding(&binding).await,
             Action::UpdateRoleBinding {
                 binding,
                 resource_version,
             } => self.update_binding(&binding, resource_version).await,
-            Action::DeleteRoleBinding { name } => self.delete_binding(&name).await,
+            Action::DeleteRoleBinding(delete) => self.delete_binding(&delete).await,
         }
     }
 
-    async fn create_secret(&mut self, secret: &DesiredSecret) {
+    /// A Warning Event on the namespace for each held Secret: it is kept, and why.
+    async fn report_held(&mut self) {
+        let notes: Vec<String> = self
+            .outcome
+            .held
+            .iter()
+            .map(|held| {
+                format!(
+                    "secret {} of pull secret {} is held ({}); kept as they are: {}",
+                    held.secret.name,
+                    held.secret.pull_secret,
+                    held.secret.reason,
+                    if held.kept.is_empty() {
+                        "nothing exists yet".to_string()
+                    } else {
+                        held.kept.join(", ")
+                    }
+                )
+            })
+            .collect();
+        for note in notes {
+            self.warn_on_namespace("Held", &note).await;
+        }
+    }
+
+    /// Whether an existing Secret found on the server may be written for `secret`.
+    fn may_write(&self, secret: &DesiredSecret, existing: &Secret) -> Result<(), Problem> {
+        match managed::secret_ownership(existing, &self.options.instance) {
+            Ownership::Ours { .. } => Ok(()),
+            Ownership::Foreign | Ownership::Unproven(_)
+                if secret.adopt && self.options.mode == Mode::Full =>
+            {
+                Ok(())
+            }
+            Ownership::OtherInstance(instance) => Err(Problem {
+                reason: "OwnedByAnotherInstance",
+                message: format!(
+                    "project {}: secret {} belongs to pullsecretd instance {instance}; left \
+                     untouched",
+                    self.project, secret.name
+                ),
+            }),
+            Ownership::Foreign | Ownership::Unproven(_) => {
+                Err(foreign_secret(self.project, secret))
+            }
+        }
+    }
+
+    /// Creates `secret`; true when it exists as this instance's afterwards.
+    async fn create_secret(&mut self, secret: &DesiredSecret) -> bool {
         let manifest = secret_manifest(self.project, secret);
         let api = self.secrets();
         match self.throttle.call(|| api.create(&POST, &manifest)).await {
             Ok(_) => {
-                self.changed("Secret", &secret.name, "Created", "created secret")
-                    .await
+                self.changed(Change::Secret {
+                    verb: Verb::Create,
+                    name: secret.name.clone(),
+                })
+                .await;
+                true
             }
             Err(kube::Error::Api(status)) if status.is_already_exists() => {
-                self.take_over_existing(secret).await;
+                self.take_over_existing(secret).await
             }
-            Err(error) => self.secret_failed("create", secret, error).await,
+            Err(error) => {
+                self.secret_failed("create", secret, error).await;
+                false
+            }
         }
     }
 
     /// A create found a Secret of that name: update it if it is ours (or may be adopted),
     /// otherwise report it and leave it alone.
-    async fn take_over_existing(&mut self, secret: &DesiredSecret) {
+    async fn take_over_existing(&mut self, secret: &DesiredSecret) -> bool {
         let api = self.secrets();
         let existing = match self.throttle.call(|| api.get(&secret.name)).await {
             Ok(existing) => existing,
-            Err(error) => return self.secret_failed("get", secret, error).await,
+            Err(error) => {
+                self.secret_failed("get", secret, error).await;
+                return false;
+            }
         };
-        if is_managed(&existing.metadata.labels) || self.options.adopt.contains(&secret.pull_secret)
-        {
-            let resource_version = existing.metadata.resource_version.clone();
-            return self.update_secret(secret, resource_version).await;
+        match self.may_write(secret, &existing) {
+            Ok(()) => {
+                let resource_version = existing.metadata.resource_version.clone();
+                Box::pin(self.update_secret(secret, resource_version)).await
+            }
+            Err(problem) => {
+                self.unlinkable.insert(secret.name.clone());
+                self.outcome.problems.push(problem);
+                false
+            }
         }
-        self.unlinkable.insert(secret.name.clone());
-        self.outcome.problems.push(Problem {
-            reason: "ForeignSecret",
-            message: format!(
-                "project {}: secret {} exists and was not created by pullsecretd; left untouched \
-                 (set adopt: true on pull secret {} to take it over)",
-                self.project, secret.name, secret.pull_secret
-            ),
-        });
     }
 
-    async fn update_secret(&mut self, secret: &DesiredSecret, resource_version: Option<String>) {
+    /// Replaces `secret`'s data and metadata; true when written.
+    async fn update_secret(
+        &mut self,
+        secret: &DesiredSecret,
+        resource_version: Option<String>,
+    ) -> bool {
         let api = self.secrets();
         let mut manifest = secret_manifest(self.project, secret);
         manifest.metadata.resource_version = resource_version;
@@ -237,51 +435,101 @@ impl ProjectRun<'_> {
                 .await
             {
                 Ok(_) => {
-                    return self
-                        .changed("Secret", &secret.name, "Updated", "updated secret")
-                        .await;
+                    self.changed(Change::Secret {
+                        verb: Verb::Update,
+                        name: secret.name.clone(),
+                    })
+                    .await;
+                    return true;
                 }
                 Err(kube::Error::Api(status)) if status.is_conflict() => {
                     // Someone wrote in between: re-read, and only go on if it is still ours.
-                    match self.throttle.call(|| api.get(&secret.name)).await {
-                        Ok(fresh)
-                            if is_managed(&fresh.metadata.labels)
-                                || self.options.adopt.contains(&secret.pull_secret) =>
-                        {
-                            manifest.metadata.resource_version = fresh.metadata.resource_version;
+                    let fresh = match self.throttle.call(|| api.get(&secret.name)).await {
+                        Ok(fresh) => fresh,
+                        Err(error) => {
+                            self.secret_failed("get", secret, error).await;
+                            return false;
                         }
-                        Ok(_) => {
-                            self.unlinkable.insert(secret.name.clone());
-                            return;
-                        }
-                        Err(error) => return self.secret_failed("get", secret, error).await,
+                    };
+                    if let Err(problem) = self.may_write(secret, &fresh) {
+                        self.unlinkable.insert(secret.name.clone());
+                        self.outcome.problems.push(problem);
+                        return false;
                     }
+                    manifest.metadata.resource_version = fresh.metadata.resource_version;
                 }
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
                     return Box::pin(self.create_secret(secret)).await;
                 }
-                Err(error) => return self.secret_failed("update", secret, error).await,
+                Err(error) => {
+                    self.secret_failed("update", secret, error).await;
+                    return false;
+                }
             }
         }
         self.unlinkable.insert(secret.name.clone());
         self.outcome
             .skipped
             .push(format!("update secret {}: kept conflicting", secret.name));
+        false
     }
 
-    /// `type` cannot change and immutable data cannot either: delete, then create.
-    async fn recreate_secret(&mut self, secret: &DesiredSecret) {
-        let api = self.secrets();
-        match self
-            .throttle
-            .call(|| api.delete(&secret.name, &DELETE))
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(error) => return self.secret_failed("delete", secret, error).await,
+    /// `type` cannot change and immutable data cannot either: unlink, delete, create, relink.
+    /// Wherever it stops, no service account names a Secret that is missing.
+    async fn recreate_secret(&mut self, recreate: Recreate) {
+        let name = recreate.secret.name.clone();
+        let unlinks = group_links(&name, &recreate.linked);
+        let mut unlinked: Vec<ServiceAccountEdit> = Vec::new();
+        for edit in unlinks {
+            match self.read_modify_write(&edit).await {
+                Ok(()) => unlinked.push(edit),
+                Err(error) => {
+                    self.outcome.skipped.push(format!(
+                        "recreate secret {name}: unlinking it from serviceaccount {} failed, so \
+                         it was not deleted",
+                        edit.name
+                    ));
+                    self.link_failed(error).await;
+                    self.relink(&unlinked).await;
+                    return;
+                }
+            }
         }
-        self.create_secret(secret).await;
+        match self.delete_guarded_secret(&recreate.current).await {
+            Deleted::Gone => {}
+            Deleted::Kept(why) => {
+                self.outcome
+                    .skipped
+                    .push(format!("recreate secret {name}: not deleted: {why}"));
+                self.relink(&unlinked).await;
+                return;
+            }
+            Deleted::Failed(error) => {
+                self.fail_on_namespace("DeleteFailed", error).await;
+                self.relink(&unlinked).await;
+                return;
+            }
+        }
+        if !self.create_secret(&recreate.secret).await {
+            // The Secret is missing: its links stay removed until a later pass creates it.
+            self.unlinkable.insert(name);
+            return;
+        }
+        self.relink(&unlinked).await;
+    }
+
+    /// Adds back what `unlinked` removed (best effort: a failure is reported).
+    async fn relink(&mut self, unlinked: &[ServiceAccountEdit]) {
+        for edit in unlinked {
+            let back = ServiceAccountEdit {
+                name: edit.name.clone(),
+                add: edit.remove.clone(),
+                remove: Vec::new(),
+            };
+            if let Err(error) = self.read_modify_write(&back).await {
+                self.link_failed(error).await;
+            }
+        }
     }
 
     async fn secret_failed(
@@ -292,9 +540,7 @@ impl ProjectRun<'_> {
     ) {
         self.unlinkable.insert(secret.name.clone());
         let error = ApiError::new(verb, "secrets", self.target(&secret.name), error);
-        self.warn_on_namespace("WriteFailed", &error.to_string())
-            .await;
-        self.outcome.failures.push(error);
+        self.fail_on_namespace("WriteFailed", error).await;
     }
 
     async fn edit_account(&mut self, mut edit: ServiceAccountEdit) {
@@ -313,10 +559,12 @@ impl ProjectRun<'_> {
         if let Err(error) = self.read_modify_write(&edit).await {
             self.undeletable
                 .extend(edit.remove.iter().map(|(_, secret)| secret.clone()));
-            self.warn_on_namespace("LinkFailed", &error.to_string())
-                .await;
-            self.outcome.failures.push(error);
+            self.link_failed(error).await;
         }
+    }
+
+    async fn link_failed(&mut self, error: ApiError) {
+        self.fail_on_namespace("LinkFailed", error).await;
     }
 
     /// GET (or take the copy last seen), edit the lists, PUT with its `resourceVersion`;
@@ -334,13 +582,7 @@ impl ProjectRun<'_> {
             let current = match read {
                 Ok(current) => current,
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
-                    self.outcome.problems.push(Problem {
-                        reason: "ServiceAccountMissing",
-                        message: format!(
-                            "project {}: service account {} disappeared",
-                            self.project, edit.name
-                        ),
-                    });
+                    self.account_disappeared(&edit.name);
                     return Ok(());
                 }
                 Err(error) => return Err(ApiError::new("get", "serviceaccounts", target, error)),
@@ -354,9 +596,8 @@ impl ProjectRun<'_> {
                 .await
             {
                 Ok(_) => {
-                    let what = describe_edit(edit);
-                    self.changed("ServiceAccount", &edit.name, "Linked", &what)
-                        .await;
+                    let change = applied_links(&current, edit);
+                    self.changed(change).await;
                     return Ok(());
                 }
                 Err(kube::Error::Api(status)) if status.is_conflict() => {
@@ -364,13 +605,7 @@ impl ProjectRun<'_> {
                 }
                 Err(kube::Error::Api(status)) if status.is_not_found() => {
                     // The copy last seen was of an account deleted since.
-                    self.outcome.problems.push(Problem {
-                        reason: "ServiceAccountMissing",
-                        message: format!(
-                            "project {}: service account {} disappeared",
-                            self.project, edit.name
-                        ),
-                    });
+                    self.account_disappeared(&edit.name);
                     return Ok(());
                 }
                 Err(error) => {
@@ -387,27 +622,85 @@ impl ProjectRun<'_> {
         Err(ApiError::new("update", "serviceaccounts", target, error))
     }
 
-    async fn delete_secret(&mut self, name: &str) {
-        if self.undeletable.contains(name) {
+    fn account_disappeared(&mut self, name: &str) {
+        self.outcome.problems.push(Problem {
+            reason: "ServiceAccountMissing",
+            message: format!(
+                "project {}: service account {name} disappeared",
+                self.project
+            ),
+        });
+    }
+
+    async fn delete_secret(&mut self, delete: &Delete) {
+        if self.undeletable.contains(&delete.name) {
             self.outcome.skipped.push(format!(
-                "delete secret {name}: a service account may still reference it"
+                "delete secret {}: a service account may still reference it",
+                delete.name
             ));
             return;
         }
+        match self.delete_guarded_secret(delete).await {
+            Deleted::Gone => {}
+            Deleted::Kept(why) => self
+                .outcome
+                .skipped
+                .push(format!("delete secret {}: not deleted: {why}", delete.name)),
+            Deleted::Failed(error) => self.fail_on_namespace("DeleteFailed", error).await,
+        }
+    }
+
+    /// Deletes the Secret `delete` names, if it is still the one read (uid and resourceVersion
+    /// as preconditions). When it changed meanwhile it is read again: deleted (with the new
+    /// preconditions) only if it is the same object and still this instance's.
+    async fn delete_guarded_secret(&mut self, delete: &Delete) -> Deleted {
         let api = self.secrets();
-        match self.throttle.call(|| api.delete(name, &DELETE)).await {
-            Ok(_) => {
-                self.changed("Secret", name, "Deleted", "deleted secret")
-                    .await
-            }
-            Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(error) => {
-                let error = ApiError::new("delete", "secrets", self.target(name), error);
-                self.warn_on_namespace("DeleteFailed", &error.to_string())
+        let mut guard = delete.clone();
+        for attempt in 0..2 {
+            let params = guarded(&guard);
+            match self
+                .throttle
+                .call(|| api.delete(&guard.name, &params))
+                .await
+            {
+                Ok(_) => {
+                    self.changed(Change::Secret {
+                        verb: Verb::Delete,
+                        name: delete.name.clone(),
+                    })
                     .await;
-                self.outcome.failures.push(error);
+                    return Deleted::Gone;
+                }
+                Err(kube::Error::Api(status)) if status.is_not_found() => return Deleted::Gone,
+                Err(kube::Error::Api(status)) if status.is_conflict() && attempt == 0 => {
+                    let fresh = match self.throttle.call(|| api.get(&guard.name)).await {
+                        Ok(fresh) => fresh,
+                        Err(kube::Error::Api(status)) if status.is_not_found() => {
+                            return Deleted::Gone;
+                        }
+                        Err(error) => {
+                            let target = self.target(&guard.name);
+                            return Deleted::Failed(ApiError::new("get", "secrets", target, error));
+                        }
+                    };
+                    if fresh.metadata.uid != delete.uid {
+                        return Deleted::Kept("it was recreated by someone else".into());
+                    }
+                    if !managed::secret_ownership(&fresh, &self.options.instance).is_ours() {
+                        return Deleted::Kept("it is no longer this instance's".into());
+                    }
+                    guard.resource_version = fresh.metadata.resource_version;
+                }
+                Err(kube::Error::Api(status)) if status.is_conflict() => {
+                    return Deleted::Kept("it kept changing".into());
+                }
+                Err(error) => {
+                    let target = self.target(&guard.name);
+                    return Deleted::Failed(ApiError::new("delete", "secrets", target, error));
+                }
             }
         }
+        Deleted::Kept("it kept changing".into())
     }
 
     async fn create_binding(&mut self, binding: &DesiredRoleBinding) {
@@ -415,12 +708,10 @@ impl ProjectRun<'_> {
         let manifest = role_binding_manifest(self.project, binding);
         match self.throttle.call(|| api.create(&POST, &manifest)).await {
             Ok(_) => {
-                self.changed(
-                    "RoleBinding",
-                    &binding.name,
-                    "Created",
-                    "created rolebinding",
-                )
+                self.changed(Change::RoleBinding {
+                    verb: Verb::Create,
+                    name: binding.name.clone(),
+                })
                 .await
             }
             Err(error) => self.binding_failed("create", &binding.name, error).await,
@@ -441,60 +732,85 @@ impl ProjectRun<'_> {
             .await
         {
             Ok(_) => {
-                self.changed(
-                    "RoleBinding",
-                    &binding.name,
-                    "Updated",
-                    "updated rolebinding",
-                )
+                self.changed(Change::RoleBinding {
+                    verb: Verb::Update,
+                    name: binding.name.clone(),
+                })
                 .await
             }
             Err(error) => self.binding_failed("update", &binding.name, error).await,
         }
     }
 
-    async fn delete_binding(&mut self, name: &str) {
+    async fn delete_binding(&mut self, delete: &Delete) {
         let api = self.bindings();
-        match self.throttle.call(|| api.delete(name, &DELETE)).await {
+        let params = guarded(delete);
+        match self
+            .throttle
+            .call(|| api.delete(&delete.name, &params))
+            .await
+        {
             Ok(_) => {
-                self.changed("RoleBinding", name, "Deleted", "deleted rolebinding")
-                    .await
+                self.changed(Change::RoleBinding {
+                    verb: Verb::Delete,
+                    name: delete.name.clone(),
+                })
+                .await
             }
             Err(kube::Error::Api(status)) if status.is_not_found() => {}
-            Err(error) => self.binding_failed("delete", name, error).await,
+            Err(kube::Error::Api(status)) if status.is_conflict() => {
+                // Changed since it was read: the next pass looks again.
+                self.outcome.skipped.push(format!(
+                    "delete rolebinding {}: it changed since it was read",
+                    delete.name
+                ));
+            }
+            Err(error) => self.binding_failed("delete", &delete.name, error).await,
         }
     }
 
     async fn binding_failed(&mut self, verb: &'static str, name: &str, error: kube::Error) {
         let error = ApiError::new(verb, "rolebindings", self.target(name), error);
-        self.warn_on_namespace("WriteFailed", &error.to_string())
-            .await;
+        self.fail_on_namespace("WriteFailed", error).await;
+    }
+
+    async fn fail_on_namespace(&mut self, reason: &str, error: ApiError) {
+        self.warn_on_namespace(reason, &error.to_string()).await;
         self.outcome.failures.push(error);
     }
 
     /// Records a change and publishes a Normal Event on the object.
-    async fn changed(&mut self, kind: &str, name: &str, reason: &str, what: &str) {
-        tracing::info!(namespace = self.project, object = name, kind, "{reason}.");
-        self.outcome.changes.push(format!("{what} {name}"));
-        let (api_version, kind_name) = match kind {
-            "RoleBinding" => ("rbac.authorization.k8s.io/v1", "RoleBinding"),
-            "ServiceAccount" => ("v1", "ServiceAccount"),
-            _ => ("v1", "Secret"),
+    async fn changed(&mut self, change: Change) {
+        let (api_version, kind, name) = match &change {
+            Change::Secret { name, .. } => ("v1", "Secret", name.clone()),
+            Change::Links { account, .. } => ("v1", "ServiceAccount", account.clone()),
+            Change::RoleBinding { name, .. } => {
+                ("rbac.authorization.k8s.io/v1", "RoleBinding", name.clone())
+            }
         };
+        tracing::info!(
+            namespace = self.project,
+            object = %name,
+            kind,
+            change = %change,
+            "{}.",
+            change.reason()
+        );
         let reference = ObjectReference {
             api_version: Some(api_version.into()),
-            kind: Some(kind_name.into()),
-            name: Some(name.into()),
+            kind: Some(kind.into()),
+            name: Some(name),
             namespace: Some(self.project.into()),
             ..ObjectReference::default()
         };
         self.publish(
             EventType::Normal,
-            reason,
-            &format!("pullsecretd {what} {name}"),
+            change.reason(),
+            &format!("pullsecretd {change}"),
             reference,
         )
         .await;
+        self.outcome.changes.push(change);
     }
 
     /// Publishes a Warning Event on the namespace.
@@ -534,19 +850,52 @@ impl ProjectRun<'_> {
     }
 }
 
-fn describe_edit(edit: &ServiceAccountEdit) -> String {
-    let added: Vec<String> = edit
-        .add
-        .iter()
-        .map(|(kind, secret)| format!("+{secret} ({})", kind.field()))
-        .collect();
-    let removed: Vec<String> = edit
-        .remove
-        .iter()
-        .map(|(kind, secret)| format!("-{secret} ({})", kind.field()))
-        .collect();
-    format!(
-        "edited links [{}] of serviceaccount",
-        [added, removed].concat().join(", ")
-    )
+/// Delete parameters carrying `delete`'s uid and resourceVersion as preconditions.
+fn guarded(delete: &Delete) -> DeleteParams {
+    DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: delete.uid.clone(),
+            resource_version: delete.resource_version.clone(),
+        }),
+        ..DeleteParams::default()
+    }
+}
+
+/// One unlink edit per account, removing `secret` from the lists `linked` names.
+fn group_links(secret: &str, linked: &[(String, LinkKind)]) -> Vec<ServiceAccountEdit> {
+    let mut by_account: BTreeMap<&str, Vec<(LinkKind, String)>> = BTreeMap::new();
+    for (account, kind) in linked {
+        by_account
+            .entry(account)
+            .or_default()
+            .push((*kind, secret.to_string()));
+    }
+    by_account
+        .into_iter()
+        .map(|(account, remove)| ServiceAccountEdit {
+            name: account.to_string(),
+            add: Vec::new(),
+            remove,
+        })
+        .collect()
+}
+
+/// What `edit` actually changed on `before`: entries already absent or present are left out.
+fn applied_links(before: &ServiceAccount, edit: &ServiceAccountEdit) -> Change {
+    let has = |kind, secret: &str| crate::diff::linked_names(before, kind).contains(&secret);
+    Change::Links {
+        account: edit.name.clone(),
+        added: edit
+            .add
+            .iter()
+            .filter(|(kind, secret)| !has(*kind, secret))
+            .cloned()
+            .collect(),
+        removed: edit
+            .remove
+            .iter()
+            .filter(|(kind, secret)| has(*kind, secret))
+            .cloned()
+            .collect(),
+    }
 }

@@ -27,7 +27,8 @@ use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
 use crate::diff::ObservedProject;
-use crate::plan::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, NamespaceInfo};
+use crate::model::managed::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+use crate::plan::NamespaceInfo;
 
 /// Names of namespaces whose objects changed; the controller reconciles them.
 pub type Touched = mpsc::UnboundedSender<String>;

@@ -19,7 +19,7 @@ use std::time::Duration;
 use backon::{ExponentialBuilder, Retryable as _};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
-pub use apply::{ApplyOptions, ProjectOutcome, apply_project, apply_project_from};
+pub use apply::{ApplyOptions, Change, ProjectOutcome, Verb, apply_project, apply_project_from};
 pub use observe::{ClusterState, observe};
 
 /// A Kubernetes client whose only retries are [`Throttle`]'s. kube's built-in retry layer

@@ -22,8 +22,9 @@ use serde::de::DeserializeOwned;
 
 use super::{ApiError, Throttle};
 use crate::config::Config;
-use crate::diff::{ObservedProject, recorded_service_accounts};
-use crate::plan::{MANAGED_BY_LABEL, MANAGED_BY_VALUE, NamespaceInfo};
+use crate::diff::ObservedProject;
+use crate::model::managed::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, recorded_service_accounts};
+use crate::plan::NamespaceInfo;
 
 /// Objects per list page.
 const PAGE_SIZE: u32 = 500;
@@ -120,14 +121,19 @@ fn project_of<'a, K: Resource>(
     projects.entry(namespace).or_default()
 }
 
-/// Service accounts the config links, plus those managed Secrets say they are linked from
-/// (so a link the config dropped can still be found and removed).
+/// Service accounts the config links, plus those this instance's Secrets say they are linked
+/// from (so a link the config dropped can still be found and removed). Other instances' and
+/// unproven Secrets are not read.
 fn service_account_names(config: &Config, secrets: &[Secret]) -> BTreeSet<String> {
     let configured = config
         .pull_secrets
         .iter()
         .flat_map(|p| p.links.keys().cloned());
-    let recorded = secrets.iter().flat_map(recorded_service_accounts);
+    let instance = config.instance_name();
+    let recorded = secrets
+        .iter()
+        .filter(|s| managed::secret_ownership(s, instance).is_ours())
+        .flat_map(recorded_service_accounts);
     configured
         .chain(recorded)
         .filter(|name| !name.is_empty())

@@ -48,7 +48,13 @@ fn problem(node_mark: Mark, path: &FieldPath, message: impl Into<String>) -> Pro
     }
 }
 
-const TOP_FIELDS: &[&str] = &["vault", "registries", "pullSecrets", "imagePullers"];
+const TOP_FIELDS: &[&str] = &[
+    "instance",
+    "vault",
+    "registries",
+    "pullSecrets",
+    "imagePullers",
+];
 const REGISTRY_FIELDS: &[&str] = &["server", "from"];
 const SOURCE_FIELDS: &[&str] = &[
     "dockerConfig",
@@ -78,6 +84,10 @@ const MAX_LISTED_NAMES: usize = 10;
 pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
     let path = FieldPath::root();
     let fields = Fields::read(root, &path, TOP_FIELDS)?;
+    let instance = match fields.get("instance") {
+        Some(node) => Some(expect_label(node, &path.key("instance"), "instance name")?),
+        None => None,
+    };
     let vault = match fields.get("vault") {
         Some(node) => Some(vault::decode_vault(node, &path.key("vault"), context)?),
         None => None,
@@ -95,6 +105,7 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         None => Vec::new(),
     };
     Ok(Config {
+        instance,
         vault,
         registries: registries.by_name,
         pull_secrets,

@@ -3,20 +3,24 @@
 //! A refresh reads every registry once; a registry whose read fails keeps the credential it
 //! last read successfully, and the failure is reported with that credential's age. Nothing is
 //! dropped or blanked because a source failed: an entry goes only when the config stops naming
-//! the registry. Must not hold anything but credentials the config still asks for.
+//! the registry, or names it with another source (a reload pointing it at another Vault path
+//! or file): a credential is never served under a config it was not read with. Must not hold
+//! anything but credentials the config still asks for.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
 use super::{Error, Resolved, SourceContext, resolve_all_since};
-use crate::config::Config;
+use crate::config::{Config, RegistryConfig};
 
 /// A registry's last good credential and when it was read.
 #[derive(Clone, Debug)]
 pub struct LastGood {
     pub resolved: Resolved,
     pub read_at: Instant,
+    /// The registry's config it was read with: another config means another credential.
+    pub source: RegistryConfig,
 }
 
 /// Every registry's last good credential.
@@ -67,7 +71,7 @@ impl Inventory {
     /// Reads every registry of `config` once and records what it got. Unpinned KV v2 secrets
     /// whose version has not moved are only version-polled (metadata), not read again.
     pub async fn refresh(&mut self, config: &Config, ctx: &SourceContext) -> RefreshReport {
-        self.forget_unconfigured(config);
+        self.forget_stale(config);
         self.read(config, ctx).await
     }
 
@@ -84,10 +88,19 @@ impl Inventory {
         self.read(&subset, ctx).await
     }
 
-    /// Drops registries the config no longer names.
-    pub fn forget_unconfigured(&mut self, config: &Config) {
-        self.entries
-            .retain(|name, _| config.registries.contains_key(name));
+    /// Drops registries the config no longer names, and those it now names with another
+    /// server or source. Returns the names dropped.
+    pub fn forget_stale(&mut self, config: &Config) -> Vec<String> {
+        let stale: Vec<String> = self
+            .entries
+            .iter()
+            .filter(|(name, entry)| config.registries.get(*name) != Some(&entry.source))
+            .map(|(name, _)| name.clone())
+            .collect();
+        for name in &stale {
+            self.entries.remove(name);
+        }
+        stale
     }
 
     async fn read(&mut self, config: &Config, ctx: &SourceContext) -> RefreshReport {
@@ -95,6 +108,9 @@ impl Inventory {
         let now = Instant::now();
         let mut report = RefreshReport::default();
         for (name, resolved) in resolution.credentials {
+            let Some(source) = config.registries.get(&name).cloned() else {
+                continue;
+            };
             let same = self
                 .entries
                 .get(&name)
@@ -105,14 +121,26 @@ impl Inventory {
                 report.changed.push(name.clone());
             }
             let read_at = now;
-            self.entries.insert(name, LastGood { resolved, read_at });
+            self.entries.insert(
+                name,
+                LastGood {
+                    resolved,
+                    read_at,
+                    source,
+                },
+            );
         }
         for (registry, error) in resolution.errors {
             let last_good_age = self
                 .entries
                 .get(&registry)
                 .map(|entry| now.duration_since(entry.read_at));
-            tracing::warn!(%registry, %error, ?last_good_age, "Reading a registry failed.");
+            tracing::warn!(
+                %registry,
+                %error,
+                last_good_age_seconds = last_good_age.map(|age| age.as_secs()),
+                "Reading a registry failed."
+            );
             report.failures.push(RefreshFailure {
                 registry,
                 error,

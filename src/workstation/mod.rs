@@ -4,9 +4,11 @@
 //!
 //! A burst of changes is debounced into one pass. A file that vanished or is half-written
 //! keeps its last good content (its registries, and each registry's credential). Workstation
-//! passes only add and update: they never delete a Secret or a RoleBinding, or unlink anything
-//! (`once` cleans up), so a file going away can never delete a cluster Secret. Must not run a
-//! second copy of the pipeline: it only decides *when* to run it and with which config.
+//! passes run the diff in its add-only mode: they create and update only Secrets of their own
+//! instance (`workstation` unless the config names one) and add links; they never delete,
+//! recreate, unlink or take over anything (`once` cleans up), so a file going away can never
+//! delete a cluster Secret and a team's Secret in the same namespace is never replaced. Must not
+//! run a second copy of the pipeline: it only decides *when* to run it and with which config.
 
 pub mod files;
 pub mod watch;
@@ -22,8 +24,9 @@ use tokio::time::Instant;
 use crate::agent::CredentialService;
 use crate::cluster::{ApiError, ApplyOptions, Throttle};
 use crate::config::Config;
-use crate::diff::Action;
-use crate::reconcile::{self, ClusterDiff};
+use crate::diff::Mode;
+use crate::model::managed::WORKSTATION_INSTANCE;
+use crate::reconcile;
 pub use files::{FileRegistries, WatchedFile, standard_files};
 
 /// Quiet time after the last change before a pass runs.
@@ -104,7 +107,8 @@ impl Workstation {
             throttle,
             options: ApplyOptions {
                 events: false,
-                ..ApplyOptions::default()
+                mode: Mode::AddOnly,
+                ..ApplyOptions::for_instance(WORKSTATION_INSTANCE)
             },
             concurrency: 4,
             source,
@@ -116,7 +120,21 @@ impl Workstation {
 
     /// The config for this pass: the fixed one, or the default rebuilt from the files (a file
     /// that does not parse keeps what it named before; its error is logged with file:line).
+    /// Either way it runs as the `workstation` instance unless it names another, and never
+    /// adopts.
     fn config(&mut self) -> Option<Config> {
+        let mut config = self.source_config()?;
+        config
+            .instance
+            .get_or_insert_with(|| WORKSTATION_INSTANCE.to_string());
+        for pull_secret in &mut config.pull_secrets {
+            pull_secret.adopt = false;
+        }
+        self.options.instance = config.instance_name().to_string();
+        Some(config)
+    }
+
+    fn source_config(&mut self) -> Option<Config> {
         match &self.source {
             ConfigSource::Fixed(config) => Some((**config).clone()),
             ConfigSource::Default { files, namespace } => {
@@ -150,9 +168,14 @@ impl Workstation {
             &self.throttle,
             &config,
             &refreshed.credentials,
+            Mode::AddOnly,
         )
         .await?;
-        let diff = additive(diff);
+        for (project, project_diff) in &diff.projects {
+            for problem in &project_diff.problems {
+                tracing::warn!(%project, reason = problem.reason, "{}", problem.message);
+            }
+        }
         if diff.action_count() == 0 {
             tracing::debug!("Cluster already up to date.");
             return Ok(());
@@ -211,21 +234,6 @@ impl Workstation {
     }
 }
 
-/// The diff without deletions and unlinks: workstation passes only add and update.
-pub fn additive(mut diff: ClusterDiff) -> ClusterDiff {
-    for project in diff.projects.values_mut() {
-        project.actions.retain_mut(|action| match action {
-            Action::DeleteSecret { .. } | Action::DeleteRoleBinding { .. } => false,
-            Action::EditServiceAccount(edit) => {
-                edit.remove.clear();
-                !edit.add.is_empty()
-            }
-            _ => true,
-        });
-    }
-    diff
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -261,46 +269,6 @@ mod tests {
         });
         assert!(settle(&mut rx, Duration::from_millis(200), MAX_DELAY).await);
         assert_eq!(start.elapsed(), MAX_DELAY);
-    }
-
-    #[test]
-    fn workstation_passes_never_delete_or_unlink() {
-        use crate::config::LinkKind;
-        use crate::diff::{ProjectDiff, ServiceAccountEdit};
-        let edit = |add: &[&str], remove: &[&str]| {
-            Action::EditServiceAccount(ServiceAccountEdit {
-                name: "default".into(),
-                add: add
-                    .iter()
-                    .map(|n| (LinkKind::Pull, (*n).to_string()))
-                    .collect(),
-                remove: remove
-                    .iter()
-                    .map(|n| (LinkKind::Pull, (*n).to_string()))
-                    .collect(),
-            })
-        };
-        let diff = ClusterDiff {
-            desired: crate::plan::DesiredState::default(),
-            projects: [(
-                "dev".to_string(),
-                ProjectDiff {
-                    actions: vec![
-                        edit(&["new"], &["old"]),
-                        edit(&[], &["gone"]),
-                        Action::DeleteSecret { name: "old".into() },
-                        Action::DeleteRoleBinding { name: "b".into() },
-                    ],
-                    ..ProjectDiff::default()
-                },
-            )]
-            .into(),
-        };
-        let kept = additive(diff);
-        assert_eq!(
-            format!("{:?}", kept.projects["dev"].actions),
-            format!("{:?}", [edit(&["new"], &[])])
-        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -108,10 +108,7 @@ impl Fixture {
     pub async fn once(&self, config: &Config) -> Report {
         let credentials = resolve(config).await;
         let throttle = Throttle::new(nz(200), nz(50), 4);
-        let options = ApplyOptions {
-            adopt: config.adopting(),
-            ..ApplyOptions::default()
-        };
+        let options = ApplyOptions::for_instance(config.instance_name());
         reconcile_once(&self.client, &throttle, &options, config, &credentials, 8)
             .await
             .expect("cluster readable")

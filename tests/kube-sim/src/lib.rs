@@ -21,6 +21,7 @@ pub mod faults;
 mod hooks;
 mod managed;
 mod patch;
+pub mod pause;
 mod proto;
 mod rbac;
 pub mod resources;
@@ -36,6 +37,7 @@ mod watch;
 
 pub use faults::{ErrorRule, Faults, InjectedError, RequestCounts};
 pub use hooks::{OPENSHIFT_SA_MANAGER, PULL_SECRET_REF};
+pub use pause::{Pause, Release};
 
 use serde_json::{Value, json};
 use server::Shared;
@@ -418,6 +420,33 @@ impl Handle {
             .map_or(0, |rt| self.shared.lock_store().count(rt.key()))
     }
 
+    /// Every stored object of a resource (in `namespace`, or all), bypassing HTTP and counters.
+    pub fn list(&self, group: &str, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        let Some(rt) = resources::find(group, "v1", resource, true) else {
+            return Vec::new();
+        };
+        self.shared
+            .lock_store()
+            .list(rt.key(), namespace)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// A reader of the store that outlives borrows of the handle (for a checker thread that
+    /// sweeps the state while a test runs). Reads bypass HTTP and counters.
+    pub fn reader(&self) -> StoreReader {
+        StoreReader {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+
+    /// Holds the next `verb` request on `resource` (for object `name`, if given) at the server
+    /// until [`Pause::release`]: a test kills a client mid-step with it.
+    pub fn pause(&self, verb: &str, resource: &str, name: Option<&str>) -> Arc<Pause> {
+        self.shared.pauses.arm(verb, resource, name)
+    }
+
     /// Creates an object directly (seeding test state), with the server's full create semantics.
     pub fn create(&self, group: &str, resource: &str, obj: Value) -> Result<Value, String> {
         let rt = resources::find(group, "v1", resource, true)
@@ -425,6 +454,36 @@ impl Handle {
         let mut st = self.shared.lock_store();
         api::create_locked(&self.shared, &mut st, rt, obj, "kube-sim-seed", false)
             .map_err(|e| e.message)
+    }
+}
+
+/// Read-only access to a running server's objects, shareable across threads.
+#[derive(Clone)]
+pub struct StoreReader {
+    shared: Arc<Shared>,
+}
+
+impl StoreReader {
+    /// Every stored object of a resource (in `namespace`, or all), as stored.
+    pub fn list(&self, group: &str, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        let Some(rt) = resources::find(group, "v1", resource, true) else {
+            return Vec::new();
+        };
+        self.shared
+            .lock_store()
+            .list(rt.key(), namespace)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// One object as stored.
+    pub fn get(&self, group: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
+        let rt = resources::find(group, "v1", resource, true)?;
+        self.shared
+            .lock_store()
+            .get(rt.key(), namespace, name)
+            .cloned()
     }
 }
 

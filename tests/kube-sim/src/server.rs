@@ -28,6 +28,8 @@ pub struct Shared {
     store: Mutex<Store>,
     faults: Mutex<Faults>,
     counts: Mutex<RequestCounts>,
+    /// Requests tests hold at the server (see `pause`).
+    pub pauses: crate::pause::Pauses,
     /// "host:port" the server listens on.
     pub address: String,
     me: Weak<Shared>,
@@ -74,6 +76,7 @@ impl Shared {
             store: Mutex::new(Store::new(history)),
             faults: Mutex::new(faults),
             counts: Mutex::new(RequestCounts::default()),
+            pauses: crate::pause::Pauses::default(),
             address,
             me: me.clone(),
             shutdown: tokio::sync::watch::channel(false).0,
@@ -308,11 +311,38 @@ pub async fn handle(
         return Ok(error_response(&crate::rbac::forbidden(&request)));
     }
 
-    let reply = api::serve(&shared, &request);
+    let object_name = request.name.clone().unwrap_or_else(|| {
+        serde_json::from_slice::<Value>(&request.body)
+            .ok()
+            .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string))
+            .unwrap_or_default()
+    });
+    let rt = request.rt;
+    let reply = match shared
+        .pauses
+        .take(request.verb, request.rt.plural, &object_name)
+    {
+        None => api::serve(&shared, &request),
+        // Held in a task of its own: a client killed meanwhile does not cancel it, so a
+        // released write lands whether anyone still waits for the answer or not.
+        Some(pause) => {
+            let shared = Arc::clone(&shared);
+            let held = tokio::spawn(async move {
+                match pause.hold().await {
+                    crate::pause::Release::Proceed => Some(api::serve(&shared, &request)),
+                    crate::pause::Release::Fail => None,
+                }
+            });
+            match held.await {
+                Ok(Some(reply)) => reply,
+                _ => return Ok(error_response(&ApiError::service_unavailable())),
+            }
+        }
+    };
     Ok(match reply {
         Ok(Reply::Json(code, v)) => {
             let v = if accept.contains("as=Table") {
-                crate::table::to_table(request.rt, &v, code)
+                crate::table::to_table(rt, &v, code)
             } else {
                 v
             };
