@@ -256,7 +256,162 @@ fn is_zero(v: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::EventType;
     use serde_json::json;
+
+    fn put(st: &mut Store, plural: &'static str, ns: &str, obj: Value) {
+        let key = crate::resources::ResourceKey {
+            group: RBAC,
+            plural,
+        };
+        let name = meta_str(&obj, "name").to_string();
+        st.put(key, ns, &name, obj, EventType::Added);
+    }
+
+    /// team:bot may create RoleBindings in `team` and read Secrets there; cluster-admin exists.
+    fn cluster() -> (Store, UserInfo) {
+        let mut st = Store::new(10);
+        put(
+            &mut st,
+            "clusterroles",
+            "",
+            json!({"metadata": {"name": "cluster-admin"},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]},
+                      {"nonResourceURLs": ["*"], "verbs": ["*"]}]}),
+        );
+        put(
+            &mut st,
+            "roles",
+            "team",
+            json!({"metadata": {"name": "binder", "namespace": "team"},
+            "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["rolebindings"], "verbs": ["create"]},
+                      {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]}),
+        );
+        // The subject has no namespace: in a RoleBinding it means the binding's own.
+        put(
+            &mut st,
+            "rolebindings",
+            "team",
+            json!({"metadata": {"name": "bot", "namespace": "team"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "binder"},
+            "subjects": [{"kind": "ServiceAccount", "name": "bot"}]}),
+        );
+        (st, UserInfo::service_account("team", "bot"))
+    }
+
+    #[test]
+    fn missing_rules_are_listed_as_confirm_no_escalation_words_them() {
+        let (st, bot) = cluster();
+        let admin = st
+            .get(super::super::rbac_key("clusterroles"), "", "cluster-admin")
+            .map(PolicyRule::rules_of)
+            .unwrap_or_default();
+        assert_eq!(
+            confirm_no_escalation(&st, &bot, "team", &admin),
+            Err("user \"system:serviceaccount:team:bot\" (groups=[\"system:serviceaccounts\" \"system:serviceaccounts:team\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n\
+                 {APIGroups:[\"*\"], Resources:[\"*\"], Verbs:[\"*\"]}\n\
+                 {NonResourceURLs:[\"*\"], Verbs:[\"*\"]}"
+                .to_string())
+        );
+        // Held rules (and subsets of them) are no escalation; elsewhere the binding does not apply.
+        let read = [PolicyRule::resource(
+            &["get"],
+            &[""],
+            &["secrets"],
+            &["reg"],
+        )];
+        assert_eq!(confirm_no_escalation(&st, &bot, "team", &read), Ok(()));
+        assert!(confirm_no_escalation(&st, &bot, "other", &read).is_err());
+        assert!(confirm_no_escalation(&st, &bot, "", &read).is_err());
+    }
+
+    #[test]
+    fn a_binding_to_a_missing_role_is_a_resolution_error() {
+        let (mut st, bot) = cluster();
+        put(
+            &mut st,
+            "rolebindings",
+            "team",
+            json!({"metadata": {"name": "dangling", "namespace": "team"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "gone"},
+            "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": "team"}]}),
+        );
+        let want = [PolicyRule::resource(&["delete"], &[""], &["secrets"], &[])];
+        let err = match confirm_no_escalation(&st, &bot, "team", &want) {
+            Err(e) => e,
+            Ok(()) => panic!("delete secrets is not held"),
+        };
+        assert!(
+            err.ends_with(
+                "Verbs:[\"delete\"]}; resolution errors: [clusterroles.rbac.authorization.k8s.io \"gone\" not found]"
+            ),
+            "{err}"
+        );
+        // The authorizer reads listers: singular resource in its reason.
+        let attrs = Attributes {
+            verb: "delete".into(),
+            resource: "secrets".into(),
+            namespace: "team".into(),
+            name: "x".into(),
+            ..Attributes::default()
+        };
+        let d = authorize(&st, &bot, &attrs);
+        assert!(!d.allowed);
+        assert_eq!(
+            d.reason,
+            "RBAC: clusterrole.rbac.authorization.k8s.io \"gone\" not found"
+        );
+    }
+
+    #[test]
+    fn bind_is_checked_by_role_name_in_the_binding_namespace() {
+        let (mut st, bot) = cluster();
+        put(
+            &mut st,
+            "roles",
+            "team",
+            json!({"metadata": {"name": "puller-binder", "namespace": "team"},
+            "rules": [{"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"],
+                       "resourceNames": ["system:image-puller"], "verbs": ["bind"]}]}),
+        );
+        put(
+            &mut st,
+            "rolebindings",
+            "team",
+            json!({"metadata": {"name": "bot-binds", "namespace": "team"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "puller-binder"},
+            "subjects": [{"kind": "ServiceAccount", "name": "bot", "namespace": "team"}]}),
+        );
+        let role = |name| RoleRef {
+            api_group: RBAC,
+            kind: "ClusterRole",
+            name,
+        };
+        assert!(binding_authorized(
+            &st,
+            &bot,
+            &role("system:image-puller"),
+            "team"
+        ));
+        assert!(!binding_authorized(
+            &st,
+            &bot,
+            &role("cluster-admin"),
+            "team"
+        ));
+        assert!(!binding_authorized(
+            &st,
+            &bot,
+            &role("system:image-puller"),
+            "other"
+        ));
+        assert!(!binding_authorized(
+            &st,
+            &bot,
+            &role("system:image-puller"),
+            ""
+        ));
+    }
 
     #[test]
     fn zero_values_do_not_count() {
