@@ -185,6 +185,54 @@ async fn create_rolebindings_alone_cannot_bind_cluster_admin() {
     );
 }
 
+#[tokio::test]
+async fn an_unchanged_binding_may_be_written_back_without_bind() {
+    let h = start(
+        false,
+        &[("binder", UserInfo::service_account("team", "binder"))],
+    )
+    .await;
+    grant(
+        &h,
+        "team",
+        "binder",
+        json!([{"apiGroups": [RBAC], "resources": ["rolebindings"], "verbs": ["update"]}]),
+        sa("team", "binder"),
+    );
+    seed(
+        &h,
+        RBAC,
+        "rolebindings",
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "admins", "namespace": "team"},
+        "roleRef": {"apiGroup": RBAC, "kind": "ClusterRole", "name": "cluster-admin"},
+        "subjects": [{"kind": "Group", "apiGroup": RBAC, "name": "admins"}]}),
+    );
+    let stored = h.get(RBAC, "rolebindings", "team", "admins").unwrap();
+    let api: Api<RoleBinding> = Api::namespaced(client(&h, "binder"), "team");
+    let same: RoleBinding = serde_json::from_value(stored.clone()).unwrap();
+    let written = api
+        .replace("admins", &PostParams::default(), &same)
+        .await
+        .expect("a write that changes nothing is only GC fields");
+    assert_eq!(
+        written.metadata.resource_version.as_deref(),
+        stored["metadata"]["resourceVersion"].as_str()
+    );
+    // A finalizer is a GC field, but the field manager records who set it: a real change.
+    let mut finalized = same;
+    finalized.metadata.finalizers = Some(vec!["example.com/keep".into()]);
+    let denied = api
+        .replace("admins", &PostParams::default(), &finalized)
+        .await;
+    assert_eq!(
+        status(denied)["message"],
+        format!(
+            "rolebindings.rbac.authorization.k8s.io \"admins\" is forbidden: user \"system:serviceaccount:team:binder\" (groups={TEAM_SA_GROUPS}) is attempting to grant RBAC permissions not currently held:\n{ADMIN_RULES}"
+        )
+    );
+}
+
 /// The shipped ClusterRole's shape: rolebindings everywhere, `bind` on one ClusterRole by name.
 async fn puller_cluster() -> Handle {
     let h = start(

@@ -222,7 +222,16 @@ fn only_gc_fields(req: &Request, obj: &Value, old: &Value) -> bool {
             }
         }
     }
-    without_zero_values(&new) == without_zero_values(old)
+    // Typed objects are compared, whose TypeMeta the decoding sets alike on both sides.
+    let comparable = |v: &Value| {
+        let mut v = without_zero_values(v);
+        if let Some(m) = v.as_object_mut() {
+            m.remove("apiVersion");
+            m.remove("kind");
+        }
+        v
+    };
+    comparable(&new) == comparable(old)
 }
 
 /// The value with empty fields dropped: Go's semantic DeepEqual of typed objects cannot tell an
