@@ -82,8 +82,10 @@ fn sa(ns: &str, name: &str) -> Value {
     json!({"kind": "ServiceAccount", "name": name, "namespace": ns})
 }
 
+/// A client for `token` that does not retry, so each answer is seen as it is.
 fn client(h: &Handle, token: &str) -> Client {
     let mut cfg = h.kube_config();
+    cfg.default_retry = false;
     cfg.auth_info.token = Some(token.to_string().into());
     Client::try_from(cfg).expect("client")
 }
@@ -170,6 +172,15 @@ async fn create_rolebindings_alone_cannot_bind_cluster_admin() {
         )
         .await;
     assert_eq!(status(denied)["code"], 403);
+    // A roleRef kind the storage cannot resolve is a plain error: 500 without a reason.
+    let odd = api
+        .create(&PostParams::default(), &binding("odd", "Group", "admins"))
+        .await;
+    assert_eq!(
+        status(odd),
+        json!({"status": "Failure", "code": 500,
+               "message": "unsupported role reference kind: \"Group\""})
+    );
     // Binding a role that does not exist needs the role's rules, so the lookup fails first.
     let missing = api
         .create(
@@ -364,6 +375,15 @@ async fn cluster_role_bindings_need_bind_cluster_wide() {
                 "clusterrolebindings.rbac.authorization.k8s.io \"everyone-admin\" is forbidden: user \"system:serviceaccount:team:puller\" (groups={TEAM_SA_GROUPS}) is attempting to grant RBAC permissions not currently held:\n{ADMIN_RULES}"
             )
         )
+    );
+
+    // A ClusterRoleBinding of a Role is looked up with no namespace, which the registry refuses.
+    let mut of_role = crb("of-role", "some-role");
+    of_role.role_ref.kind = "Role".into();
+    assert_eq!(
+        status(crbs.create(&PostParams::default(), &of_role).await),
+        json!({"status": "Failure", "code": 400, "reason": "BadRequest",
+               "message": "Namespace parameter required."})
     );
 
     // `bind` granted in one namespace only admits RoleBindings there, never a ClusterRoleBinding.
