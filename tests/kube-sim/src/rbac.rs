@@ -6,8 +6,9 @@
 //! Upstream: kubernetes/kubernetes `pkg/registry/rbac/validation/rule.go` (`DefaultRuleResolver`:
 //! `VisitRulesFor`, `GetRoleReferenceRules`, `appliesToUser`), `plugin/pkg/auth/authorizer/rbac/
 //! rbac.go` (`Authorize`), `staging/src/k8s.io/apiserver/pkg/endpoints/request/requestinfo.go`
-//! (the name of a list/watch) and `.../endpoints/handlers/responsewriters/errors.go`
-//! (`forbiddenMessage`).
+//! (the name of a list/watch), `.../endpoints/handlers/responsewriters/errors.go`
+//! (`forbiddenMessage`) and openshift/origin `pkg/authorization/authorizer/
+//! project_request_info_resolver.go` (a project is checked in its own namespace).
 
 pub mod escalation;
 pub mod rule;
@@ -42,10 +43,14 @@ impl Attributes {
     pub fn of_request(req: &Request) -> Self {
         let rt = req.rt;
         let path_name = req.name.clone().unwrap_or_default();
-        // A request under /namespaces/NAME has NAME as its namespace, namespaces themselves too.
+        // A request under /namespaces/NAME has NAME as its namespace, namespaces themselves too;
+        // OpenShift's projectRequestInfoResolver does the same for a named project.
         let namespace = match &req.namespace {
             Some(ns) => ns.clone(),
             None if rt.group.is_empty() && rt.plural == "namespaces" => path_name.clone(),
+            None if rt.group == "project.openshift.io" && rt.plural == "projects" => {
+                path_name.clone()
+            }
             None => String::new(),
         };
         // requestinfo.go: a list or watch is about one name when its field selector requires
@@ -418,6 +423,72 @@ mod tests {
         for (sel, want) in cases {
             assert_eq!(name_from_field_selector(sel).as_deref(), want, "{sel}");
         }
+    }
+
+    fn request(
+        method_verb: &'static str,
+        group: &str,
+        plural: &str,
+        path: (Option<&str>, Option<&str>),
+        query: &[(&str, &str)],
+    ) -> Request {
+        let rt = crate::resources::find(group, "v1", plural, true).expect("served resource");
+        Request {
+            rt,
+            namespace: path.0.map(str::to_string),
+            name: path.1.map(str::to_string),
+            subresource: None,
+            verb: method_verb,
+            query: query
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                .collect(),
+            content_type: String::new(),
+            body: bytes::Bytes::new(),
+            user: UserInfo::user("u", &[]),
+            user_agent: String::new(),
+            table: false,
+        }
+    }
+
+    #[test]
+    fn attributes_follow_request_info() {
+        let by_name = [("fieldSelector", "metadata.name=reg")];
+        let a = Attributes::of_request(&request(
+            "list",
+            "",
+            "secrets",
+            (Some("team"), None),
+            &by_name,
+        ));
+        assert_eq!((a.namespace.as_str(), a.name.as_str()), ("team", "reg"));
+        let a = Attributes::of_request(&request("watch", "", "secrets", (None, None), &by_name));
+        assert_eq!((a.namespace.as_str(), a.name.as_str()), ("", "reg"));
+        // Only a list or watch takes its name from the selector.
+        let a = Attributes::of_request(&request(
+            "deletecollection",
+            "",
+            "secrets",
+            (Some("team"), None),
+            &by_name,
+        ));
+        assert_eq!(a.name, "");
+        let a =
+            Attributes::of_request(&request("get", "", "namespaces", (None, Some("team")), &[]));
+        assert_eq!((a.namespace.as_str(), a.name.as_str()), ("team", "team"));
+        let a = Attributes::of_request(&request("list", "", "namespaces", (None, None), &[]));
+        assert_eq!(a.namespace, "");
+        let a = Attributes::of_request(&request(
+            "get",
+            "project.openshift.io",
+            "projects",
+            (None, Some("team")),
+            &[],
+        ));
+        assert_eq!(a.namespace, "team");
+        let mut finalize = request("update", "", "namespaces", (None, Some("team")), &[]);
+        finalize.subresource = Some("finalize".into());
+        assert_eq!(Attributes::of_request(&finalize).subresource, "finalize");
     }
 
     #[test]
