@@ -59,7 +59,7 @@ impl Request {
     }
 
     /// The field manager of a non-apply write: the parameter, else the user agent's first word.
-    fn manager(&self) -> String {
+    pub(crate) fn manager(&self) -> String {
         match self.q("fieldManager") {
             Some(m) if !m.is_empty() => m.to_string(),
             _ => self
@@ -379,6 +379,7 @@ fn create(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     }
     let mut st = shared.lock_store();
     check_namespace(&st, req.rt, req.ns())?;
+    crate::rbac::escalation::admit(shared, &st, req, &obj, None)?;
     let created = create_locked(shared, &mut st, req.rt, obj, &req.manager(), req.dry_run())?;
     Ok(Reply::Json(201, created))
 }
@@ -464,10 +465,10 @@ fn update(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         )));
     }
     let mut st = shared.lock_store();
-    let old = st
-        .get(key(req.rt), req.ns(), req.name())
-        .cloned()
-        .ok_or_else(|| ApiError::not_found(req.rt.group, req.rt.plural, req.name()))?;
+    let live = st.get(key(req.rt), req.ns(), req.name()).cloned();
+    // The RBAC storage checks escalation before the registry looks for the object.
+    crate::rbac::escalation::admit(shared, &st, req, &obj, live.as_ref())?;
+    let old = live.ok_or_else(|| ApiError::not_found(req.rt.group, req.rt.plural, req.name()))?;
     forced_conflict(shared, req)?;
     let rv = meta_str(&obj, "resourceVersion");
     if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
@@ -607,6 +608,7 @@ fn patch_req(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         convert::to_core(&mut obj);
     }
     field_validation(req, &mut obj)?;
+    crate::rbac::escalation::admit(shared, &st, req, &obj, Some(&old))?;
     let rv = meta_str(&obj, "resourceVersion");
     if !rv.is_empty() && rv != meta_str(&old, "resourceVersion") {
         return Err(ApiError::conflict(req.rt.group, req.rt.plural, req.name()));
@@ -694,6 +696,7 @@ fn apply(shared: &Shared, req: &Request) -> ApiResult<Reply> {
             m.insert("apiVersion".into(), json!(av));
             m.insert("kind".into(), json!(kind));
         }
+        crate::rbac::escalation::admit(shared, &st, req, &obj, None)?;
         let mf = obj.pointer("/metadata/managedFields").cloned();
         strategy::prepare_create(req.rt, &mut obj);
         strategy::validate(req.rt, &obj, None)?;
@@ -729,6 +732,7 @@ fn apply(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         &api_version,
         force,
     )?;
+    crate::rbac::escalation::admit(shared, &st, req, &obj, Some(&live))?;
     strategy::prepare_update(req.rt, &live, &mut obj);
     strategy::validate(req.rt, &obj, Some(&live))?;
     let out = store_update(&mut st, req.rt, &live, obj, req.dry_run())?;
@@ -958,14 +962,19 @@ fn self_subject_access_review(shared: &Shared, req: &Request) -> ApiResult<Reply
             .unwrap_or("")
             .to_string()
     };
-    let allowed = shared.authorize(
-        &req.user,
-        &s("verb"),
-        &s("group"),
-        &s("resource"),
-        &s("namespace"),
-        &s("name"),
-    );
+    let allowed = shared
+        .authorize(
+            &req.user,
+            &crate::rbac::Attributes {
+                verb: s("verb"),
+                group: s("group"),
+                resource: s("resource"),
+                subresource: s("subresource"),
+                namespace: s("namespace"),
+                name: s("name"),
+            },
+        )
+        .allowed;
     if let Some(m) = review.as_object_mut() {
         m.insert("status".into(), json!({"allowed": allowed}));
     }

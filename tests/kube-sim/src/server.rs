@@ -130,17 +130,16 @@ impl Shared {
     pub fn authorize(
         &self,
         user: &UserInfo,
-        verb: &str,
-        group: &str,
-        resource: &str,
-        ns: &str,
-        name: &str,
-    ) -> bool {
-        if !self.opts.rbac || user.groups.iter().any(|g| g == "system:masters") {
-            return true;
+        attrs: &crate::rbac::Attributes,
+    ) -> crate::rbac::Decision {
+        if !self.opts.rbac {
+            return crate::rbac::Decision {
+                allowed: true,
+                reason: String::new(),
+            };
         }
         let st = self.lock_store();
-        crate::rbac::allowed(&st, user, verb, group, resource, ns, name)
+        crate::rbac::authorize(&st, user, attrs)
     }
 }
 
@@ -300,15 +299,11 @@ pub async fn handle(
         None => {}
     }
 
-    if !shared.authorize(
-        &request.user,
-        request.verb,
-        request.rt.group,
-        request.rt.plural,
-        request.namespace.as_deref().unwrap_or(""),
-        request.name.as_deref().unwrap_or(""),
-    ) {
-        return Ok(error_response(&crate::rbac::forbidden(&request)));
+    let attrs = crate::rbac::Attributes::of_request(&request);
+    let decision = shared.authorize(&request.user, &attrs);
+    if !decision.allowed {
+        let e = crate::rbac::forbidden(&request.user, &attrs, &decision.reason);
+        return Ok(error_response(&e));
     }
 
     let object_name = request.name.clone().unwrap_or_else(|| {

@@ -296,6 +296,12 @@ impl ApiError {
         )
     }
 
+    /// What the apiserver sends for an error that is not a Status (`ErrorToAPIStatus`): 500 with
+    /// the error's text and no reason.
+    pub fn unknown(msg: impl Into<String>) -> Self {
+        Self::new(500, "", msg)
+    }
+
     pub fn service_unavailable() -> Self {
         Self::new(
             503,
@@ -324,6 +330,10 @@ impl ApiError {
         });
         if let (Some(d), Some(m)) = (&self.details, s.as_object_mut()) {
             m.insert("details".into(), d.clone());
+        }
+        // `reason` is omitempty: StatusReasonUnknown is not sent.
+        if let (true, Some(m)) = (self.reason.is_empty(), s.as_object_mut()) {
+            m.remove("reason");
         }
         s
     }

@@ -3,7 +3,7 @@
 //! (`ValidateSecret`, `ValidateSecretUpdate`, name rules...). No storage access here.
 
 use crate::resources::ResourceType;
-use crate::status::{ApiError, ApiResult, Cause};
+use crate::status::{ApiError, ApiResult, Cause, go_quote};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
@@ -301,6 +301,21 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> ApiResul
     }
 }
 
+/// A binding's roleRef (apiGroup, kind, name), the apiGroup defaulted as `SetDefaults_RoleBinding`.
+fn role_ref_triple(binding: &Value) -> (&str, &str, &str) {
+    let get = |k: &str| {
+        binding
+            .pointer(&format!("/roleRef/{k}"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+    };
+    let group = match get("apiGroup") {
+        "" => crate::resources::RBAC,
+        g => g,
+    };
+    (group, get("kind"), get("name"))
+}
+
 fn validate_binding(rt: &ResourceType, obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
     let role_ref = obj.get("roleRef").cloned().unwrap_or(Value::Null);
     let kind = role_ref.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -320,14 +335,21 @@ fn validate_binding(rt: &ResourceType, obj: &Value, old: Option<&Value>, causes:
     {
         causes.push(Cause::required("roleRef.name"));
     }
+    // ValidateRoleBindingUpdate prints the internal rbac.RoleRef with %#v.
     if let Some(old) = old
-        && old.get("roleRef") != obj.get("roleRef")
+        && role_ref_triple(old) != role_ref_triple(obj)
     {
-        causes.push(Cause::invalid(
-            "roleRef",
-            &role_ref.to_string(),
-            "cannot change roleRef",
-        ));
+        let (group, kind, name) = role_ref_triple(obj);
+        causes.push(Cause {
+            reason: "FieldValueInvalid".into(),
+            message: format!(
+                "Invalid value: rbac.RoleRef{{APIGroup:{}, Kind:{}, Name:{}}}: cannot change roleRef",
+                go_quote(group),
+                go_quote(kind),
+                go_quote(name)
+            ),
+            field: "roleRef".into(),
+        });
     }
     for (i, s) in obj
         .get("subjects")
