@@ -395,7 +395,10 @@ async fn reconcile(
         let revisit = diff
             .revisit_at
             .map(|at| until(now, at) + Duration::from_secs(1));
-        if diff.actions.is_empty() {
+        for problem in &diff.problems {
+            tracing::warn!(reason = problem.reason, "{}", problem.message);
+        }
+        if diff.actions.is_empty() && diff.held.is_empty() {
             tracing::debug!("Namespace already up to date.");
             return Ok(finish(&context, &name, started, revisit));
         }

@@ -135,9 +135,10 @@ struct RunArgs {
     /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else pullsecretd).
     #[arg(long)]
     lease_namespace: Option<String>,
-    /// Name of the leader-election Lease.
-    #[arg(long, default_value = "pullsecretd")]
-    lease_name: String,
+    /// Name of the leader-election Lease (default: pullsecretd, or pullsecretd-INSTANCE for a
+    /// config naming an instance other than the default).
+    #[arg(long)]
+    lease_name: Option<String>,
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
     #[arg(long)]
     identity: Option<String>,
@@ -360,7 +361,8 @@ fn run_plan(
         write_output(dir, &state).map_err(|error| Failure { status: 1, error })?;
         println!("\nWrote manifests and link commands to {}", dir.display());
     }
-    sources_outcome(&config, &failures)
+    sources_outcome(&config, &failures)?;
+    rendered_outcome(state.projects.values().flat_map(|p| &p.held))
 }
 
 /// The async runtime every command that does I/O runs on.
@@ -395,6 +397,25 @@ async fn read_sources(
         .map(|f| format!("registry {}: {}", f.registry, f.error))
         .collect();
     Ok((inventory.credentials(), failures))
+}
+
+/// Exit 2 when a pull secret could not be rendered (its Secrets are held), after saying which.
+fn rendered_outcome<'a>(
+    held: impl IntoIterator<Item = &'a plan::HeldSecret>,
+) -> Result<(), Failure> {
+    let not_rendered: BTreeSet<&str> = held
+        .into_iter()
+        .filter(|h| matches!(h.reason, plan::HoldReason::NotRendered { .. }))
+        .map(|h| h.name.as_str())
+        .collect();
+    if not_rendered.is_empty() {
+        return Ok(());
+    }
+    Err(bad_input(anyhow::anyhow!(
+        "{} secret(s) could not be rendered and are held (left as they are): {}",
+        not_rendered.len(),
+        not_rendered.into_iter().collect::<Vec<_>>().join(", ")
+    )))
 }
 
 /// Exit 2 when a registry could not be read, after saying which and why.
@@ -455,7 +476,8 @@ fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<(), Failure
             render::plan_table(&config, &credentials, &diff.desired)
         );
         print!("{}", render::changes_table(&diff));
-        sources_outcome(&config, &failures)
+        sources_outcome(&config, &failures)?;
+        rendered_outcome(diff.desired.projects.values().flat_map(|p| &p.held))
     })
 }
 
@@ -491,7 +513,14 @@ fn run_once(sources: &SourceArgs, kube: &KubeArgs, writes: &WriteArgs) -> Result
                 error: anyhow::anyhow!("not every project converged; see the failures above"),
             });
         }
-        sources_outcome(&config, &failures)
+        sources_outcome(&config, &failures)?;
+        rendered_outcome(
+            report
+                .projects
+                .iter()
+                .flat_map(|p| &p.held)
+                .map(|held| &held.secret),
+        )
     })
 }
 
@@ -576,7 +605,10 @@ fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
                 .clone()
                 .or_else(|| std::env::var("POD_NAMESPACE").ok())
                 .unwrap_or_else(|| "pullsecretd".into()),
-            name: args.lease_name.clone(),
+            name: args
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| default_lease_name(config.instance_name())),
             identity: args.identity.clone().unwrap_or_else(default_identity),
             lease_duration: args.lease_duration,
             renew_deadline: args.renew_deadline,
@@ -655,6 +687,15 @@ async fn wait_for_signal() -> anyhow::Result<()> {
         _ = int.recv() => {}
     }
     Ok(())
+}
+
+/// One Lease per instance: two instances never elect one leader between them.
+fn default_lease_name(instance: &str) -> String {
+    if instance == pullsecretd::model::managed::DEFAULT_INSTANCE {
+        "pullsecretd".to_string()
+    } else {
+        format!("pullsecretd-{instance}")
+    }
 }
 
 /// `$POD_NAME`, else the host name, else a fixed name.

@@ -147,15 +147,7 @@ impl State {
     }
 
     fn is_ours(&self, object: &Value) -> bool {
-        let labels = object.pointer("/metadata/labels");
-        let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
-        if label("app.kubernetes.io/managed-by") != Some("pullsecretd") {
-            return false;
-        }
-        match &self.instance {
-            Some(instance) => label("pullsecretd.io/instance") == Some(instance.as_str()),
-            None => true,
-        }
+        is_ours(self.instance.as_deref(), object)
     }
 
     fn sweep(&mut self) {
@@ -203,7 +195,11 @@ impl State {
 
     fn check_foreign(&mut self, kind: &'static str, objects: &[Value]) {
         let mut seen = BTreeSet::new();
-        for object in objects.iter().filter(|o| !self.is_ours(o)) {
+        let instance = self.instance.clone();
+        for object in objects
+            .iter()
+            .filter(|o| !is_ours(instance.as_deref(), o))
+        {
             let key = key_of(object);
             seen.insert(key.clone());
             let rv = meta_str(object, "/metadata/resourceVersion").to_string();
@@ -253,7 +249,8 @@ impl State {
     }
 
     fn check_payloads(&mut self, secrets: &[Value]) {
-        for secret in secrets.iter().filter(|s| self.is_ours(s)) {
+        let instance = self.instance.clone();
+        for secret in secrets.iter().filter(|s| is_ours(instance.as_deref(), s)) {
             let (namespace, name) = key_of(secret);
             let data_key = match meta_str(secret, "/type") {
                 "kubernetes.io/dockerconfigjson" => ".dockerconfigjson",
@@ -267,6 +264,19 @@ impl State {
                     .insert(format!("{namespace}/{name}"));
             }
         }
+    }
+}
+
+/// The labels say the object is `instance`'s (any pullsecretd object when `None`).
+fn is_ours(instance: Option<&str>, object: &Value) -> bool {
+    let labels = object.pointer("/metadata/labels");
+    let label = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
+    if label("app.kubernetes.io/managed-by") != Some("pullsecretd") {
+        return false;
+    }
+    match instance {
+        Some(instance) => label("pullsecretd.io/instance") == Some(instance),
+        None => true,
     }
 }
 
