@@ -708,3 +708,28 @@ async fn every_metric_the_alerts_and_dashboard_query_is_served_by_the_daemon() {
          that also lets increase() count the first error)\n{text}"
     );
 }
+
+#[test]
+fn docker_and_podman_read_the_same_build_context_rules() {
+    let podman =
+        std::fs::read_to_string(root().join(".containerignore")).expect(".containerignore");
+    let docker = std::fs::read_to_string(root().join(".dockerignore")).expect(".dockerignore");
+    assert_eq!(podman, docker);
+    let rules: Vec<&str> = podman
+        .lines()
+        .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+        .collect();
+    for excluded in ["target/", "**/target/", ".git/", "/*.json"] {
+        assert!(
+            rules.contains(&excluded),
+            "{excluded} not excluded: {rules:?}"
+        );
+    }
+    // Cargo loads every workspace member, even for `-p pullsecretd`: none may be left out.
+    for needed in ["src", "tests", "bench", "Cargo.toml", "Cargo.lock"] {
+        assert!(
+            !rules.iter().any(|r| r.trim_end_matches('/') == needed),
+            "{needed} is excluded"
+        );
+    }
+}
