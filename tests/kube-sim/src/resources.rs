@@ -113,6 +113,8 @@ const fn verbs(mut r: ResourceType, verbs: &'static [&'static str]) -> ResourceT
 }
 
 pub const RBAC: &str = "rbac.authorization.k8s.io";
+/// The Prometheus Operator's API group (custom resources).
+pub const MONITORING: &str = "monitoring.coreos.com";
 
 /// Every resource kube-sim knows, Kubernetes first, then OpenShift's.
 pub static RESOURCES: &[ResourceType] = &[
@@ -127,6 +129,8 @@ pub static RESOURCES: &[ResourceType] = &[
         &["sa"],
     ),
     rt("", "configmaps", "configmap", "ConfigMap", true, &["cm"]),
+    // Services carry no ClusterIP here: kube-sim allocates no addresses (README, Known gaps).
+    rt("", "services", "service", "Service", true, &["svc"]),
     rt("", "events", "event", "Event", true, &["ev"]),
     rt(
         RBAC,
@@ -155,6 +159,41 @@ pub static RESOURCES: &[ResourceType] = &[
     ),
     rt("coordination.k8s.io", "leases", "lease", "Lease", true, &[]),
     rt("events.k8s.io", "events", "event", "Event", true, &["ev"]),
+    rt(
+        "policy",
+        "poddisruptionbudgets",
+        "poddisruptionbudget",
+        "PodDisruptionBudget",
+        true,
+        &["pdb"],
+    ),
+    rt(
+        "networking.k8s.io",
+        "networkpolicies",
+        "networkpolicy",
+        "NetworkPolicy",
+        true,
+        &["netpol"],
+    ),
+    // The Prometheus Operator's kinds, served always, as if its CRDs were installed
+    // (prometheus-operator, example/prometheus-operator-crd/monitoring.coreos.com_*.yaml:
+    // names, short names). Stored as given: no CRD schema, pruning or defaulting.
+    rt(
+        MONITORING,
+        "servicemonitors",
+        "servicemonitor",
+        "ServiceMonitor",
+        true,
+        &["smon"],
+    ),
+    rt(
+        MONITORING,
+        "prometheusrules",
+        "prometheusrule",
+        "PrometheusRule",
+        true,
+        &["promrule"],
+    ),
     verbs(
         rt(
             "authentication.k8s.io",

@@ -198,6 +198,19 @@ pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
             }
         }
         ("", "serviceaccounts") => trim_sa_secrets(obj),
+        ("", "services") => {
+            service_defaults(obj);
+            set_field(obj, "status", json!({"loadBalancer": {}}));
+        }
+        ("policy", "poddisruptionbudgets") => {
+            set_field(obj, "status", pdb_empty_status());
+            set_generation(obj, 1);
+        }
+        ("networking.k8s.io", "networkpolicies") => {
+            network_policy_defaults(obj);
+            set_generation(obj, 1);
+        }
+        (crate::resources::MONITORING, _) => set_generation(obj, 1),
         ("", "namespaces") => {
             let name = crate::util::meta_str(obj, "name").to_string();
             if let Some(m) = obj.as_object_mut() {
@@ -242,6 +255,19 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, obj: &mut Value) {
     match (rt.group, rt.plural) {
         ("", "secrets") => fold_string_data(obj),
         ("", "serviceaccounts") => trim_sa_secrets(obj),
+        ("", "services") => {
+            service_defaults(obj);
+            keep_field(old, obj, "status");
+        }
+        ("policy", "poddisruptionbudgets") => {
+            keep_field(old, obj, "status");
+            bump_generation(old, obj, |o| o.get("spec").cloned());
+        }
+        ("networking.k8s.io", "networkpolicies") => {
+            network_policy_defaults(obj);
+            bump_generation(old, obj, |o| o.get("spec").cloned());
+        }
+        (crate::resources::MONITORING, _) => bump_generation(old, obj, custom_resource_content),
         ("", "namespaces") => {
             let name = crate::util::meta_str(obj, "name").to_string();
             if let (Some(m), Some(st)) = (obj.as_object_mut(), old.get("status")) {
@@ -287,6 +313,9 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> ApiResul
         (crate::resources::RBAC, "rolebindings" | "clusterrolebindings") => {
             validate_binding(rt, obj, old, &mut causes);
         }
+        ("", "services") => validate_service(obj, &mut causes),
+        ("policy", "poddisruptionbudgets") => validate_pdb(obj, &mut causes),
+        ("networking.k8s.io", "networkpolicies") => validate_network_policy(obj, &mut causes),
         _ => {}
     }
     if causes.is_empty() {
@@ -455,6 +484,213 @@ fn validate_secret(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) ->
     Ok(())
 }
 
+/// Sets a top-level field.
+fn set_field(obj: &mut Value, field: &str, value: Value) {
+    if let Some(m) = obj.as_object_mut() {
+        m.insert(field.into(), value);
+    }
+}
+
+/// A field users may not write through the main resource (status): the stored value stays.
+fn keep_field(old: &Value, obj: &mut Value, field: &str) {
+    if let Some(m) = obj.as_object_mut() {
+        match old.get(field) {
+            Some(v) => {
+                m.insert(field.into(), v.clone());
+            }
+            None => {
+                m.remove(field);
+            }
+        }
+    }
+}
+
+fn set_generation(obj: &mut Value, generation: i64) {
+    crate::util::meta_mut(obj).insert("generation".into(), json!(generation));
+}
+
+/// `metadata.generation` counts changes of what `content` picks (the spec): +1 when it changed,
+/// else the stored value, whatever the request sent (the registries' `PrepareForUpdate`).
+fn bump_generation(old: &Value, obj: &mut Value, content: fn(&Value) -> Option<Value>) {
+    let stored = old
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let changed = content(old) != content(obj);
+    set_generation(obj, if changed { stored + 1 } else { stored });
+}
+
+/// A custom resource without a status subresource: everything but `metadata` is its content
+/// (apiextensions-apiserver, pkg/registry/customresource/strategy.go, `PrepareForUpdate`).
+fn custom_resource_content(obj: &Value) -> Option<Value> {
+    let mut content = obj.as_object()?.clone();
+    content.remove("metadata");
+    Some(Value::Object(content))
+}
+
+/// A fresh `PodDisruptionBudgetStatus`: its counters have no `omitempty` in policy/v1, so an
+/// object no disruption controller has looked at shows them as 0.
+fn pdb_empty_status() -> Value {
+    json!({"disruptionsAllowed": 0, "currentHealthy": 0, "desiredHealthy": 0, "expectedPods": 0})
+}
+
+/// `SetDefaults_Service` (pkg/apis/core/v1/defaults.go): session affinity None, type ClusterIP,
+/// port protocol TCP, targetPort = port, the traffic policies Cluster. The ClusterIP and IP
+/// families come from the registry's allocators, which kube-sim does not have.
+fn service_defaults(obj: &mut Value) {
+    let Some(m) = obj.as_object_mut() else {
+        return;
+    };
+    let Some(spec) = m.entry("spec").or_insert_with(|| json!({})).as_object_mut() else {
+        return;
+    };
+    let text = |spec: &Map<String, Value>, key: &str| {
+        spec.get(key)
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string()
+    };
+    if text(spec, "sessionAffinity").is_empty() {
+        spec.insert("sessionAffinity".into(), json!("None"));
+    }
+    if text(spec, "sessionAffinity") == "None" {
+        spec.remove("sessionAffinityConfig");
+    }
+    if text(spec, "type").is_empty() {
+        spec.insert("type".into(), json!("ClusterIP"));
+    }
+    let ty = text(spec, "type");
+    if let Some(Value::Array(ports)) = spec.get_mut("ports") {
+        for port in ports.iter_mut().filter_map(Value::as_object_mut) {
+            port.entry("protocol").or_insert_with(|| json!("TCP"));
+            let unset = matches!(port.get("targetPort"), None | Some(Value::Null))
+                || port.get("targetPort") == Some(&json!(0))
+                || port.get("targetPort") == Some(&json!(""));
+            if unset && let Some(number) = port.get("port").cloned() {
+                port.insert("targetPort".into(), number);
+            }
+        }
+    }
+    if matches!(ty.as_str(), "NodePort" | "LoadBalancer")
+        && text(spec, "externalTrafficPolicy").is_empty()
+    {
+        spec.insert("externalTrafficPolicy".into(), json!("Cluster"));
+    }
+    if matches!(ty.as_str(), "ClusterIP" | "NodePort" | "LoadBalancer") {
+        spec.entry("internalTrafficPolicy")
+            .or_insert_with(|| json!("Cluster"));
+    }
+}
+
+/// `SetDefaults_NetworkPolicy` and `SetDefaults_NetworkPolicyPort`
+/// (pkg/apis/networking/v1/defaults.go): without policyTypes a policy is about Ingress, and also
+/// Egress when it has egress rules; a port without protocol is TCP.
+fn network_policy_defaults(obj: &mut Value) {
+    let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    let has_egress = spec
+        .get("egress")
+        .and_then(Value::as_array)
+        .is_some_and(|rules| !rules.is_empty());
+    let no_types = spec
+        .get("policyTypes")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    if no_types {
+        let types = if has_egress {
+            json!(["Ingress", "Egress"])
+        } else {
+            json!(["Ingress"])
+        };
+        spec.insert("policyTypes".into(), types);
+    }
+    for direction in ["ingress", "egress"] {
+        let rules = spec.get_mut(direction).and_then(Value::as_array_mut);
+        for rule in rules.into_iter().flatten() {
+            let ports = rule.get_mut("ports").and_then(Value::as_array_mut);
+            for port in ports.into_iter().flatten().filter_map(Value::as_object_mut) {
+                port.entry("protocol").or_insert_with(|| json!("TCP"));
+            }
+        }
+    }
+}
+
+/// The part of `ValidateService` the manifests can trip: a known type, and ports unless the
+/// Service is headless or an ExternalName (pkg/apis/core/validation/validation.go).
+fn validate_service(obj: &Value, causes: &mut Vec<Cause>) {
+    const TYPES: &[&str] = &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"];
+    let ty = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    if !TYPES.contains(&ty) {
+        causes.push(Cause::not_supported("spec.type", ty, TYPES));
+    }
+    let headless = obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
+    let no_ports = obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .is_none_or(Vec::is_empty);
+    if no_ports && !headless && ty != "ExternalName" {
+        causes.push(Cause::required("spec.ports"));
+    }
+}
+
+/// `ValidatePodDisruptionBudgetSpec` (pkg/apis/policy/validation/validation.go): not both
+/// minAvailable and maxUnavailable, no negative count, a known unhealthyPodEvictionPolicy.
+fn validate_pdb(obj: &Value, causes: &mut Vec<Cause>) {
+    const POLICIES: &[&str] = &["AlwaysAllow", "IfHealthyBudget"];
+    let spec = obj.get("spec").cloned().unwrap_or(Value::Null);
+    let set = |key: &str| !matches!(spec.get(key), None | Some(Value::Null));
+    if set("minAvailable") && set("maxUnavailable") {
+        causes.push(Cause::invalid(
+            "spec",
+            &spec.to_string(),
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+    for key in ["minAvailable", "maxUnavailable"] {
+        if let Some(n) = spec.get(key).and_then(Value::as_i64)
+            && n < 0
+        {
+            causes.push(Cause::invalid(
+                format!("spec.{key}"),
+                &n.to_string(),
+                "must be greater than or equal to 0",
+            ));
+        }
+    }
+    if let Some(policy) = spec
+        .get("unhealthyPodEvictionPolicy")
+        .and_then(Value::as_str)
+        && !POLICIES.contains(&policy)
+    {
+        causes.push(Cause::not_supported(
+            "spec.unhealthyPodEvictionPolicy",
+            policy,
+            POLICIES,
+        ));
+    }
+}
+
+/// `ValidateNetworkPolicySpec` (pkg/apis/networking/validation/validation.go): policyTypes are
+/// Ingress and/or Egress.
+fn validate_network_policy(obj: &Value, causes: &mut Vec<Cause>) {
+    const TYPES: &[&str] = &["Ingress", "Egress"];
+    let types = obj.pointer("/spec/policyTypes").and_then(Value::as_array);
+    for (i, ty) in types.into_iter().flatten().enumerate() {
+        let ty = ty.as_str().unwrap_or("");
+        if !TYPES.contains(&ty) {
+            causes.push(Cause::not_supported(
+                format!("spec.policyTypes[{i}]"),
+                ty,
+                TYPES,
+            ));
+        }
+    }
+}
+
 /// `ObjectMeta` fields.
 const META_FIELDS: &[&str] = &[
     "name",
@@ -491,6 +727,8 @@ fn known_fields(rt: &ResourceType) -> Option<&'static [&'static str]> {
         (crate::resources::RBAC, "roles") => &["rules"],
         (crate::resources::RBAC, "clusterroles") => &["rules", "aggregationRule"],
         ("coordination.k8s.io", "leases") => &["spec"],
+        ("", "services") | ("policy", "poddisruptionbudgets") => &["spec", "status"],
+        ("networking.k8s.io", "networkpolicies") => &["spec"],
         _ => return None,
     })
 }
@@ -695,5 +933,112 @@ mod tests {
         assert!(validate(rt(), &s, None).is_err_and(|e| e.code == 422));
         let s = secret("Opaque", json!({"a": "not base64!"}));
         assert!(validate(rt(), &s, None).is_err_and(|e| e.code == 400));
+    }
+
+    fn served(group: &str, plural: &str) -> &'static ResourceType {
+        crate::resources::find(group, "v1", plural, false).expect("served")
+    }
+
+    #[test]
+    fn service_defaults_follow_set_defaults_service() {
+        let rt = served("", "services");
+        let mut svc = json!({"metadata": {"name": "m"}, "spec": {
+            "selector": {"a": "b"},
+            "ports": [{"name": "web", "port": 8080}, {"port": 53, "protocol": "UDP", "targetPort": "dns"}],
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 5}}}});
+        prepare_create(rt, &mut svc);
+        assert_eq!(svc["spec"]["type"], "ClusterIP");
+        assert_eq!(svc["spec"]["sessionAffinity"], "None");
+        assert!(svc["spec"].get("sessionAffinityConfig").is_none());
+        assert_eq!(svc["spec"]["internalTrafficPolicy"], "Cluster");
+        assert!(svc["spec"].get("externalTrafficPolicy").is_none());
+        assert_eq!(svc["spec"]["ports"][0]["protocol"], "TCP");
+        assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+        assert_eq!(svc["spec"]["ports"][1]["targetPort"], "dns");
+        assert_eq!(svc["status"], json!({"loadBalancer": {}}));
+        assert!(validate(rt, &svc, None).is_ok());
+        let mut no_ports = json!({"metadata": {"name": "n"}, "spec": {}});
+        prepare_create(rt, &mut no_ports);
+        assert!(validate(rt, &no_ports, None).is_err_and(|e| e.code == 422));
+        let mut headless = json!({"metadata": {"name": "h"}, "spec": {"clusterIP": "None"}});
+        prepare_create(rt, &mut headless);
+        assert!(validate(rt, &headless, None).is_ok());
+    }
+
+    #[test]
+    fn network_policy_types_and_protocols_default() {
+        let rt = served("networking.k8s.io", "networkpolicies");
+        let mut ingress_only = json!({"metadata": {"name": "i"}, "spec": {"podSelector": {},
+            "ingress": [{"ports": [{"port": 80}]}]}});
+        prepare_create(rt, &mut ingress_only);
+        assert_eq!(ingress_only["spec"]["policyTypes"], json!(["Ingress"]));
+        assert_eq!(
+            ingress_only["spec"]["ingress"][0]["ports"][0]["protocol"],
+            "TCP"
+        );
+        assert_eq!(ingress_only["metadata"]["generation"], 1);
+        let mut with_egress = json!({"metadata": {"name": "e"}, "spec": {"podSelector": {},
+            "egress": [{"ports": [{"port": 53, "protocol": "UDP"}]}]}});
+        prepare_create(rt, &mut with_egress);
+        assert_eq!(
+            with_egress["spec"]["policyTypes"],
+            json!(["Ingress", "Egress"])
+        );
+        assert_eq!(
+            with_egress["spec"]["egress"][0]["ports"][0]["protocol"],
+            "UDP"
+        );
+        let mut bad = json!({"metadata": {"name": "b"}, "spec": {"podSelector": {}, "policyTypes": ["Sideways"]}});
+        prepare_create(rt, &mut bad);
+        assert!(validate(rt, &bad, None).is_err_and(|e| e.code == 422));
+    }
+
+    #[test]
+    fn pdb_budget_fields_are_exclusive_and_status_is_the_servers() {
+        let rt = served("policy", "poddisruptionbudgets");
+        let pdb = |spec: Value| json!({"metadata": {"name": "p"}, "spec": spec, "status": {"disruptionsAllowed": 5}});
+        let mut ok = pdb(json!({"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}));
+        prepare_create(rt, &mut ok);
+        assert_eq!(ok["status"], pdb_empty_status());
+        assert_eq!(ok["metadata"]["generation"], 1);
+        assert!(validate(rt, &ok, None).is_ok());
+        for spec in [
+            json!({"minAvailable": 1, "maxUnavailable": 1}),
+            json!({"maxUnavailable": -1}),
+            json!({"minAvailable": 1, "unhealthyPodEvictionPolicy": "Never"}),
+        ] {
+            let mut bad = pdb(spec.clone());
+            prepare_create(rt, &mut bad);
+            assert!(
+                validate(rt, &bad, None).is_err_and(|e| e.code == 422),
+                "{spec}"
+            );
+        }
+        // An update keeps the stored status and counts a spec change in the generation.
+        let mut same =
+            pdb(json!({"maxUnavailable": 1, "unhealthyPodEvictionPolicy": "AlwaysAllow"}));
+        prepare_update(rt, &ok, &mut same);
+        assert_eq!(same["status"], pdb_empty_status());
+        assert_eq!(same["metadata"]["generation"], 1);
+        let mut changed = pdb(json!({"minAvailable": 1}));
+        prepare_update(rt, &ok, &mut changed);
+        assert_eq!(changed["metadata"]["generation"], 2);
+    }
+
+    #[test]
+    fn custom_resources_count_every_non_metadata_change() {
+        let rt = served(crate::resources::MONITORING, "servicemonitors");
+        let mut created =
+            json!({"metadata": {"name": "s", "generation": 7}, "spec": {"endpoints": []}});
+        prepare_create(rt, &mut created);
+        assert_eq!(created["metadata"]["generation"], 1);
+        let mut relabelled =
+            json!({"metadata": {"name": "s", "labels": {"a": "b"}}, "spec": {"endpoints": []}});
+        prepare_update(rt, &created, &mut relabelled);
+        assert_eq!(relabelled["metadata"]["generation"], 1);
+        let mut changed =
+            json!({"metadata": {"name": "s"}, "spec": {"endpoints": [{"port": "m"}]}});
+        prepare_update(rt, &created, &mut changed);
+        assert_eq!(changed["metadata"]["generation"], 2);
     }
 }
