@@ -170,6 +170,8 @@ struct Context {
     openshift: Option<bool>,
     /// The Secrets of the latest config and snapshot, rendered once for every reconcile.
     rendered: Mutex<Option<Rendered>>,
+    /// Problems and held Secrets per namespace, behind the gauges.
+    reported: Mutex<Reported>,
 }
 
 /// Secrets rendered from one config and one snapshot generation.
@@ -208,10 +210,14 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
     let metrics = Arc::new(Metrics::new());
 
     let ages = snapshot_rx.clone();
+    let scrape_config = config_rx.clone();
+    metrics.zero_series(config.registries.keys().map(String::as_str));
     let health = Arc::new(Health {
         metrics: Arc::clone(&metrics),
         ready: false.into(),
-        before_scrape: Box::new(move |metrics| record_ages(metrics, &ages.borrow())),
+        before_scrape: Box::new(move |metrics| {
+            record_ages(metrics, &ages.borrow(), &scrape_config.borrow());
+        }),
     });
     let address = match options.listen {
         Some(listen) => {
@@ -251,6 +257,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         failures: Mutex::default(),
         openshift,
         rendered: Mutex::default(),
+        reported: Mutex::default(),
     });
 
     let sources = tokio::spawn(run_sources(
@@ -392,6 +399,11 @@ async fn reconcile(
         let now = Timestamp::now();
         let policy = DiffPolicy::full(config.instance_name());
         let diff = diff_project_at(&name, &wanted, &observed, &policy, Some(now));
+        context
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(&context.metrics, &name, namespace_report(&diff));
         let revisit = diff
             .revisit_at
             .map(|at| until(now, at) + Duration::from_secs(1));
@@ -572,7 +584,9 @@ fn record_writes(metrics: &Metrics, outcome: &ProjectOutcome) {
     }
 }
 
-fn record_ages(metrics: &Metrics, snapshot: &Snapshot) {
+/// Gauges computed from time and the config, just before a scrape: each registry's credential
+/// age, its refresh interval and its expiry (+Inf: none known).
+fn record_ages(metrics: &Metrics, snapshot: &Snapshot, config: &Config) {
     for (registry, read_at) in &snapshot.read_at {
         metrics
             .credential_age
@@ -580,6 +594,67 @@ fn record_ages(metrics: &Metrics, snapshot: &Snapshot) {
                 registry: registry.clone(),
             })
             .set(read_at.elapsed().as_secs_f64());
+    }
+    for registry in config.registries.keys() {
+        let label = RegistryLabel {
+            registry: registry.clone(),
+        };
+        metrics
+            .credential_refresh
+            .get_or_create(&label)
+            .set(refresh_interval(config, registry).as_secs_f64());
+        metrics
+            .credential_expiry
+            .get_or_create(&label)
+            .set(f64::INFINITY);
+    }
+}
+
+/// What the last reconcile of each namespace reported, so the problem and held gauges are the
+/// current totals over every namespace (kept incrementally: a reconcile costs its namespace).
+#[derive(Default)]
+struct Reported {
+    by_namespace: HashMap<String, NamespaceReport>,
+}
+
+#[derive(Default, PartialEq, Eq)]
+struct NamespaceReport {
+    problems: BTreeMap<&'static str, i64>,
+    held: i64,
+}
+
+impl Reported {
+    /// Replaces `namespace`'s report and moves the gauges by the difference.
+    fn update(&mut self, metrics: &Metrics, namespace: &str, report: NamespaceReport) {
+        let old = self.by_namespace.remove(namespace).unwrap_or_default();
+        for (reason, count) in &old.problems {
+            metrics
+                .problems
+                .get_or_create(&crate::telemetry::ReasonLabel { reason })
+                .dec_by(*count);
+        }
+        for (reason, count) in &report.problems {
+            metrics
+                .problems
+                .get_or_create(&crate::telemetry::ReasonLabel { reason })
+                .inc_by(*count);
+        }
+        metrics.held_secrets.inc_by(report.held - old.held);
+        if report != NamespaceReport::default() {
+            self.by_namespace.insert(namespace.to_string(), report);
+        }
+    }
+}
+
+fn namespace_report(diff: &crate::diff::ProjectDiff) -> NamespaceReport {
+    let mut problems = BTreeMap::new();
+    for problem in &diff.problems {
+        *problems.entry(problem.reason).or_insert(0) += 1;
+    }
+    let held = diff.held.iter().map(|h| h.kept.len().max(1)).sum::<usize>();
+    NamespaceReport {
+        problems,
+        held: i64::try_from(held).unwrap_or(i64::MAX),
     }
 }
 
@@ -645,6 +720,9 @@ async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<String>)
             changed = config.changed() => {
                 if changed.is_err() { return; }
                 let current = Arc::clone(&config.borrow_and_update());
+                context
+                    .metrics
+                    .zero_series(current.registries.keys().map(String::as_str));
                 for store in context.caches.watch_accounts(&account_names(&current)) {
                     let _ = store.wait_until_ready().await;
                 }
@@ -894,17 +972,20 @@ fn snapshot_of(
 }
 
 /// Watches the config file's directory (a ConfigMap mount swaps a symlink) and publishes each
-/// valid new config; an invalid one is logged and the running config kept.
+/// valid new config; an invalid one is logged once (until the file changes again) and the
+/// running config kept. Only writes, creations, renames and removals count: reading a file
+/// (the daemon's own reads, a log reader) is not a change. A burst is debounced, but never
+/// delays the reload past [`crate::workstation::MAX_DELAY`].
 fn watch_config_file(
     path: &Path,
     debounce: Duration,
     publish: watch::Sender<Arc<Config>>,
 ) -> Result<notify::RecommendedWatcher, DaemonError> {
     use notify::Watcher as _;
-    let (tx, mut rx) = mpsc::unbounded_channel::<()>();
+    let (tx, mut rx) = mpsc::channel::<()>(1);
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.send(());
+        if event.is_ok_and(|event| is_change(&event.kind)) {
+            let _ = tx.try_send(());
         }
     })
     .map_err(|source| DaemonError::WatchConfig {
@@ -923,15 +1004,18 @@ fn watch_config_file(
         })?;
     let path = path.to_path_buf();
     tokio::spawn(async move {
+        // What the file held when it was last looked at: an unchanged file is not reloaded
+        // (and a rejected one not reported) again.
+        let mut last_seen = content_digest(&path);
         while rx.recv().await.is_some() {
-            // Debounce: wait for the writes to settle.
-            loop {
-                match tokio::time::timeout(debounce, rx.recv()).await {
-                    Ok(Some(())) => {}
-                    Ok(None) => return,
-                    Err(_) => break,
-                }
+            if !crate::workstation::settle(&mut rx, debounce, crate::workstation::MAX_DELAY).await {
+                return;
             }
+            let digest = content_digest(&path);
+            if digest == last_seen {
+                continue;
+            }
+            last_seen = digest;
             match Config::load(&path) {
                 Ok(config) if *publish.borrow().as_ref() == config => {}
                 Ok(config) => {
@@ -945,6 +1029,25 @@ fn watch_config_file(
         }
     });
     Ok(watcher)
+}
+
+/// Whether a file-system event can change a file's content (not a read or an open).
+fn is_change(kind: &notify::EventKind) -> bool {
+    use notify::EventKind;
+    use notify::event::ModifyKind;
+    match kind {
+        EventKind::Create(_) | EventKind::Remove(_) => true,
+        EventKind::Modify(ModifyKind::Metadata(_)) => false,
+        EventKind::Modify(_) => true,
+        EventKind::Access(_) | EventKind::Any | EventKind::Other => false,
+    }
+}
+
+/// SHA-256 of the file's content (`None` when it cannot be read).
+fn content_digest(path: &Path) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).ok()?;
+    Some(sha2::Sha256::digest(&bytes).into())
 }
 
 /// Resolves once the stop signal is set (or its sender is gone).

@@ -41,12 +41,35 @@ pub struct RegistryLabel {
     pub registry: String,
 }
 
+/// Plan problems by reason (`ForeignSecret`, `ServiceAccountMissing`, …).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Source reads by registry and result (`changed`, `unchanged`, `error`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadLabels {
     pub registry: String,
     pub result: &'static str,
 }
+
+/// Every reason a plan or diff reports a problem with (the `reason` label of
+/// `pullsecretd_problems`).
+pub const PROBLEM_REASONS: &[&str] = &[
+    "ForeignSecret",
+    "ForeignRoleBinding",
+    "OwnedByAnotherInstance",
+    "UnprovenOwnership",
+    "RecreateSkipped",
+    "ServiceAccountMissing",
+    "NameConflict",
+    "InvalidName",
+    "SourceFailed",
+    "NotRendered",
+    "ProjectNotFound",
+    "NotOpenShift",
+];
 
 /// Every metric the daemon exports.
 pub struct Metrics {
@@ -57,6 +80,14 @@ pub struct Metrics {
     pub source_errors: Family<RegistryLabel, Counter>,
     /// Seconds since each registry's last good read; set by the daemon before each scrape.
     pub credential_age: Family<RegistryLabel, Gauge<f64, AtomicU64>>,
+    /// Each registry's configured refresh interval (alerts compare the age with it).
+    pub credential_refresh: Family<RegistryLabel, Gauge<f64, AtomicU64>>,
+    /// Seconds until each registry's credential expires; +Inf when no expiry is known.
+    pub credential_expiry: Family<RegistryLabel, Gauge<f64, AtomicU64>>,
+    /// Current plan problems, by reason, over every namespace.
+    pub problems: Family<ReasonLabel, Gauge>,
+    /// Secrets held as they are (their source failed, or they could not be rendered).
+    pub held_secrets: Gauge,
     pub rotations: Counter,
     pub last_sync: Gauge<f64, AtomicU64>,
     pub reconcile_duration: Histogram,
@@ -102,6 +133,30 @@ impl Metrics {
             "Seconds since the registry's credential was last read successfully",
             credential_age.clone(),
         );
+        let credential_refresh = Family::<RegistryLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "credential_refresh_seconds",
+            "The configured refresh interval of the registry's credential",
+            credential_refresh.clone(),
+        );
+        let credential_expiry = Family::<RegistryLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "credential_expiry_seconds",
+            "Seconds until the registry's credential expires (+Inf when no expiry is known)",
+            credential_expiry.clone(),
+        );
+        let problems = Family::<ReasonLabel, Gauge>::default();
+        registry.register(
+            "problems",
+            "Current plan problems over every namespace, by reason",
+            problems.clone(),
+        );
+        let held_secrets = Gauge::default();
+        registry.register(
+            "held_secrets",
+            "Secrets kept as they are because their source failed or they could not be rendered",
+            held_secrets.clone(),
+        );
         let rotations = Counter::default();
         registry.register(
             "rotations",
@@ -133,10 +188,48 @@ impl Metrics {
             source_reads,
             source_errors,
             credential_age,
+            credential_refresh,
+            credential_expiry,
+            problems,
+            held_secrets,
             rotations,
             last_sync,
             reconcile_duration,
             leader,
+        }
+    }
+
+    /// Creates every series whose labels are known up front at zero, so each family is served
+    /// from the start and `increase()` counts its first event: per registry, and per result,
+    /// verb and problem reason.
+    pub fn zero_series<'a>(&self, registries: impl IntoIterator<Item = &'a str>) {
+        for registry in registries {
+            let label = RegistryLabel {
+                registry: registry.to_string(),
+            };
+            self.source_errors.get_or_create(&label).inc_by(0);
+            for result in ["changed", "unchanged", "error"] {
+                let labels = ReadLabels {
+                    registry: registry.to_string(),
+                    result,
+                };
+                self.source_reads.get_or_create(&labels).inc_by(0);
+            }
+        }
+        for result in ["ok", "error"] {
+            self.reconciles
+                .get_or_create(&ResultLabel { result })
+                .inc_by(0);
+            for verb in ["create", "update", "delete"] {
+                self.api_writes
+                    .get_or_create(&WriteLabels { verb, result })
+                    .inc_by(0);
+            }
+        }
+        for reason in PROBLEM_REASONS {
+            self.problems
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(0);
         }
     }
 

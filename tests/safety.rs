@@ -8,138 +8,28 @@
 mod cluster;
 #[path = "support/invariants.rs"]
 mod invariants;
+#[path = "support/kube.rs"]
+mod kube_cluster;
 #[path = "support/openbao.rs"]
 mod openbao;
 #[path = "support/process.rs"]
 mod process;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
-use kube_sim::{ErrorRule, Handle, InjectedError, Options, Server};
+use kube_sim::{ErrorRule, InjectedError, Options};
 use serde_json::{Value, json};
 
-use invariants::{Sweeper, entries};
+use invariants::Sweeper;
+use kube_cluster::{Cluster, path};
 use openbao::{OpenBao, ROOT_TOKEN};
 use process::{Daemon, run, stdout, wait_until};
 
 const SENTINEL: &str = "SENTINEL-pw-safety-9d21";
-
-/// kube-sim over HTTPS with a kubeconfig file, and a directory for configs and auth files.
-struct Cluster {
-    server: Handle,
-    dir: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-impl Cluster {
-    /// kube-sim on a runtime of its own (started from a plain thread, so async tests may
-    /// call it too): the tests block on processes while it serves.
-    fn start(options: Options) -> Self {
-        let server = std::thread::spawn(move || Server::start_in_thread(options.tls()))
-            .join()
-            .expect("starting thread")
-            .expect("kube-sim starts");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let kubeconfig = dir.path().join("kubeconfig");
-        server
-            .write_kubeconfig(&kubeconfig)
-            .expect("kubeconfig written");
-        Self {
-            server,
-            dir,
-            kubeconfig,
-        }
-    }
-
-    fn namespace(&self, name: &str) {
-        self.server
-            .create("", "namespaces", json!({"metadata": {"name": name}}))
-            .expect("namespace");
-    }
-
-    fn file(&self, name: &str, contents: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        // Write then rename: a daemon watching the directory never reads half a file.
-        let tmp = self.dir.path().join(format!(".{name}.tmp"));
-        std::fs::write(&tmp, contents).expect("file written");
-        std::fs::rename(&tmp, &path).expect("file renamed");
-        path
-    }
-
-    /// A docker config with `user:password` for `server`.
-    fn docker_config(&self, name: &str, server: &str, password: &str) -> PathBuf {
-        let auth = STANDARD.encode(format!("robot:{password}"));
-        self.file(
-            name,
-            &json!({"auths": {server: {"auth": auth}}}).to_string(),
-        )
-    }
-
-    fn env<'a>(&'a self, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
-        let mut env = vec![
-            ("KUBECONFIG", path(&self.kubeconfig)),
-            ("HOME", path(self.dir.path())),
-        ];
-        env.extend_from_slice(extra);
-        env
-    }
-
-    fn once(&self, config: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
-        let mut all = vec!["once", "--config", path(config), "--no-events"];
-        all.extend_from_slice(args);
-        run(&all, &self.env(env), SENTINEL)
-    }
-
-    fn secret(&self, namespace: &str, name: &str) -> Option<Value> {
-        self.server.get("", "secrets", namespace, name)
-    }
-
-    fn uid(&self, namespace: &str, name: &str) -> Option<String> {
-        self.secret(namespace, name)
-            .and_then(|s| s.pointer("/metadata/uid")?.as_str().map(String::from))
-    }
-
-    fn pull_list(&self, namespace: &str, account: &str) -> Vec<String> {
-        self.server
-            .get("", "serviceaccounts", namespace, account)
-            .map(|sa| entries(&sa, "imagePullSecrets"))
-            .unwrap_or_default()
-    }
-
-    /// Names and resourceVersions of every Secret and RoleBinding in the cluster.
-    fn versions(&self) -> Vec<(String, String)> {
-        let mut all = Vec::new();
-        for (group, resource) in [("", "secrets"), ("rbac.authorization.k8s.io", "rolebindings")] {
-            for object in self.server.list(group, resource, None) {
-                let meta = |p: &str| {
-                    object
-                        .pointer(p)
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                        .to_string()
-                };
-                all.push((
-                    format!(
-                        "{resource} {}/{}",
-                        meta("/metadata/namespace"),
-                        meta("/metadata/name")
-                    ),
-                    meta("/metadata/resourceVersion"),
-                ));
-            }
-        }
-        all.sort();
-        all
-    }
-}
-
-fn path(p: &Path) -> &str {
-    p.to_str().expect("UTF-8 path")
-}
 
 fn vault_yaml(bao: &OpenBao, vault_path: &str, strategy: &str, refresh: &str) -> String {
     format!(
@@ -173,20 +63,31 @@ async fn a_vault_outage_holds_every_version_in_once_and_in_a_restarted_run() {
         "vault.yaml",
         &vault_yaml(&bao, "registries/priv", "versioned", "1h"),
     );
-    let out = c.once(&config, &[], &[("VAULT_TOKEN", ROOT_TOKEN)]);
+    let out = c.once_checked(&config, &[], &[("VAULT_TOKEN", ROOT_TOKEN)], SENTINEL);
     assert!(out.status.success(), "{}", process::stderr(&out));
     let linked = c.pull_list("a", "default");
-    assert!(linked.len() == 1 && linked[0].starts_with("priv-"), "{linked:?}");
+    assert!(
+        linked.len() == 1 && linked[0].starts_with("priv-"),
+        "{linked:?}"
+    );
     let version = linked[0].clone();
     let uid = c.uid("a", &version).expect("the version exists");
 
     let sweeper = Sweeper::start(c.server.reader(), None);
-    let out = c.once(&config, &[], &[("VAULT_TOKEN", "bogus-token")]);
+    let out = c.once_checked(&config, &[], &[("VAULT_TOKEN", "bogus-token")], SENTINEL);
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}{}", process::stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{text}{}",
+        process::stderr(&out)
+    );
     assert!(text.contains("HELD secret priv"), "{text}");
     assert!(text.contains(&version), "the held version is named: {text}");
-    assert!(!text.contains("deleted") && !text.contains("unlinked"), "{text}");
+    assert!(
+        !text.contains("deleted") && !text.contains("unlinked"),
+        "{text}"
+    );
     assert_eq!(c.uid("a", &version).as_deref(), Some(uid.as_str()));
     assert_eq!(c.pull_list("a", "default"), [version.clone()]);
 
@@ -219,7 +120,7 @@ fn a_credential_that_cannot_be_rendered_holds_every_version() {
         auth.display()
     );
     let config = c.file("pullsecretd.yaml", &yaml);
-    assert!(c.once(&config, &[], &[]).status.success());
+    assert!(c.once_checked(&config, &[], &[], SENTINEL).status.success());
     let version = c.pull_list("a", "default")[0].clone();
     let uid = c.uid("a", &version);
 
@@ -229,9 +130,14 @@ fn a_credential_that_cannot_be_rendered_holds_every_version() {
         &json!({"auths": {"registry.example.com": {"identitytoken": SENTINEL}}}).to_string(),
     );
     let sweeper = Sweeper::start(c.server.reader(), None);
-    let out = c.once(&config, &[], &[]);
+    let out = c.once_checked(&config, &[], &[], SENTINEL);
     let text = stdout(&out);
-    assert_eq!(out.status.code(), Some(2), "{text}{}", process::stderr(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{text}{}",
+        process::stderr(&out)
+    );
     assert!(text.contains("HELD secret priv (not rendered"), "{text}");
     assert!(!text.contains("deleted"), "{text}");
     assert_eq!(c.uid("a", &version), uid);
@@ -243,7 +149,12 @@ fn a_credential_that_cannot_be_rendered_holds_every_version() {
 // 2. Ownership is proven by the instance, not by a label alone.
 
 /// A config of instance `instance` with file-sourced pull secrets: (name, namespaces, strategy).
-fn team_yaml(c: &Cluster, instance: &str, auth: &Path, pull_secrets: &[(&str, &[&str], &str)]) -> String {
+fn team_yaml(
+    c: &Cluster,
+    instance: &str,
+    auth: &Path,
+    pull_secrets: &[(&str, &[&str], &str)],
+) -> String {
     let mut yaml = format!(
         "instance: {instance}\nregistries:\n  reg:\n    server: registry.example.com\n    \
          from: {{ dockerConfig: {} }}\npullSecrets:\n",
@@ -288,7 +199,7 @@ fn another_configs_once_touches_neither_teams_secrets_nor_a_users_labelled_secre
         "team-a.yaml",
         &team_yaml(&c, "team-a", &auth, &[("a-pull", &["team-a"], "in-place")]),
     );
-    assert!(c.once(&team_a, &[], &[]).status.success());
+    assert!(c.once_checked(&team_a, &[], &[], SENTINEL).status.success());
     let before = c.versions();
     assert!(c.secret("team-a", "a-pull").is_some());
 
@@ -298,7 +209,7 @@ fn another_configs_once_touches_neither_teams_secrets_nor_a_users_labelled_secre
         &team_yaml(&c, "team-b", &auth, &[("b-pull", &["team-b"], "in-place")]),
     );
     let sweeper = Sweeper::start(c.server.reader(), Some("team-b"));
-    let out = c.once(&team_b, &[], &[]);
+    let out = c.once_checked(&team_b, &[], &[], SENTINEL);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(c.secret("team-b", "b-pull").is_some());
     // A config with no instance (the default) that selects nothing at all.
@@ -309,10 +220,12 @@ fn another_configs_once_touches_neither_teams_secrets_nor_a_users_labelled_secre
             auth.display()
         ),
     );
-    let out = c.once(&nothing, &[], &[]);
+    let out = c.once_checked(&nothing, &[], &[], SENTINEL);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("0 changes"), "{}", stdout(&out));
-    sweeper.finish().assert_clean("team B and an unrelated once");
+    sweeper
+        .finish()
+        .assert_clean("team B and an unrelated once");
     let after = c.versions();
     let unchanged: Vec<_> = before.iter().filter(|v| after.contains(v)).collect();
     assert_eq!(unchanged.len(), before.len(), "{before:?} -> {after:?}");
@@ -334,10 +247,19 @@ fn an_unrelated_once_leaves_a_running_daemons_versioned_secrets() {
     );
     let args = ["--config", path(&platform), "--no-leader-election"];
     let _daemon = Daemon::start(c.dir.path(), "platform", &args, &c.env(&[]), SENTINEL);
-    wait_until(Duration::from_secs(30), "the daemon linked every namespace", || {
-        namespaces.iter().all(|ns| c.pull_list(ns, "default").len() == 1)
-    });
-    let linked: Vec<Vec<String>> = namespaces.iter().map(|ns| c.pull_list(ns, "default")).collect();
+    wait_until(
+        Duration::from_secs(30),
+        "the daemon linked every namespace",
+        || {
+            namespaces
+                .iter()
+                .all(|ns| c.pull_list(ns, "default").len() == 1)
+        },
+    );
+    let linked: Vec<Vec<String>> = namespaces
+        .iter()
+        .map(|ns| c.pull_list(ns, "default"))
+        .collect();
 
     // Someone runs `once` with their own config (the default instance) in the same cluster.
     let sweeper = Sweeper::start(c.server.reader(), Some("default"));
@@ -349,7 +271,7 @@ fn an_unrelated_once_leaves_a_running_daemons_versioned_secrets() {
             auth.display()
         ),
     );
-    let out = c.once(&adhoc, &[], &[]);
+    let out = c.once_checked(&adhoc, &[], &[], SENTINEL);
     assert!(out.status.success(), "{}", stdout(&out));
     let after: Vec<Vec<String>> = namespaces
         .iter()
@@ -407,7 +329,11 @@ fn two_instances_sharing_namespaces_never_touch_each_others_objects() {
     let provisioned = |c: &Cluster| {
         c.pull_list("both1", "default").len() == 3 && c.pull_list("both2", "default").len() == 3
     };
-    wait_until(Duration::from_secs(40), "both instances provisioned", || provisioned(&c));
+    wait_until(
+        Duration::from_secs(40),
+        "both instances provisioned",
+        || provisioned(&c),
+    );
     let b_version = |c: &Cluster| {
         c.pull_list("both1", "default")
             .into_iter()
@@ -426,17 +352,27 @@ fn two_instances_sharing_namespaces_never_touch_each_others_objects() {
     wait_until(Duration::from_secs(30), "team B cleaned up", || {
         c.secret("both2", "b-extra").is_none() && c.pull_list("b1", "default").is_empty()
     });
-    sweeper.finish().assert_clean("team B rotates and cleans up");
+    sweeper
+        .finish()
+        .assert_clean("team B rotates and cleans up");
 
     // Team A does the same: team B's objects do not change.
     let sweeper = Sweeper::start(c.server.reader(), Some("team-a"));
     c.docker_config("a.json", "registry.example.com", "a-two");
-    c.file("a.yaml", &team_yaml(&c, "team-a", &auth_a, &[("a-pull", &["both1"], "in-place")]));
+    c.file(
+        "a.yaml",
+        &team_yaml(&c, "team-a", &auth_a, &[("a-pull", &["both1"], "in-place")]),
+    );
     wait_until(Duration::from_secs(30), "team A cleaned up", || {
         c.secret("both2", "a-pull").is_none() && c.secret("both1", "common").is_none()
     });
-    sweeper.finish().assert_clean("team A rotates and cleans up");
-    assert!(c.secret("other", "app-config").is_some(), "the user's Secret survives both");
+    sweeper
+        .finish()
+        .assert_clean("team A rotates and cleans up");
+    assert!(
+        c.secret("other", "app-config").is_some(),
+        "the user's Secret survives both"
+    );
     assert!(b_version(&c).is_some(), "team B's version is still linked");
 }
 
@@ -455,29 +391,48 @@ fn a_type_change_that_fails_half_way_leaves_no_dangling_reference() {
             auth.display()
         )
     };
-    let config = c.file("pullsecretd.yaml", &config_of("kubernetes.io/dockerconfigjson"));
-    assert!(c.once(&config, &[], &[]).status.success());
+    let config = c.file(
+        "pullsecretd.yaml",
+        &config_of("kubernetes.io/dockerconfigjson"),
+    );
+    assert!(c.once_checked(&config, &[], &[], SENTINEL).status.success());
     assert_eq!(c.pull_list("a", "default"), ["reg-pull"]);
     let sweeper = Sweeper::start(c.server.reader(), None);
 
     // The delete fails: the Secret stays, and so do (after a relink) its links.
     c.file("pullsecretd.yaml", &config_of("kubernetes.io/dockercfg"));
     c.server.set_faults(|f| {
-        f.rules = vec![ErrorRule::new(Some("delete"), Some("secrets"), InjectedError::Internal, Some(1))];
+        f.rules = vec![ErrorRule::new(
+            Some("delete"),
+            Some("secrets"),
+            InjectedError::Internal,
+            Some(1),
+        )];
     });
-    let out = c.once(&config, &["--retries", "0"], &[]);
+    let out = c.once_checked(&config, &["--retries", "0"], &[], SENTINEL);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("unlinked [-reg-pull (imagePullSecrets)]"), "{text}");
+    assert!(
+        text.contains("unlinked [-reg-pull (imagePullSecrets)]"),
+        "{text}"
+    );
     assert!(text.contains("FAILED delete secrets a/reg-pull"), "{text}");
-    assert!(text.contains("linked [+reg-pull (imagePullSecrets)]"), "{text}");
+    assert!(
+        text.contains("linked [+reg-pull (imagePullSecrets)]"),
+        "{text}"
+    );
     assert_eq!(c.pull_list("a", "default"), ["reg-pull"]);
 
     // The create fails: the Secret is gone, and no account names it.
     c.server.set_faults(|f| {
-        f.rules = vec![ErrorRule::new(Some("create"), Some("secrets"), InjectedError::Unavailable, Some(1))];
+        f.rules = vec![ErrorRule::new(
+            Some("create"),
+            Some("secrets"),
+            InjectedError::Unavailable,
+            Some(1),
+        )];
     });
-    let out = c.once(&config, &["--retries", "0"], &[]);
+    let out = c.once_checked(&config, &["--retries", "0"], &[], SENTINEL);
     let text = stdout(&out);
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("deleted secret reg-pull"), "{text}");
@@ -487,7 +442,7 @@ fn a_type_change_that_fails_half_way_leaves_no_dangling_reference() {
     assert!(c.pull_list("a", "default").is_empty());
 
     // The fault clears: the next pass creates and links it.
-    let out = c.once(&config, &[], &[]);
+    let out = c.once_checked(&config, &[], &[], SENTINEL);
     assert!(out.status.success(), "{}", stdout(&out));
     let secret = c.secret("a", "reg-pull").expect("recreated");
     assert_eq!(secret["type"], "kubernetes.io/dockercfg");
@@ -508,7 +463,7 @@ fn a_secret_recreated_by_someone_else_between_read_and_delete_survives() {
         )
     };
     let config = c.file("pullsecretd.yaml", &yaml("a"));
-    assert!(c.once(&config, &[], &[]).status.success());
+    assert!(c.once_checked(&config, &[], &[], SENTINEL).status.success());
     // The config drops project a: the next once unlinks and deletes reg-pull. Its DELETE is
     // held at the server while someone replaces the Secret with one of their own.
     c.file("pullsecretd.yaml", &yaml("elsewhere"));
@@ -527,7 +482,10 @@ fn a_secret_recreated_by_someone_else_between_read_and_delete_survives() {
             SENTINEL,
         )
     });
-    assert!(pause.wait_arrived(Duration::from_secs(20)), "the delete arrives");
+    assert!(
+        pause.wait_arrived(Duration::from_secs(20)),
+        "the delete arrives"
+    );
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     runtime.block_on(async {
         let kube = kube_client(&c);
@@ -541,14 +499,19 @@ fn a_secret_recreated_by_someone_else_between_read_and_delete_survives() {
             "data": {"mine": STANDARD.encode("yes")},
         }))
         .expect("secret");
-        api.create(&Default::default(), &mine).await.expect("recreated by someone else");
+        api.create(&Default::default(), &mine)
+            .await
+            .expect("recreated by someone else");
     });
     pause.release(kube_sim::Release::Proceed);
     let out = once.join().expect("once finished");
     let text = stdout(&out);
     let survivor = c.secret("a", "reg-pull").expect("their Secret survives");
     assert_eq!(survivor["type"], "Opaque", "{text}");
-    assert!(text.contains("not deleted: it was recreated by someone else"), "{text}");
+    assert!(
+        text.contains("not deleted: it was recreated by someone else"),
+        "{text}"
+    );
 }
 
 fn kube_client(c: &Cluster) -> kube::Client {
@@ -573,7 +536,7 @@ fn objects_written_before_instances_are_adopted_with_only_the_identity_label() {
         auth.display()
     );
     let config = c.file("pullsecretd.yaml", &yaml);
-    assert!(c.once(&config, &[], &[]).status.success());
+    assert!(c.once_checked(&config, &[], &[], SENTINEL).status.success());
     // What the release before instances wrote: the same objects without the identity label.
     let runtime = tokio::runtime::Runtime::new().expect("runtime");
     let managed: Vec<(String, String, String)> =
@@ -586,7 +549,7 @@ fn objects_written_before_instances_are_adopted_with_only_the_identity_label() {
         .collect();
 
     c.server.reset_counts();
-    let out = c.once(&config, &[], &[]);
+    let out = c.once_checked(&config, &[], &[], SENTINEL);
     assert!(out.status.success(), "{}", stdout(&out));
     let counts = c.server.counts();
     assert_eq!(counts.count("update", "secrets"), 3, "{counts:?}");
@@ -599,7 +562,11 @@ fn objects_written_before_instances_are_adopted_with_only_the_identity_label() {
         .collect();
     assert_eq!(data_before, data_after);
     for (resource, ns, name) in &managed {
-        let group = if resource == "secrets" { "" } else { "rbac.authorization.k8s.io" };
+        let group = if resource == "secrets" {
+            ""
+        } else {
+            "rbac.authorization.k8s.io"
+        };
         let object = c.server.get(group, resource, ns, name).expect("kept");
         assert_eq!(
             object.pointer("/metadata/labels/pullsecretd.io~1instance"),
@@ -609,7 +576,7 @@ fn objects_written_before_instances_are_adopted_with_only_the_identity_label() {
     }
     // And a second pass writes nothing.
     c.server.reset_counts();
-    assert!(c.once(&config, &[], &[]).status.success());
+    assert!(c.once_checked(&config, &[], &[], SENTINEL).status.success());
     assert_eq!(c.server.counts().writes(), 0);
 }
 
@@ -620,22 +587,40 @@ async fn strip_instance_labels(c: &Cluster, kube: kube::Client) -> Vec<(String, 
     let mut stripped = Vec::new();
     for (group, version, kind, resource) in [
         ("", "v1", "Secret", "secrets"),
-        ("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
+        (
+            "rbac.authorization.k8s.io",
+            "v1",
+            "RoleBinding",
+            "rolebindings",
+        ),
     ] {
         let api_resource = ApiResource {
             group: group.into(),
             version: version.into(),
-            api_version: if group.is_empty() { version.into() } else { format!("{group}/{version}") },
+            api_version: if group.is_empty() {
+                version.into()
+            } else {
+                format!("{group}/{version}")
+            },
             kind: kind.into(),
             plural: resource.into(),
         };
         for object in c.server.list(group, resource, None) {
             let labels = object.pointer("/metadata/labels");
-            if labels.and_then(|l| l.get("pullsecretd.io/instance")).is_none() {
+            if labels
+                .and_then(|l| l.get("pullsecretd.io/instance"))
+                .is_none()
+            {
                 continue;
             }
-            let ns = object["metadata"]["namespace"].as_str().unwrap_or_default().to_string();
-            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_string();
+            let ns = object["metadata"]["namespace"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             let api: Api<DynamicObject> = Api::namespaced_with(kube.clone(), &ns, &api_resource);
             let patch = json!({"metadata": {"labels": {"pullsecretd.io/instance": null}}});
             api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
@@ -665,7 +650,8 @@ async fn a_workstation_pass_leaves_a_teams_secret_of_the_same_name_alone() {
     let team_auth = fx.dir.path().join("team.json");
     std::fs::write(
         &team_auth,
-        json!({"auths": {"registry.example.com": {"auth": STANDARD.encode("team:team-pw")}}}).to_string(),
+        json!({"auths": {"registry.example.com": {"auth": STANDARD.encode("team:team-pw")}}})
+            .to_string(),
     )
     .expect("team auth");
     let team_yaml = format!(
@@ -676,7 +662,9 @@ async fn a_workstation_pass_leaves_a_teams_secret_of_the_same_name_alone() {
     let team = pullsecretd::config::Config::from_yaml(&team_yaml, &fx.dir.path().join("team.yaml"))
         .expect("team config");
     assert!(fx.once(&team).await.converged());
-    let before = fx.secret("dev", "registry-example-com").expect("team's secret");
+    let before = fx
+        .secret("dev", "registry-example-com")
+        .expect("team's secret");
 
     // The developer logs in to the same registry; workstation syncs their logins into dev.
     let mine = fx.dir.path().join("config.json");
@@ -695,12 +683,21 @@ async fn a_workstation_pass_leaves_a_teams_secret_of_the_same_name_alone() {
         namespace: "dev".into(),
     };
     let sweeper = Sweeper::start(fx.server.reader(), Some("workstation"));
-    let mut workstation =
-        Workstation::new(fx.client.clone(), Throttle::new(cluster::nz(100), cluster::nz(50), 2), source, service);
+    let mut workstation = Workstation::new(
+        fx.client.clone(),
+        Throttle::new(cluster::nz(100), cluster::nz(50), 2),
+        source,
+        service,
+    );
     workstation.pass().await.expect("pass");
-    let after = fx.secret("dev", "registry-example-com").expect("still there");
+    let after = fx
+        .secret("dev", "registry-example-com")
+        .expect("still there");
     assert_eq!(after.metadata.uid, before.metadata.uid, "not recreated");
-    assert_eq!(after.metadata.resource_version, before.metadata.resource_version);
+    assert_eq!(
+        after.metadata.resource_version,
+        before.metadata.resource_version
+    );
     assert_eq!(after.type_.as_deref(), Some("kubernetes.io/dockercfg"));
     assert!(!format!("{:?}", after.data).contains(SENTINEL));
     sweeper.finish().assert_clean("workstation");
@@ -717,7 +714,10 @@ async fn a_reload_to_another_vault_path_serves_its_credential_at_once() {
     put_login(&bao, "registries/two", SENTINEL).await;
     let c = Cluster::start(Options::default());
     c.namespace("a");
-    let config = c.file("vault.yaml", &vault_yaml(&bao, "registries/one", "in-place", "1h"));
+    let config = c.file(
+        "vault.yaml",
+        &vault_yaml(&bao, "registries/one", "in-place", "1h"),
+    );
     let args = [
         "--config",
         path(&config),
@@ -741,13 +741,20 @@ async fn a_reload_to_another_vault_path_serves_its_credential_at_once() {
                 .map(String::from)
         })
     };
-    wait_until(Duration::from_secs(20), "the first path's credential", || {
-        password(&c).as_deref() == Some("password-one")
-    });
-    c.file("vault.yaml", &vault_yaml(&bao, "registries/two", "in-place", "1h"));
-    let took = wait_until(Duration::from_secs(20), "the second path's credential", || {
-        password(&c).as_deref() == Some(SENTINEL)
-    });
+    wait_until(
+        Duration::from_secs(20),
+        "the first path's credential",
+        || password(&c).as_deref() == Some("password-one"),
+    );
+    c.file(
+        "vault.yaml",
+        &vault_yaml(&bao, "registries/two", "in-place", "1h"),
+    );
+    let took = wait_until(
+        Duration::from_secs(20),
+        "the second path's credential",
+        || password(&c).as_deref() == Some(SENTINEL),
+    );
     eprintln!("the reloaded path's credential was written {took:?} after the reload");
 }
 
@@ -757,7 +764,10 @@ async fn a_source_that_was_down_at_start_is_retried_long_before_its_refresh() {
     bao.kill();
     let c = Cluster::start(Options::default());
     c.namespace("a");
-    let config = c.file("vault.yaml", &vault_yaml(&bao, "registries/priv", "in-place", "1h"));
+    let config = c.file(
+        "vault.yaml",
+        &vault_yaml(&bao, "registries/priv", "in-place", "1h"),
+    );
     let args = ["--config", path(&config), "--no-leader-election"];
     let daemon = Daemon::start(
         c.dir.path(),
@@ -769,9 +779,11 @@ async fn a_source_that_was_down_at_start_is_retried_long_before_its_refresh() {
     daemon.wait_for_log(Duration::from_secs(20), "Reading a registry failed");
     bao.restart().await;
     put_login(&bao, "registries/priv", SENTINEL).await;
-    let took = wait_until(Duration::from_secs(60), "the Secret written after Vault came back", || {
-        c.secret("a", "priv").is_some()
-    });
+    let took = wait_until(
+        Duration::from_secs(60),
+        "the Secret written after Vault came back",
+        || c.secret("a", "priv").is_some(),
+    );
     eprintln!("written {took:?} after Vault came back (refresh: 1h)");
     assert!(daemon.log().contains("Ready"), "{}", daemon.log());
 }

@@ -154,7 +154,9 @@ impl State {
         self.report.sweeps += 1;
         let secrets = self.reader.list("", "secrets", None);
         let accounts = self.reader.list("", "serviceaccounts", None);
-        let bindings = self.reader.list("rbac.authorization.k8s.io", "rolebindings", None);
+        let bindings = self
+            .reader
+            .list("rbac.authorization.k8s.io", "rolebindings", None);
         let existing: BTreeSet<Key> = secrets.iter().map(key_of).collect();
         let ours: BTreeSet<Key> = secrets
             .iter()
@@ -196,10 +198,7 @@ impl State {
     fn check_foreign(&mut self, kind: &'static str, objects: &[Value]) {
         let mut seen = BTreeSet::new();
         let instance = self.instance.clone();
-        for object in objects
-            .iter()
-            .filter(|o| !is_ours(instance.as_deref(), o))
-        {
+        for object in objects.iter().filter(|o| !is_ours(instance.as_deref(), o)) {
             let key = key_of(object);
             seen.insert(key.clone());
             let rv = meta_str(object, "/metadata/resourceVersion").to_string();
@@ -259,9 +258,7 @@ impl State {
                 _ => continue,
             };
             if !payload_ok(secret, data_key) {
-                self.report
-                    .emptied
-                    .insert(format!("{namespace}/{name}"));
+                self.report.emptied.insert(format!("{namespace}/{name}"));
             }
         }
     }

@@ -190,7 +190,8 @@ impl OpenBao {
             .env_remove("VAULT_TOKEN")
             .env_remove("BAO_TOKEN")
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            // The dev server prints its unseal key there (seal/unseal tests read it).
+            .stdout(std::fs::File::create(self.home.path().join("bao.out")).expect("bao.out"))
             .stderr(Stdio::null())
             .spawn()
             .expect("start bao server -dev");
@@ -216,6 +217,34 @@ impl OpenBao {
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    /// The dev server's unseal key, as it printed it at start.
+    pub fn unseal_key(&self) -> String {
+        let out = std::fs::read_to_string(self.home.path().join("bao.out")).unwrap_or_default();
+        out.lines()
+            .find_map(|line| line.trim().strip_prefix("Unseal Key: "))
+            .expect("the dev server printed its unseal key")
+            .trim()
+            .to_string()
+    }
+
+    /// Seals the server: every read fails with 503 until [`OpenBao::unseal`].
+    pub async fn seal(&self) {
+        self.api("PUT", "sys/seal", None).await;
+    }
+
+    pub async fn unseal(&self) {
+        let key = self.unseal_key();
+        self.request(
+            ROOT_TOKEN,
+            None,
+            "PUT",
+            "sys/unseal",
+            Some(json!({ "key": key })),
+        )
+        .await
+        .unwrap_or_else(|(status, text)| panic!("unseal: {status} {text}"));
     }
 
     /// Kills the server (all data is lost: it is a dev server).

@@ -14,7 +14,10 @@ use std::time::{Duration, Instant};
 pub fn binary() -> PathBuf {
     std::env::var_os("PULLSECRETD_TEST_BIN")
         .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_pullsecretd")), PathBuf::from)
+        .map_or_else(
+            || PathBuf::from(env!("CARGO_BIN_EXE_pullsecretd")),
+            PathBuf::from,
+        )
 }
 
 /// Runs `pullsecretd ARGS` with `env` (and HOME, KUBECONFIG as given), without RUST_LOG.
@@ -56,8 +59,17 @@ pub struct Daemon {
 impl Daemon {
     /// Starts `pullsecretd run --listen 127.0.0.1:0 ARGS` with `env`, logging at info into a
     /// file under `dir` named after `label`.
-    pub fn start(dir: &Path, label: &str, args: &[&str], env: &[(&str, &str)], forbidden: &str) -> Self {
-        let stderr = dir.join(format!("daemon-{label}.log"));
+    pub fn start(
+        dir: &Path,
+        label: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        forbidden: &str,
+    ) -> Self {
+        // Not beside the config: a daemon watching that directory must not see log writes.
+        let logs = dir.join("logs");
+        fs::create_dir_all(&logs).expect("log directory");
+        let stderr = logs.join(format!("daemon-{label}.log"));
         let child = Command::new(binary())
             .arg("run")
             .args(["--listen", "127.0.0.1:0"])
@@ -67,7 +79,7 @@ impl Daemon {
             .env_remove("VAULT_TOKEN")
             .env_remove("POD_NAMESPACE")
             .envs(env.iter().copied())
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", "info,vaultrs=off,rustify=off")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr).expect("stderr file"))
@@ -82,15 +94,24 @@ impl Daemon {
 
     pub fn log(&self) -> String {
         let log = fs::read_to_string(&self.stderr).unwrap_or_default();
-        assert!(!log.contains(&self.forbidden), "a credential leaked into the log");
+        assert!(
+            !log.contains(&self.forbidden),
+            "a credential leaked into the log"
+        );
         log
     }
 
-    /// Waits until the log contains `text`, at most `limit`.
+    /// Waits until the log contains `text`, at most `limit` (the log is shown on failure).
     pub fn wait_for_log(&self, limit: Duration, text: &str) {
-        wait_until(limit, &format!("the daemon logged {text:?}"), || {
-            self.log().contains(text)
-        });
+        let started = Instant::now();
+        while !self.log().contains(text) {
+            assert!(
+                started.elapsed() < limit,
+                "timed out after {limit:?}: the daemon logged {text:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// SIGKILL: the process dies at once, as in a crash (no Lease release, nothing finished).

@@ -444,7 +444,20 @@ impl Handle {
     /// Holds the next `verb` request on `resource` (for object `name`, if given) at the server
     /// until [`Pause::release`]: a test kills a client mid-step with it.
     pub fn pause(&self, verb: &str, resource: &str, name: Option<&str>) -> Arc<Pause> {
-        self.shared.pauses.arm(verb, resource, name)
+        self.shared.pauses.arm(verb, resource, None, name)
+    }
+
+    /// [`Handle::pause`] for requests in one namespace only.
+    pub fn pause_in(
+        &self,
+        verb: &str,
+        resource: &str,
+        namespace: &str,
+        name: Option<&str>,
+    ) -> Arc<Pause> {
+        self.shared
+            .pauses
+            .arm(verb, resource, Some(namespace), name)
     }
 
     /// Creates an object directly (seeding test state), with the server's full create semantics.

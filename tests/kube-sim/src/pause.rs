@@ -20,6 +20,8 @@ pub enum Release {
 pub struct Pause {
     verb: String,
     resource: String,
+    /// Only requests in this namespace.
+    namespace: Option<String>,
     /// Only requests for this object name (path name, or `metadata.name` of a create body).
     name: Option<String>,
     state: Mutex<PauseState>,
@@ -78,11 +80,23 @@ impl Pause {
         }
     }
 
-    fn matches(&self, verb: &str, resource: &str, name: &str) -> bool {
-        self.verb == verb
-            && self.resource == resource
-            && self.name.as_deref().is_none_or(|n| n == name)
+    fn matches(&self, request: &Target<'_>) -> bool {
+        self.verb == request.verb
+            && self.resource == request.resource
+            && self
+                .namespace
+                .as_deref()
+                .is_none_or(|n| n == request.namespace)
+            && self.name.as_deref().is_none_or(|n| n == request.name)
     }
+}
+
+/// What a request is about, for matching pause points.
+pub struct Target<'a> {
+    pub verb: &'a str,
+    pub resource: &'a str,
+    pub namespace: &'a str,
+    pub name: &'a str,
 }
 
 /// The armed pause points of a server.
@@ -92,11 +106,19 @@ pub struct Pauses {
 }
 
 impl Pauses {
-    /// Arms a point for the next `verb` on `resource` (named `name`, if given).
-    pub fn arm(&self, verb: &str, resource: &str, name: Option<&str>) -> Arc<Pause> {
+    /// Arms a point for the next `verb` on `resource` (in `namespace` and named `name`, if
+    /// given).
+    pub fn arm(
+        &self,
+        verb: &str,
+        resource: &str,
+        namespace: Option<&str>,
+        name: Option<&str>,
+    ) -> Arc<Pause> {
         let pause = Arc::new(Pause {
             verb: verb.to_string(),
             resource: resource.to_string(),
+            namespace: namespace.map(str::to_string),
             name: name.map(str::to_string),
             state: Mutex::default(),
             changed: Condvar::new(),
@@ -107,9 +129,9 @@ impl Pauses {
     }
 
     /// The armed point matching this request, disarmed (`None`: serve it at once).
-    pub fn take(&self, verb: &str, resource: &str, name: &str) -> Option<Arc<Pause>> {
+    pub fn take(&self, request: &Target<'_>) -> Option<Arc<Pause>> {
         let mut armed = self.lock();
-        let index = armed.iter().position(|p| p.matches(verb, resource, name))?;
+        let index = armed.iter().position(|p| p.matches(request))?;
         Some(armed.remove(index))
     }
 

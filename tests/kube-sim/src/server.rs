@@ -313,10 +313,13 @@ pub async fn handle(
             .unwrap_or_default()
     });
     let rt = request.rt;
-    let reply = match shared
-        .pauses
-        .take(request.verb, request.rt.plural, &object_name)
-    {
+    let target = crate::pause::Target {
+        verb: request.verb,
+        resource: request.rt.plural,
+        namespace: request.namespace.as_deref().unwrap_or(""),
+        name: &object_name,
+    };
+    let reply = match shared.pauses.take(&target) {
         None => api::serve(&shared, &request),
         // Held in a task of its own: a client killed meanwhile does not cancel it, so a
         // released write lands whether anyone still waits for the answer or not.
