@@ -13,29 +13,41 @@
 //! - `patch` (JSON/merge/strategic), `managed` (managedFields and server-side apply).
 //! - `store`: objects, one resourceVersion counter, bounded history, watch fan-out; `watch`.
 //! - `discovery`, `table`, `rbac`, `selector`, `status`, `tls`, `faults`, `resources`, `util`.
+//! - The pod path: `workloads` (pod/apps strategies), `admission` (ServiceAccount plugin),
+//!   `subresource` (scale), `controllers` (ReplicaSet/Deployment, a background task), `kubelet`
+//!   (opt-in: binds pods, pulls images from loopback registries, writes pod status), `recorder`
+//!   (their Events), `image_ref` (image reference parsing).
 
+mod admission;
 mod api;
+mod controllers;
 mod convert;
 mod discovery;
 pub mod faults;
 mod hooks;
+mod image_ref;
+pub mod kubelet;
 mod managed;
 mod patch;
 mod proto;
 mod rbac;
+mod recorder;
 pub mod resources;
 mod selector;
 mod server;
 mod status;
 mod store;
 mod strategy;
+mod subresource;
 mod table;
 mod tls;
 mod util;
 mod watch;
+mod workloads;
 
 pub use faults::{ErrorRule, Faults, InjectedError, RequestCounts};
 pub use hooks::{OPENSHIFT_SA_MANAGER, PULL_SECRET_REF};
+pub use kubelet::{KubeletOptions, PullAttempt};
 
 use serde_json::{Value, json};
 use server::Shared;
@@ -152,6 +164,11 @@ pub struct Options {
     pub namespace_deletion_delay: Duration,
     /// Faults in force from the start.
     pub faults: Faults,
+    /// Run the ReplicaSet and Deployment controllers (as kube-controller-manager does).
+    pub controllers: bool,
+    /// Run a kubelet for one node that binds pods and really pulls their images (None: pods
+    /// stay Pending, as on a cluster without nodes).
+    pub kubelet: Option<KubeletOptions>,
 }
 
 impl Default for Options {
@@ -169,6 +186,8 @@ impl Default for Options {
             openshift_pull_secrets: true,
             namespace_deletion_delay: Duration::ZERO,
             faults: Faults::default(),
+            controllers: true,
+            kubelet: None,
         }
     }
 }
@@ -183,6 +202,13 @@ impl Options {
     #[must_use]
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Runs a kubelet with these options.
+    #[must_use]
+    pub fn kubelet(mut self, kubelet: KubeletOptions) -> Self {
+        self.kubelet = Some(kubelet);
         self
     }
 
@@ -203,6 +229,8 @@ pub enum Error {
     Tls(String),
     #[error("starting the server runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("starting the kubelet: {0}")]
+    Kubelet(String),
 }
 
 /// Starts servers.
@@ -216,6 +244,8 @@ pub struct Handle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The server's own runtime when started with [`Server::start_in_thread`].
     runtime: Option<tokio::runtime::Runtime>,
+    /// The kubelet's state, when one runs.
+    kubelet: Option<Arc<kubelet::Kubelet>>,
 }
 
 impl Server {
@@ -235,6 +265,12 @@ impl Server {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let bookmark_interval = opts.bookmark_interval;
+        let kubelet = match &opts.kubelet {
+            Some(k) => Some(Arc::new(
+                kubelet::Kubelet::new(k.clone()).map_err(Error::Kubelet)?,
+            )),
+            None => None,
+        };
         let shared = Shared::new(opts, addr.to_string());
         hooks::bootstrap(&shared);
         let acceptor = tls
@@ -250,12 +286,20 @@ impl Server {
                 s.lock_store().send_bookmarks();
             }
         });
+        let mut tasks = vec![accept, bookmarks];
+        if shared.opts.controllers {
+            tasks.push(controllers::spawn(&shared));
+        }
+        if let Some(k) = &kubelet {
+            tasks.push(kubelet::spawn(&shared, k.clone()));
+        }
         Ok(Handle {
             shared,
             url: format!("{scheme}://{addr}"),
             ca_pem: tls.map(|t| t.ca_pem),
-            tasks: vec![accept, bookmarks],
+            tasks,
             runtime: None,
+            kubelet,
         })
     }
 
@@ -410,6 +454,35 @@ impl Handle {
             .lock_store()
             .get(rt.key(), namespace, name)
             .cloned()
+    }
+
+    /// Stored objects of a resource, in one namespace or all, bypassing HTTP and counters.
+    pub fn list(&self, group: &str, resource: &str, namespace: Option<&str>) -> Vec<Value> {
+        let Some(rt) = resources::find(group, "v1", resource, true) else {
+            return Vec::new();
+        };
+        self.shared
+            .lock_store()
+            .list(rt.key(), namespace)
+            .into_iter()
+            .cloned()
+            .collect()
+    }
+
+    /// Every image pull the kubelet attempted, in order (empty without a kubelet).
+    pub fn pull_attempts(&self) -> Vec<PullAttempt> {
+        self.kubelet
+            .as_ref()
+            .map(|k| k.attempts())
+            .unwrap_or_default()
+    }
+
+    /// Full references of the images on the kubelet's node.
+    pub fn node_images(&self) -> Vec<String> {
+        self.kubelet
+            .as_ref()
+            .map(|k| k.images())
+            .unwrap_or_default()
     }
 
     /// Number of stored objects of a resource.

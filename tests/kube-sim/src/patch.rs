@@ -23,6 +23,24 @@ pub fn list_kind(kind: &str, path: &[&str]) -> ListKind {
         (_, ["metadata", "finalizers"]) => ListKind::Set,
         (_, ["metadata", "ownerReferences"]) => ListKind::Map("uid"),
         ("ServiceAccount", ["secrets"]) => ListKind::Map("name"),
+        ("Pod", ["spec", rest @ ..]) => pod_spec_list(rest),
+        ("Deployment" | "ReplicaSet", ["spec", "template", "spec", rest @ ..]) => {
+            pod_spec_list(rest)
+        }
+        ("Pod" | "Deployment" | "ReplicaSet", ["status", "conditions"]) => ListKind::Map("type"),
+        _ => ListKind::Atomic,
+    }
+}
+
+/// Lists of a PodSpec tagged `patchStrategy:"merge"` (k8s.io/api core/v1 types.go).
+fn pod_spec_list(path: &[&str]) -> ListKind {
+    match path {
+        ["containers" | "initContainers" | "ephemeralContainers"]
+        | ["containers" | "initContainers", "env"]
+        | ["volumes"]
+        | ["imagePullSecrets"] => ListKind::Map("name"),
+        ["containers" | "initContainers", "ports"] => ListKind::Map("containerPort"),
+        ["containers" | "initContainers", "volumeMounts"] => ListKind::Map("mountPath"),
         _ => ListKind::Atomic,
     }
 }
