@@ -40,6 +40,7 @@ mod store;
 mod strategy;
 mod subresource;
 mod table;
+mod table_workloads;
 mod tls;
 mod util;
 mod watch;

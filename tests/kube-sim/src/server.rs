@@ -312,7 +312,13 @@ pub async fn handle(
     Ok(match reply {
         Ok(Reply::Json(code, v)) => {
             let v = if accept.contains("as=Table") {
-                crate::table::to_table(request.rt, &v, code)
+                let include = request.query.get("includeObject").map(String::as_str);
+                crate::table::to_table_with(
+                    request.rt,
+                    &v,
+                    code,
+                    crate::table::Include::from_query(include),
+                )
             } else {
                 v
             };
