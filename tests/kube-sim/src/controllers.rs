@@ -3,8 +3,10 @@
 //! `pkg/controller/deployment/{sync.go,progress.go}`, `pkg/controller/controller_utils.go`):
 //!
 //! - a Deployment owns one ReplicaSet per pod template, named `<deployment>-<pod-template-hash>`
-//!   and labelled/selected with `pod-template-hash`; the current template's ReplicaSet gets
-//!   `spec.replicas`, older ones are scaled to 0 at once (no surge/unavailability pacing);
+//!   and labelled/selected with `pod-template-hash`; a RollingUpdate grows the current
+//!   template's ReplicaSet within `maxSurge` and shrinks older ones (unhealthy pods first) while
+//!   `replicas - maxUnavailable` stay available; Recreate scales old ones to 0 and waits for
+//!   their pods to go before scaling the new one up;
 //! - a ReplicaSet keeps `spec.replicas` active pods `<rs>-<5 random>` created from its template
 //!   with a controller `ownerReference` (`controller: true`, `blockOwnerDeletion: true`); a pod
 //!   that is deleted (or terminating) is replaced; a create the apiserver refuses (admission)
@@ -106,7 +108,18 @@ async fn run(
                 let mut st = shared.lock_store();
                 match &work {
                     Work::Deployment(ns, name) => sync_deployment(&shared, &mut st, ns, name),
-                    Work::ReplicaSet(ns, name) => sync_replica_set(&shared, &mut st, ns, name),
+                    Work::ReplicaSet(ns, name) => {
+                        let outcome = sync_replica_set(&shared, &mut st, ns, name);
+                        // The Deployment controller also watches pods (a Recreate rollout
+                        // waits for the old ones to be gone): look at the owner too.
+                        if let Some(("Deployment", owner)) = owner_of_replica_set(&st, ns, name)
+                            .as_ref()
+                            .map(|(k, n)| (k.as_str(), n.clone()))
+                        {
+                            let _ = sync_deployment(&shared, &mut st, ns, &owner);
+                        }
+                        outcome
+                    }
                 }
             };
             match outcome {
@@ -169,6 +182,11 @@ fn work_of(msg: &WatchMsg) -> Vec<Work> {
         }
     }
     out
+}
+
+fn owner_of_replica_set(st: &Store, ns: &str, name: &str) -> Option<(String, String)> {
+    let rs = st.get(rt(APPS, "replicasets")?.key(), ns, name)?;
+    controller_of(rs)
 }
 
 /// (kind, name) of the `controller: true` owner reference.
@@ -591,29 +609,38 @@ fn sync_deployment(shared: &Shared, st: &mut Store, ns: &str, name: &str) -> Out
     };
     let desired = int(&d, "/spec/replicas");
     let (surge, max_unavailable) = fenceposts(&d, desired);
+    let recreate = d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate");
     let template = template_ignoring_hash(d.pointer("/spec/template"));
     let rss = owned(st);
-    let current = rss
-        .iter()
-        .find(|r| template_ignoring_hash(r.pointer("/spec/template")) == template)
-        .cloned();
+    let (current, mut old): (Vec<Value>, Vec<Value>) = rss
+        .into_iter()
+        .partition(|r| template_ignoring_hash(r.pointer("/spec/template")) == template);
+    old.sort_by_key(|r| {
+        r.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+            .and_then(util::parse_rfc3339)
+            .unwrap_or(0)
+    });
+    let old_total: i64 = old.iter().map(|r| int(r, "/spec/replicas")).sum();
     let mut created = None;
-    let new_rs = match current {
-        Some(rs) => {
-            if int(&rs, "/spec/replicas") != desired {
-                scale_replica_set(shared, st, &d, &rs, desired, surge);
-            }
-            rs
-        }
+    let new_rs = match current.into_iter().next() {
+        Some(rs) => Some(rs),
+        // Recreate creates the new ReplicaSet once the old pods are gone.
+        None if recreate && (old_total > 0 || old_pods_exist(st, ns, &old)) => None,
         None => {
+            let replicas = if recreate {
+                desired
+            } else {
+                new_rs_replicas(desired, surge, old_total, 0)
+            };
             let collisions = d.pointer("/status/collisionCount").and_then(Value::as_i64);
             let hash = workloads::pod_template_hash(&template, collisions);
-            let rev = rss.iter().map(revision).max().unwrap_or(0) + 1;
-            let rs = new_replica_set(&d, &hash, desired, surge, rev);
+            let rev = old.iter().map(revision).max().unwrap_or(0) + 1;
+            let rs = new_replica_set(&d, &hash, replicas, surge, rev);
             match api::create_locked(shared, st, rs_rt, rs, MANAGER, false) {
                 Ok(rs) => {
                     let msg = format!(
-                        "Scaled up replica set {} from 0 to {desired}",
+                        "Scaled up replica set {} from 0 to {replicas}",
                         meta_str(&rs, "name")
                     );
                     event(
@@ -626,7 +653,7 @@ fn sync_deployment(shared: &Shared, st: &mut Store, ns: &str, name: &str) -> Out
                         &msg,
                     );
                     created = Some(meta_str(&rs, "name").to_string());
-                    rs
+                    Some(rs)
                 }
                 Err(e) if e.code == 409 => {
                     // A ReplicaSet of that name with another template: hash again with a
@@ -640,20 +667,33 @@ fn sync_deployment(shared: &Shared, st: &mut Store, ns: &str, name: &str) -> Out
             }
         }
     };
-    let new_name = meta_str(&new_rs, "name").to_string();
-    for old in rss.iter().filter(|r| meta_str(r, "name") != new_name) {
-        if int(old, "/spec/replicas") > 0 {
-            scale_replica_set(shared, st, &d, old, 0, surge);
+    let rollout = Rollout {
+        d: &d,
+        desired,
+        surge,
+        max_unavailable,
+    };
+    if created.is_none() {
+        if recreate {
+            rollout.recreate(shared, st, ns, new_rs.as_ref(), &old);
+        } else if let Some(new_rs) = &new_rs {
+            rollout.rolling(shared, st, new_rs, &mut old);
         }
     }
+    let new_name = new_rs
+        .as_ref()
+        .map(|r| meta_str(r, "name").to_string())
+        .unwrap_or_default();
     // The Deployment carries the revision of its current ReplicaSet.
-    let rev = revision(&new_rs).to_string();
     let mut d = st.get(d_rt.key(), ns, name).cloned().unwrap_or(d);
-    if revision(&d).to_string() != rev {
-        let mut next = d.clone();
-        next["metadata"]["annotations"][REVISION] = json!(rev);
-        if let Ok(stored) = api::write_update(st, d_rt, &d, next, MANAGER, false) {
-            d = stored;
+    if let Some(new_rs) = &new_rs {
+        let rev = revision(new_rs).to_string();
+        if revision(&d).to_string() != rev {
+            let mut next = d.clone();
+            next["metadata"]["annotations"][REVISION] = json!(rev);
+            if let Ok(stored) = api::write_update(st, d_rt, &d, next, MANAGER, false) {
+                d = stored;
+            }
         }
     }
     let status = deployment_status(
@@ -665,6 +705,121 @@ fn sync_deployment(shared: &Shared, st: &mut Store, ns: &str, name: &str) -> Out
     );
     write_status(st, d_rt, &d, status);
     Outcome::Done
+}
+
+/// Whether any pod (even terminating) of the old ReplicaSets remains.
+fn old_pods_exist(st: &Store, ns: &str, old: &[Value]) -> bool {
+    let Some(pods) = rt("", "pods") else {
+        return false;
+    };
+    st.list(pods.key(), Some(ns))
+        .into_iter()
+        .any(|p| old.iter().any(|r| controlled_by(p, meta_str(r, "uid"))))
+}
+
+/// `NewRSNewReplicas` for RollingUpdate: grow the new ReplicaSet as far as `maxSurge` allows.
+fn new_rs_replicas(desired: i64, surge: i64, others: i64, current: i64) -> i64 {
+    let max_total = desired + surge;
+    let total = others + current;
+    if total >= max_total {
+        return current;
+    }
+    current + (max_total - total).min(desired - current)
+}
+
+/// One Deployment's rollout step (`rolling.go`, `recreate.go`).
+struct Rollout<'a> {
+    d: &'a Value,
+    desired: i64,
+    surge: i64,
+    max_unavailable: i64,
+}
+
+impl Rollout<'_> {
+    /// `rolloutRolling`: scale the new ReplicaSet up within `maxSurge`; otherwise scale old ones
+    /// down, unhealthy pods first, keeping `desired - maxUnavailable` available.
+    fn rolling(&self, shared: &Shared, st: &mut Store, new_rs: &Value, old: &mut [Value]) {
+        let new_replicas = int(new_rs, "/spec/replicas");
+        let old_total: i64 = old.iter().map(|r| int(r, "/spec/replicas")).sum();
+        if new_replicas > self.desired {
+            scale_replica_set(shared, st, self.d, new_rs, self.desired, self.surge);
+            return;
+        }
+        if new_replicas < self.desired {
+            let target = new_rs_replicas(self.desired, self.surge, old_total, new_replicas);
+            if target != new_replicas {
+                scale_replica_set(shared, st, self.d, new_rs, target, self.surge);
+                return;
+            }
+        }
+        if old_total == 0 {
+            return;
+        }
+        let min_available = self.desired - self.max_unavailable;
+        let new_unavailable = new_replicas - int(new_rs, "/status/availableReplicas");
+        let max_down = old_total + new_replicas - min_available - new_unavailable;
+        if max_down <= 0 {
+            return;
+        }
+        // cleanupUnhealthyReplicas
+        let mut cleaned = 0;
+        for rs in old.iter_mut() {
+            let spec = int(rs, "/spec/replicas");
+            let unhealthy = spec - int(rs, "/status/availableReplicas");
+            if cleaned >= max_down || spec == 0 || unhealthy <= 0 {
+                continue;
+            }
+            let down = unhealthy.min(max_down - cleaned);
+            scale_replica_set(shared, st, self.d, rs, spec - down, self.surge);
+            rs["spec"]["replicas"] = json!(spec - down);
+            cleaned += down;
+        }
+        // scaleDownOldReplicaSetsForRollingUpdate
+        let available = int(new_rs, "/status/availableReplicas")
+            + old
+                .iter()
+                .map(|r| int(r, "/status/availableReplicas"))
+                .sum::<i64>();
+        if available <= min_available {
+            return;
+        }
+        let total = available - min_available;
+        let mut scaled = 0;
+        for rs in old.iter_mut() {
+            let spec = int(rs, "/spec/replicas");
+            if scaled >= total || spec == 0 {
+                continue;
+            }
+            let down = spec.min(total - scaled);
+            scale_replica_set(shared, st, self.d, rs, spec - down, self.surge);
+            rs["spec"]["replicas"] = json!(spec - down);
+            scaled += down;
+        }
+    }
+
+    /// `rolloutRecreate`: old ReplicaSets to 0, wait for their pods to go, then the new one up.
+    fn recreate(
+        &self,
+        shared: &Shared,
+        st: &mut Store,
+        ns: &str,
+        new_rs: Option<&Value>,
+        old: &[Value],
+    ) {
+        let mut scaled = false;
+        for rs in old.iter().filter(|r| int(r, "/spec/replicas") > 0) {
+            scale_replica_set(shared, st, self.d, rs, 0, self.surge);
+            scaled = true;
+        }
+        if scaled || old_pods_exist(st, ns, old) {
+            return;
+        }
+        if let Some(new_rs) = new_rs
+            && int(new_rs, "/spec/replicas") != self.desired
+        {
+            scale_replica_set(shared, st, self.d, new_rs, self.desired, self.surge);
+        }
+    }
 }
 
 /// `calculateStatus` plus the conditions of `syncRolloutStatus`.
@@ -747,12 +902,18 @@ fn deployment_status(
         )
     };
     let complete = updated == desired && replicas == desired && available == desired;
+    // Messages name the new ReplicaSet, or the Deployment while there is none (Recreate).
+    let subject = if new_name.is_empty() {
+        format!("Deployment {:?}", meta_str(d, "name"))
+    } else {
+        format!("ReplicaSet {new_name:?}")
+    };
     let progressing = if complete {
         condition(
             "Progressing",
             "True",
             "NewReplicaSetAvailable",
-            format!("ReplicaSet {new_name:?} has successfully progressed."),
+            format!("{subject} has successfully progressed."),
         )
     } else if let Some(c) = created {
         condition(
@@ -768,7 +929,7 @@ fn deployment_status(
                 "Progressing",
                 "True",
                 "ReplicaSetUpdated",
-                format!("ReplicaSet {new_name:?} is progressing."),
+                format!("{subject} is progressing."),
             ),
         }
     };
@@ -793,6 +954,16 @@ mod tests {
         let zero = json!({"spec": {"strategy": {"type": "RollingUpdate",
             "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 0}}}});
         assert_eq!(fenceposts(&zero, 3), (0, 1));
+    }
+
+    #[test]
+    fn new_replica_sets_grow_within_max_surge() {
+        // 3 desired, surge 1: a new ReplicaSet beside 3 old pods starts with 1.
+        assert_eq!(new_rs_replicas(3, 1, 3, 0), 1);
+        assert_eq!(new_rs_replicas(3, 1, 2, 1), 2);
+        assert_eq!(new_rs_replicas(3, 1, 0, 2), 3);
+        assert_eq!(new_rs_replicas(3, 0, 3, 0), 0);
+        assert_eq!(new_rs_replicas(2, 1, 0, 0), 2);
     }
 
     #[test]
