@@ -291,12 +291,18 @@ impl Runtime {
             .get("Docker-Content-Digest")
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
+        let challenge = resp
+            .headers()
+            .get(reqwest::header::WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
         let body = resp.bytes().await.map_err(|e| e.to_string())?.to_vec();
         if status != 200 {
             return Err(format!(
                 "reading manifest {reference} in {}: {}",
                 image.name(),
-                registry_error(status, &body)
+                response_error(status, &challenge, &body)
             ));
         }
         let digest = digest
@@ -386,6 +392,33 @@ fn transport(e: &reqwest::Error) -> String {
     msg
 }
 
+/// distribution's `HandleErrorResponse` as containers/image uses it: for a 4xx, an OAuth error
+/// in a Bearer challenge comes first (`invalid_token`: unauthorized, `insufficient_scope`:
+/// denied), then the body's errors; the first one is reported.
+fn response_error(status: u16, challenge: &str, body: &[u8]) -> String {
+    if (400..500).contains(&status)
+        && challenge
+            .trim_start()
+            .to_ascii_lowercase()
+            .starts_with("bearer")
+    {
+        let code = match challenge_param(challenge, "error").as_str() {
+            "invalid_token" => Some("UNAUTHORIZED"),
+            "insufficient_scope" => Some("DENIED"),
+            _ => None,
+        };
+        if let Some(code) = code {
+            let description = challenge_param(challenge, "error_description");
+            let default = default_message(code).unwrap_or("");
+            if description.is_empty() || description == default {
+                return default.to_string();
+            }
+            return format!("{}: {description}", code.to_lowercase());
+        }
+    }
+    registry_error(status, body)
+}
+
 /// `registryHTTPResponseToError`: the first error of a distribution error body, reworded to
 /// just its message when that is the code's default; otherwise `StatusCode: N, "<body>"`.
 fn registry_error(status: u16, body: &[u8]) -> String {
@@ -425,34 +458,36 @@ fn default_message(code: &str) -> Option<&'static str> {
     })
 }
 
+/// One parameter of a `WWW-Authenticate` challenge (`name="value"` or `name=value`).
+fn challenge_param(header: &str, name: &str) -> String {
+    let header = header.trim();
+    let mut rest = header.split_once(' ').map_or("", |(_, p)| p);
+    while let Some(i) = rest.find('=') {
+        let key = rest[..i].trim().trim_start_matches(',').trim();
+        let after = &rest[i + 1..];
+        let (value, next) = if let Some(q) = after.strip_prefix('"') {
+            let end = q.find('"').unwrap_or(q.len());
+            (&q[..end], q.get(end + 1..).unwrap_or(""))
+        } else {
+            let end = after.find(',').unwrap_or(after.len());
+            (&after[..end], &after[end..])
+        };
+        if key.eq_ignore_ascii_case(name) {
+            return value.to_string();
+        }
+        rest = next;
+    }
+    String::new()
+}
+
 /// Parses a `WWW-Authenticate` header: `Basic realm="…"` or `Bearer realm="…",service="…"`.
 fn parse_challenge(header: &str) -> Challenge {
-    let header = header.trim();
-    let (scheme, params) = header.split_once(' ').unwrap_or((header, ""));
-    let param = |name: &str| {
-        let mut rest = params;
-        while let Some(i) = rest.find('=') {
-            let key = rest[..i].trim().trim_start_matches(',').trim();
-            let after = &rest[i + 1..];
-            let (value, next) = if let Some(q) = after.strip_prefix('"') {
-                let end = q.find('"').unwrap_or(q.len());
-                (&q[..end], q.get(end + 1..).unwrap_or(""))
-            } else {
-                let end = after.find(',').unwrap_or(after.len());
-                (&after[..end], &after[end..])
-            };
-            if key.eq_ignore_ascii_case(name) {
-                return value.to_string();
-            }
-            rest = next;
-        }
-        String::new()
-    };
+    let scheme = header.trim().split(' ').next().unwrap_or("");
     match scheme.to_ascii_lowercase().as_str() {
         "basic" => Challenge::Basic,
         "bearer" => Challenge::Bearer {
-            realm: param("realm"),
-            service: param("service"),
+            realm: challenge_param(header, "realm"),
+            service: challenge_param(header, "service"),
         },
         _ => Challenge::None,
     }
@@ -487,6 +522,11 @@ mod tests {
             "unauthorized: incorrect username or password"
         );
         assert_eq!(registry_error(500, b"oops"), "StatusCode: 500, \"oops\"");
+        let denied = "Bearer realm=\"r\",service=\"s\",scope=\"repository:a:pull\",error=\"insufficient_scope\"";
+        assert_eq!(
+            response_error(401, denied, unauthorized),
+            "requested access to the resource is denied"
+        );
     }
 
     #[tokio::test]
