@@ -328,10 +328,11 @@ fn without_the_link_a_pod_goes_err_image_pull_then_image_pull_back_off() {
     while !is_subsequence(&wanted, &seen) {
         let left = deadline.saturating_duration_since(Instant::now());
         assert!(!left.is_zero(), "kubectl -w showed only {seen:?}");
-        if let Ok(line) = rx.recv_timeout(left) {
-            if !line.is_empty() && seen.last() != Some(&line) {
-                seen.push(line);
-            }
+        if let Ok(line) = rx.recv_timeout(left)
+            && !line.is_empty()
+            && seen.last() != Some(&line)
+        {
+            seen.push(line);
         }
     }
     let _ = watch.kill();
@@ -836,7 +837,7 @@ fn pull_policies_use_the_nodes_image_cache() {
     eventually("first running", || {
         c.pod("default", "first").filter(is_running)
     });
-    assert_eq!(c.handle.node_images(), [image.clone()]);
+    assert_eq!(c.handle.node_images(), std::slice::from_ref(&image));
 
     // IfNotPresent: the cached image starts without credentials and without a pull (1.33's
     // kubelet does not re-check credentials; KubeletEnsureSecretPulledImages is alpha, off).
