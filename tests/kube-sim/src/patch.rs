@@ -1,7 +1,10 @@
 //! Strategic merge patch with the list rules of the served kinds (apimachinery
-//! `strategicpatch/patch.go`): only lists tagged `patchStrategy:"merge"` are merged (`secrets` by
-//! `name`, `metadata.ownerReferences` by `uid`, `metadata.finalizers` as a set); every other list,
-//! `imagePullSecrets` included, is replaced whole. JSON patch and merge patch come from `json-patch`.
+//! `strategicpatch/patch.go`): only lists tagged `patchStrategy:"merge"` are merged (a
+//! ServiceAccount's `secrets` by `name`, `metadata.ownerReferences` by `uid`,
+//! `metadata.finalizers` as a set; in pod specs `containers`, `env`, `volumes` and
+//! `imagePullSecrets` by `name`, `ports` by `containerPort`, `volumeMounts` by `mountPath`;
+//! status `conditions` by `type`); every other list, a ServiceAccount's `imagePullSecrets`
+//! included, is replaced whole. JSON patch and merge patch come from `json-patch`.
 
 use crate::status::{ApiError, ApiResult};
 use serde_json::{Map, Value};
