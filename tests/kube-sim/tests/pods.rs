@@ -584,6 +584,19 @@ fn a_bad_payload_in_any_named_secret_fails_the_pull_before_any_request() {
         "{reasons:?}"
     );
     assert!(c.attempts("broken").is_empty());
+    // The kubelet reads the named Secrets at each attempt: fixing the payload is enough.
+    c.apply(
+        "bad.json",
+        &json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bad"},
+            "type": "kubernetes.io/dockerconfigjson",
+            "stringData": {".dockerconfigjson": "{\"auths\":{}}"}})
+        .to_string(),
+    );
+    let running = eventually("broken running", || {
+        c.pod("default", "broken").filter(is_running)
+    });
+    assert_eq!(running["metadata"]["uid"], pod["metadata"]["uid"]);
+    assert_eq!(c.attempts("broken")[0].secret.as_deref(), Some("good"));
 }
 
 #[test]
@@ -686,6 +699,10 @@ fn admission_rejects_pods_of_missing_accounts_with_the_real_message() {
         c.pods("default").into_iter().next()
     });
     assert_eq!(pod["spec"]["serviceAccountName"], "later");
+    // Admission runs at create only: the pod outlives its account and can still be updated.
+    c.ok(&["delete", "serviceaccount", "later"]);
+    let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+    c.ok(&["label", "pod", &name, "checked=yes"]);
     // A pod that names no account runs as `default`.
     c.ok(&["run", "d", "--image=busybox"]);
     assert_eq!(

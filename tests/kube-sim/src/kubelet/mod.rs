@@ -653,10 +653,11 @@ impl PodWorker {
         );
         let started = std::time::Instant::now();
         match self.pull(&image, &keyring, name, requested).await {
-            Ok(pulled) => {
-                let took = go_duration(started.elapsed());
+            Ok((pulled, pulling)) => {
                 let msg = format!(
-                    "Successfully pulled image {requested:?} in {took} ({took} including waiting). Image size: {} bytes.",
+                    "Successfully pulled image {requested:?} in {} ({} including waiting). Image size: {} bytes.",
+                    go_duration(pulling),
+                    go_duration(started.elapsed()),
                     pulled.size
                 );
                 self.event(pod, "Normal", "Pulled", &msg, Some(name));
@@ -677,15 +678,17 @@ impl PodWorker {
     }
 
     /// `PullImage`: each matching credential in order until one works (anonymous when none
-    /// match); the errors of all attempts are aggregated.
+    /// match); the errors of all attempts are aggregated. On success, also how long the pull
+    /// itself took (without waiting for the serial puller).
     async fn pull(
         &self,
         image: &ImageRef,
         keyring: &keyring::Keyring,
         container: &str,
         requested: &str,
-    ) -> Result<runtime::Pulled, String> {
+    ) -> Result<(runtime::Pulled, Duration), String> {
         let _serial = self.kubelet.pull_lock.lock().await;
+        let started = std::time::Instant::now();
         let creds = keyring.lookup(&image.name());
         let attempts: Vec<Option<keyring::Credential>> = if creds.is_empty() {
             vec![None]
@@ -708,7 +711,7 @@ impl PodWorker {
                     .map_err(Clone::clone),
             });
             match result {
-                Ok(p) => return Ok(p),
+                Ok(p) => return Ok((p, started.elapsed())),
                 Err(e) => errors.push(e),
             }
         }
