@@ -305,14 +305,17 @@ pub fn find(
 /// A served subresource: `<plural>/<name>` with its verbs, as discovery lists it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Subresource {
+    /// The parent resource's group.
     pub group: &'static str,
     /// The parent resource's plural.
     pub plural: &'static str,
+    /// The path segment after the object's name (`status`, `scale`).
     pub name: &'static str,
     /// Kind of the objects the subresource reads and writes.
     pub kind: &'static str,
     /// Group/version of that kind when it is not the parent's (`autoscaling/v1` Scale).
     pub group_version: Option<&'static str>,
+    /// Verbs discovery lists and the router accepts.
     pub verbs: &'static [&'static str],
 }
 
