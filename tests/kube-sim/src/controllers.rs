@@ -729,8 +729,11 @@ fn new_rs_replicas(desired: i64, surge: i64, others: i64, current: i64) -> i64 {
 
 /// One Deployment's rollout step (`rolling.go`, `recreate.go`).
 struct Rollout<'a> {
+    /// The Deployment.
     d: &'a Value,
+    /// Its `spec.replicas`.
     desired: i64,
+    /// Resolved `maxSurge` and `maxUnavailable`.
     surge: i64,
     max_unavailable: i64,
 }

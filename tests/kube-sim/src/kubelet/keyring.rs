@@ -24,7 +24,9 @@ use std::collections::BTreeMap;
 /// One credential of the keyring.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
+    /// Sent as the user of HTTP Basic (to the registry or the token realm).
     pub username: String,
+    /// Never printed (see `Debug`).
     pub password: String,
     /// The Secret it came from (for logs and tests).
     pub secret: String,

@@ -71,8 +71,11 @@ impl Default for KubeletOptions {
 /// One try of the runtime to pull an image with one credential.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PullAttempt {
+    /// The pod's namespace.
     pub namespace: String,
+    /// The pod's name.
     pub pod: String,
+    /// The container whose image was pulled.
     pub container: String,
     /// The image as the container names it.
     pub image: String,
@@ -87,13 +90,17 @@ pub struct PullAttempt {
 /// `flowcontrol.Backoff` entry (no jitter).
 #[derive(Debug, Clone, Copy)]
 struct Backoff {
+    /// The current delay before the next pull may be tried.
     backoff: Duration,
+    /// The last failure.
     last_update: Instant,
 }
 
 /// The node's state shared by its pod workers.
 pub struct Kubelet {
+    /// Node name and timings.
     opts: KubeletOptions,
+    /// The simulated container runtime that pulls images.
     runtime: runtime::Runtime,
     /// Every pull attempt, in order (for tests).
     attempts: Mutex<Vec<PullAttempt>>,
@@ -311,16 +318,18 @@ async fn watch_pods(
 /// A container as the runtime knows it.
 #[derive(Debug, Clone)]
 enum Container {
-    Waiting {
-        reason: String,
-        message: String,
-    },
+    /// Not started: `waiting.reason` and `waiting.message`.
+    Waiting { reason: String, message: String },
     Running {
-        /// The spec image it was started from.
+        /// The spec image it was started from (a different one restarts it).
         spec_image: String,
+        /// The fully qualified image the runtime reports.
         image: String,
+        /// `name@sha256:…` of the pulled manifest.
         image_id: String,
+        /// `cri-o://<64 hex>`.
         container_id: String,
+        /// `running.startedAt`.
         started_at: String,
     },
 }
@@ -341,17 +350,24 @@ enum Next {
 
 /// The pod's spec and secrets, read under the lock at the start of a sync.
 struct Snapshot {
+    /// The pod as stored when the sync began.
     pod: Value,
+    /// The Secrets it names that exist, in its order.
     secrets: Vec<Value>,
 }
 
 struct PodWorker {
+    /// The server; the worker ends when it is gone.
     weak: Weak<Shared>,
+    /// The node's shared state.
     kubelet: Arc<Kubelet>,
+    /// The pod's namespace, name and uid (a new pod of the same name has its own worker).
     ns: String,
     name: String,
     uid: String,
+    /// Container states by name, as the runtime knows them.
     containers: BTreeMap<String, Container>,
+    /// The pod's IP.
     ip: String,
     /// The first status (ContainerCreating) was written.
     initialized: bool,

@@ -33,8 +33,11 @@ pub struct TokenAuth<'a> {
 /// One request the registry answered, from its log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Served {
+    /// `http.request.method`.
     pub method: String,
+    /// `http.request.uri`.
     pub uri: String,
+    /// `http.response.status`.
     pub status: u16,
     /// The access controller logged "authorized request" for it (credentials were accepted).
     pub authorized: bool,
