@@ -38,7 +38,7 @@ pub struct Request {
 }
 
 impl Request {
-    fn q(&self, k: &str) -> Option<&str> {
+    pub(crate) fn q(&self, k: &str) -> Option<&str> {
         self.query.get(k).map(String::as_str)
     }
 
@@ -46,15 +46,15 @@ impl Request {
         matches!(self.q(k), Some("1" | "true" | "True" | ""))
     }
 
-    fn dry_run(&self) -> bool {
+    pub(crate) fn dry_run(&self) -> bool {
         self.q("dryRun") == Some("All")
     }
 
-    fn ns(&self) -> &str {
+    pub(crate) fn ns(&self) -> &str {
         self.namespace.as_deref().unwrap_or("")
     }
 
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.name.as_deref().unwrap_or("")
     }
 
@@ -89,14 +89,22 @@ fn ns_key() -> ResourceKey {
 
 /// Entry point for resource requests.
 pub fn serve(shared: &Shared, req: &Request) -> ApiResult<Reply> {
-    if let Some(sub) = &req.subresource
-        && !(req.rt.plural == "namespaces" && (sub == "status" || sub == "finalize"))
-    {
-        return Err(ApiError::not_found(
-            req.rt.group,
-            &format!("{}/{sub}", req.rt.plural),
-            req.name(),
-        ));
+    if let Some(sub) = &req.subresource {
+        let Some(served) = resources::subresource(req.rt, sub) else {
+            return Err(ApiError::not_found(
+                req.rt.group,
+                &format!("{}/{sub}", req.rt.plural),
+                req.name(),
+            ));
+        };
+        if !served.verbs.contains(&req.verb) {
+            return Err(ApiError::method_not_allowed(
+                "the server does not allow this method on the requested resource".to_string(),
+            ));
+        }
+        if sub == "scale" {
+            return crate::subresource::scale(shared, req);
+        }
     }
     if !req.rt.verbs.contains(&req.verb) && req.verb != "watch" {
         return Err(ApiError::method_not_allowed(
@@ -275,7 +283,7 @@ fn field_validation(req: &Request, obj: &mut Value) -> ApiResult<()> {
 }
 
 /// Decodes a request body into a JSON object (JSON or YAML), with the apiserver's 400s.
-fn decode_object(req: &Request) -> ApiResult<Value> {
+pub(crate) fn decode_object(req: &Request) -> ApiResult<Value> {
     let v: Value = if req.content_type.contains("yaml") {
         serde_yaml_ng::from_slice(&req.body)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?
@@ -393,6 +401,8 @@ pub(crate) fn create_locked(
     manager: &str,
     dry_run: bool,
 ) -> ApiResult<Value> {
+    // Mutating and validating admission run before names are generated.
+    crate::admission::admit_create(st, rt, &mut obj)?;
     let ns = if rt.namespaced {
         meta_str(&obj, "namespace").to_string()
     } else {
@@ -445,7 +455,7 @@ pub(crate) fn create_locked(
 }
 
 /// Takes a forced conflict if the test asked for one.
-fn forced_conflict(shared: &Shared, req: &Request) -> ApiResult<()> {
+pub(crate) fn forced_conflict(shared: &Shared, req: &Request) -> ApiResult<()> {
     if shared.faults().take_forced_conflict() {
         return Err(ApiError::conflict(req.rt.group, req.rt.plural, req.name()));
     }
@@ -487,7 +497,7 @@ fn update(shared: &Shared, req: &Request) -> ApiResult<Reply> {
             ),
         ));
     }
-    if req.rt.plural == "namespaces" && req.subresource.is_some() {
+    if req.subresource.is_some() {
         // status/finalize write only those parts.
         let mut next = old.clone();
         if req.subresource.as_deref() == Some("status") {
@@ -625,7 +635,7 @@ fn patch_req(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         m.insert("apiVersion".into(), json!(av));
         m.insert("kind".into(), json!(kind));
     }
-    if req.rt.plural == "namespaces" && req.subresource.as_deref() == Some("status") {
+    if req.subresource.as_deref() == Some("status") {
         let mut next = old.clone();
         next["status"] = obj.get("status").cloned().unwrap_or(json!({}));
         obj = next;
@@ -698,6 +708,7 @@ fn apply(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         }
         crate::rbac::escalation::admit(shared, &st, req, &obj, None)?;
         let mf = obj.pointer("/metadata/managedFields").cloned();
+        crate::admission::admit_create(&st, req.rt, &mut obj)?;
         strategy::prepare_create(req.rt, &mut obj);
         strategy::validate(req.rt, &obj, None)?;
         {
@@ -786,8 +797,90 @@ fn delete(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     if req.dry_run() {
         return Ok(Reply::Json(200, obj));
     }
+    if req.rt.group.is_empty()
+        && req.rt.plural == "pods"
+        && let Some(terminating) = graceful_pod_delete(&mut st, &obj, grace_period(req))
+    {
+        return Ok(Reply::Json(200, terminating));
+    }
     delete_locked(shared, &mut st, req.rt, req.ns(), req.name(), orphans(req))
         .map(|r| Reply::Json(200, r))
+}
+
+/// `DeleteOptions.gracePeriodSeconds` from the query or the body.
+fn grace_period(req: &Request) -> Option<i64> {
+    let body: Value = serde_json::from_slice(&req.body).unwrap_or(Value::Null);
+    req.q("gracePeriodSeconds")
+        .and_then(|g| g.parse().ok())
+        .or_else(|| body.get("gracePeriodSeconds").and_then(Value::as_i64))
+}
+
+/// Graceful pod deletion (`podStrategy.CheckGracefulDelete` and the registry's
+/// `BeforeDelete`): a pod bound to a node and not finished gets `deletionTimestamp` = now +
+/// grace period (the request's, else `terminationGracePeriodSeconds`) and stays until its kubelet
+/// deletes it with grace 0. Unscheduled or finished pods, and grace 0, are removed at once
+/// (returns None). A second delete may only shorten the period.
+fn graceful_pod_delete(st: &mut Store, pod: &Value, requested: Option<i64>) -> Option<Value> {
+    let scheduled = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str);
+    let default = pod
+        .pointer("/spec/terminationGracePeriodSeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let mut period = requested.unwrap_or(default);
+    if !scheduled || matches!(phase, Some("Succeeded" | "Failed")) {
+        period = 0;
+    }
+    if period < 0 {
+        period = 1;
+    }
+    if period == 0 {
+        return None;
+    }
+    let current = pod
+        .pointer("/metadata/deletionGracePeriodSeconds")
+        .and_then(Value::as_i64);
+    if pod.pointer("/metadata/deletionTimestamp").is_some() && current.is_some_and(|c| c <= period)
+    {
+        return Some(pod.clone());
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let mut next = pod.clone();
+    let m = meta_mut(&mut next);
+    m.insert(
+        "deletionTimestamp".into(),
+        json!(util::rfc3339(now + period.unsigned_abs())),
+    );
+    m.insert("deletionGracePeriodSeconds".into(), json!(period));
+    let ns = meta_str(pod, "namespace").to_string();
+    let name = meta_str(pod, "name").to_string();
+    let key = resources::find("", "v1", "pods", false)?.key();
+    Some(st.put(key, &ns, &name, next, EventType::Modified))
+}
+
+/// Deletes a pod as a DELETE with default options does: gracefully when it runs on a node.
+pub(crate) fn delete_pod_locked(
+    shared: &Shared,
+    st: &mut Store,
+    ns: &str,
+    name: &str,
+) -> ApiResult<Value> {
+    let rt = resources::find("", "v1", "pods", false)
+        .ok_or_else(|| ApiError::internal("pods are not served"))?;
+    let pod = st
+        .get(rt.key(), ns, name)
+        .cloned()
+        .ok_or_else(|| ApiError::not_found("", "pods", name))?;
+    if let Some(terminating) = graceful_pod_delete(st, &pod, None) {
+        return Ok(terminating);
+    }
+    delete_locked(shared, st, rt, ns, name, false)
 }
 
 /// Deletes one object: finalizers defer it, namespaces terminate and cascade.

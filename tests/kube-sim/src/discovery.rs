@@ -57,8 +57,29 @@ fn resource_doc(r: &ResourceType) -> Value {
         if r.plural == "serviceaccounts" || r.plural == "secrets" || r.plural == "namespaces" {
             m.insert("categories".into(), json!([]));
         }
+        // `kubectl get all` lists the resources in the `all` category.
+        if matches!(r.plural, "pods" | "deployments" | "replicasets") {
+            m.insert("categories".into(), json!(["all"]));
+        }
     }
     d
+}
+
+/// Discovery entries of a resource's subresources (`pods/status`, `deployments/scale`).
+fn subresource_docs(r: &ResourceType) -> Vec<Value> {
+    resources::SUBRESOURCES
+        .iter()
+        .filter(|s| s.group == r.group && s.plural == r.plural)
+        .map(|s| {
+            let mut d = json!({"name": format!("{}/{}", s.plural, s.name), "singularName": "",
+                               "namespaced": r.namespaced, "kind": s.kind, "verbs": s.verbs});
+            if let Some((g, v)) = s.group_version.and_then(|gv| gv.split_once('/')) {
+                d["group"] = json!(g);
+                d["version"] = json!(v);
+            }
+            d
+        })
+        .collect()
 }
 
 /// `APIResourceList` of one group/version, or None if it is not served.
@@ -67,16 +88,10 @@ pub fn resource_list(group: &str, version: &str, openshift: bool) -> Option<Valu
     if list.is_empty() {
         return None;
     }
-    let mut docs: Vec<Value> = list.iter().map(|r| resource_doc(r)).collect();
-    if group.is_empty() {
-        docs.push(
-            json!({"name": "namespaces/status", "singularName": "", "namespaced": false,
-                         "kind": "Namespace", "verbs": ["get", "patch", "update"]}),
-        );
-        docs.push(
-            json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false,
-                         "kind": "Namespace", "verbs": ["update"]}),
-        );
+    let mut docs: Vec<Value> = Vec::new();
+    for r in &list {
+        docs.push(resource_doc(r));
+        docs.extend(subresource_docs(r));
     }
     let gv = if group.is_empty() {
         version.to_string()

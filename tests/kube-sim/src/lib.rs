@@ -13,30 +13,43 @@
 //! - `patch` (JSON/merge/strategic), `managed` (managedFields and server-side apply).
 //! - `store`: objects, one resourceVersion counter, bounded history, watch fan-out; `watch`.
 //! - `discovery`, `table`, `rbac`, `selector`, `status`, `tls`, `faults`, `resources`, `util`.
+//! - The pod path: `workloads` (pod/apps strategies), `admission` (ServiceAccount plugin),
+//!   `subresource` (scale), `controllers` (ReplicaSet/Deployment, a background task), `kubelet`
+//!   (opt-in: binds pods, pulls images from loopback registries, writes pod status), `recorder`
+//!   (their Events), `image_ref` (image reference parsing).
 
+mod admission;
 mod api;
+mod controllers;
 mod convert;
 mod discovery;
 pub mod faults;
 mod hooks;
+mod image_ref;
+pub mod kubelet;
 mod managed;
 mod patch;
 pub mod pause;
 mod proto;
 mod rbac;
+mod recorder;
 pub mod resources;
 mod selector;
 mod server;
 mod status;
 mod store;
 mod strategy;
+mod subresource;
 mod table;
+mod table_workloads;
 mod tls;
 mod util;
 mod watch;
+mod workloads;
 
 pub use faults::{ErrorRule, Faults, InjectedError, RequestCounts};
 pub use hooks::{OPENSHIFT_SA_MANAGER, PULL_SECRET_REF};
+pub use kubelet::{KubeletOptions, PullAttempt};
 pub use pause::{Pause, Release};
 
 use serde_json::{Value, json};
@@ -154,6 +167,11 @@ pub struct Options {
     pub namespace_deletion_delay: Duration,
     /// Faults in force from the start.
     pub faults: Faults,
+    /// Run the ReplicaSet and Deployment controllers (as kube-controller-manager does).
+    pub controllers: bool,
+    /// Run a kubelet for one node that binds pods and really pulls their images (None: pods
+    /// stay Pending, as on a cluster without nodes).
+    pub kubelet: Option<KubeletOptions>,
 }
 
 impl Default for Options {
@@ -171,6 +189,8 @@ impl Default for Options {
             openshift_pull_secrets: true,
             namespace_deletion_delay: Duration::ZERO,
             faults: Faults::default(),
+            controllers: true,
+            kubelet: None,
         }
     }
 }
@@ -185,6 +205,13 @@ impl Options {
     #[must_use]
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// Runs a kubelet with these options.
+    #[must_use]
+    pub fn kubelet(mut self, kubelet: KubeletOptions) -> Self {
+        self.kubelet = Some(kubelet);
         self
     }
 
@@ -205,6 +232,8 @@ pub enum Error {
     Tls(String),
     #[error("starting the server runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("starting the kubelet: {0}")]
+    Kubelet(String),
 }
 
 /// Starts servers.
@@ -218,6 +247,8 @@ pub struct Handle {
     tasks: Vec<tokio::task::JoinHandle<()>>,
     /// The server's own runtime when started with [`Server::start_in_thread`].
     runtime: Option<tokio::runtime::Runtime>,
+    /// The kubelet's state, when one runs.
+    kubelet: Option<Arc<kubelet::Kubelet>>,
 }
 
 impl Server {
@@ -237,6 +268,12 @@ impl Server {
         };
         let scheme = if tls.is_some() { "https" } else { "http" };
         let bookmark_interval = opts.bookmark_interval;
+        let kubelet = match &opts.kubelet {
+            Some(k) => Some(Arc::new(
+                kubelet::Kubelet::new(k.clone()).map_err(Error::Kubelet)?,
+            )),
+            None => None,
+        };
         let shared = Shared::new(opts, addr.to_string());
         hooks::bootstrap(&shared);
         let acceptor = tls
@@ -252,12 +289,20 @@ impl Server {
                 s.lock_store().send_bookmarks();
             }
         });
+        let mut tasks = vec![accept, bookmarks];
+        if shared.opts.controllers {
+            tasks.push(controllers::spawn(&shared));
+        }
+        if let Some(k) = &kubelet {
+            tasks.push(kubelet::spawn(&shared, k.clone()));
+        }
         Ok(Handle {
             shared,
             url: format!("{scheme}://{addr}"),
             ca_pem: tls.map(|t| t.ca_pem),
-            tasks: vec![accept, bookmarks],
+            tasks,
             runtime: None,
+            kubelet,
         })
     }
 
@@ -414,13 +459,7 @@ impl Handle {
             .cloned()
     }
 
-    /// Number of stored objects of a resource.
-    pub fn count_objects(&self, group: &str, resource: &str) -> usize {
-        resources::find(group, "v1", resource, true)
-            .map_or(0, |rt| self.shared.lock_store().count(rt.key()))
-    }
-
-    /// Every stored object of a resource (in `namespace`, or all), bypassing HTTP and counters.
+    /// Stored objects of a resource, in one namespace or all, bypassing HTTP and counters.
     pub fn list(&self, group: &str, resource: &str, namespace: Option<&str>) -> Vec<Value> {
         let Some(rt) = resources::find(group, "v1", resource, true) else {
             return Vec::new();
@@ -431,6 +470,28 @@ impl Handle {
             .into_iter()
             .cloned()
             .collect()
+    }
+
+    /// Every image pull the kubelet attempted, in order (empty without a kubelet).
+    pub fn pull_attempts(&self) -> Vec<PullAttempt> {
+        self.kubelet
+            .as_ref()
+            .map(|k| k.attempts())
+            .unwrap_or_default()
+    }
+
+    /// Full references of the images on the kubelet's node.
+    pub fn node_images(&self) -> Vec<String> {
+        self.kubelet
+            .as_ref()
+            .map(|k| k.images())
+            .unwrap_or_default()
+    }
+
+    /// Number of stored objects of a resource.
+    pub fn count_objects(&self, group: &str, resource: &str) -> usize {
+        resources::find(group, "v1", resource, true)
+            .map_or(0, |rt| self.shared.lock_store().count(rt.key()))
     }
 
     /// A reader of the store that outlives borrows of the handle (for a checker thread that

@@ -40,6 +40,19 @@ struct Cli {
     /// Enforce RBAC for non-admin identities.
     #[arg(long)]
     rbac: bool,
+    /// Run a kubelet for one node: pods are bound to it and their images really pulled from
+    /// loopback registries (any other registry fails as unreachable, without traffic).
+    #[arg(long)]
+    kubelet: bool,
+    /// The kubelet's node name.
+    #[arg(long, default_value = "kube-sim-node", requires = "kubelet")]
+    node_name: String,
+    /// First image pull backoff (upstream: 10 s).
+    #[arg(long, default_value_t = 10_000, requires = "kubelet")]
+    image_backoff_initial_ms: u64,
+    /// Image pull backoff cap (upstream: 300 s).
+    #[arg(long, default_value_t = 300_000, requires = "kubelet")]
+    image_backoff_max_ms: u64,
 }
 
 #[tokio::main]
@@ -58,6 +71,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         ..Default::default()
     };
     opts.faults.latency = Duration::from_millis(cli.latency_ms);
+    if cli.kubelet {
+        opts.kubelet = Some(kube_sim::KubeletOptions {
+            node_name: cli.node_name.clone(),
+            image_backoff_initial: Duration::from_millis(cli.image_backoff_initial_ms),
+            image_backoff_max: Duration::from_millis(cli.image_backoff_max_ms),
+            ..Default::default()
+        });
+    }
     for spec in &cli.error_rates {
         let parts: Vec<&str> = spec.split(':').collect();
         let [verb, code, rate] = parts.as_slice() else {

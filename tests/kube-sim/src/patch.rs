@@ -1,7 +1,10 @@
 //! Strategic merge patch with the list rules of the served kinds (apimachinery
-//! `strategicpatch/patch.go`): only lists tagged `patchStrategy:"merge"` are merged (`secrets` by
-//! `name`, `metadata.ownerReferences` by `uid`, `metadata.finalizers` as a set); every other list,
-//! `imagePullSecrets` included, is replaced whole. JSON patch and merge patch come from `json-patch`.
+//! `strategicpatch/patch.go`): only lists tagged `patchStrategy:"merge"` are merged (a
+//! ServiceAccount's `secrets` by `name`, `metadata.ownerReferences` by `uid`,
+//! `metadata.finalizers` as a set; in pod specs `containers`, `env`, `volumes` and
+//! `imagePullSecrets` by `name`, `ports` by `containerPort`, `volumeMounts` by `mountPath`;
+//! status `conditions` by `type`); every other list, a ServiceAccount's `imagePullSecrets`
+//! included, is replaced whole. JSON patch and merge patch come from `json-patch`.
 
 use crate::status::{ApiError, ApiResult};
 use serde_json::{Map, Value};
@@ -23,6 +26,24 @@ pub fn list_kind(kind: &str, path: &[&str]) -> ListKind {
         (_, ["metadata", "finalizers"]) => ListKind::Set,
         (_, ["metadata", "ownerReferences"]) => ListKind::Map("uid"),
         ("ServiceAccount", ["secrets"]) => ListKind::Map("name"),
+        ("Pod", ["spec", rest @ ..]) => pod_spec_list(rest),
+        ("Deployment" | "ReplicaSet", ["spec", "template", "spec", rest @ ..]) => {
+            pod_spec_list(rest)
+        }
+        ("Pod" | "Deployment" | "ReplicaSet", ["status", "conditions"]) => ListKind::Map("type"),
+        _ => ListKind::Atomic,
+    }
+}
+
+/// Lists of a PodSpec tagged `patchStrategy:"merge"` (k8s.io/api core/v1 types.go).
+fn pod_spec_list(path: &[&str]) -> ListKind {
+    match path {
+        ["containers" | "initContainers" | "ephemeralContainers"]
+        | ["containers" | "initContainers", "env"]
+        | ["volumes"]
+        | ["imagePullSecrets"] => ListKind::Map("name"),
+        ["containers" | "initContainers", "ports"] => ListKind::Map("containerPort"),
+        ["containers" | "initContainers", "volumeMounts"] => ListKind::Map("mountPath"),
         _ => ListKind::Atomic,
     }
 }

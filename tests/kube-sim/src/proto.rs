@@ -15,6 +15,9 @@ enum T {
     B64,
     Bool,
     Int,
+    /// A non-pointer scalar: gogo-protobuf writes its zero value, JSON omits it (`omitempty`).
+    IntOmitZero,
+    BoolOmitZero,
     Msg(&'static [F]),
     MapStr,
     MapB64,
@@ -136,6 +139,68 @@ const LEASE: &[F] = &[
     F(1, "metadata", T::Msg(OBJECT_META)),
     F(2, "spec", T::Msg(LEASE_SPEC)),
 ];
+// apps/v1 Deployment as `kubectl create deployment` sends it (k8s.io/api apps/v1 and core/v1
+// generated.proto). Resource quantities are not decoded (kubectl sends `resources: {}`).
+const LABEL_SELECTOR_REQUIREMENT: &[F] = &[
+    F(1, "key", T::Str),
+    F(2, "operator", T::Str),
+    F(3, "values", T::RepStr),
+];
+const LABEL_SELECTOR: &[F] = &[
+    F(1, "matchLabels", T::MapStr),
+    F(2, "matchExpressions", T::RepMsg(LABEL_SELECTOR_REQUIREMENT)),
+];
+const CONTAINER_PORT: &[F] = &[
+    F(1, "name", T::Str),
+    F(2, "hostPort", T::IntOmitZero),
+    F(3, "containerPort", T::IntOmitZero),
+    F(4, "protocol", T::Str),
+    F(5, "hostIP", T::Str),
+];
+const ENV_VAR: &[F] = &[F(1, "name", T::Str), F(2, "value", T::Str)];
+const CONTAINER: &[F] = &[
+    F(1, "name", T::Str),
+    F(2, "image", T::Str),
+    F(3, "command", T::RepStr),
+    F(4, "args", T::RepStr),
+    F(5, "workingDir", T::Str),
+    F(6, "ports", T::RepMsg(CONTAINER_PORT)),
+    F(7, "env", T::RepMsg(ENV_VAR)),
+    F(8, "resources", T::Msg(&[])),
+    F(13, "terminationMessagePath", T::Str),
+    F(14, "imagePullPolicy", T::Str),
+    F(20, "terminationMessagePolicy", T::Str),
+];
+const POD_SPEC: &[F] = &[
+    F(2, "containers", T::RepMsg(CONTAINER)),
+    F(3, "restartPolicy", T::Str),
+    F(4, "terminationGracePeriodSeconds", T::Int),
+    F(6, "dnsPolicy", T::Str),
+    F(7, "nodeSelector", T::MapStr),
+    F(8, "serviceAccountName", T::Str),
+    F(15, "imagePullSecrets", T::RepMsg(LOCAL_REF)),
+    F(19, "schedulerName", T::Str),
+    F(20, "initContainers", T::RepMsg(CONTAINER)),
+];
+const POD_TEMPLATE_SPEC: &[F] = &[
+    F(1, "metadata", T::Msg(OBJECT_META)),
+    F(2, "spec", T::Msg(POD_SPEC)),
+];
+const DEPLOYMENT_STRATEGY: &[F] = &[F(1, "type", T::Str)];
+const DEPLOYMENT_SPEC: &[F] = &[
+    F(1, "replicas", T::Int),
+    F(2, "selector", T::Msg(LABEL_SELECTOR)),
+    F(3, "template", T::Msg(POD_TEMPLATE_SPEC)),
+    F(4, "strategy", T::Msg(DEPLOYMENT_STRATEGY)),
+    F(5, "minReadySeconds", T::IntOmitZero),
+    F(6, "revisionHistoryLimit", T::Int),
+    F(7, "paused", T::BoolOmitZero),
+    F(9, "progressDeadlineSeconds", T::Int),
+];
+const DEPLOYMENT: &[F] = &[
+    F(1, "metadata", T::Msg(OBJECT_META)),
+    F(2, "spec", T::Msg(DEPLOYMENT_SPEC)),
+];
 const TYPE_META: &[F] = &[F(1, "apiVersion", T::Str), F(2, "kind", T::Str)];
 const UNKNOWN: &[F] = &[F(1, "typeMeta", T::Msg(TYPE_META)), F(2, "raw", T::B64)];
 /// `MicroTime`/`Time`: seconds (1) and nanos (2).
@@ -206,6 +271,12 @@ fn decode(b: &[u8], schema: &[F]) -> Result<Map<String, Value>, String> {
                     Some(F(_, name, T::Int)) => {
                         out.insert((*name).into(), Value::from(v as i64));
                     }
+                    Some(F(_, name, T::IntOmitZero)) if v != 0 => {
+                        out.insert((*name).into(), Value::from(v as i64));
+                    }
+                    Some(F(_, name, T::BoolOmitZero)) if v != 0 => {
+                        out.insert((*name).into(), Value::Bool(true));
+                    }
                     _ => {}
                 }
             }
@@ -257,7 +328,7 @@ fn decode(b: &[u8], schema: &[F]) -> Result<Map<String, Value>, String> {
                             a.push(item);
                         }
                     }
-                    T::Bool | T::Int => {}
+                    T::Bool | T::Int | T::IntOmitZero | T::BoolOmitZero => {}
                 }
             }
             w => return Err(format!("unsupported wire type {w}")),
@@ -300,6 +371,7 @@ pub fn decode_body(body: &[u8]) -> Result<Value, String> {
         "SelfSubjectAccessReview" => SSAR,
         "TokenReview" => TOKEN_REVIEW,
         "Lease" => LEASE,
+        "Deployment" => DEPLOYMENT,
         other => {
             return Err(format!(
                 "no protobuf decoding for kind {other:?}; send JSON"

@@ -115,6 +115,7 @@ const fn verbs(mut r: ResourceType, verbs: &'static [&'static str]) -> ResourceT
 pub const RBAC: &str = "rbac.authorization.k8s.io";
 /// The Prometheus Operator's API group (custom resources).
 pub const MONITORING: &str = "monitoring.coreos.com";
+pub const APPS: &str = "apps";
 
 /// Every resource kube-sim knows, Kubernetes first, then OpenShift's.
 pub static RESOURCES: &[ResourceType] = &[
@@ -158,6 +159,24 @@ pub static RESOURCES: &[ResourceType] = &[
         &[],
     ),
     rt("coordination.k8s.io", "leases", "lease", "Lease", true, &[]),
+    // The pod path (workloads, controllers, kubelet).
+    rt("", "pods", "pod", "Pod", true, &["po"]),
+    rt(
+        APPS,
+        "deployments",
+        "deployment",
+        "Deployment",
+        true,
+        &["deploy"],
+    ),
+    rt(
+        APPS,
+        "replicasets",
+        "replicaset",
+        "ReplicaSet",
+        true,
+        &["rs"],
+    ),
     rt("events.k8s.io", "events", "event", "Event", true, &["ev"]),
     rt(
         "policy",
@@ -320,6 +339,92 @@ pub fn find(
             && r.plural == plural
             && (openshift || !r.openshift)
     })
+}
+
+/// A served subresource: `<plural>/<name>` with its verbs, as discovery lists it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Subresource {
+    /// The parent resource's group.
+    pub group: &'static str,
+    /// The parent resource's plural.
+    pub plural: &'static str,
+    /// The path segment after the object's name (`status`, `scale`).
+    pub name: &'static str,
+    /// Kind of the objects the subresource reads and writes.
+    pub kind: &'static str,
+    /// Group/version of that kind when it is not the parent's (`autoscaling/v1` Scale).
+    pub group_version: Option<&'static str>,
+    /// Verbs discovery lists and the router accepts.
+    pub verbs: &'static [&'static str],
+}
+
+const STATUS_VERBS: &[&str] = &["get", "patch", "update"];
+
+/// Every subresource kube-sim serves, in discovery order.
+pub static SUBRESOURCES: &[Subresource] = &[
+    Subresource {
+        group: "",
+        plural: "namespaces",
+        name: "status",
+        kind: "Namespace",
+        group_version: None,
+        verbs: STATUS_VERBS,
+    },
+    Subresource {
+        group: "",
+        plural: "namespaces",
+        name: "finalize",
+        kind: "Namespace",
+        group_version: None,
+        verbs: &["update"],
+    },
+    Subresource {
+        group: "",
+        plural: "pods",
+        name: "status",
+        kind: "Pod",
+        group_version: None,
+        verbs: STATUS_VERBS,
+    },
+    Subresource {
+        group: APPS,
+        plural: "deployments",
+        name: "status",
+        kind: "Deployment",
+        group_version: None,
+        verbs: STATUS_VERBS,
+    },
+    Subresource {
+        group: APPS,
+        plural: "deployments",
+        name: "scale",
+        kind: "Scale",
+        group_version: Some("autoscaling/v1"),
+        verbs: STATUS_VERBS,
+    },
+    Subresource {
+        group: APPS,
+        plural: "replicasets",
+        name: "status",
+        kind: "ReplicaSet",
+        group_version: None,
+        verbs: STATUS_VERBS,
+    },
+    Subresource {
+        group: APPS,
+        plural: "replicasets",
+        name: "scale",
+        kind: "Scale",
+        group_version: Some("autoscaling/v1"),
+        verbs: STATUS_VERBS,
+    },
+];
+
+/// The subresource `name` of `rt`, if served.
+pub fn subresource(rt: &ResourceType, name: &str) -> Option<&'static Subresource> {
+    SUBRESOURCES
+        .iter()
+        .find(|s| s.group == rt.group && s.plural == rt.plural && s.name == name)
 }
 
 /// The namespace resource type.

@@ -192,17 +192,46 @@ fn field_value(kind: &str, obj: &Value, field: &str) -> Option<String> {
         "metadata.namespace" => Some(s(obj.pointer("/metadata/namespace"))),
         "type" if kind == "Secret" => Some(s(obj.get("type"))),
         "status.phase" if kind == "Namespace" => Some(s(obj.pointer("/status/phase"))),
+        "source" if kind == "Event" => Some(s(obj.pointer("/source/component"))),
         "involvedObject.kind"
         | "involvedObject.name"
         | "involvedObject.namespace"
         | "involvedObject.uid"
+        | "involvedObject.apiVersion"
+        | "involvedObject.resourceVersion"
+        | "involvedObject.fieldPath"
         | "reason"
+        | "reportingComponent"
         | "type"
-        | "source"
             if kind == "Event" =>
         {
             Some(s(obj.pointer(&format!("/{}", field.replace('.', "/")))))
         }
+        // `pkg/registry/core/pod/strategy.go` ToSelectableFields.
+        "spec.nodeName"
+        | "spec.restartPolicy"
+        | "spec.schedulerName"
+        | "spec.serviceAccountName"
+        | "status.phase"
+        | "status.podIP"
+        | "status.nominatedNodeName"
+            if kind == "Pod" =>
+        {
+            Some(s(obj.pointer(&format!("/{}", field.replace('.', "/")))))
+        }
+        "spec.hostNetwork" if kind == "Pod" => Some(
+            obj.pointer("/spec/hostNetwork")
+                .and_then(Value::as_bool)
+                .unwrap_or(false)
+                .to_string(),
+        ),
+        // `pkg/registry/apps/replicaset/strategy.go` ReplicaSetToSelectableFields.
+        "status.replicas" if kind == "ReplicaSet" => Some(
+            obj.pointer("/status/replicas")
+                .and_then(Value::as_i64)
+                .unwrap_or(0)
+                .to_string(),
+        ),
         _ => None,
     }
 }

@@ -313,6 +313,7 @@ pub async fn handle(
             .unwrap_or_default()
     });
     let rt = request.rt;
+    let include = request.query.get("includeObject").cloned();
     let target = crate::pause::Target {
         verb: request.verb,
         resource: request.rt.plural,
@@ -340,7 +341,12 @@ pub async fn handle(
     Ok(match reply {
         Ok(Reply::Json(code, v)) => {
             let v = if accept.contains("as=Table") {
-                crate::table::to_table(rt, &v, code)
+                crate::table::to_table_with(
+                    rt,
+                    &v,
+                    code,
+                    crate::table::Include::from_query(include.as_deref()),
+                )
             } else {
                 v
             };

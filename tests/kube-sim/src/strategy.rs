@@ -4,6 +4,7 @@
 
 use crate::resources::ResourceType;
 use crate::status::{ApiError, ApiResult, Cause, go_quote};
+use crate::workloads::{self, Workload};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Map, Value, json};
@@ -93,30 +94,31 @@ fn go_json_error(bytes: &[u8]) -> Option<String> {
                 "json: cannot unmarshal {what} into Go value of type map[string]interface {{}}"
             ))
         }
-        Err(e) if e.is_eof() => Some("unexpected end of JSON input".into()),
-        Err(e) => {
-            // Point at the offending character the way Go's scanner does.
-            let text = String::from_utf8_lossy(bytes);
-            let line_start: usize = text
-                .lines()
-                .take(e.line().saturating_sub(1))
-                .map(|l| l.len() + 1)
-                .sum();
-            let idx = (line_start + e.column()).saturating_sub(1);
-            let c = text
-                .get(idx..)
-                .and_then(|s| s.chars().next())
-                .unwrap_or(' ');
-            if e.to_string().starts_with("key must be a string") {
-                Some(format!(
-                    "invalid character '{c}' looking for beginning of object key string"
-                ))
-            } else {
-                Some(format!(
-                    "invalid character '{c}' looking for beginning of value"
-                ))
-            }
-        }
+        Err(e) => Some(go_json_syntax_error(bytes, &e)),
+    }
+}
+
+/// Go's `encoding/json` text for a syntax error serde_json found in `bytes`.
+pub(crate) fn go_json_syntax_error(bytes: &[u8], e: &serde_json::Error) -> String {
+    if e.is_eof() {
+        return "unexpected end of JSON input".into();
+    }
+    // Point at the offending character the way Go's scanner does.
+    let text = String::from_utf8_lossy(bytes);
+    let line_start: usize = text
+        .lines()
+        .take(e.line().saturating_sub(1))
+        .map(|l| l.len() + 1)
+        .sum();
+    let idx = (line_start + e.column()).saturating_sub(1);
+    let c = text
+        .get(idx..)
+        .and_then(|s| s.chars().next())
+        .unwrap_or(' ');
+    if e.to_string().starts_with("key must be a string") {
+        format!("invalid character '{c}' looking for beginning of object key string")
+    } else {
+        format!("invalid character '{c}' looking for beginning of value")
     }
 }
 
@@ -187,6 +189,9 @@ fn trim_sa_secrets(obj: &mut Value) {
 
 /// `PrepareForCreate` plus defaulting.
 pub fn prepare_create(rt: &ResourceType, obj: &mut Value) {
+    if let Some(w) = Workload::of(rt.group, rt.plural) {
+        return workloads::prepare_create(w, obj);
+    }
     match (rt.group, rt.plural) {
         ("", "secrets") => {
             fold_string_data(obj);
@@ -252,6 +257,9 @@ pub fn prepare_update(rt: &ResourceType, old: &Value, obj: &mut Value) {
             }
         }
     }
+    if let Some(w) = Workload::of(rt.group, rt.plural) {
+        return workloads::prepare_update(w, old, obj);
+    }
     match (rt.group, rt.plural) {
         ("", "secrets") => fold_string_data(obj),
         ("", "serviceaccounts") => trim_sa_secrets(obj),
@@ -291,6 +299,9 @@ pub fn validate(rt: &ResourceType, obj: &Value, old: Option<&Value>) -> ApiResul
         validate_name(rt, &name, &mut causes);
     }
     validate_labels(obj, &mut causes);
+    if let Some(w) = Workload::of(rt.group, rt.plural) {
+        workloads::validate(w, obj, old, &mut causes);
+    }
     match (rt.group, rt.plural) {
         ("", "secrets") => validate_secret(obj, old, &mut causes)?,
         ("", "serviceaccounts") => {
@@ -729,6 +740,7 @@ fn known_fields(rt: &ResourceType) -> Option<&'static [&'static str]> {
         ("coordination.k8s.io", "leases") => &["spec"],
         ("", "services") | ("policy", "poddisruptionbudgets") => &["spec", "status"],
         ("networking.k8s.io", "networkpolicies") => &["spec"],
+        (g, p) if Workload::of(g, p).is_some() => workloads::known_fields(),
         _ => return None,
     })
 }

@@ -643,3 +643,123 @@ fn the_binary_writes_a_kubeconfig_kubectl_can_use() {
             .starts_with("-----BEGIN CERTIFICATE-----")
     );
 }
+
+#[test]
+fn workloads_without_a_kubelet_keep_their_replicas() {
+    let c = Cluster::start(Options::default());
+    let resources = c.ok(&["api-resources"]);
+    for wanted in [
+        "pods po v1 true Pod",
+        "deployments deploy apps/v1 true Deployment",
+        "replicasets rs apps/v1 true ReplicaSet",
+    ] {
+        assert!(
+            resources
+                .lines()
+                .any(|l| l.split_whitespace().collect::<Vec<_>>().join(" ") == wanted),
+            "{wanted:?} missing from:\n{resources}"
+        );
+    }
+    // kubectl's typed client sends the Deployment as protobuf.
+    c.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=busybox",
+        "--replicas=2",
+    ]);
+    let pods = |c: &Cluster| -> Vec<Value> {
+        c.json(&["get", "pods", "-l", "app=web"])["items"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let wait = |what: &str, ok: &dyn Fn() -> bool| {
+        while !ok() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    };
+    wait("two pods", &|| pods(&c).len() == 2);
+    let rs = c.ok(&["get", "rs", "-l", "app=web"]);
+    let row: Vec<&str> = rs.lines().nth(1).unwrap_or("").split_whitespace().collect();
+    assert!(row[0].starts_with("web-"), "{rs}");
+    assert_eq!(row[1..4], ["2", "2", "0"], "{rs}");
+    let pod = &pods(&c)[0];
+    assert!(
+        pod["metadata"]["name"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(row[0])
+    );
+    assert_eq!(pod["status"]["phase"], "Pending");
+
+    c.ok(&["scale", "deployment", "web", "--replicas=3"]);
+    wait("three pods", &|| pods(&c).len() == 3);
+    let deploy = c.ok(&["get", "deployment", "web"]);
+    let row: Vec<&str> = deploy
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    assert_eq!(row[..4], ["web", "0/3", "3", "0"], "{deploy}");
+    let all = c.ok(&["get", "all"]);
+    for kind in ["pod/web-", "deployment.apps/web", "replicaset.apps/web-"] {
+        assert!(all.contains(kind), "{kind} missing from:\n{all}");
+    }
+
+    // A deleted pod (unscheduled: removed at once) is replaced.
+    let victim = pods(&c)[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    c.ok(&["delete", "pod", &victim]);
+    wait("a replacement", &|| {
+        let names: Vec<Value> = pods(&c)
+            .iter()
+            .map(|p| p["metadata"]["name"].clone())
+            .collect();
+        names.len() == 3 && !names.contains(&json!(victim))
+    });
+    // A pod's spec is fixed: its pull secrets cannot be changed afterwards.
+    let some = pods(&c)[0]["metadata"]["name"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    let err = c.fails(&[
+        "patch",
+        "pod",
+        &some,
+        "-p",
+        r#"{"spec":{"imagePullSecrets":[{"name":"late"}]}}"#,
+    ]);
+    assert!(
+        err.contains(&format!("The Pod \"{some}\" is invalid: spec: Forbidden: pod updates may not change fields other than `spec.containers[*].image`")),
+        "{err}"
+    );
+    // pods/status is writable; a Failed pod no longer counts and is replaced.
+    c.ok(&[
+        "patch",
+        "pod",
+        &some,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Failed"}}"#,
+    ]);
+    wait("a fourth pod beside the failed one", &|| {
+        pods(&c).len() == 4
+    });
+    let table = c.ok(&["get", "pod", &some]);
+    assert_eq!(
+        table.lines().nth(1).unwrap_or("").split_whitespace().nth(2),
+        Some("Failed"),
+        "{table}"
+    );
+    // Deleting the Deployment collects its ReplicaSet and pods.
+    c.ok(&["delete", "deployment", "web"]);
+    wait("everything gone", &|| pods(&c).is_empty());
+    assert_eq!(c.handle.count_objects("apps", "replicasets"), 0);
+}
