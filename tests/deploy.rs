@@ -36,7 +36,7 @@ const OPENSHIFT: &str = "deploy/overlays/openshift";
 const ENTRY_POINTS: [&str; 3] = [KUBERNETES, MONITORING, OPENSHIFT];
 
 /// The image every entry point runs until an operator overrides it (base/kustomization.yaml).
-const DEFAULT_IMAGE: &str = "ghcr.io/OWNER/pullsecretd:0.1.0";
+const DEFAULT_IMAGE: &str = "registry.example.com/pullsecretd/pullsecretd:0.1.0";
 
 fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -36,7 +36,7 @@ enum Source {
     File(PathBuf),
     /// OpenBao; pullsecretd reads its token from `token_file`.
     Vault {
-        bao: OpenBao,
+        bao: Box<OpenBao>,
         token_file: PathBuf,
     },
 }
@@ -114,7 +114,10 @@ impl Rig {
             config: PathBuf::new(),
             c,
             namespaces,
-            source: Source::Vault { bao, token_file },
+            source: Source::Vault {
+                bao: Box::new(bao),
+                token_file,
+            },
             strategy,
             daemon: None,
             starts: 0,

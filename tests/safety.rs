@@ -89,7 +89,7 @@ async fn a_vault_outage_holds_every_version_in_once_and_in_a_restarted_run() {
         "{text}"
     );
     assert_eq!(c.uid("a", &version).as_deref(), Some(uid.as_str()));
-    assert_eq!(c.pull_list("a", "default"), [version.clone()]);
+    assert_eq!(c.pull_list("a", "default"), std::slice::from_ref(&version));
 
     // `run` restarted while Vault refuses the token: the same.
     let args = ["--config", path(&config), "--no-leader-election"];
@@ -103,7 +103,7 @@ async fn a_vault_outage_holds_every_version_in_once_and_in_a_restarted_run() {
     daemon.wait_for_log(Duration::from_secs(20), "is held");
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(c.uid("a", &version).as_deref(), Some(uid.as_str()));
-    assert_eq!(c.pull_list("a", "default"), [version.clone()]);
+    assert_eq!(c.pull_list("a", "default"), std::slice::from_ref(&version));
     assert!(daemon.terminate(Duration::from_secs(20)).success());
     sweeper.finish().assert_clean("vault outage");
 }

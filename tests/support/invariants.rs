@@ -214,7 +214,7 @@ impl State {
                 Some(_) => {}
             }
         }
-        for ((k, key), _) in &self.foreign {
+        for (k, key) in self.foreign.keys() {
             if *k == kind && !seen.contains(key) {
                 self.report
                     .foreign_changed

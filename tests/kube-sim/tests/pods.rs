@@ -752,7 +752,7 @@ fn the_kustomize_base_applies_and_kubectl_shows_its_pods_failing_to_pull() {
     let name = rows[0][0];
     let described = eventually("describe shows the back-off", || {
         let d = c.ok(&["describe", "pod", "-n", "pullsecretd", name]);
-        d.contains("Back-off pulling image \"pullsecretd:latest\"")
+        d.contains("Back-off pulling image \"registry.example.com/pullsecretd/pullsecretd:0.1.0\"")
             .then_some(d)
     });
     let fields = |name: &str| {
@@ -767,7 +767,7 @@ fn the_kustomize_base_applies_and_kubectl_shows_its_pods_failing_to_pull() {
     );
     assert_eq!(
         fields("Image:").as_deref(),
-        Some("Image: pullsecretd:latest")
+        Some("Image: registry.example.com/pullsecretd/pullsecretd:0.1.0")
     );
     assert_eq!(
         fields("Reason:")
@@ -777,7 +777,7 @@ fn the_kustomize_base_applies_and_kubectl_shows_its_pods_failing_to_pull() {
         Some("Reason: ImagePullBackOff")
     );
     for wanted in [
-        "Failed to pull image \"pullsecretd:latest\": rpc error: code = Unknown desc = initializing source docker://docker.io/library/pullsecretd:latest: pinging container registry registry-1.docker.io: Get \"https://registry-1.docker.io/v2/\": dial tcp: lookup registry-1.docker.io: no such host",
+        "Failed to pull image \"registry.example.com/pullsecretd/pullsecretd:0.1.0\": rpc error: code = Unknown desc = initializing source docker://registry.example.com/pullsecretd/pullsecretd:0.1.0: pinging container registry registry.example.com: Get \"https://registry.example.com/v2/\": dial tcp: lookup registry.example.com: no such host",
         "Error: ErrImagePull",
         "Successfully assigned pullsecretd/",
     ] {
