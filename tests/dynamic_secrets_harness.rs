@@ -13,6 +13,8 @@
 mod openbao;
 #[path = "support/postgres.rs"]
 mod postgres;
+#[path = "support/registry.rs"]
+mod registry;
 
 use std::time::{Duration, Instant};
 
@@ -23,6 +25,7 @@ use openbao::{
     POSTGRES_CREATION_STATEMENTS,
 };
 use postgres::{Postgres, SUPERUSER};
+use registry::Registry;
 
 const MOUNT: &str = "database";
 const CONNECTION: &str = "pg";
@@ -338,6 +341,48 @@ async fn the_audit_log_shows_renew_and_revoke_requests() {
     assert!(!log.contains(credential.password.expose_secret()));
     assert!(!log.contains(other.password.expose_secret()));
     assert!(!log.contains(fx.pg.superuser_password()));
+}
+
+#[tokio::test]
+async fn the_registry_takes_a_changed_password_while_running_and_logs_each_v2_check() {
+    let old = "SENTINEL-old-registry-pw-5d1e";
+    let new = "SENTINEL-new-registry-pw-a83c";
+    let registry = Registry::start_logged(&[("robot", old), ("other", "other-pw")]);
+    let pid = registry.pid();
+    assert_eq!(registry.check_v2("robot", old).await, 200);
+    assert_eq!(registry.check_v2("robot", new).await, 401);
+
+    registry.set_password("robot", new);
+    assert_eq!(registry.check_v2("robot", new).await, 200);
+    assert_eq!(registry.check_v2("robot", old).await, 401);
+    // The other account is untouched, and it is the same process: no restart.
+    assert_eq!(registry.check_v2("other", "other-pw").await, 200);
+    assert_eq!(registry.pid(), pid);
+
+    // A change right after the registry re-read the file is seen too (set_password makes
+    // the mtime differ even within one clock tick).
+    registry.set_password("robot", old);
+    assert_eq!(registry.check_v2("robot", old).await, 200);
+    registry.set_password("robot", new);
+    assert_eq!(registry.check_v2("robot", new).await, 200);
+
+    // The access log has every check with its status, 401s included; lines are written after
+    // the response, so wait for all of them.
+    let expected = [200, 401, 200, 401, 200, 200, 200];
+    eventually(
+        Duration::from_secs(10),
+        "seven /v2/ checks in the access log",
+        async || registry.v2_checks().len() >= expected.len(),
+    )
+    .await;
+    let checks = registry.v2_checks();
+    let statuses: Vec<u16> = checks.iter().map(|c| c.status).collect();
+    assert_eq!(statuses, expected, "{checks:#?}");
+    assert!(checks.iter().all(|c| c.method == "GET" && c.uri == "/v2/"));
+    // Neither log holds a password.
+    for log in [registry.access_log_text(), registry.app_log()] {
+        assert!(!log.contains(old) && !log.contains(new));
+    }
 }
 
 fn unix_now() -> i64 {
