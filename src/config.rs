@@ -19,7 +19,8 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::credential::RegistryKey;
+use crate::model::credential::RegistryKey;
+pub use crate::model::desired::{LinkKind, PullerSubject, SecretType};
 use crate::selector::LabelSelector;
 
 /// A validated configuration.
@@ -220,31 +221,6 @@ impl Default for FieldMapping {
     }
 }
 
-/// The two pull-secret types (SPEC.md §1).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum SecretType {
-    /// `kubernetes.io/dockerconfigjson`, data key `.dockerconfigjson`, `{"auths": {...}}`.
-    DockerConfigJson,
-    /// `kubernetes.io/dockercfg`, data key `.dockercfg`, a bare map.
-    Dockercfg,
-}
-
-impl SecretType {
-    pub const fn type_name(self) -> &'static str {
-        match self {
-            Self::DockerConfigJson => "kubernetes.io/dockerconfigjson",
-            Self::Dockercfg => "kubernetes.io/dockercfg",
-        }
-    }
-
-    pub const fn data_key(self) -> &'static str {
-        match self {
-            Self::DockerConfigJson => ".dockerconfigjson",
-            Self::Dockercfg => ".dockercfg",
-        }
-    }
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PullSecretConfig {
     /// Secret name (a DNS-1123 subdomain).
@@ -276,33 +252,6 @@ pub struct ProjectSelection {
     pub names: Vec<String>,
     pub selector: Option<LabelSelector>,
     pub exclude: Vec<glob::Pattern>,
-}
-
-/// `oc secrets link --for=pull|mount` (SPEC.md §4).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum LinkKind {
-    /// `.imagePullSecrets`: pods created with this service account pull with the secret.
-    Pull,
-    /// `.secrets`: builds running as this service account may mount the secret.
-    Mount,
-}
-
-impl LinkKind {
-    /// The word `oc secrets link --for=` takes.
-    pub const fn for_flag(self) -> &'static str {
-        match self {
-            Self::Pull => "pull",
-            Self::Mount => "mount",
-        }
-    }
-
-    /// The ServiceAccount field the link lives in.
-    pub const fn field(self) -> &'static str {
-        match self {
-            Self::Pull => "imagePullSecrets",
-            Self::Mount => "secrets",
-        }
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -347,16 +296,6 @@ pub struct ImagePullerConfig {
     /// accounts (group `system:serviceaccounts:<project>`) become subjects, as projects come
     /// and go, without listing them.
     pub allow_projects_of: Vec<String>,
-}
-
-/// A RoleBinding subject for `system:image-puller` (SPEC.md §6).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum PullerSubject {
-    /// `serviceaccount:<project>:<name>`.
-    ServiceAccount { namespace: String, name: String },
-    /// `group:<project>`: every service account of that project,
-    /// i.e. group `system:serviceaccounts:<project>`.
-    ProjectServiceAccounts { project: String },
 }
 
 /// Largest config file read; a config is a few kilobytes.

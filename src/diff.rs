@@ -18,15 +18,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{LocalObjectReference, ObjectReference, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use k8s_openapi::jiff::Timestamp;
 
 use crate::config::LinkKind;
+pub use crate::model::links::{ServiceAccountEdit, edit_service_account, linked_names};
 use crate::model::managed::{self, Ownership};
+use crate::model::manifest::role_binding_manifest;
+pub use crate::model::outcome::Held;
 use crate::model::rotation;
 use crate::plan::{DesiredRoleBinding, DesiredSecret, HeldSecret, Problem, ProjectPlan};
-use crate::render::role_binding_manifest;
 
 pub use crate::model::managed::recorded_service_accounts;
 
@@ -134,24 +136,6 @@ impl Action {
             Self::DeleteSecret(_) | Self::DeleteRoleBinding(_) => "delete",
         }
     }
-}
-
-/// Links to add to and remove from one service account, applied in one read-modify-write.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct ServiceAccountEdit {
-    pub name: String,
-    /// Appended at the end of the list, in this order, when not already present.
-    pub add: Vec<(LinkKind, String)>,
-    /// Removed wherever they appear in that list.
-    pub remove: Vec<(LinkKind, String)>,
-}
-
-/// A held Secret and the existing Secrets it keeps as they are.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Held {
-    pub secret: HeldSecret,
-    /// This instance's Secrets it owns in the project (its name, or its versions), kept.
-    pub kept: Vec<String>,
 }
 
 /// The diff of one project: actions in safe order, plus problems to report.
@@ -343,17 +327,16 @@ fn attach_recreate_links(actions: &mut [Action], observed: &ObservedProject) {
     }
 }
 
-/// Replaced versioned Secrets still inside their grace period (unlinked, not yet deleted).
+/// Replaced versioned Secrets still inside their grace period (unlinked, not yet deleted), and
+/// when the first of them may go.
 #[derive(Default)]
 struct Retention<'a> {
     kept: BTreeSet<&'a str>,
     revisit_at: Option<Timestamp>,
 }
 
-/// For each desired versioned Secret, the older versions of it (same pull secret, same base
-/// name, a different hash suffix), newest first. Version *i* was replaced when version *i-1*
-/// (or the current one) was created; it is kept while fewer than `keep` newer old versions
-/// exist and its grace period, counted from that moment, has not run out.
+/// The older versions of each desired versioned Secret that are still kept
+/// ([`rotation::retained_versions`]).
 fn retained_versions<'a>(
     desired: &ProjectPlan,
     existing: &BTreeMap<&'a str, Existing<'a>>,
@@ -361,54 +344,17 @@ fn retained_versions<'a>(
     now: Option<Timestamp>,
 ) -> Retention<'a> {
     let mut retention = Retention::default();
+    let candidates: Vec<&'a Secret> = unwanted.iter().map(|n| existing[n].secret).collect();
     for secret in &desired.secrets {
-        let Some(policy) = secret.retention else {
-            continue;
+        let current = existing.get(secret.name.as_str()).map(|e| e.secret);
+        let kept = rotation::retained_versions(secret, current, &candidates, now);
+        retention.kept.extend(kept.names);
+        retention.revisit_at = match (retention.revisit_at, kept.revisit_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
-        let Some(base) = rotation::version_base(&secret.name) else {
-            continue;
-        };
-        let mut older: Vec<(&'a str, Option<Timestamp>)> = unwanted
-            .iter()
-            .filter(|name| rotation::version_base(name) == Some(base))
-            .filter_map(|name| {
-                let current = existing.get(name)?.secret;
-                (managed::recorded_pull_secret(current) == Some(secret.pull_secret.as_str()))
-                    .then(|| (*name, created_at(current)))
-            })
-            .collect();
-        // Newest first; unknown creation times sort as oldest.
-        older.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-        let current_created = existing
-            .get(secret.name.as_str())
-            .and_then(|e| created_at(e.secret));
-        let mut replaced_at = current_created.or(now);
-        for (index, (name, created)) in older.into_iter().enumerate() {
-            let deadline = replaced_at.and_then(|at| at.checked_add(policy.grace).ok());
-            let within_grace = match (now, deadline) {
-                (Some(now), Some(deadline)) => now < deadline,
-                // Without a clock nothing is old enough to go.
-                (None, _) => true,
-                (Some(_), None) => false,
-            };
-            if index < policy.keep && within_grace {
-                retention.kept.insert(name);
-                if let Some(deadline) = deadline {
-                    retention.revisit_at = Some(
-                        retention
-                            .revisit_at
-                            .map_or(deadline, |earliest| earliest.min(deadline)),
-                    );
-                }
-            }
-            replaced_at = created;
-        }
     }
     retention
-}
-
-fn created_at(secret: &Secret) -> Option<Timestamp> {
-    secret.metadata.creation_timestamp.as_ref().map(|t| t.0)
 }
 
 /// How long from `now` until `at`; zero when it has passed.
@@ -621,86 +567,6 @@ fn account_edit(
     edit
 }
 
-/// The secret names on one list of a service account, in order.
-pub fn linked_names(account: &ServiceAccount, kind: LinkKind) -> Vec<&str> {
-    match kind {
-        LinkKind::Pull => account
-            .image_pull_secrets
-            .iter()
-            .flatten()
-            .map(|r| r.name.as_str())
-            .collect(),
-        LinkKind::Mount => account
-            .secrets
-            .iter()
-            .flatten()
-            .filter_map(|r| r.name.as_deref())
-            .collect(),
-    }
-}
-
-/// Applies `edit` to `account`: entries are removed where they are and added at the end; every
-/// other entry, its position and every other field stay as they are. Returns `None` when the
-/// account already matches (nothing to write). Idempotent, so it can be re-applied to a fresh
-/// read after a 409 Conflict.
-pub fn edit_service_account(
-    account: &ServiceAccount,
-    edit: &ServiceAccountEdit,
-) -> Option<ServiceAccount> {
-    let mut updated = account.clone();
-    let mut changed = false;
-    for (kind, secret) in &edit.remove {
-        changed |= remove_link(&mut updated, *kind, secret);
-    }
-    for (kind, secret) in &edit.add {
-        changed |= add_link(&mut updated, *kind, secret);
-    }
-    changed.then_some(updated)
-}
-
-fn remove_link(account: &mut ServiceAccount, kind: LinkKind, secret: &str) -> bool {
-    match kind {
-        LinkKind::Pull => {
-            let Some(list) = account.image_pull_secrets.as_mut() else {
-                return false;
-            };
-            let before = list.len();
-            list.retain(|r| r.name != secret);
-            before != list.len()
-        }
-        LinkKind::Mount => {
-            let Some(list) = account.secrets.as_mut() else {
-                return false;
-            };
-            let before = list.len();
-            list.retain(|r| r.name.as_deref() != Some(secret));
-            before != list.len()
-        }
-    }
-}
-
-fn add_link(account: &mut ServiceAccount, kind: LinkKind, secret: &str) -> bool {
-    if linked_names(account, kind).contains(&secret) {
-        return false;
-    }
-    match kind {
-        LinkKind::Pull => account
-            .image_pull_secrets
-            .get_or_insert_with(Vec::new)
-            .push(LocalObjectReference {
-                name: secret.to_string(),
-            }),
-        LinkKind::Mount => account
-            .secrets
-            .get_or_insert_with(Vec::new)
-            .push(ObjectReference {
-                name: Some(secret.to_string()),
-                ..ObjectReference::default()
-            }),
-    }
-    true
-}
-
 fn role_binding_actions(
     project: &str,
     desired: &ProjectPlan,
@@ -782,16 +648,18 @@ mod tests {
         Layout, ProjectSelection, PullSecretConfig, RegistryConfig, Rotation, SecretType,
         SourceConfig,
     };
-    use crate::credential::{Credential, RegistryKey};
+    use crate::model::credential::{Credential, RegistryKey};
+    use crate::model::links::add_link;
     use crate::model::managed::PULL_SECRET_ANNOTATION;
+    use crate::model::manifest::secret_manifest;
     use crate::plan::HoldReason;
     use crate::plan::{self, NamespaceInfo, PlanInputs};
-    use crate::render::secret_manifest;
+    use k8s_openapi::api::core::v1::{LocalObjectReference, ObjectReference};
 
     fn policy() -> DiffPolicy {
         DiffPolicy::full("default")
     }
-    use crate::source::Resolved;
+    use crate::model::credential::Resolved;
 
     fn pull_secret(name: &str, registry: &str) -> PullSecretConfig {
         PullSecretConfig {
@@ -1536,11 +1404,12 @@ mod safety_tests {
         Config, Layout, ProjectSelection, PullSecretConfig, RegistryConfig, Rotation,
         RotationStrategy, SecretType, SourceConfig,
     };
-    use crate::credential::{Credential, RegistryKey};
+    use crate::model::credential::Resolved;
+    use crate::model::credential::{Credential, RegistryKey};
     use crate::model::managed::{INSTANCE_LABEL, MANAGED_BY_LABEL, MANAGED_BY_VALUE};
+    use crate::model::manifest::secret_manifest;
     use crate::plan::{self, HoldReason, NamespaceInfo, PlanInputs};
-    use crate::render::secret_manifest;
-    use crate::source::Resolved;
+    use k8s_openapi::api::core::v1::LocalObjectReference;
 
     fn config(instance: Option<&str>, strategy: RotationStrategy) -> Config {
         let registry = RegistryConfig {

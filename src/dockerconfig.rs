@@ -16,7 +16,9 @@ use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
 use crate::config::SecretType;
-use crate::credential::{BasicAuth, Credential, KeyError, RegistryKey, Secret, UnusableCredential};
+use crate::model::credential::{
+    BasicAuth, Credential, KeyError, RegistryKey, Secret, UnusableCredential,
+};
 
 /// Reads `auth` as docker and the kubelet do: standard alphabet, padded or not, with Go's
 /// default leniency about trailing bits.
@@ -609,7 +611,7 @@ impl Entry {
 /// Renders the Secret data value for `ty`, byte for byte what
 /// `kubectl create secret docker-registry` writes (SPEC.md §1): entries sorted by key, fields
 /// `username`, `password`, `email` (only when set), `auth`, escaped as Go's `json.Marshal` does.
-pub fn render_payload(ty: SecretType, creds: &[Credential]) -> Result<Vec<u8>, RenderError> {
+pub fn encode_payload(ty: SecretType, creds: &[Credential]) -> Result<Vec<u8>, RenderError> {
     let mut entries: BTreeMap<String, (BasicAuth, Option<&str>)> = BTreeMap::new();
     for cred in creds {
         let basic = cred.basic_auth()?;
@@ -972,7 +974,7 @@ mod tests {
         );
     }
 
-    const DOCKER_HUB_KEY_STR: &str = crate::credential::DOCKER_HUB_KEY;
+    const DOCKER_HUB_KEY_STR: &str = crate::model::credential::DOCKER_HUB_KEY;
 
     #[test]
     fn stub_without_helper_is_unusable_and_empty_creds_store_is_none() {
@@ -1183,7 +1185,7 @@ mod tests {
         let mut cred = Credential::with_password(docker("quay.io"), "robot", "p<&>\u{2028}\"\\");
         cred.email = Some("me@example.com".into());
         let hub = Credential::with_password(docker("docker.io"), "hub", "pw");
-        let json = render_payload(SecretType::DockerConfigJson, &[cred.clone(), hub.clone()])
+        let json = encode_payload(SecretType::DockerConfigJson, &[cred.clone(), hub.clone()])
             .expect("renders");
         let want = format!(
             concat!(
@@ -1196,7 +1198,7 @@ mod tests {
         );
         assert_eq!(String::from_utf8(json).expect("UTF-8"), want);
 
-        let cfg = render_payload(SecretType::Dockercfg, &[hub]).expect("renders");
+        let cfg = encode_payload(SecretType::Dockercfg, &[hub]).expect("renders");
         assert_eq!(
             String::from_utf8(cfg).expect("UTF-8"),
             format!(
@@ -1205,7 +1207,7 @@ mod tests {
             )
         );
         assert_eq!(
-            render_payload(SecretType::DockerConfigJson, &[]).expect("renders"),
+            encode_payload(SecretType::DockerConfigJson, &[]).expect("renders"),
             br#"{"auths":{}}"#
         );
     }
@@ -1223,7 +1225,7 @@ mod tests {
         let a = Credential::with_password(docker("docker.io"), "a", "1");
         let b = Credential::with_password(docker("index.docker.io"), "b", "2");
         assert_eq!(
-            render_payload(SecretType::DockerConfigJson, &[a, b]).expect_err("duplicate"),
+            encode_payload(SecretType::DockerConfigJson, &[a, b]).expect_err("duplicate"),
             RenderError::DuplicateRegistry(DOCKER_HUB_KEY_STR.into())
         );
         let token = Credential {
@@ -1232,7 +1234,7 @@ mod tests {
             secret: Secret::IdentityToken(SecretString::from(SENTINEL)),
             email: None,
         };
-        let err = render_payload(SecretType::Dockercfg, &[token]).expect_err("unusable");
+        let err = encode_payload(SecretType::Dockercfg, &[token]).expect_err("unusable");
         assert!(matches!(
             err,
             RenderError::Unusable(UnusableCredential::IdentityTokenOnly { .. })
@@ -1335,7 +1337,7 @@ mod tests {
                 .into_iter()
                 .map(|(registry, cred)| Credential { registry, ..cred })
                 .collect();
-            let payload = render_payload(ty, &creds).expect("renders");
+            let payload = encode_payload(ty, &creds).expect("renders");
             // Valid JSON for any JSON reader, not only ours.
             prop_assert!(serde_json::from_slice::<Value>(&payload).is_ok());
             let decoded = decode_payload(ty, &payload).expect("decodes");

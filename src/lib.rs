@@ -9,7 +9,6 @@
 //! ```
 //!
 //! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
-//! - [`credential`]: the credential model and registry-key normalisation (pure).
 //! - [`dockerconfig`]: docker/containers auth file parsing and pull-secret payloads (pure).
 //! - [`model`]: the pure floor: managed-object rules, instance identity and ownership, rotation
 //!   naming.
@@ -25,18 +24,17 @@
 //!   per-namespace reconciles from watch caches.
 //! - [`telemetry`]: logs, Prometheus metrics and the health/readiness/metrics listener.
 //! - [`render`]: the plan as a table for people and as manifests for `kubectl`/`oc`.
+//! - [`watch`]: one debounced file watcher (the daemon's config, workstation's auth files).
 //! - [`workstation`]: `workstation`: auth-file changes drive the same pass as `once`.
-//! - [`helper_protocol`]: `credential-helper`: the docker credential-helper protocol.
-//! - [`agent`]: the workstation's credential service and its private unix socket.
+//! - [`credhelper`]: `credential-helper`: the docker credential-helper protocol and the agent
+//!   socket that serves it from one process.
 
-pub mod agent;
 pub mod cluster;
 pub mod config;
-pub mod credential;
+pub mod credhelper;
 pub mod daemon;
 pub mod diff;
 pub mod dockerconfig;
-pub mod helper_protocol;
 pub mod model;
 pub mod names;
 pub mod plan;
@@ -45,4 +43,5 @@ pub mod render;
 pub mod selector;
 pub mod source;
 pub mod telemetry;
+pub mod watch;
 pub mod workstation;

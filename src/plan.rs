@@ -6,43 +6,25 @@
 //! in [`DesiredState::problems`] instead of aborting the whole plan.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 use std::sync::Arc;
 
-use secrecy::{ExposeSecret, SecretSlice};
 use sha2::{Digest, Sha256};
 
 use crate::config::{
-    Config, ImagePullerConfig, Layout, LinkKind, PullSecretConfig, PullerSubject, RotationStrategy,
+    Config, ImagePullerConfig, Layout, PullSecretConfig, PullerSubject, RotationStrategy,
     SecretType,
 };
-use crate::credential::{Credential, RegistryKey};
-use crate::dockerconfig::render_payload;
+use crate::dockerconfig::encode_payload;
+use crate::model::credential::Credential;
+use crate::model::credential::Resolved;
 use crate::names::dns1123_subdomain_problem;
-use crate::source::Resolved;
 
-use crate::model::managed::{
-    CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION, SERVICE_ACCOUNTS_ANNOTATION,
-    SOURCE_VERSION_ANNOTATION,
+pub use crate::model::desired::{
+    DesiredLink, DesiredRoleBinding, DesiredSecret, DesiredState, HeldSecret, HoldReason,
+    NamespaceInfo, Problem, ProjectPlan, Retention, SecretPayload,
 };
 pub use crate::model::managed::{IMAGE_PULLER_BINDING, IMAGE_PULLER_ROLE};
-use crate::model::{managed, rotation};
-
-/// What the planner knows about a namespace.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct NamespaceInfo {
-    pub name: String,
-    pub labels: BTreeMap<String, String>,
-}
-
-impl NamespaceInfo {
-    pub fn named(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            labels: BTreeMap::new(),
-        }
-    }
-}
+use crate::model::rotation;
 
 /// Everything the planner reads.
 #[derive(Clone, Copy, Debug)]
@@ -57,207 +39,80 @@ pub struct PlanInputs<'a> {
     pub openshift: Option<bool>,
 }
 
-/// The rendered bytes of a Secret's one data key. Never printed.
-#[derive(Clone)]
-pub struct SecretPayload(SecretSlice<u8>);
-
-impl SecretPayload {
-    pub fn expose(&self) -> &[u8] {
-        self.0.expose_secret()
-    }
-}
-
-impl fmt::Debug for SecretPayload {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretPayload({} bytes, redacted)", self.expose().len())
-    }
-}
-
-/// One pull Secret as it should exist in every project it is planned for.
-#[derive(Clone, Debug)]
-pub struct DesiredSecret {
-    pub name: String,
-    pub secret_type: SecretType,
-    /// The config's pull-secret entry this Secret comes from.
-    pub pull_secret: String,
-    /// Registry names (config keys), in config order.
-    pub registries: Vec<String>,
-    /// The `auths` keys the payload holds, in config order.
-    pub servers: Vec<RegistryKey>,
-    pub payload: SecretPayload,
-    /// Hex SHA-256 of type and payload.
-    pub content_hash: String,
-    /// `name=version,…` of the credentials it was rendered from.
-    pub source_versions: String,
-    /// Versioned Secrets are immutable; a new version is a new Secret.
-    pub immutable: bool,
-    /// Service accounts the Secret is linked from, sorted.
-    pub service_accounts: Vec<String>,
-    /// The pullsecretd instance writing it (its identity label).
-    pub instance: String,
-    /// The pull secret may take over a same-name Secret pullsecretd did not create.
-    pub adopt: bool,
-    /// Versioned Secrets: how long replaced versions stay, and how many.
-    pub retention: Option<Retention>,
-}
-
-/// How replaced versions of a versioned Secret are kept (`rotation.grace`, `rotation.keep`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Retention {
-    pub grace: std::time::Duration,
-    pub keep: usize,
-}
-
-impl DesiredSecret {
-    /// Labels every managed Secret carries: managed-by and the instance.
-    pub fn labels(&self) -> BTreeMap<String, String> {
-        managed::labels(&self.instance)
-    }
-
-    /// Annotations every managed Secret carries: hashes and versions, never values.
-    pub fn annotations(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (
-                CONTENT_HASH_ANNOTATION.to_string(),
-                self.content_hash.clone(),
-            ),
-            (
-                SOURCE_VERSION_ANNOTATION.to_string(),
-                self.source_versions.clone(),
-            ),
-            (PULL_SECRET_ANNOTATION.to_string(), self.pull_secret.clone()),
-            (
-                SERVICE_ACCOUNTS_ANNOTATION.to_string(),
-                self.service_accounts.join(","),
-            ),
-        ])
-    }
-}
-
-/// `oc secrets link <service_account> <secret> --for=<kind>`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct DesiredLink {
-    pub service_account: String,
-    pub kind: LinkKind,
-    pub secret: String,
-}
-
-/// A RoleBinding of `system:image-puller` in the project holding the images.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct DesiredRoleBinding {
-    pub name: String,
-    pub subjects: Vec<PullerSubject>,
-    /// The pullsecretd instance writing it (its identity label).
-    pub instance: String,
-}
-
-/// A Secret the config wants whose content cannot be known now. Every Secret it owns in the
-/// cluster (the one of its name and, for versioned rotation, every version), and their links,
-/// must be left exactly as they are (last known good).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct HeldSecret {
-    /// The Secret's name, or for versioned rotation the base every version shares.
-    pub name: String,
-    pub pull_secret: String,
-    pub reason: HoldReason,
-}
-
-/// Why a Secret is held.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum HoldReason {
-    /// These registries have no credential: their source failed and none was read before.
-    SourceFailed { registries: Vec<String> },
-    /// The credentials were read but make no valid pull secret (the text says why, never a
-    /// value), or its name is invalid.
-    NotRendered { reason: String },
-}
-
-impl fmt::Display for HoldReason {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::SourceFailed { registries } => {
-                write!(
-                    f,
-                    "source failed: no credential for {}",
-                    registries.join(", ")
-                )
-            }
-            Self::NotRendered { reason } => write!(f, "not rendered: {reason}"),
+/// Computes the desired state of every namespace in `inputs.namespaces`: each one planned by
+/// [`plan_namespace`] (the one planner), plus the problems that concern the whole config (a
+/// failed or unrenderable source, a named project that does not exist, image pullers off
+/// OpenShift). Pure.
+pub fn plan(inputs: PlanInputs<'_>) -> DesiredState {
+    let secrets = prepare_secrets(inputs.config, inputs.credentials);
+    let mut state = DesiredState {
+        problems: config_problems(inputs, &secrets),
+        ..DesiredState::default()
+    };
+    for namespace in inputs.namespaces {
+        let mut project = plan_namespace(inputs, &secrets, namespace);
+        state.problems.append(&mut project.problems);
+        if !project.is_empty() {
+            state.projects.insert(namespace.name.clone(), project);
         }
     }
-}
-
-/// Desired objects in one project.
-#[derive(Clone, Debug, Default)]
-pub struct ProjectPlan {
-    pub secrets: Vec<Arc<DesiredSecret>>,
-    pub held: Vec<HeldSecret>,
-    pub links: Vec<DesiredLink>,
-    pub role_bindings: Vec<DesiredRoleBinding>,
-}
-
-impl ProjectPlan {
-    fn is_empty(&self) -> bool {
-        self.secrets.is_empty()
-            && self.held.is_empty()
-            && self.links.is_empty()
-            && self.role_bindings.is_empty()
-    }
-}
-
-/// Something the plan could not do, as data (like a status condition).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Problem {
-    /// Short machine-readable reason, e.g. `SourceFailed`.
-    pub reason: &'static str,
-    pub message: String,
-}
-
-/// The whole desired state.
-#[derive(Clone, Debug, Default)]
-pub struct DesiredState {
-    /// Projects with at least one desired object, by name.
-    pub projects: BTreeMap<String, ProjectPlan>,
-    pub problems: Vec<Problem>,
-}
-
-/// Computes the desired state. Pure.
-pub fn plan(inputs: PlanInputs<'_>) -> DesiredState {
-    let rendered = render_secrets(inputs.config, inputs.credentials);
-    let mut state = DesiredState::default();
-    for (pull_secret, rendered) in inputs
-        .config
-        .pull_secrets
-        .iter()
-        .zip(&rendered.pull_secrets)
-    {
-        plan_pull_secret(pull_secret, rendered, inputs, &mut state);
-    }
-    plan_image_pullers(inputs, &mut state);
-    merge_role_bindings(&mut state);
-    state.projects.retain(|_, project| !project.is_empty());
     state
 }
 
-/// Every pull secret's Secrets rendered from one set of credentials: payloads, hashes and
-/// names are computed once and shared (`Arc`) by every project that gets them.
+/// Problems of the config as a whole, in config order.
+fn config_problems(inputs: PlanInputs<'_>, secrets: &PreparedSecrets) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (pull_secret, prepared) in inputs.config.pull_secrets.iter().zip(&secrets.pull_secrets) {
+        problems.extend(prepared.problems.iter().cloned());
+        report_missing_projects(pull_secret, inputs.namespaces, &mut problems);
+    }
+    let pullers = &inputs.config.image_pullers;
+    if pullers.is_empty() {
+        return problems;
+    }
+    if inputs.openshift == Some(false) {
+        problems.push(Problem {
+            reason: "NotOpenShift",
+            message: format!(
+                "imagePullers skipped: this cluster is not OpenShift (no project.openshift.io or \
+                 image.openshift.io API), so the {IMAGE_PULLER_ROLE} role does not exist here"
+            ),
+        });
+        return problems;
+    }
+    for puller in pullers {
+        if !inputs.namespaces.iter().any(|ns| ns.name == puller.project) {
+            problems.push(Problem {
+                reason: "ProjectNotFound",
+                message: format!(
+                    "image puller: project {} does not exist (or is not visible)",
+                    puller.project
+                ),
+            });
+        }
+    }
+    problems
+}
+
+/// Every pull secret's Secrets prepared from one set of credentials: payloads, hashes and names
+/// are computed once and shared (`Arc`) by every project that gets them.
 #[derive(Debug, Default)]
-pub struct RenderedSecrets {
+pub struct PreparedSecrets {
     /// One entry per pull secret of the config, in config order.
-    pull_secrets: Vec<RenderedPullSecret>,
+    pull_secrets: Vec<PreparedPullSecret>,
 }
 
 #[derive(Debug, Default)]
-struct RenderedPullSecret {
+struct PreparedPullSecret {
     secrets: Vec<Result<Arc<DesiredSecret>, HeldSecret>>,
     problems: Vec<Problem>,
 }
 
-/// Renders every pull secret of `config` once. Pure.
-pub fn render_secrets(
+/// Prepares every pull secret's Secrets for `config` once. Pure.
+pub fn prepare_secrets(
     config: &Config,
     credentials: &BTreeMap<String, Resolved>,
-) -> RenderedSecrets {
+) -> PreparedSecrets {
     let pull_secrets = config
         .pull_secrets
         .iter()
@@ -274,10 +129,10 @@ pub fn render_secrets(
                     render_secret(pull_secret, &group, credentials, &mut problems)
                 })
                 .collect();
-            RenderedPullSecret { secrets, problems }
+            PreparedPullSecret { secrets, problems }
         })
         .collect();
-    RenderedSecrets { pull_secrets }
+    PreparedSecrets { pull_secrets }
 }
 
 /// Whether [`plan_namespace`] reads `inputs.namespaces` for `namespace`: only when it holds
@@ -286,29 +141,27 @@ pub fn needs_all_namespaces(config: &Config, namespace: &str) -> bool {
     config.image_pullers.iter().any(|p| p.project == namespace)
 }
 
-/// The plan of one namespace, without planning the others: equal to
-/// `plan(inputs).projects[namespace.name]` (an empty plan when that has none), for
-/// `rendered = render_secrets(inputs.config, inputs.credentials)` and `namespace` one of
-/// `inputs.namespaces`. `inputs.namespaces` is read only when
-/// [`needs_all_namespaces`] says so; otherwise it may be empty. Problems are not reported
-/// here (see [`plan`]). Pure.
+/// The plan of one namespace, from Secrets prepared once for every namespace
+/// ([`prepare_secrets`]). `inputs.namespaces` is read only when [`needs_all_namespaces`] says
+/// so; otherwise it may be empty. Name conflicts between pull secrets are in the plan's
+/// `problems`; problems of the config as a whole are [`plan`]'s. Pure.
 pub fn plan_namespace(
     inputs: PlanInputs<'_>,
-    rendered: &RenderedSecrets,
+    prepared: &PreparedSecrets,
     namespace: &NamespaceInfo,
 ) -> ProjectPlan {
     let mut project = ProjectPlan::default();
     let mut problems = Vec::new();
-    for (pull_secret, rendered) in inputs
+    for (pull_secret, prepared) in inputs
         .config
         .pull_secrets
         .iter()
-        .zip(&rendered.pull_secrets)
+        .zip(&prepared.pull_secrets)
     {
         if !is_selected(pull_secret, namespace) {
             continue;
         }
-        for secret in &rendered.secrets {
+        for secret in &prepared.secrets {
             add_secret(
                 &mut project,
                 pull_secret,
@@ -318,6 +171,7 @@ pub fn plan_namespace(
             );
         }
     }
+    project.problems = problems;
     if inputs.openshift != Some(false) {
         for puller in &inputs.config.image_pullers {
             if puller.project == namespace.name {
@@ -329,29 +183,6 @@ pub fn plan_namespace(
         merge_project_role_bindings(&mut project);
     }
     project
-}
-
-fn plan_pull_secret(
-    pull_secret: &PullSecretConfig,
-    rendered: &RenderedPullSecret,
-    inputs: PlanInputs<'_>,
-    state: &mut DesiredState,
-) {
-    state.problems.extend(rendered.problems.iter().cloned());
-    let projects = selected_projects(pull_secret, inputs.namespaces);
-    report_missing_projects(pull_secret, inputs.namespaces, &mut state.problems);
-    for project in projects {
-        for secret in &rendered.secrets {
-            let project_plan = state.projects.entry(project.clone()).or_default();
-            add_secret(
-                project_plan,
-                pull_secret,
-                secret,
-                &project,
-                &mut state.problems,
-            );
-        }
-    }
 }
 
 /// The Secrets a pull secret becomes: one with every registry (`combined`), or one per
@@ -416,7 +247,7 @@ fn render_secret(
             versions.push(format!("{registry}={}", resolved.version));
         }
     }
-    let payload = match render_payload(pull_secret.secret_type, &credentials) {
+    let payload = match encode_payload(pull_secret.secret_type, &credentials) {
         Ok(payload) => payload,
         Err(error) => {
             problems.push(Problem {
@@ -456,7 +287,7 @@ fn render_secret(
         pull_secret: pull_secret.name.clone(),
         registries: registries.to_vec(),
         servers: credentials.iter().map(|c| c.registry.clone()).collect(),
-        payload: SecretPayload(SecretSlice::from(payload)),
+        payload: SecretPayload::new(payload),
         content_hash,
         source_versions: versions.join(","),
         immutable: versioned,
@@ -561,42 +392,6 @@ fn report_missing_projects(
     }
 }
 
-fn plan_image_pullers(inputs: PlanInputs<'_>, state: &mut DesiredState) {
-    let pullers = &inputs.config.image_pullers;
-    if pullers.is_empty() {
-        return;
-    }
-    if inputs.openshift == Some(false) {
-        state.problems.push(Problem {
-            reason: "NotOpenShift",
-            message: format!(
-                "imagePullers skipped: this cluster is not OpenShift (no project.openshift.io or \
-                 image.openshift.io API), so the {IMAGE_PULLER_ROLE} role does not exist here"
-            ),
-        });
-        return;
-    }
-    for puller in pullers {
-        plan_image_puller(puller, inputs, state);
-    }
-}
-
-fn plan_image_puller(puller: &ImagePullerConfig, inputs: PlanInputs<'_>, state: &mut DesiredState) {
-    if !inputs.namespaces.iter().any(|ns| ns.name == puller.project) {
-        state.problems.push(Problem {
-            reason: "ProjectNotFound",
-            message: format!(
-                "image puller: project {} does not exist (or is not visible)",
-                puller.project
-            ),
-        });
-        return;
-    }
-    let binding = image_puller_binding(puller, inputs);
-    let project_plan = state.projects.entry(puller.project.clone()).or_default();
-    project_plan.role_bindings.push(binding);
-}
-
 fn image_puller_binding(puller: &ImagePullerConfig, inputs: PlanInputs<'_>) -> DesiredRoleBinding {
     let mut subjects = puller.allow.clone();
     subjects.extend(projects_of_pull_secrets(puller, inputs));
@@ -629,12 +424,6 @@ fn projects_of_pull_secrets(
 
 /// Several `imagePullers` entries for one project become one binding, subjects deduplicated
 /// in first-seen order.
-fn merge_role_bindings(state: &mut DesiredState) {
-    for project_plan in state.projects.values_mut() {
-        merge_project_role_bindings(project_plan);
-    }
-}
-
 fn merge_project_role_bindings(project_plan: &mut ProjectPlan) {
     let mut seen = BTreeSet::new();
     let mut subjects = Vec::new();
@@ -663,8 +452,10 @@ mod tests {
     use secrecy::SecretString;
 
     use super::*;
+    use crate::config::LinkKind;
     use crate::config::{ProjectSelection, RegistryConfig, Rotation, SourceConfig};
-    use crate::credential::Secret;
+    use crate::model::credential::RegistryKey;
+    use crate::model::credential::Secret;
     use crate::selector::LabelSelector;
 
     const SENTINEL: &str = "SENTINEL-pw-plan-51c2";
@@ -1154,7 +945,7 @@ mod tests {
                 openshift,
             };
             let whole = plan(inputs);
-            let rendered = render_secrets(&config, &credentials);
+            let rendered = prepare_secrets(&config, &credentials);
             for namespace in &ns {
                 let alone = plan_namespace(inputs, &rendered, namespace);
                 let expected = whole
@@ -1196,7 +987,7 @@ mod tests {
             namespaces: &ns,
             openshift: None,
         };
-        let rendered = render_secrets(&config, &credentials);
+        let rendered = prepare_secrets(&config, &credentials);
         let web = plan_namespace(inputs, &rendered, &ns[4]);
         let a = plan_namespace(inputs, &rendered, &ns[0]);
         assert_eq!(web.secrets[0].name, "private");

@@ -1,40 +1,189 @@
-//! Reconcile (orchestration): one pass of the pipeline against a cluster.
+//! Reconcile (orchestration): THE pipeline — plan → diff → apply for one namespace or for a
+//! pass over the cluster — that every trigger calls: `once` (a pass, applied), `plan --cluster`
+//! (a pass, not applied), `workstation` (a pass in the diff's add-only mode) and the daemon's
+//! controller (one namespace at a time, from its watch caches).
 //!
-//! observe → plan → diff per project → apply, with bounded concurrency across projects. Holds
-//! no state of its own and never reads a credential source: it is handed the credentials, so
-//! the same pass serves `once`, `plan --cluster` (diff only) and, later, the daemon.
+//! It reads the cluster only through a [`ClusterView`] and never reads a credential source: it
+//! is handed the credentials (and the Secrets prepared from them). It reports what it did as
+//! data ([`ProjectOutcome`]): changes, failures, held Secrets, problems and rotations, and it
+//! hands apply the service accounts it already read, so a link edit costs no extra GET.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use futures::stream::{self, StreamExt as _};
 use k8s_openapi::api::core::v1::ServiceAccount;
+use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
-use crate::cluster::{self, ApiError, ApplyOptions, ProjectOutcome, Throttle};
+use crate::cluster::{self, ApiError, ApplyOptions, ClusterView, ProjectOutcome, Throttle};
 use crate::config::Config;
-use crate::diff::{DiffPolicy, Mode, ProjectDiff, diff_project_at};
-use crate::plan::{self, DesiredState, PlanInputs, Problem};
-use crate::source::Resolved;
+use crate::diff::{Action, DiffPolicy, Mode, ObservedProject, ProjectDiff, diff_project_at};
+use crate::model::credential::Resolved;
+use crate::model::managed::{CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION};
+pub use crate::model::outcome::Report;
+use crate::plan::{self, DesiredState, PlanInputs, PreparedSecrets, ProjectPlan};
 
-/// The plan and the per-project diffs of one pass, before anything is written.
-#[derive(Debug)]
-pub struct ClusterDiff {
-    pub desired: DesiredState,
-    /// Projects with something to do or report, by name.
-    pub projects: BTreeMap<String, ProjectDiff>,
-    /// The service accounts each of those projects was diffed against: a link edit writes
-    /// against them first instead of reading them again.
-    pub accounts: BTreeMap<String, Vec<ServiceAccount>>,
+/// What one reconcile works from, besides the cluster.
+#[derive(Clone, Copy)]
+pub struct Inputs<'a> {
+    pub config: &'a Config,
+    /// Each registry's credential; a registry missing here is held.
+    pub credentials: &'a BTreeMap<String, Resolved>,
+    /// The Secrets prepared from those credentials ([`plan::prepare_secrets`]), once for every
+    /// namespace.
+    pub prepared: &'a PreparedSecrets,
+    pub policy: &'a DiffPolicy,
+    /// Decides which replaced versioned Secrets are past their grace (`None`: none is).
+    pub now: Option<Timestamp>,
 }
 
-impl ClusterDiff {
-    /// Number of write actions across all projects.
-    pub fn action_count(&self) -> usize {
-        self.projects.values().map(|d| d.actions.len()).sum()
+/// One namespace's diff, with what apply needs from the read.
+#[derive(Debug, Default)]
+pub struct NamespaceWork {
+    pub diff: ProjectDiff,
+    /// The service accounts the diff was made from: a link edit writes against them first.
+    pub accounts: Vec<ServiceAccount>,
+    /// Secret writes in the diff that replace an older credential of the same pull secret.
+    pub rotations: u64,
+}
+
+impl NamespaceWork {
+    /// Nothing to write, report or hold.
+    pub fn is_idle(&self) -> bool {
+        self.diff.actions.is_empty() && self.diff.problems.is_empty() && self.diff.held.is_empty()
     }
 }
 
-/// Reads the cluster and computes what must change (`mode`: everything, or add-only for
+/// Plans and diffs one namespace against `view`. Reads the other namespaces only when this one
+/// holds an image puller's binding. Writes nothing.
+pub fn namespace(view: &impl ClusterView, inputs: Inputs<'_>, name: &str) -> NamespaceWork {
+    let plan = match view.namespace(name) {
+        Some(info) => {
+            let all = if plan::needs_all_namespaces(inputs.config, name) {
+                view.namespaces()
+            } else {
+                Vec::new()
+            };
+            let plan_inputs = PlanInputs {
+                config: inputs.config,
+                credentials: inputs.credentials,
+                namespaces: &all,
+                openshift: view.openshift(),
+            };
+            plan::plan_namespace(plan_inputs, inputs.prepared, &info)
+        }
+        // Gone or terminating: nothing is wanted there.
+        None => ProjectPlan::default(),
+    };
+    diff_planned(view, inputs, name, plan)
+}
+
+/// Diffs a namespace's plan against what `view` holds there.
+fn diff_planned(
+    view: &impl ClusterView,
+    inputs: Inputs<'_>,
+    name: &str,
+    mut plan: ProjectPlan,
+) -> NamespaceWork {
+    let observed = view.observed(name);
+    let mut diff = diff_project_at(name, &plan, &observed, inputs.policy, inputs.now);
+    diff.problems
+        .splice(0..0, std::mem::take(&mut plan.problems));
+    let rotations = count_rotations(&diff.actions, &observed);
+    NamespaceWork {
+        diff,
+        accounts: observed.service_accounts,
+        rotations,
+    }
+}
+
+/// Secret writes whose content replaces an older version of the same pull secret.
+fn count_rotations(actions: &[Action], observed: &ObservedProject) -> u64 {
+    let previous: BTreeMap<&str, &str> = observed
+        .secrets
+        .iter()
+        .filter_map(|s| {
+            let annotations = s.metadata.annotations.as_ref()?;
+            Some((
+                annotations.get(PULL_SECRET_ANNOTATION)?.as_str(),
+                annotations.get(CONTENT_HASH_ANNOTATION)?.as_str(),
+            ))
+        })
+        .collect();
+    let rotated = actions.iter().filter(|action| {
+        let secret = match action {
+            Action::CreateSecret(s) => s,
+            Action::RecreateSecret(recreate) => &recreate.secret,
+            Action::UpdateSecret { secret, .. } => secret,
+            _ => return false,
+        };
+        previous
+            .get(secret.pull_secret.as_str())
+            .is_some_and(|hash| *hash != secret.content_hash)
+    });
+    rotated.count() as u64
+}
+
+/// The plan and the per-namespace diffs of one pass, before anything is written.
+#[derive(Debug)]
+pub struct ClusterDiff {
+    pub desired: DesiredState,
+    /// Namespaces with something to do or report, by name.
+    pub namespaces: BTreeMap<String, NamespaceWork>,
+}
+
+impl ClusterDiff {
+    /// Number of write actions across all namespaces.
+    pub fn action_count(&self) -> usize {
+        self.namespaces.values().map(|w| w.diff.actions.len()).sum()
+    }
+
+    /// Each namespace's diff, by name.
+    pub fn diffs(&self) -> BTreeMap<String, &ProjectDiff> {
+        self.namespaces
+            .iter()
+            .map(|(name, work)| (name.clone(), &work.diff))
+            .collect()
+    }
+}
+
+/// Plans every namespace of `view` and diffs each one that is planned for or holds objects
+/// with pullsecretd's label. Writes nothing.
+pub fn pass(view: &impl ClusterView, inputs: Inputs<'_>) -> ClusterDiff {
+    let namespaces = view.namespaces();
+    let mut desired = plan::plan(PlanInputs {
+        config: inputs.config,
+        credentials: inputs.credentials,
+        namespaces: &namespaces,
+        openshift: view.openshift(),
+    });
+    let existing: BTreeSet<&str> = namespaces.iter().map(|ns| ns.name.as_str()).collect();
+    let names: BTreeSet<String> = desired
+        .projects
+        .keys()
+        .cloned()
+        .chain(view.namespaces_with_objects())
+        .filter(|name| existing.contains(name.as_str()))
+        .collect();
+    let mut works = BTreeMap::new();
+    for name in names {
+        let plan = desired.projects.get(&name).cloned().unwrap_or_default();
+        let work = diff_planned(view, inputs, &name, plan);
+        if !work.is_idle() {
+            works.insert(name, work);
+        }
+    }
+    // The plan table shows each project's plan; its problems are in the diffs now.
+    for project in desired.projects.values_mut() {
+        project.problems.clear();
+    }
+    ClusterDiff {
+        desired,
+        namespaces: works,
+    }
+}
+
+/// Reads the cluster with a few lists and computes a pass (`mode`: everything, or add-only for
 /// workstation passes). Writes nothing.
 pub async fn diff_cluster(
     client: &Client,
@@ -43,66 +192,39 @@ pub async fn diff_cluster(
     credentials: &BTreeMap<String, Resolved>,
     mode: Mode,
 ) -> Result<ClusterDiff, ApiError> {
-    let state = cluster::observe(client, config, throttle).await?;
-    let desired = plan::plan(PlanInputs {
-        config,
-        credentials,
-        namespaces: &state.namespaces,
-        openshift: state.openshift,
-    });
-    // Desired projects, plus those holding managed objects nobody wants any more.
-    let existing: BTreeSet<&str> = state.namespaces.iter().map(|ns| ns.name.as_str()).collect();
-    let names: BTreeSet<&String> = desired
-        .projects
-        .keys()
-        .chain(state.projects.keys())
-        .filter(|name| existing.contains(name.as_str()))
-        .collect();
-    // Replaced versioned Secrets are judged against the wall clock here, at the I/O edge.
-    let now = k8s_openapi::jiff::Timestamp::now();
+    let snapshot = cluster::read_snapshot(client, config, throttle).await?;
+    let prepared = plan::prepare_secrets(config, credentials);
     let policy = DiffPolicy {
         instance: config.instance_name().to_string(),
         mode,
     };
-    let mut projects = BTreeMap::new();
-    let mut accounts = BTreeMap::new();
-    for name in names {
-        let wanted = desired.projects.get(name).cloned().unwrap_or_default();
-        let observed = state.project(name);
-        let diff = diff_project_at(name, &wanted, &observed, &policy, Some(now));
-        if !diff.actions.is_empty() || !diff.problems.is_empty() || !diff.held.is_empty() {
-            projects.insert(name.clone(), diff);
-            accounts.insert(name.clone(), observed.service_accounts);
-        }
-    }
-    Ok(ClusterDiff {
-        desired,
-        projects,
-        accounts,
-    })
+    let inputs = Inputs {
+        config,
+        credentials,
+        prepared: &prepared,
+        policy: &policy,
+        // Replaced versioned Secrets are judged against the wall clock here, at the I/O edge.
+        now: Some(Timestamp::now()),
+    };
+    Ok(pass(&snapshot, inputs))
 }
 
-/// The result of one `once` pass.
-#[derive(Debug, Default)]
-pub struct Report {
-    /// Problems found while planning (a failed source, a missing project).
-    pub plan_problems: Vec<Problem>,
-    /// One outcome per project that had something to do or report.
-    pub projects: Vec<ProjectOutcome>,
+/// Applies one namespace's work: its Secrets, links, deletes and bindings, in the diff's order.
+pub async fn apply_namespace(
+    client: &Client,
+    throttle: &Throttle,
+    options: &ApplyOptions,
+    name: &str,
+    work: NamespaceWork,
+) -> ProjectOutcome {
+    let mut outcome =
+        cluster::apply_project_from(client, throttle, options, name, work.diff, work.accounts)
+            .await;
+    outcome.rotations = work.rotations;
+    outcome
 }
 
-impl Report {
-    /// True when every project converged.
-    pub fn converged(&self) -> bool {
-        self.projects.iter().all(ProjectOutcome::converged)
-    }
-
-    pub fn change_count(&self) -> usize {
-        self.projects.iter().map(|p| p.changes.len()).sum()
-    }
-}
-
-/// Applies a computed diff, up to `concurrency` projects at a time. One project's failure
+/// Applies a computed pass, up to `concurrency` namespaces at a time. One namespace's failure
 /// never stops the others.
 pub async fn apply_diff(
     client: &Client,
@@ -111,23 +233,14 @@ pub async fn apply_diff(
     diff: ClusterDiff,
     concurrency: usize,
 ) -> Report {
-    let mut accounts = diff.accounts;
-    let work: Vec<(String, ProjectDiff, Vec<ServiceAccount>)> = diff
-        .projects
-        .into_iter()
-        .map(|(name, project_diff)| {
-            let observed = accounts.remove(&name).unwrap_or_default();
-            (name, project_diff, observed)
-        })
-        .collect();
-    let mut projects: Vec<ProjectOutcome> = stream::iter(work)
-        .map(|(name, project_diff, observed)| async move {
-            cluster::apply_project_from(client, throttle, options, &name, project_diff, observed)
-                .await
-        })
-        .buffer_unordered(concurrency.max(1))
-        .collect()
-        .await;
+    let mut projects: Vec<ProjectOutcome> =
+        stream::iter(diff.namespaces)
+            .map(|(name, work)| async move {
+                apply_namespace(client, throttle, options, &name, work).await
+            })
+            .buffer_unordered(concurrency.max(1))
+            .collect()
+            .await;
     projects.sort_by(|a, b| a.project.cmp(&b.project));
     Report {
         plan_problems: diff.desired.problems,

@@ -10,76 +10,14 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-
 use crate::config::{Config, LinkKind, PullerSubject, SourceConfig};
 use crate::diff::Action;
-use crate::model::managed::{self, IMAGE_PULLER_ROLE};
-use crate::plan::{DesiredLink, DesiredRoleBinding, DesiredSecret, DesiredState, HoldReason};
-use crate::reconcile::{ClusterDiff, Report};
-use crate::source::Resolved;
-
-const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
-
-/// The Secret manifest for `secret` in `namespace`, payload included.
-pub fn secret_manifest(namespace: &str, secret: &DesiredSecret) -> Secret {
-    let data = BTreeMap::from([(
-        secret.secret_type.data_key().to_string(),
-        ByteString(secret.payload.expose().to_vec()),
-    )]);
-    Secret {
-        metadata: ObjectMeta {
-            name: Some(secret.name.clone()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(secret.labels()),
-            annotations: Some(secret.annotations()),
-            ..ObjectMeta::default()
-        },
-        type_: Some(secret.secret_type.type_name().to_string()),
-        data: Some(data),
-        immutable: secret.immutable.then_some(true),
-        ..Secret::default()
-    }
-}
-
-/// The RoleBinding manifest granting `system:image-puller` in `namespace`.
-pub fn role_binding_manifest(namespace: &str, binding: &DesiredRoleBinding) -> RoleBinding {
-    RoleBinding {
-        metadata: ObjectMeta {
-            name: Some(binding.name.clone()),
-            namespace: Some(namespace.to_string()),
-            labels: Some(managed::labels(&binding.instance)),
-            ..ObjectMeta::default()
-        },
-        role_ref: RoleRef {
-            api_group: RBAC_GROUP.to_string(),
-            kind: "ClusterRole".to_string(),
-            name: IMAGE_PULLER_ROLE.to_string(),
-        },
-        subjects: Some(binding.subjects.iter().map(rbac_subject).collect()),
-    }
-}
-
-/// The subject `oc policy add-role-to-user` / `add-role-to-group` would write (SPEC.md §6).
-pub fn rbac_subject(subject: &PullerSubject) -> Subject {
-    match subject {
-        PullerSubject::ServiceAccount { namespace, name } => Subject {
-            kind: "ServiceAccount".to_string(),
-            name: name.clone(),
-            namespace: Some(namespace.clone()),
-            api_group: None,
-        },
-        PullerSubject::ProjectServiceAccounts { project } => Subject {
-            kind: "Group".to_string(),
-            name: format!("system:serviceaccounts:{project}"),
-            namespace: None,
-            api_group: Some(RBAC_GROUP.to_string()),
-        },
-    }
-}
+use crate::diff::ProjectDiff;
+use crate::model::credential::Resolved;
+use crate::model::managed::IMAGE_PULLER_ROLE;
+pub use crate::model::manifest::{rbac_subject, role_binding_manifest, secret_manifest};
+use crate::model::outcome::Report;
+use crate::plan::{DesiredLink, DesiredState, HoldReason};
 
 /// `oc secrets link` commands for one project, one per service account and secret.
 pub fn link_commands(namespace: &str, links: &[DesiredLink]) -> String {
@@ -360,13 +298,13 @@ pub fn describe_action(action: &Action) -> String {
 }
 
 /// What `once` would change, per project (`plan --cluster`).
-pub fn changes_table(diff: &ClusterDiff) -> String {
+pub fn changes_table(projects: &BTreeMap<String, &ProjectDiff>) -> String {
     let mut out = String::from("\nChanges against the cluster\n");
-    if diff.projects.is_empty() {
+    if projects.is_empty() {
         out.push_str("  None: the cluster matches the config.\n");
         return out;
     }
-    for (project, project_diff) in &diff.projects {
+    for (project, project_diff) in projects {
         let _ = writeln!(out, "  Project {project}");
         for action in &project_diff.actions {
             let _ = writeln!(out, "    {}", describe_action(action));
@@ -375,12 +313,8 @@ pub fn changes_table(diff: &ClusterDiff) -> String {
             let _ = writeln!(out, "    {}: {}", problem.reason, problem.message);
         }
     }
-    let _ = writeln!(
-        out,
-        "  {} changes in {} projects.",
-        diff.action_count(),
-        diff.projects.len()
-    );
+    let actions: usize = projects.values().map(|d| d.actions.len()).sum();
+    let _ = writeln!(out, "  {actions} changes in {} projects.", projects.len());
     out
 }
 

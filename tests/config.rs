@@ -9,7 +9,7 @@ use pullsecretd::config::{
     Config, ConfigError, ImagePullerConfig, Layout, LinkKind, ProjectSelection, PullSecretConfig,
     PullerSubject, RegistryConfig, Rotation, RotationStrategy, SecretType, SourceConfig,
 };
-use pullsecretd::credential::RegistryKey;
+use pullsecretd::model::credential::RegistryKey;
 use pullsecretd::selector::LabelSelector;
 
 const FIXTURES: &str = "tests/data/config";

@@ -637,10 +637,10 @@ async fn strip_instance_labels(c: &Cluster, kube: kube::Client) -> Vec<(String, 
 
 #[tokio::test]
 async fn a_workstation_pass_leaves_a_teams_secret_of_the_same_name_alone() {
-    use pullsecretd::agent::CredentialService;
     use pullsecretd::cluster::Throttle;
     use pullsecretd::dockerconfig::AuthFileFormat;
     use pullsecretd::source::SourceContext;
+    use pullsecretd::source::service::CredentialService;
     use pullsecretd::workstation::{ConfigSource, WatchedFile, Workstation};
 
     let fx = cluster::Fixture::start(Options::default()).await;

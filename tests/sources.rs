@@ -12,8 +12,8 @@ use base64::Engine as _;
 use secrecy::ExposeSecret as _;
 
 use pullsecretd::config::{RegistryConfig, SecretType, SourceConfig};
-use pullsecretd::credential::{Credential, RegistryKey, Secret};
 use pullsecretd::dockerconfig::{self, AuthFileFormat};
+use pullsecretd::model::credential::{Credential, RegistryKey, Secret};
 use pullsecretd::source::{self, Error, Resolved, SourceContext, helper};
 
 const SENTINEL: &str = "SENTINEL-pw-93f1";
@@ -551,7 +551,7 @@ fn kubectl_payload(case: &KubectlCase) -> Vec<u8> {
 }
 
 #[test]
-fn render_payload_matches_kubectl_byte_for_byte() {
+fn encode_payload_matches_kubectl_byte_for_byte() {
     let _ = helper_dir(); // Scripts are written before any process starts.
     let cases = [
         KubectlCase {
@@ -603,7 +603,7 @@ fn render_payload_matches_kubectl_byte_for_byte() {
             email: case.email.map(str::to_string),
             ..Credential::with_password(server, case.username, case.password)
         };
-        let ours = dockerconfig::render_payload(SecretType::DockerConfigJson, &[credential])
+        let ours = dockerconfig::encode_payload(SecretType::DockerConfigJson, &[credential])
             .expect("renders");
         let theirs = kubectl_payload(case);
         assert_eq!(

@@ -16,7 +16,7 @@ use serde_json::json;
 
 use openbao::{OpenBao, ROOT_TOKEN, audit_requests};
 use pullsecretd::config::Config;
-use pullsecretd::credential::Secret;
+use pullsecretd::model::credential::Secret;
 use pullsecretd::source::vault::{RetryPolicy, TokenEnvironment};
 use pullsecretd::source::{Inventory, Resolved, SourceContext, VaultSession, resolve_all};
 

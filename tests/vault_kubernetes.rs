@@ -28,7 +28,7 @@ use serde_json::json;
 use jwt::Signer;
 use openbao::OpenBao;
 use pullsecretd::config::Config;
-use pullsecretd::credential::Secret;
+use pullsecretd::model::credential::Secret;
 use pullsecretd::source::vault::{LoginBackoff, RetryPolicy, TokenEnvironment};
 use pullsecretd::source::{Inventory, SourceContext, VaultSession};
 

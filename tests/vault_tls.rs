@@ -16,7 +16,7 @@ use serde_json::json;
 
 use openbao::{NAMED_HOST, OpenBao, ROOT_TOKEN};
 use pullsecretd::config::Config;
-use pullsecretd::credential::Secret;
+use pullsecretd::model::credential::Secret;
 use pullsecretd::source::vault::{RetryPolicy, TokenEnvironment};
 use pullsecretd::source::{self, Resolved, SourceContext, VaultSession};
 

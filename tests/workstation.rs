@@ -21,11 +21,11 @@ use kube_sim::Options;
 use serde_json::{Value, json};
 
 use cluster::{Fixture, nz};
-use pullsecretd::agent::CredentialService;
 use pullsecretd::cluster::Throttle;
 use pullsecretd::dockerconfig::AuthFileFormat;
 use pullsecretd::source::SourceContext;
-use pullsecretd::workstation::watch::FileWatcher;
+use pullsecretd::source::service::CredentialService;
+use pullsecretd::watch::FileWatcher;
 use pullsecretd::workstation::{ConfigSource, Stats, WatchedFile, Workstation};
 use registry::Registry;
 

@@ -18,7 +18,6 @@
 //! namespace), with a reason and object names, never data.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -29,12 +28,13 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use super::{ApiError, Throttle};
 use crate::config::LinkKind;
 use crate::diff::{
-    Action, Delete, Held, Mode, ProjectDiff, Recreate, ServiceAccountEdit, edit_service_account,
+    Action, Delete, Mode, ProjectDiff, Recreate, ServiceAccountEdit, edit_service_account,
     foreign_secret,
 };
 use crate::model::managed::{self, Ownership};
+use crate::model::manifest::{role_binding_manifest, secret_manifest};
+pub use crate::model::outcome::{Change, Failure, ProjectOutcome, Verb};
 use crate::plan::{DesiredRoleBinding, DesiredSecret, Problem};
-use crate::render::{role_binding_manifest, secret_manifest};
 
 /// Plain create/replace parameters (no dry run, no field manager needed).
 static POST: PostParams = PostParams {
@@ -46,7 +46,7 @@ static POST: PostParams = PostParams {
 pub const CONTROLLER_NAME: &str = "pullsecretd";
 
 /// How `apply_project` behaves.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ApplyOptions {
     /// Attempts of a service-account read-modify-write before giving up on conflicts.
     pub conflict_attempts: usize,
@@ -56,6 +56,9 @@ pub struct ApplyOptions {
     pub instance: String,
     /// `AddOnly` never takes a Secret over, whatever `adopt` says.
     pub mode: Mode,
+    /// The Event recorder to use (`None`: one per project, made here when `events` is on). A
+    /// long-lived process shares one, so a recurring Event becomes a series, not a new Event.
+    pub recorder: Option<Recorder>,
 }
 
 impl ApplyOptions {
@@ -66,140 +69,8 @@ impl ApplyOptions {
             events: true,
             instance: instance.to_string(),
             mode: Mode::Full,
+            recorder: None,
         }
-    }
-}
-
-/// What a write did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Verb {
-    Create,
-    Update,
-    Delete,
-}
-
-impl Verb {
-    /// `create`, `update` or `delete`, as metrics label writes.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Create => "create",
-            Self::Update => "update",
-            Self::Delete => "delete",
-        }
-    }
-
-    fn past(self) -> &'static str {
-        match self {
-            Self::Create => "created",
-            Self::Update => "updated",
-            Self::Delete => "deleted",
-        }
-    }
-
-    fn reason(self) -> &'static str {
-        match self {
-            Self::Create => "Created",
-            Self::Update => "Updated",
-            Self::Delete => "Deleted",
-        }
-    }
-}
-
-/// One change made in a project, as data: rendered to text at the edge.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Change {
-    Secret {
-        verb: Verb,
-        name: String,
-    },
-    /// One write of a service account's lists.
-    Links {
-        account: String,
-        added: Vec<(LinkKind, String)>,
-        removed: Vec<(LinkKind, String)>,
-    },
-    RoleBinding {
-        verb: Verb,
-        name: String,
-    },
-}
-
-impl Change {
-    /// The API verb of the write.
-    pub fn verb(&self) -> Verb {
-        match self {
-            Self::Secret { verb, .. } | Self::RoleBinding { verb, .. } => *verb,
-            Self::Links { .. } => Verb::Update,
-        }
-    }
-
-    /// The Event reason: `Created`, `Updated`, `Deleted`, `Linked`, `Unlinked`, `Relinked`.
-    pub fn reason(&self) -> &'static str {
-        match self {
-            Self::Secret { verb, .. } | Self::RoleBinding { verb, .. } => verb.reason(),
-            Self::Links { added, removed, .. } => match (added.is_empty(), removed.is_empty()) {
-                (false, true) => "Linked",
-                (true, false) => "Unlinked",
-                _ => "Relinked",
-            },
-        }
-    }
-}
-
-impl fmt::Display for Change {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Self::Secret { verb, name } => write!(f, "{} secret {name}", verb.past()),
-            Self::RoleBinding { verb, name } => write!(f, "{} rolebinding {name}", verb.past()),
-            Self::Links {
-                account,
-                added,
-                removed,
-            } => {
-                let entries: Vec<String> = added
-                    .iter()
-                    .map(|(kind, secret)| format!("+{secret} ({})", kind.field()))
-                    .chain(
-                        removed
-                            .iter()
-                            .map(|(kind, secret)| format!("-{secret} ({})", kind.field())),
-                    )
-                    .collect();
-                let verb = match self.reason() {
-                    "Linked" => "linked",
-                    "Unlinked" => "unlinked",
-                    _ => "relinked",
-                };
-                write!(
-                    f,
-                    "{verb} [{}] on serviceaccount {account}",
-                    entries.join(", ")
-                )
-            }
-        }
-    }
-}
-
-/// What happened in one project.
-#[derive(Debug, Default)]
-pub struct ProjectOutcome {
-    pub project: String,
-    /// Every change made, in the order made.
-    pub changes: Vec<Change>,
-    /// Calls that failed for good, with the reason.
-    pub failures: Vec<ApiError>,
-    /// Things left alone on purpose (someone else's Secret, a missing service account).
-    pub problems: Vec<Problem>,
-    /// Actions skipped because an earlier one failed (never linked, never deleted).
-    pub skipped: Vec<String>,
-    /// Secrets held (source failed or not rendered) and what they keep as it is.
-    pub held: Vec<Held>,
-}
-
-impl ProjectOutcome {
-    /// True when every action succeeded.
-    pub fn converged(&self) -> bool {
-        self.failures.is_empty() && self.skipped.is_empty()
     }
 }
 
@@ -230,14 +101,16 @@ pub async fn apply_project_from(
         throttle,
         options,
         project,
-        recorder: options.events.then(|| {
-            Recorder::new(
-                client.clone(),
-                Reporter {
-                    controller: CONTROLLER_NAME.into(),
-                    instance: Some(options.instance.clone()),
-                },
-            )
+        recorder: options.recorder.clone().or_else(|| {
+            options.events.then(|| {
+                Recorder::new(
+                    client.clone(),
+                    Reporter {
+                        controller: CONTROLLER_NAME.into(),
+                        instance: Some(options.instance.clone()),
+                    },
+                )
+            })
         }),
         outcome: ProjectOutcome {
             project: project.to_string(),
@@ -254,6 +127,7 @@ pub async fn apply_project_from(
             .collect(),
     };
     run.report_held().await;
+    run.report_problems().await;
     for action in diff.actions {
         run.execute(action).await;
     }
@@ -346,6 +220,39 @@ impl ProjectRun<'_> {
             .collect();
         for note in notes {
             self.warn_on_namespace("Held", &note).await;
+        }
+    }
+
+    /// A Warning Event on the namespace for each problem found (someone else's Secret, a name
+    /// two pull secrets want, …) but a missing service account: on plain Kubernetes `builder`
+    /// is missing in every namespace, and the summary, log and metric say so already.
+    async fn report_problems(&mut self) {
+        let problems: Vec<Problem> = self
+            .outcome
+            .problems
+            .iter()
+            .filter(|p| p.reason != "ServiceAccountMissing")
+            .cloned()
+            .collect();
+        let reference = self.namespace_reference();
+        for problem in problems {
+            // Not logged here: the trigger reports problems (summary, or the daemon's log).
+            self.publish(
+                EventType::Warning,
+                problem.reason,
+                &problem.message,
+                reference.clone(),
+            )
+            .await;
+        }
+    }
+
+    fn namespace_reference(&self) -> ObjectReference {
+        ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(self.project.into()),
+            ..ObjectReference::default()
         }
     }
 
@@ -776,7 +683,7 @@ impl ProjectRun<'_> {
 
     async fn fail_on_namespace(&mut self, reason: &str, error: ApiError) {
         self.warn_on_namespace(reason, &error.to_string()).await;
-        self.outcome.failures.push(error);
+        self.outcome.failures.push(error.to_failure());
     }
 
     /// Records a change and publishes a Normal Event on the object.
@@ -816,12 +723,7 @@ impl ProjectRun<'_> {
     /// Publishes a Warning Event on the namespace.
     async fn warn_on_namespace(&mut self, reason: &str, note: &str) {
         tracing::warn!(namespace = self.project, reason, "{note}");
-        let reference = ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Namespace".into()),
-            name: Some(self.project.into()),
-            ..ObjectReference::default()
-        };
+        let reference = self.namespace_reference();
         self.publish(EventType::Warning, reason, note, reference)
             .await;
     }

@@ -26,6 +26,7 @@ use kube::{Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
+use super::view::{ClusterView, namespace_info};
 use crate::diff::ObservedProject;
 use crate::model::managed::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::plan::NamespaceInfo;
@@ -53,6 +54,10 @@ impl NamespaceIndex {
         }
     }
 
+    fn namespaces(&self) -> BTreeSet<String> {
+        self.lock().keys().cloned().collect()
+    }
+
     fn names(&self, namespace: &str) -> Vec<String> {
         self.lock()
             .get(namespace)
@@ -77,12 +82,19 @@ pub struct Caches {
     accounts: Arc<Mutex<BTreeMap<String, Store<ServiceAccount>>>>,
     client: Client,
     touched: Touched,
+    /// OpenShift or not (API discovery at start): image-puller bindings exist only there.
+    openshift: Option<bool>,
 }
 
 impl Caches {
     /// Starts the namespace, Secret and RoleBinding watches (each in its own task) and one
     /// watch per name in `accounts`. Changes are sent to `touched`.
-    pub fn start(client: &Client, accounts: &BTreeSet<String>, touched: Touched) -> Self {
+    pub fn start(
+        client: &Client,
+        accounts: &BTreeSet<String>,
+        touched: Touched,
+        openshift: Option<bool>,
+    ) -> Self {
         let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
         let namespaces = spawn_reflector(
             Api::<Namespace>::all(client.clone()),
@@ -116,6 +128,7 @@ impl Caches {
             accounts: Arc::default(),
             client: client.clone(),
             touched,
+            openshift,
         };
         caches.watch_accounts(accounts);
         caches
@@ -162,22 +175,31 @@ impl Caches {
         }
         Ok(())
     }
+}
 
-    /// Namespaces that exist and are not terminating, with their labels, sorted by name.
-    pub fn namespace_infos(&self) -> Vec<NamespaceInfo> {
+impl ClusterView for Caches {
+    fn namespaces(&self) -> Vec<NamespaceInfo> {
         let mut infos: Vec<NamespaceInfo> = self
             .namespaces
             .state()
             .iter()
-            .filter_map(|ns| namespace_info(ns))
+            .filter_map(|ns| cache_namespace_info(ns))
             .collect();
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos
     }
 
-    /// What `namespace` holds of interest, from the caches (no request, no scan of other
-    /// namespaces).
-    pub fn observed(&self, namespace: &str) -> ObservedProject {
+    fn namespace(&self, name: &str) -> Option<NamespaceInfo> {
+        let namespace = self.namespaces.get(&ObjectRef::new(name))?;
+        cache_namespace_info(&namespace)
+    }
+
+    fn openshift(&self) -> Option<bool> {
+        self.openshift
+    }
+
+    /// From the caches: no request, no scan of other namespaces.
+    fn observed(&self, namespace: &str) -> ObservedProject {
         ObservedProject {
             secrets: self
                 .secrets_by_namespace
@@ -204,17 +226,19 @@ impl Caches {
                 .collect(),
         }
     }
+
+    fn namespaces_with_objects(&self) -> BTreeSet<String> {
+        let mut names = self.secrets_by_namespace.namespaces();
+        names.extend(self.role_bindings_by_namespace.namespaces());
+        names
+    }
 }
 
-/// A namespace as the planner sees it; `None` while it is terminating (nothing is planned
-/// for it then).
-pub fn namespace_info(namespace: &Namespace) -> Option<NamespaceInfo> {
-    let terminating =
-        namespace.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Terminating");
-    (!terminating).then(|| NamespaceInfo {
-        name: namespace.name_any(),
-        labels: namespace.metadata.labels.clone().unwrap_or_default(),
-    })
+fn cache_namespace_info(namespace: &Namespace) -> Option<NamespaceInfo> {
+    namespace_info(
+        &namespace.metadata,
+        namespace.status.as_ref().and_then(|s| s.phase.as_deref()),
+    )
 }
 
 fn namespace_of<K: Resource>(object: &K) -> String {

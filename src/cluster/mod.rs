@@ -9,7 +9,8 @@
 pub mod apply;
 pub mod cache;
 pub mod lease;
-pub mod observe;
+pub mod snapshot;
+pub mod view;
 
 use std::fmt;
 use std::future::Future;
@@ -20,7 +21,8 @@ use backon::{ExponentialBuilder, Retryable as _};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 pub use apply::{ApplyOptions, Change, ProjectOutcome, Verb, apply_project, apply_project_from};
-pub use observe::{ClusterState, observe};
+pub use snapshot::{ClusterSnapshot, read_snapshot};
+pub use view::ClusterView;
 
 /// A Kubernetes client whose only retries are [`Throttle`]'s. kube's built-in retry layer
 /// (on by default since kube 3: up to 15 retries of 429/503/504 with delays growing to 1000 s)
@@ -55,6 +57,16 @@ impl ApiError {
             resource,
             target: target.to_string(),
             source,
+        }
+    }
+
+    /// The failure as outcome data (its message rendered now: the kube error is not kept).
+    pub fn to_failure(&self) -> crate::model::outcome::Failure {
+        crate::model::outcome::Failure {
+            verb: self.verb,
+            resource: self.resource,
+            target: self.target.clone(),
+            message: describe(&self.source),
         }
     }
 

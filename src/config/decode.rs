@@ -15,7 +15,7 @@ use super::{
     Config, ImagePullerConfig, Layout, LinkKind, ProjectSelection, PullSecretConfig, PullerSubject,
     RegistryConfig, Rotation, RotationStrategy, SecretType, SourceConfig,
 };
-use crate::credential::{KeyError, RegistryKey};
+use crate::model::credential::{KeyError, RegistryKey};
 use crate::names::{dns1123_label_problem, dns1123_subdomain_problem};
 use crate::selector::LabelSelector;
 

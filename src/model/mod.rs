@@ -1,9 +1,21 @@
 //! The model floor (pure): rules every stage shares and no stage owns. Nothing here does I/O or
 //! imports a module above it.
 //!
+//! - [`credential`]: credentials, registry keys and their normalisation, `Resolved` (a
+//!   credential with its version).
+//! - [`desired`]: desired Secrets, links and RoleBindings, held Secrets and problems; the
+//!   pull-secret types and link kinds they are made of.
+//! - [`links`]: service-account list editing and its order.
 //! - [`managed`]: the labels and annotations pullsecretd writes, instance identity and the proof
 //!   of ownership every write and delete is checked against.
+//! - [`manifest`]: desired objects as k8s-openapi Secrets and RoleBindings.
+//! - [`outcome`]: what a pass did, as data (changes, failures, held Secrets).
 //! - [`rotation`]: versioned Secret names (one suffix rule).
 
+pub mod credential;
+pub mod desired;
+pub mod links;
 pub mod managed;
+pub mod manifest;
+pub mod outcome;
 pub mod rotation;

@@ -9,8 +9,8 @@ use std::io::Read as _;
 use std::path::Path;
 
 use super::{Error, SourceContext, helper};
-use crate::credential::{Credential, RegistryKey};
 use crate::dockerconfig::{self, AuthFile, AuthFileFormat, Lookup};
+use crate::model::credential::{Credential, RegistryKey};
 
 /// Larger files are refused: real auth files are a few KiB, and a Secret is at most 1 MiB.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;

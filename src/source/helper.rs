@@ -15,7 +15,7 @@ use tokio::process::Command;
 use zeroize::Zeroizing;
 
 use super::SourceContext;
-use crate::credential::{Credential, KeyError, RegistryKey, Secret};
+use crate::model::credential::{Credential, KeyError, RegistryKey, Secret};
 
 /// Prefix of every helper binary.
 pub const HELPER_PREFIX: &str = "docker-credential-";
@@ -23,6 +23,23 @@ pub const HELPER_PREFIX: &str = "docker-credential-";
 pub const NOT_FOUND_TEXT: &str = "credentials not found in native keychain";
 /// The `Username` a helper stores identity tokens under.
 pub const TOKEN_USERNAME: &str = "<token>";
+/// Set in the environment of every credential helper pullsecretd runs: a helper entry that
+/// points back at pullsecretd would otherwise start pullsecretd again, and again.
+pub const NESTED_ENV: &str = "PULLSECRETD_NESTED_HELPER";
+
+/// The `Username` and `Secret` a credential is stored under in the helper protocol
+/// (identity tokens under [`TOKEN_USERNAME`]).
+pub fn protocol_login(credential: &crate::model::credential::Credential) -> (&str, &str) {
+    use secrecy::ExposeSecret as _;
+    match &credential.secret {
+        crate::model::credential::Secret::Password(password) => {
+            (credential.username.as_str(), password.expose_secret())
+        }
+        crate::model::credential::Secret::IdentityToken(token) => {
+            (TOKEN_USERNAME, token.expose_secret())
+        }
+    }
+}
 /// Other fixed error texts of the protocol: safe to repeat, since they carry no values.
 const KNOWN_ERROR_TEXTS: &[&str] = &["no credentials server URL", "no credentials username"];
 /// A `get` answer is one small JSON object; anything longer is not one.
@@ -164,7 +181,7 @@ async fn run_get(
     let mut child = Command::new(path)
         .arg("get")
         // A helper entry pointing back at pullsecretd must not start it again and again.
-        .env(crate::helper_protocol::NESTED_ENV, "1")
+        .env(NESTED_ENV, "1")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         // A helper's diagnostics may quote secrets; they are dropped, not relayed.

@@ -6,6 +6,7 @@
 pub mod docker_file;
 pub mod helper;
 pub mod inventory;
+pub mod service;
 pub mod vault;
 
 use std::collections::BTreeMap;
@@ -17,8 +18,8 @@ use secrecy::ExposeSecret as _;
 use sha2::{Digest as _, Sha256};
 
 use crate::config::{Config, KvVersion, RegistryConfig, SourceConfig, VaultLocation, VaultSource};
-use crate::credential::{Credential, RegistryKey, Secret};
 use crate::dockerconfig::{AuthFileFormat, ParseError};
+use crate::model::credential::{Credential, RegistryKey, Secret};
 
 pub use helper::HelperError;
 pub use inventory::{Inventory, RefreshFailure, RefreshReport};
@@ -99,14 +100,7 @@ fn named_in(path: Option<&Path>) -> String {
         .unwrap_or_default()
 }
 
-/// A credential as read from its source, with what identifies this version of it.
-#[derive(Clone, Debug)]
-pub struct Resolved {
-    pub credential: Credential,
-    /// Changes whenever the credential changes (a content hash for files and helpers); never
-    /// derived reversibly from the secret.
-    pub version: String,
-}
+pub use crate::model::credential::Resolved;
 
 /// How sources reach the outside world; tests point these at temporary directories.
 #[derive(Clone, Debug)]

@@ -42,8 +42,8 @@ use vaultrs::error::ClientError;
 use crate::config::{
     FieldMapping, KvVersion, OptionalField, VaultAuth, VaultConfig, VaultLocation, VaultMapping,
 };
-use crate::credential::{Credential, RegistryKey, Secret};
 use crate::dockerconfig::{AuthFileFormat, Lookup, ParseError, parse_auth_file};
+use crate::model::credential::{Credential, RegistryKey, Secret};
 
 /// Largest token / secret-ID file read; real ones are well under 4 KiB.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;

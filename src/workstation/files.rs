@@ -11,9 +11,9 @@ use std::path::{Path, PathBuf};
 use serde_json::{Value, json};
 
 use crate::config::{Config, ConfigError};
-use crate::credential::RegistryKey;
+use crate::credhelper::protocol::HELPER_NAME;
 use crate::dockerconfig::{AuthFile, AuthFileFormat, Lookup};
-use crate::helper_protocol::HELPER_NAME;
+use crate::model::credential::RegistryKey;
 use crate::source::docker_file::read_auth_file;
 
 /// An auth file workstation mode watches.

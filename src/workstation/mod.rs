@@ -11,7 +11,6 @@
 //! run a second copy of the pipeline: it only decides *when* to run it and with which config.
 
 pub mod files;
-pub mod watch;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,36 +20,17 @@ use kube::Client;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::agent::CredentialService;
 use crate::cluster::{ApiError, ApplyOptions, Throttle};
 use crate::config::Config;
 use crate::diff::Mode;
 use crate::model::managed::WORKSTATION_INSTANCE;
 use crate::reconcile;
+use crate::source::service::CredentialService;
+use crate::watch::{MAX_DELAY, settle};
 pub use files::{FileRegistries, WatchedFile, standard_files};
 
 /// Quiet time after the last change before a pass runs.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
-/// A pass runs at the latest this long after the first change of a burst, however long the
-/// burst goes on.
-pub const MAX_DELAY: Duration = Duration::from_secs(2);
-
-/// Waits until `changes` has been quiet for `quiet` (or `max` has passed since the call), so a
-/// burst of writes makes one pass. `false` when the sender is gone.
-pub async fn settle(changes: &mut mpsc::Receiver<()>, quiet: Duration, max: Duration) -> bool {
-    let deadline = Instant::now() + max;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return true;
-        }
-        match tokio::time::timeout(quiet.min(left), changes.recv()).await {
-            Ok(Some(())) => {}
-            Ok(None) => return false,
-            Err(_) => return true,
-        }
-    }
-}
 
 /// Which config the passes use.
 pub enum ConfigSource {
@@ -171,8 +151,8 @@ impl Workstation {
             Mode::AddOnly,
         )
         .await?;
-        for (project, project_diff) in &diff.projects {
-            for problem in &project_diff.problems {
+        for (project, work) in &diff.namespaces {
+            for problem in &work.diff.problems {
                 tracing::warn!(%project, reason = problem.reason, "{}", problem.message);
             }
         }
@@ -231,50 +211,5 @@ impl Workstation {
         if let Err(error) = self.pass().await {
             tracing::warn!(%error, "Sync pass failed; retrying on the next change.");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test(start_paused = true)]
-    async fn a_burst_settles_once_after_the_quiet_time() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let quiet = Duration::from_millis(200);
-        let start = Instant::now();
-        let sender = tokio::spawn(async move {
-            for _ in 0..10 {
-                let _ = tx.try_send(());
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            tx
-        });
-        assert_eq!(rx.recv().await, Some(()));
-        assert!(settle(&mut rx, quiet, MAX_DELAY).await);
-        // Ten writes 50 ms apart, then 200 ms of quiet.
-        assert_eq!(start.elapsed(), Duration::from_millis(450 + 200));
-        assert!(rx.try_recv().is_err(), "the burst was drained");
-        drop(sender.await);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn an_endless_burst_still_settles_at_the_deadline() {
-        let (tx, mut rx) = mpsc::channel(16);
-        let start = Instant::now();
-        tokio::spawn(async move {
-            while tx.send(()).await.is_ok() {
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        });
-        assert!(settle(&mut rx, Duration::from_millis(200), MAX_DELAY).await);
-        assert_eq!(start.elapsed(), MAX_DELAY);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn a_closed_channel_ends_the_wait() {
-        let (tx, mut rx) = mpsc::channel::<()>(1);
-        drop(tx);
-        assert!(!settle(&mut rx, Duration::from_millis(200), MAX_DELAY).await);
     }
 }

@@ -10,20 +10,17 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::time::Instant;
 use zeroize::Zeroizing;
 
-use crate::config::{Config, RegistryConfig};
-use crate::credential::{Credential, RegistryKey, Secret};
-use crate::helper_protocol::{LookupError, TOKEN_USERNAME, protocol_login};
-use crate::source::{self, Inventory, Resolved, SourceContext};
+use crate::model::credential::{Credential, RegistryKey, Secret};
+use crate::source::helper::{TOKEN_USERNAME, protocol_login};
+use crate::source::service::{Lookup, LookupError};
 
 /// Overrides where the agent socket is.
 pub const SOCKET_ENV: &str = "PULLSECRETD_AGENT_SOCKET";
@@ -103,186 +100,8 @@ pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
     Ok(listener)
 }
 
-/// Answers credential lookups from the config's sources.
-pub struct CredentialService {
-    ctx: SourceContext,
-    /// `Some(age)`: keep what was read and read again when older than `age` (the agent);
-    /// `None`: read the one registry asked for on each call (a helper without an agent).
-    cache_for: Option<Duration>,
-    state: tokio::sync::Mutex<State>,
-}
-
-struct State {
-    /// `None` until the workstation has found a registry to serve.
-    config: Option<Config>,
-    inventory: Inventory,
-    refreshed_at: Option<Instant>,
-    /// The last refresh's error per registry (texts without values).
-    failures: BTreeMap<String, String>,
-}
-
-/// What a refresh read: every registry's last good credential and the failures, as text.
-#[derive(Debug, Default)]
-pub struct Refreshed {
-    pub credentials: BTreeMap<String, Resolved>,
-    /// Registries whose read failed, and why (they keep their last good credential).
-    pub failures: Vec<String>,
-    /// Registries read successfully whose credential changed.
-    pub changed: Vec<String>,
-}
-
-impl CredentialService {
-    pub fn new(config: Option<Config>, ctx: SourceContext, cache_for: Option<Duration>) -> Self {
-        Self {
-            ctx,
-            cache_for,
-            state: tokio::sync::Mutex::new(State {
-                config,
-                inventory: Inventory::new(),
-                refreshed_at: None,
-                failures: BTreeMap::new(),
-            }),
-        }
-    }
-
-    /// Reads every registry of `config` (or of the current config) once, keeping each one's
-    /// last good credential. The workstation's passes and stale agent lookups use this.
-    pub async fn refresh(&self, config: Option<Config>) -> Refreshed {
-        let mut state = self.state.lock().await;
-        if config.is_some() {
-            state.config = config;
-        }
-        self.refresh_locked(&mut state).await
-    }
-
-    async fn refresh_locked(&self, state: &mut State) -> Refreshed {
-        let State {
-            config, inventory, ..
-        } = state;
-        let Some(config) = config.as_ref() else {
-            return Refreshed::default();
-        };
-        let report = inventory.refresh(config, &self.ctx).await;
-        state.refreshed_at = Some(Instant::now());
-        state.failures = report
-            .failures
-            .iter()
-            .map(|f| (f.registry.clone(), f.to_string()))
-            .collect();
-        Refreshed {
-            credentials: state.inventory.credentials(),
-            failures: state.failures.values().cloned().collect(),
-            changed: report.changed,
-        }
-    }
-
-    /// The credential for `server`; `Ok(None)` when the config names no such registry.
-    pub async fn get(&self, server: &RegistryKey) -> Result<Option<Credential>, LookupError> {
-        let mut state = self.state.lock().await;
-        let Some(registry) = state
-            .config
-            .as_ref()
-            .and_then(|config| find_registry(config, server))
-            .cloned()
-        else {
-            return Ok(None);
-        };
-        let Some(max_age) = self.cache_for else {
-            drop(state);
-            return self.read_one(&registry).await.map(Some);
-        };
-        if is_stale(state.refreshed_at, max_age) {
-            self.refresh_locked(&mut state).await;
-        }
-        match state.inventory.get(&registry.name) {
-            Some(last_good) => Ok(Some(last_good.resolved.credential.clone())),
-            None => Err(LookupError(state.failures.get(&registry.name).map_or_else(
-                || {
-                    format!(
-                        "registry {}: no credential has been read yet",
-                        registry.name
-                    )
-                },
-                Clone::clone,
-            ))),
-        }
-    }
-
-    /// Every registry's server and username; an error when any registry cannot be read.
-    pub async fn list(&self) -> Result<BTreeMap<String, String>, LookupError> {
-        let mut state = self.state.lock().await;
-        let credentials = match self.cache_for {
-            Some(max_age) => {
-                if is_stale(state.refreshed_at, max_age) {
-                    self.refresh_locked(&mut state).await;
-                }
-                let missing: Vec<&String> = state
-                    .config
-                    .iter()
-                    .flat_map(|config| config.registries.keys())
-                    .filter(|name| state.inventory.get(name).is_none())
-                    .collect();
-                if let Some(name) = missing.first() {
-                    return Err(LookupError(state.failures.get(*name).map_or_else(
-                        || format!("registry {name}: no credential has been read yet"),
-                        Clone::clone,
-                    )));
-                }
-                state.inventory.credentials()
-            }
-            None => {
-                let registries: Vec<RegistryConfig> = state
-                    .config
-                    .iter()
-                    .flat_map(|config| config.registries.values().cloned())
-                    .collect();
-                drop(state);
-                let mut credentials = BTreeMap::new();
-                for registry in registries {
-                    let resolved = self.read_one(&registry).await?;
-                    credentials.insert(
-                        registry.name.clone(),
-                        Resolved {
-                            credential: resolved,
-                            version: String::new(),
-                        },
-                    );
-                }
-                credentials
-            }
-        };
-        let mut entries = BTreeMap::new();
-        for resolved in credentials.values() {
-            let (username, _) = protocol_login(&resolved.credential);
-            entries
-                .entry(resolved.credential.registry.auths_key())
-                .or_insert_with(|| username.to_string());
-        }
-        Ok(entries)
-    }
-
-    async fn read_one(&self, registry: &RegistryConfig) -> Result<Credential, LookupError> {
-        source::resolve(registry, &self.ctx)
-            .await
-            .map(|resolved| resolved.credential)
-            .map_err(|error| LookupError(format!("registry {}: {error}", registry.name)))
-    }
-}
-
-fn is_stale(refreshed_at: Option<Instant>, max_age: Duration) -> bool {
-    refreshed_at.is_none_or(|at| at.elapsed() >= max_age)
-}
-
-/// The registry of `config` serving `server`: the same key, else the same host.
-pub fn find_registry<'a>(config: &'a Config, server: &RegistryKey) -> Option<&'a RegistryConfig> {
-    let registries = || config.registries.values();
-    registries()
-        .find(|r| r.server == *server)
-        .or_else(|| registries().find(|r| r.server.host_only() == server.host_only()))
-}
-
 /// Serves the agent protocol on `listener` until the task is dropped.
-pub async fn serve(listener: UnixListener, service: Arc<CredentialService>) {
+pub async fn serve(listener: UnixListener, service: Lookup) {
     let own = own_uid();
     loop {
         let stream = match listener.accept().await {
@@ -304,7 +123,7 @@ pub async fn serve(listener: UnixListener, service: Arc<CredentialService>) {
 
 async fn serve_connection(
     mut stream: UnixStream,
-    service: &CredentialService,
+    service: &Lookup,
     own: u32,
 ) -> std::io::Result<()> {
     let peer = stream.peer_cred().ok().map(|cred| cred.uid());
@@ -325,7 +144,7 @@ async fn serve_connection(
     stream.shutdown().await
 }
 
-async fn answer(request: &[u8], service: &CredentialService) -> Zeroizing<Vec<u8>> {
+async fn answer(request: &[u8], service: &Lookup) -> Zeroizing<Vec<u8>> {
     let Ok(request) = serde_json::from_slice::<Value>(request) else {
         return error_answer("the request is not JSON");
     };

@@ -1,23 +1,15 @@
-//! Credential-helper front end (a trigger): the docker credential-helper protocol (SPEC.md §3)
-//! — `get`, `list`, `store`, `erase`, `version` — answered from the config's sources, either
-//! read here or asked of a running agent ([`crate::agent`]).
-//!
-//! Everything this module returns for stdout is protocol output; diagnostics belong on stderr.
-//! It must never turn a source failure into "not found" (docker would then carry on without
-//! credentials), never store or erase anything, and never put a secret in an error message.
+//! The docker credential-helper protocol (pure): actions, replies and their exact texts
+//! (docs/docker-auth.md). Everything here is for stdout: protocol output, or an error on one
+//! line with exit status 1. Never puts a secret in an error message. Must not do I/O.
 
-use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::path::PathBuf;
-use std::sync::Arc;
 
-use secrecy::ExposeSecret as _;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::agent::{AgentClient, CredentialService};
-use crate::credential::{Credential, RegistryKey, Secret};
-pub use crate::source::helper::{NOT_FOUND_TEXT, TOKEN_USERNAME};
+use crate::model::credential::Credential;
+pub use crate::source::helper::{NESTED_ENV, NOT_FOUND_TEXT, TOKEN_USERNAME, protocol_login};
 
 /// `get`/`erase` without a server URL (credentials/error.go).
 pub const NO_SERVER_URL: &str = "no credentials server URL";
@@ -25,9 +17,6 @@ pub const NO_SERVER_URL: &str = "no credentials server URL";
 pub const NO_USERNAME: &str = "no credentials username";
 /// The name docker derives from `credHelpers`/`credsStore: pullsecretd`.
 pub const HELPER_NAME: &str = "pullsecretd";
-/// Set in the environment of every credential helper pullsecretd runs: a helper entry that
-/// points back at pullsecretd would otherwise start pullsecretd again, and again.
-pub const NESTED_ENV: &str = "PULLSECRETD_NESTED_HELPER";
 /// Names the helper's config file.
 pub const CONFIG_ENV: &str = "PULLSECRETD_CONFIG";
 /// Largest stdin accepted (a server URL, or a small JSON object for `store`).
@@ -35,7 +24,7 @@ pub const MAX_INPUT: u64 = 64 * 1024;
 
 /// What the protocol asks for: the helper's one argument.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Action {
+pub enum HelperCommand {
     Get,
     List,
     Store,
@@ -43,7 +32,7 @@ pub enum Action {
     Version,
 }
 
-impl Action {
+impl HelperCommand {
     pub fn parse(word: &str) -> Option<Self> {
         match word {
             "get" => Some(Self::Get),
@@ -70,7 +59,7 @@ pub struct Reply {
 }
 
 impl Reply {
-    fn ok(stdout: Vec<u8>) -> Self {
+    pub fn ok(stdout: Vec<u8>) -> Self {
         Self {
             stdout: Zeroizing::new(stdout),
             exit_code: 0,
@@ -86,34 +75,6 @@ impl Reply {
     }
 }
 
-/// Why a lookup failed. The message names registries, files, Vault paths and outcomes, never
-/// a credential value: it is printed to stdout for docker to show.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct LookupError(pub String);
-
-/// Where answers come from: a running agent, or the sources read by this process.
-pub enum Backend {
-    Agent(AgentClient),
-    Local(Arc<CredentialService>),
-}
-
-impl Backend {
-    pub async fn get(&self, server: &RegistryKey) -> Result<Option<Credential>, LookupError> {
-        match self {
-            Self::Agent(agent) => agent.get(server).await,
-            Self::Local(service) => service.get(server).await,
-        }
-    }
-
-    pub async fn list(&self) -> Result<BTreeMap<String, String>, LookupError> {
-        match self {
-            Self::Agent(agent) => agent.list().await,
-            Self::Local(service) => service.list().await,
-        }
-    }
-}
-
 /// The usage text the reference helpers print (on stdout, exit 1) for a wrong argument count.
 pub fn usage(program: &str) -> Reply {
     Reply::error(&format!("Usage: {program} <store|get|erase|list|version>"))
@@ -122,34 +83,6 @@ pub fn usage(program: &str) -> Reply {
 /// `version`: `<program> (<package>) <version>`, as the reference helpers print it.
 pub fn version(program: &str) -> Reply {
     Reply::ok(format!("{program} (pullsecretd) v{}\n", env!("CARGO_PKG_VERSION")).into_bytes())
-}
-
-/// Answers one protocol call. `word` is the helper's argument, `input` its stdin; `backend`
-/// is set up only for `get` and `list` (a config or agent problem is then their error).
-pub async fn handle<F, Fut>(program: &str, word: &str, input: &[u8], backend: F) -> Reply
-where
-    F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<Backend, LookupError>>,
-{
-    let Some(action) = Action::parse(word) else {
-        return Reply::error(&format!("Unknown credential action `{word}`"));
-    };
-    let needs_backend = matches!(action, Action::Get | Action::List);
-    let backend = if needs_backend {
-        match backend().await {
-            Ok(backend) => Some(backend),
-            Err(error) => return Reply::error(&one_line(&error.to_string())),
-        }
-    } else {
-        None
-    };
-    match (action, backend) {
-        (Action::Get, Some(backend)) => get(input, &backend).await,
-        (Action::List, Some(backend)) => list(&backend).await,
-        (Action::Store, _) => store(input),
-        (Action::Erase, _) => erase(input),
-        _ => version(program),
-    }
 }
 
 /// Where the helper's config is when no `--config` is given: `$PULLSECRETD_CONFIG`, else
@@ -164,29 +97,13 @@ pub fn default_config_path(env: impl Fn(&str) -> Option<OsString>) -> Option<Pat
 }
 
 /// The server URL on stdin, whitespace trimmed (`credentials.Get`).
-fn server_url(input: &[u8]) -> Result<&str, Reply> {
+pub fn server_url(input: &[u8]) -> Result<&str, Reply> {
     let text = std::str::from_utf8(input).map_err(|_| Reply::error("server URL is not UTF-8"))?;
     let url = text.trim();
     if url.is_empty() {
         return Err(Reply::error(NO_SERVER_URL));
     }
     Ok(url)
-}
-
-async fn get(input: &[u8], backend: &Backend) -> Reply {
-    let url = match server_url(input) {
-        Ok(url) => url,
-        Err(reply) => return reply,
-    };
-    // Not a registry name: nothing can be stored under it.
-    let Ok(server) = RegistryKey::from_docker(url) else {
-        return Reply::error(NOT_FOUND_TEXT);
-    };
-    match backend.get(&server).await {
-        Ok(Some(credential)) => Reply::ok(get_answer(url, &credential)),
-        Ok(None) => Reply::error(NOT_FOUND_TEXT),
-        Err(error) => Reply::error(&one_line(&error.to_string())),
-    }
 }
 
 /// `{"ServerURL":…,"Username":…,"Secret":…}` and a newline; identity tokens under `<token>`.
@@ -201,35 +118,12 @@ pub fn get_answer(server_url: &str, credential: &Credential) -> Vec<u8> {
     bytes
 }
 
-/// The `Username` and `Secret` a credential is stored under in the protocol.
-pub fn protocol_login(credential: &Credential) -> (&str, &str) {
-    match &credential.secret {
-        Secret::Password(password) => (credential.username.as_str(), password.expose_secret()),
-        Secret::IdentityToken(token) => (TOKEN_USERNAME, token.expose_secret()),
-    }
-}
-
-async fn list(backend: &Backend) -> Reply {
-    match backend.list().await {
-        Ok(entries) => {
-            let object: Map<String, Value> = entries
-                .into_iter()
-                .map(|(server, user)| (server, Value::String(user)))
-                .collect();
-            let mut bytes = Value::Object(object).to_string().into_bytes();
-            bytes.push(b'\n');
-            Reply::ok(bytes)
-        }
-        Err(error) => Reply::error(&one_line(&error.to_string())),
-    }
-}
-
 /// Why pullsecretd will not store or erase: it serves credentials, it does not keep them.
 pub const READ_ONLY_TEXT: &str = "pullsecretd serves credentials from the sources in its config \
     (Vault, files) and its config names no writable target, so it does not store or erase \
     them: put the credential in Vault and name it in the config";
 
-fn store(input: &[u8]) -> Reply {
+pub fn store(input: &[u8]) -> Reply {
     let Ok(Value::Object(fields)) = serde_json::from_slice::<Value>(input) else {
         return Reply::error(
             "store: expected a JSON object with ServerURL, Username and Secret on stdin",
@@ -245,7 +139,7 @@ fn store(input: &[u8]) -> Reply {
     Reply::error(READ_ONLY_TEXT)
 }
 
-fn erase(input: &[u8]) -> Reply {
+pub fn erase(input: &[u8]) -> Reply {
     match server_url(input) {
         Ok(_) => Reply::error(READ_ONLY_TEXT),
         Err(reply) => reply,
@@ -253,13 +147,14 @@ fn erase(input: &[u8]) -> Reply {
 }
 
 /// Errors go on one stdout line: docker shows the trimmed text.
-fn one_line(message: &str) -> String {
+pub fn one_line(message: &str) -> String {
     message.replace(['\n', '\r'], " ")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::credential::{RegistryKey, Secret};
 
     fn text(reply: &Reply) -> String {
         String::from_utf8_lossy(&reply.stdout).into_owned()
@@ -311,9 +206,9 @@ mod tests {
 
     #[test]
     fn actions_and_one_line_errors() {
-        assert_eq!(Action::parse("get"), Some(Action::Get));
-        assert_eq!(Action::parse("GET"), None);
-        assert!(!Action::List.reads_input());
+        assert_eq!(HelperCommand::parse("get"), Some(HelperCommand::Get));
+        assert_eq!(HelperCommand::parse("GET"), None);
+        assert!(!HelperCommand::List.reads_input());
         assert_eq!(one_line("a\nb\r"), "a b ");
         assert!(
             text(&version("docker-credential-pullsecretd"))

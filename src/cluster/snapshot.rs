@@ -1,4 +1,5 @@
-//! Observe (I/O, read-only): what the cluster holds that the diff needs, in few requests.
+//! The list snapshot (I/O, read-only): what the cluster holds that the diff needs, read once in
+//! few requests — the [`ClusterView`] of `once`, `plan --cluster` and workstation passes.
 //!
 //! Reads scale with kinds, not namespaces: API discovery (is this OpenShift?), one list of
 //! namespaces, one of pullsecretd's
@@ -20,10 +21,11 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
+use super::view::{ClusterView, account_names, namespace_info};
 use super::{ApiError, Throttle};
 use crate::config::Config;
 use crate::diff::ObservedProject;
-use crate::model::managed::{self, MANAGED_BY_LABEL, MANAGED_BY_VALUE, recorded_service_accounts};
+use crate::model::managed::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::plan::NamespaceInfo;
 
 /// Objects per list page.
@@ -31,7 +33,7 @@ const PAGE_SIZE: u32 = 500;
 
 /// Everything `plan` and `diff` need from the cluster.
 #[derive(Clone, Debug, Default)]
-pub struct ClusterState {
+pub struct ClusterSnapshot {
     /// Namespaces that exist and are not terminating, with their labels.
     pub namespaces: Vec<NamespaceInfo>,
     /// What each namespace holds of interest; namespaces holding nothing are absent.
@@ -40,20 +42,39 @@ pub struct ClusterState {
     pub openshift: Option<bool>,
 }
 
-impl ClusterState {
-    /// The observed objects of `namespace` (empty when it holds none).
-    pub fn project(&self, namespace: &str) -> ObservedProject {
+impl ClusterView for ClusterSnapshot {
+    fn namespaces(&self) -> Vec<NamespaceInfo> {
+        self.namespaces.clone()
+    }
+
+    fn namespace(&self, name: &str) -> Option<NamespaceInfo> {
+        self.namespaces.iter().find(|ns| ns.name == name).cloned()
+    }
+
+    fn openshift(&self) -> Option<bool> {
+        self.openshift
+    }
+
+    fn observed(&self, namespace: &str) -> ObservedProject {
         self.projects.get(namespace).cloned().unwrap_or_default()
+    }
+
+    fn namespaces_with_objects(&self) -> BTreeSet<String> {
+        self.projects
+            .iter()
+            .filter(|(_, p)| !p.secrets.is_empty() || !p.role_bindings.is_empty())
+            .map(|(name, _)| name.clone())
+            .collect()
     }
 }
 
 /// Reads namespaces, managed Secrets, the service accounts pullsecretd links (or has linked),
 /// and managed RoleBindings.
-pub async fn observe(
+pub async fn read_snapshot(
     client: &Client,
     config: &Config,
     throttle: &Throttle,
-) -> Result<ClusterState, ApiError> {
+) -> Result<ClusterSnapshot, ApiError> {
     let namespaces = list_namespaces(client, throttle).await?;
     let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
     let scope = Scope::detect(client, throttle, &names).await?;
@@ -61,7 +82,7 @@ pub async fn observe(
 
     let secrets: Vec<Secret> = scope.list(client, throttle, &managed).await?;
     let mut accounts: Vec<ServiceAccount> = Vec::new();
-    for account in service_account_names(config, &secrets) {
+    for account in account_names(config, &secrets) {
         let by_name = ListParams::default().fields(&format!("metadata.name={account}"));
         accounts.extend(
             scope
@@ -86,7 +107,7 @@ pub async fn observe(
             .push(binding);
     }
     let openshift = detect_openshift(client, throttle).await;
-    Ok(ClusterState {
+    Ok(ClusterSnapshot {
         namespaces,
         projects,
         openshift,
@@ -121,25 +142,6 @@ fn project_of<'a, K: Resource>(
     projects.entry(namespace).or_default()
 }
 
-/// Service accounts the config links, plus those this instance's Secrets say they are linked
-/// from (so a link the config dropped can still be found and removed). Other instances' and
-/// unproven Secrets are not read.
-fn service_account_names(config: &Config, secrets: &[Secret]) -> BTreeSet<String> {
-    let configured = config
-        .pull_secrets
-        .iter()
-        .flat_map(|p| p.links.keys().cloned());
-    let instance = config.instance_name();
-    let recorded = secrets
-        .iter()
-        .filter(|s| managed::secret_ownership(s, instance).is_ours())
-        .flat_map(recorded_service_accounts);
-    configured
-        .chain(recorded)
-        .filter(|name| !name.is_empty())
-        .collect()
-}
-
 /// All namespaces, or (when that is forbidden) the OpenShift projects the identity can see.
 /// Terminating namespaces are left out: nothing can be created in them.
 async fn list_namespaces(
@@ -150,8 +152,12 @@ async fn list_namespaces(
     match list_pages(&api, throttle, &ListParams::default()).await {
         Ok(namespaces) => Ok(namespaces
             .iter()
-            .filter(|ns| !is_terminating(ns.status.as_ref().and_then(|s| s.phase.as_deref())))
-            .map(|ns| namespace_info(&ns.metadata))
+            .filter_map(|ns| {
+                namespace_info(
+                    &ns.metadata,
+                    ns.status.as_ref().and_then(|s| s.phase.as_deref()),
+                )
+            })
             .collect()),
         Err(error) if is_forbidden(&error) => list_projects(client, throttle).await,
         Err(error) => Err(ApiError::new("list", "namespaces", "(cluster)", error)),
@@ -175,27 +181,15 @@ async fn list_projects(
         .map_err(|error| ApiError::new("list", "projects", "(cluster)", error))?;
     Ok(projects
         .iter()
-        .filter(|p| {
+        .filter_map(|p| {
             let phase = p
                 .data
                 .get("status")
                 .and_then(|s| s.get("phase"))
                 .and_then(|v| v.as_str());
-            !is_terminating(phase)
+            namespace_info(&p.metadata, phase)
         })
-        .map(|p| namespace_info(&p.metadata))
         .collect())
-}
-
-fn is_terminating(phase: Option<&str>) -> bool {
-    phase == Some("Terminating")
-}
-
-fn namespace_info(meta: &kube::api::ObjectMeta) -> NamespaceInfo {
-    NamespaceInfo {
-        name: meta.name.clone().unwrap_or_default(),
-        labels: meta.labels.clone().unwrap_or_default(),
-    }
 }
 
 fn is_forbidden(error: &kube::Error) -> bool {

@@ -303,6 +303,15 @@ fn is_azure_container_registry(registry: &RegistryKey) -> bool {
     host.ends_with(".azurecr.io")
 }
 
+/// A credential as read from its source, with what identifies this version of it.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub credential: Credential,
+    /// Changes whenever the credential changes (a content hash for files and helpers); never
+    /// derived reversibly from the secret.
+    pub version: String,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

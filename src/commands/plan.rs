@@ -1,0 +1,124 @@
+//! `pullsecretd plan`: offline, or against a cluster (`--cluster`, writes nothing).
+use std::collections::BTreeSet;
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::Path;
+
+use anyhow::Context as _;
+
+use pullsecretd::config::Config;
+use pullsecretd::names::dns1123_label_problem;
+use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
+use pullsecretd::{reconcile, render};
+
+use super::{read_sources, rendered_outcome, sources_outcome};
+use crate::cli::{Failure, KubeArgs, SourceArgs, bad_input, kube_client, runtime};
+
+pub(crate) fn run_plan(
+    sources: &SourceArgs,
+    projects: &[String],
+    output: Option<&Path>,
+) -> Result<(), Failure> {
+    let config = Config::load(&sources.config).map_err(bad_input)?;
+    let namespaces = offline_namespaces(&config, projects).map_err(bad_input)?;
+    let runtime = runtime()?;
+    let (credentials, failures) = runtime.block_on(read_sources(&config, sources))?;
+
+    let state = plan::plan(PlanInputs {
+        config: &config,
+        credentials: &credentials,
+        namespaces: &namespaces,
+        openshift: None,
+    });
+    print!("{}", render::plan_table(&config, &credentials, &state));
+    if let Some(dir) = output {
+        write_output(dir, &state).map_err(|error| Failure { status: 1, error })?;
+        println!("\nWrote manifests and link commands to {}", dir.display());
+    }
+    sources_outcome(&config, &failures)?;
+    rendered_outcome(state.projects.values().flat_map(|p| &p.held))
+}
+
+pub(crate) fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<(), Failure> {
+    let config = Config::load(&sources.config).map_err(bad_input)?;
+    let runtime = runtime()?;
+    runtime.block_on(async {
+        let (credentials, failures) = read_sources(&config, sources).await?;
+        let client = kube_client(kube).await.map_err(bad_input)?;
+        let throttle = kube.throttle();
+        let diff = reconcile::diff_cluster(
+            &client,
+            &throttle,
+            &config,
+            &credentials,
+            pullsecretd::diff::Mode::Full,
+        )
+        .await
+        .map_err(|error| Failure {
+            status: 1,
+            error: error.into(),
+        })?;
+        print!(
+            "{}",
+            render::plan_table(&config, &credentials, &diff.desired)
+        );
+        print!("{}", render::changes_table(&diff.diffs()));
+        sources_outcome(&config, &failures)?;
+        rendered_outcome(diff.desired.projects.values().flat_map(|p| &p.held))
+    })
+}
+
+/// Offline there is no cluster to list: plan for the projects given on the command line, or
+/// else for every project the config names.
+pub(crate) fn offline_namespaces(
+    config: &Config,
+    projects: &[String],
+) -> anyhow::Result<Vec<NamespaceInfo>> {
+    let names: BTreeSet<String> = if projects.is_empty() {
+        config
+            .pull_secrets
+            .iter()
+            .flat_map(|p| p.projects.names.iter().cloned())
+            .chain(config.image_pullers.iter().map(|p| p.project.clone()))
+            .collect()
+    } else {
+        projects.iter().map(|p| p.trim().to_string()).collect()
+    };
+    for name in &names {
+        if let Some(problem) = dns1123_label_problem(name) {
+            anyhow::bail!("--projects: {name:?} is not a valid project name: it {problem}");
+        }
+    }
+    Ok(names.into_iter().map(NamespaceInfo::named).collect())
+}
+
+/// Writes `plan --output` files. Directories are created owner-only and Secret manifests are
+/// written mode 0600: they hold credentials.
+pub(crate) fn write_output(dir: &Path, state: &plan::DesiredState) -> anyhow::Result<()> {
+    let files = render::output_files(state).context("rendering manifests")?;
+    for file in files {
+        let path = dir.join(&file.relative_path);
+        if let Some(parent) = path.parent() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        let mode = if file.sensitive { 0o600 } else { 0o644 };
+        let mut out = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        // `mode` applies only to new files; an existing one must be narrowed too.
+        out.set_permissions(fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", path.display()))?;
+        out.write_all(file.contents.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}

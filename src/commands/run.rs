@@ -1,0 +1,143 @@
+//! `pullsecretd run`: the daemon, until SIGTERM/SIGINT.
+use std::fs;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+
+use pullsecretd::config::Config;
+use pullsecretd::credhelper::agent;
+use pullsecretd::daemon;
+use pullsecretd::source::service::Lookup;
+
+use crate::cli::{Failure, RunArgs, bad_input, kube_client, source_context};
+
+/// `run`: starts the daemon and stops it gracefully on SIGTERM/SIGINT.
+pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+        .map_err(|error| Failure { status: 1, error })?;
+    runtime.block_on(async {
+        let config = Config::load(&args.sources.config).map_err(bad_input)?;
+        let sources = source_context(&config, args.sources.helper_timeout).map_err(bad_input)?;
+        let client = kube_client(&args.kube).await.map_err(bad_input)?;
+        // Bound before the daemon starts: a socket in use is a start-up error.
+        let agent_socket = if args.agent {
+            Some(bind_agent().map_err(bad_input)?)
+        } else {
+            None
+        };
+        let lease = (!args.no_leader_election).then(|| pullsecretd::cluster::lease::LeaseConfig {
+            namespace: args
+                .lease_namespace
+                .clone()
+                .or_else(|| std::env::var("POD_NAMESPACE").ok())
+                .unwrap_or_else(|| "pullsecretd".into()),
+            name: args
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| default_lease_name(config.instance_name())),
+            identity: args.identity.clone().unwrap_or_else(default_identity),
+            lease_duration: args.lease_duration,
+            renew_deadline: args.renew_deadline,
+            retry_period: args.retry_period,
+        });
+        let options = daemon::DaemonOptions {
+            config_path: args.sources.config.clone(),
+            sources,
+            throttle: args.kube.throttle(),
+            events: !args.writes.no_events,
+            concurrency: u16::try_from(args.writes.concurrency).unwrap_or(u16::MAX),
+            lease,
+            listen: Some(args.listen),
+            reload_debounce: args.reload_debounce,
+            debounce: Duration::from_millis(50),
+        };
+        let running = daemon::start(client, options).await.map_err(bad_input)?;
+        let agent =
+            agent_socket.map(|(socket, listener)| serve_agent(socket, listener, running.lookup()));
+        if let Some(address) = running.address {
+            tracing::info!(%address, "Serving /healthz, /readyz and /metrics.");
+        }
+        wait_for_signal()
+            .await
+            .map_err(|error| Failure { status: 1, error })?;
+        tracing::info!("Stopping: finishing in-flight writes and releasing the Lease.");
+        drop(agent);
+        running.stop();
+        if running.wait(args.shutdown_timeout).await {
+            Ok(())
+        } else {
+            Err(Failure {
+                status: 1,
+                error: anyhow::anyhow!("did not stop within {:?}", args.shutdown_timeout),
+            })
+        }
+    })
+}
+
+/// The agent socket of `run --agent`: served until dropped, then removed.
+pub(crate) struct ServedAgent {
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for ServedAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = fs::remove_file(&self.socket);
+    }
+}
+
+/// Binds the agent socket where the helper looks for it.
+fn bind_agent() -> anyhow::Result<(PathBuf, tokio::net::UnixListener)> {
+    let socket = agent::socket_path(|name| std::env::var_os(name)).context(
+        "--agent: set PULLSECRETD_AGENT_SOCKET or XDG_RUNTIME_DIR to say where the socket goes",
+    )?;
+    let listener = agent::bind(&socket)?;
+    Ok((socket, listener))
+}
+
+/// Serves credential-helper calls from the daemon's own sources: its snapshots (each source is
+/// read once per refresh however many callers ask) and its config, reloads included.
+fn serve_agent(socket: PathBuf, listener: tokio::net::UnixListener, lookup: Lookup) -> ServedAgent {
+    tracing::info!(socket = %socket.display(), "Serving credential-helper calls.");
+    let task = tokio::spawn(agent::serve(listener, lookup));
+    ServedAgent { socket, task }
+}
+
+/// SIGTERM or SIGINT.
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}
+
+/// One Lease per instance: two instances never elect one leader between them.
+pub(crate) fn default_lease_name(instance: &str) -> String {
+    if instance == pullsecretd::model::managed::DEFAULT_INSTANCE {
+        "pullsecretd".to_string()
+    } else {
+        format!("pullsecretd-{instance}")
+    }
+}
+
+/// `$POD_NAME`, else the host name, else a fixed name.
+pub(crate) fn default_identity() -> String {
+    std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| {
+            fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| format!("pullsecretd-{}", std::process::id()))
+}

@@ -1,0 +1,328 @@
+//! The daemon's controller (orchestration): one namespace per reconcile, through
+//! [`crate::reconcile::namespace`] on the watch caches and the latest credential snapshot, and
+//! (as leader) [`crate::reconcile::apply_namespace`]. Records what each reconcile found and did
+//! as metrics: writes, rotations, current problems and held Secrets.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::jiff::Timestamp;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use kube::{Client, ResourceExt as _};
+use tokio::sync::watch;
+use tracing::Instrument as _;
+
+use super::ReconcileError;
+use crate::cluster::apply::CONTROLLER_NAME;
+use crate::cluster::cache::Caches;
+use crate::cluster::lease::Leadership;
+use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle};
+use crate::config::Config;
+use crate::diff::{DiffPolicy, ProjectDiff, until};
+use crate::model::managed;
+use crate::model::managed::recorded_service_accounts;
+use crate::plan::{self, PreparedSecrets};
+use crate::reconcile::{self, Inputs};
+use crate::source::service::Snapshot;
+use crate::telemetry::{Metrics, ReasonLabel, ResultLabel, WriteLabels};
+
+/// Longest wait before a failed namespace is tried again.
+const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// The channels a controller follows.
+pub struct Channels {
+    pub config: watch::Receiver<Arc<Config>>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub stopping: watch::Receiver<bool>,
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    throttle: Throttle,
+    /// One Event recorder for the process: a recurring Event becomes a series, not a new Event.
+    recorder: Option<Recorder>,
+    pub caches: Caches,
+    pub config: watch::Receiver<Arc<Config>>,
+    pub snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub leadership: Leadership,
+    pub metrics: Arc<Metrics>,
+    pub stopping: watch::Receiver<bool>,
+    /// Consecutive failures per namespace, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+    /// The Secrets of the latest config and snapshot, prepared once for every reconcile.
+    prepared: Mutex<Option<Prepared>>,
+    /// Problems and held Secrets per namespace, behind the gauges.
+    reported: Mutex<Reported>,
+}
+
+/// Secrets prepared from one config and one snapshot generation.
+struct Prepared {
+    config: Arc<Config>,
+    generation: u64,
+    secrets: Arc<PreparedSecrets>,
+}
+
+impl Context {
+    pub fn new(
+        client: Client,
+        throttle: Throttle,
+        events: bool,
+        caches: Caches,
+        channels: Channels,
+        leadership: Leadership,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let instance = channels.config.borrow().instance_name().to_string();
+        let recorder = events.then(|| {
+            Recorder::new(
+                client.clone(),
+                Reporter {
+                    controller: CONTROLLER_NAME.into(),
+                    instance: Some(instance),
+                },
+            )
+        });
+        Self {
+            client,
+            throttle,
+            recorder,
+            caches,
+            config: channels.config,
+            snapshot: channels.snapshot,
+            leadership,
+            metrics,
+            stopping: channels.stopping,
+            failures: Mutex::default(),
+            prepared: Mutex::default(),
+            reported: Mutex::default(),
+        }
+    }
+
+    /// The prepared Secrets for `config` and `snapshot`, preparing them on first use.
+    fn prepared(&self, config: &Arc<Config>, snapshot: &Snapshot) -> Arc<PreparedSecrets> {
+        let mut cache = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(cached) = cache.as_ref()
+            && Arc::ptr_eq(&cached.config, config)
+            && cached.generation == snapshot.generation
+        {
+            return Arc::clone(&cached.secrets);
+        }
+        let secrets = Arc::new(plan::prepare_secrets(config, &snapshot.credentials));
+        *cache = Some(Prepared {
+            config: Arc::clone(config),
+            generation: snapshot.generation,
+            secrets: Arc::clone(&secrets),
+        });
+        secrets
+    }
+}
+
+/// One namespace: plan from the caches and the latest snapshot, diff, and (as leader) apply.
+pub async fn reconcile(
+    namespace: Arc<Namespace>,
+    context: Arc<Context>,
+) -> Result<Action, ReconcileError> {
+    let name = namespace.name_any();
+    let span = tracing::info_span!("reconcile", namespace = %name);
+    async move {
+        if *context.stopping.borrow() || !context.leadership.is_leading() {
+            return Ok(Action::await_change());
+        }
+        let snapshot = Arc::clone(&context.snapshot.borrow());
+        if snapshot.generation == 0 {
+            // Nothing read yet: the first snapshot reconciles every namespace.
+            return Ok(Action::await_change());
+        }
+        let started = Instant::now();
+        let config = Arc::clone(&context.config.borrow());
+        let prepared = context.prepared(&config, &snapshot);
+        let now = Timestamp::now();
+        let policy = DiffPolicy::full(config.instance_name());
+        let inputs = Inputs {
+            config: &config,
+            credentials: &snapshot.credentials,
+            prepared: &prepared,
+            policy: &policy,
+            now: Some(now),
+        };
+        let work = reconcile::namespace(&context.caches, inputs, &name);
+        context
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(&context.metrics, &name, namespace_report(&work.diff));
+        let revisit = work
+            .diff
+            .revisit_at
+            .map(|at| until(now, at) + Duration::from_secs(1));
+        for problem in &work.diff.problems {
+            tracing::warn!(reason = problem.reason, "{}", problem.message);
+        }
+        if !needs_apply(&work.diff) {
+            tracing::debug!("Namespace already up to date.");
+            return Ok(finish(&context, &name, started, revisit));
+        }
+        if !context.leadership.is_leading() || *context.stopping.borrow() {
+            return Ok(Action::await_change());
+        }
+        let options = ApplyOptions {
+            recorder: context.recorder.clone(),
+            ..ApplyOptions::for_instance(config.instance_name())
+        };
+        let outcome =
+            reconcile::apply_namespace(&context.client, &context.throttle, &options, &name, work)
+                .await;
+        context.metrics.rotations.inc_by(outcome.rotations);
+        record_writes(&context.metrics, &outcome);
+        if let Some(first) = outcome.failures.first() {
+            context
+                .metrics
+                .reconciles
+                .get_or_create(&ResultLabel { result: "error" })
+                .inc();
+            return Err(ReconcileError {
+                namespace: name.clone(),
+                failures: outcome.failures.len(),
+                first: first.to_string(),
+            });
+        }
+        Ok(finish(&context, &name, started, revisit))
+    }
+    .instrument(span)
+    .await
+}
+
+/// Something to write, a held Secret to report, or a problem worth an Event. A missing
+/// service account alone is not: on plain Kubernetes `builder` is missing everywhere.
+fn needs_apply(diff: &ProjectDiff) -> bool {
+    !diff.actions.is_empty()
+        || !diff.held.is_empty()
+        || diff
+            .problems
+            .iter()
+            .any(|p| p.reason != "ServiceAccountMissing")
+}
+
+fn finish(context: &Context, name: &str, started: Instant, revisit: Option<Duration>) -> Action {
+    context
+        .failures
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .remove(name);
+    let metrics = &context.metrics;
+    metrics
+        .reconciles
+        .get_or_create(&ResultLabel { result: "ok" })
+        .inc();
+    metrics
+        .reconcile_duration
+        .observe(started.elapsed().as_secs_f64());
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    metrics.last_sync.set(unix.as_secs_f64());
+    match revisit {
+        Some(after) => Action::requeue(after),
+        None => Action::await_change(),
+    }
+}
+
+/// Exponential backoff per namespace: 1 s, 2 s, 4 s … up to five minutes.
+pub fn error_policy(
+    namespace: Arc<Namespace>,
+    _error: &ReconcileError,
+    context: Arc<Context>,
+) -> Action {
+    let mut failures = context
+        .failures
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    let count = failures.entry(namespace.name_any()).or_insert(0);
+    *count = count.saturating_add(1);
+    let delay = Duration::from_secs(1u64 << (*count - 1).min(9)).min(MAX_BACKOFF);
+    Action::requeue(delay)
+}
+
+fn record_writes(metrics: &Metrics, outcome: &ProjectOutcome) {
+    for change in &outcome.changes {
+        metrics
+            .api_writes
+            .get_or_create(&WriteLabels {
+                verb: change.verb().as_str(),
+                result: "ok",
+            })
+            .inc();
+    }
+    for failure in &outcome.failures {
+        metrics
+            .api_writes
+            .get_or_create(&WriteLabels {
+                verb: failure.verb,
+                result: "error",
+            })
+            .inc();
+    }
+}
+
+/// What the last reconcile of each namespace reported, so the problem and held gauges are the
+/// current totals over every namespace (kept incrementally: a reconcile costs its namespace).
+#[derive(Default)]
+struct Reported {
+    by_namespace: HashMap<String, NamespaceReport>,
+}
+
+#[derive(Default, PartialEq, Eq)]
+struct NamespaceReport {
+    problems: BTreeMap<&'static str, i64>,
+    held: i64,
+}
+
+impl Reported {
+    /// Replaces `namespace`'s report and moves the gauges by the difference.
+    fn update(&mut self, metrics: &Metrics, namespace: &str, report: NamespaceReport) {
+        let old = self.by_namespace.remove(namespace).unwrap_or_default();
+        for (reason, count) in &old.problems {
+            metrics
+                .problems
+                .get_or_create(&ReasonLabel { reason })
+                .dec_by(*count);
+        }
+        for (reason, count) in &report.problems {
+            metrics
+                .problems
+                .get_or_create(&ReasonLabel { reason })
+                .inc_by(*count);
+        }
+        metrics.held_secrets.inc_by(report.held - old.held);
+        if report != NamespaceReport::default() {
+            self.by_namespace.insert(namespace.to_string(), report);
+        }
+    }
+}
+
+fn namespace_report(diff: &ProjectDiff) -> NamespaceReport {
+    let mut problems = BTreeMap::new();
+    for problem in &diff.problems {
+        *problems.entry(problem.reason).or_insert(0) += 1;
+    }
+    let held = diff.held.iter().map(|h| h.kept.len().max(1)).sum::<usize>();
+    NamespaceReport {
+        problems,
+        held: i64::try_from(held).unwrap_or(i64::MAX),
+    }
+}
+
+/// Service accounts this instance's Secrets say they are linked from.
+pub fn recorded_accounts(caches: &Caches, instance: &str) -> BTreeSet<String> {
+    caches
+        .secrets
+        .state()
+        .iter()
+        .filter(|secret| managed::secret_ownership(secret, instance).is_ours())
+        .flat_map(|secret| recorded_service_accounts(secret).collect::<Vec<_>>())
+        .collect()
+}

@@ -1,0 +1,126 @@
+//! The daemon's dispatcher (orchestration): turns new credential snapshots, config reloads and
+//! leadership gains into namespace reconcile requests — exactly the namespaces a changed
+//! credential concerns, every namespace after a reload or a new leadership. Writes nothing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::controller::Context;
+use super::stopped;
+use crate::cluster::ClusterView as _;
+use crate::cluster::cache::Caches;
+use crate::cluster::view;
+use crate::config::Config;
+use crate::plan::{self, DesiredState, PlanInputs};
+use crate::source::service::Snapshot;
+
+/// Turns new snapshots, config reloads and leadership gains into namespace requests.
+pub async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<String>) {
+    let mut snapshot = context.snapshot.clone();
+    let mut config = context.config.clone();
+    let mut leading = context.leadership.changes();
+    let mut stopping = context.stopping.clone();
+    let mut elected = true;
+    // Snapshots also change when only read times moved (every refresh): act on new
+    // generations only, or an idle daemon re-reconciles every namespace at every refresh.
+    let mut seen_generation = 0u64;
+    // Whatever arrived before the caches synced counts as new now.
+    snapshot.mark_changed();
+    context
+        .metrics
+        .leader
+        .set(i64::from(context.leadership.is_leading()));
+    let send_all = |caches: &Caches| {
+        for ns in caches.namespaces() {
+            let _ = touched.send(ns.name);
+        }
+    };
+    loop {
+        tokio::select! {
+            changed = snapshot.changed() => {
+                if changed.is_err() { return; }
+                let current = Arc::clone(&snapshot.borrow_and_update());
+                if current.generation == seen_generation {
+                    continue;
+                }
+                seen_generation = current.generation;
+                if current.generation == 1 {
+                    send_all(&context.caches);
+                    continue;
+                }
+                let config = Arc::clone(&context.config.borrow());
+                for namespace in namespaces_using(&context.caches, &config, &current) {
+                    let _ = touched.send(namespace);
+                }
+            }
+            changed = config.changed() => {
+                if changed.is_err() { return; }
+                let current = Arc::clone(&config.borrow_and_update());
+                context
+                    .metrics
+                    .zero_series(current.registries.keys().map(String::as_str));
+                for store in context.caches.watch_accounts(&view::account_names(&current, [])) {
+                    let _ = store.wait_until_ready().await;
+                }
+                send_all(&context.caches);
+            }
+            changed = leading.changed(), if elected => {
+                if changed.is_err() {
+                    // No election (or it ended): leadership no longer changes.
+                    elected = false;
+                    continue;
+                }
+                let now_leading = *leading.borrow_and_update();
+                context.metrics.leader.set(i64::from(now_leading));
+                if now_leading {
+                    send_all(&context.caches);
+                }
+            }
+            () = stopped(&mut stopping) => return,
+        }
+    }
+}
+
+/// Namespaces planned to hold a Secret of a pull secret using a registry in
+/// `snapshot.changed` (rendered, or held because that registry has no credential now).
+fn namespaces_using(caches: &Caches, config: &Config, snapshot: &Snapshot) -> BTreeSet<String> {
+    if snapshot.changed.is_empty() {
+        return BTreeSet::new();
+    }
+    let uses_changed = |pull_secret: &str| {
+        config
+            .pull_secrets
+            .iter()
+            .find(|p| p.name == pull_secret)
+            .is_some_and(|p| p.registries.iter().any(|r| snapshot.changed.contains(r)))
+    };
+    // Which namespaces hold a registry's Secrets does not depend on image pullers.
+    let desired = plan_all(caches, config, snapshot, None);
+    desired
+        .projects
+        .iter()
+        .filter(|(_, project)| {
+            project.secrets.iter().any(|s| uses_changed(&s.pull_secret))
+                || project.held.iter().any(|h| uses_changed(&h.pull_secret))
+        })
+        .map(|(name, _)| name.clone())
+        .collect()
+}
+
+/// The whole desired state for the namespaces in the cache.
+fn plan_all(
+    caches: &Caches,
+    config: &Config,
+    snapshot: &Snapshot,
+    openshift: Option<bool>,
+) -> DesiredState {
+    let namespaces = caches.namespaces();
+    plan::plan(PlanInputs {
+        config,
+        credentials: &snapshot.credentials,
+        namespaces: &namespaces,
+        openshift,
+    })
+}

@@ -1,0 +1,390 @@
+//! Daemon (orchestration): the `run` trigger of the pipeline, driven by watches and timers.
+//!
+//! ```text
+//!  sources task ──watch<Snapshot>──┐                     ┌─► reconcile(namespace):
+//!  config file (notify) ─watch<Config>─► dispatcher ─┐    │     plan (pure, from caches)
+//!  Lease (leader election) ──────────┘               ├─► applier ─► diff (pure, `now` passed in)
+//!  reflectors (ns, Secrets, SAs, RBs) ─ namespace ───┘   (dedup,     apply (leader only)
+//!                                        names            backoff)
+//! ```
+//!
+//! - Reconciles are per namespace and read only the watch caches; kube-runtime's `applier`
+//!   deduplicates requests, never runs one namespace twice at once, and requeues failures with
+//!   per-namespace backoff. A namespace is looked at again only when something it depends on
+//!   changes (or a replaced versioned Secret's grace period ends): no periodic resync, so an
+//!   idle cluster costs no request and no write.
+//! - Sources refresh each registry on its own `refresh` interval in their own task and publish
+//!   a [`Snapshot`]; a changed credential re-reconciles exactly the namespaces planned to use it.
+//!   A reconcile never calls a source.
+//! - Only the Lease holder writes, and it checks just before writing.
+//! - A reconcile costs its own namespace, not the cluster: it plans just that namespace from
+//!   Secrets prepared once per credential snapshot, and reads only that namespace's cached
+//!   objects (re-planning every namespace per reconcile made a 10,000-namespace cold start
+//!   quadratic; see the README's Performance section).
+//!
+//! Jobs, one module each: this one starts and stops everything (lifecycle); [`controller`]
+//! reconciles one namespace through [`crate::reconcile`]; [`dispatch`] turns new snapshots,
+//! reloads and leadership into namespace requests; [`sources`] reads each registry on its
+//! schedule and publishes snapshots.
+//!
+//! Must not hold any state a restart cannot rebuild from the cluster and the sources.
+
+mod controller;
+mod dispatch;
+mod sources;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{StreamExt as _, stream};
+use k8s_openapi::api::core::v1::Namespace;
+use kube::Client;
+use kube::runtime::controller::{self as runtime, ReconcileRequest, applier};
+use kube::runtime::reflector::ObjectRef;
+use tokio::sync::{mpsc, watch};
+
+use crate::cluster::cache::Caches;
+use crate::cluster::lease::{Elector, Leadership, LeaseConfig};
+use crate::cluster::{Throttle, view};
+use crate::config::{Config, ConfigError};
+use crate::source::SourceContext;
+use crate::source::service::{Lookup, Snapshot};
+use crate::telemetry::{self, Health, Metrics};
+use controller::Context;
+
+/// How the daemon runs.
+pub struct DaemonOptions {
+    pub config_path: PathBuf,
+    pub sources: SourceContext,
+    pub throttle: Throttle,
+    /// Publish Kubernetes Events for changes and failures.
+    pub events: bool,
+    /// Namespaces reconciled at the same time.
+    pub concurrency: u16,
+    /// `None`: no election, this replica always writes.
+    pub lease: Option<LeaseConfig>,
+    /// Where /healthz, /readyz and /metrics are served (`None`: not at all).
+    pub listen: Option<SocketAddr>,
+    /// Quiet time after a config file change before it is reloaded.
+    pub reload_debounce: Duration,
+    /// Requests for one namespace arriving within this window are merged.
+    pub debounce: Duration,
+}
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error(transparent)]
+    LoadConfig(#[from] ConfigError),
+    #[error(transparent)]
+    Listen(#[from] telemetry::ListenError),
+    #[error(transparent)]
+    WatchConfig(#[from] crate::watch::WatchError),
+}
+
+/// Why one namespace did not converge (the applier retries it with backoff).
+#[derive(Debug, thiserror::Error)]
+#[error("namespace {namespace}: {failures} write(s) failed, first: {first}")]
+pub struct ReconcileError {
+    pub namespace: String,
+    pub failures: usize,
+    pub first: String,
+}
+
+/// A started daemon.
+pub struct Running {
+    /// The bound address of the HTTP listener.
+    pub address: Option<SocketAddr>,
+    pub health: Arc<Health>,
+    pub leadership: Leadership,
+    config: watch::Receiver<Arc<Config>>,
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+    /// The tasks that act (elector, sources, dispatcher live under `task` or here).
+    helpers: Vec<tokio::task::AbortHandle>,
+}
+
+impl Running {
+    /// Stop taking work, finish in-flight reconciles, release the Lease.
+    pub fn stop(&self) {
+        self.stop.send_replace(true);
+    }
+
+    /// Waits until the daemon has stopped, at most `limit`.
+    pub async fn wait(self, limit: Duration) -> bool {
+        let abort = self.task.abort_handle();
+        if tokio::time::timeout(limit, self.task).await.is_ok() {
+            true
+        } else {
+            abort.abort();
+            false
+        }
+    }
+
+    /// Credential lookups answered from this daemon's sources (its config, reloads included, and
+    /// the snapshots its schedule publishes): `run --agent` serves these, reading nothing twice.
+    pub fn lookup(&self) -> Lookup {
+        Lookup::Daemon {
+            config: self.config.clone(),
+            snapshot: self.snapshot.clone(),
+        }
+    }
+
+    /// Ends every task that acts at once, as a crash would (no Lease release).
+    pub fn kill(&self) {
+        self.task.abort();
+        for helper in &self.helpers {
+            helper.abort();
+        }
+    }
+}
+
+/// What every reconcile shares.
+pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, DaemonError> {
+    let config = Arc::new(Config::load(&options.config_path)?);
+    let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
+    let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let metrics = Arc::new(Metrics::new());
+
+    let ages = snapshot_rx.clone();
+    let scrape_config = config_rx.clone();
+    metrics.zero_series(config.registries.keys().map(String::as_str));
+    let health = Arc::new(Health {
+        metrics: Arc::clone(&metrics),
+        ready: false.into(),
+        before_scrape: Box::new(move |metrics| {
+            sources::record_ages(metrics, &ages.borrow(), &scrape_config.borrow());
+        }),
+    });
+    let address = match options.listen {
+        Some(listen) => {
+            let stop = stop_rx.clone();
+            let (bound, _task) = telemetry::serve(listen, Arc::clone(&health), async move {
+                let mut stop = stop;
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await?;
+            Some(bound)
+        }
+        None => None,
+    };
+
+    let (leadership, elector) = match options.lease.clone() {
+        Some(lease) => {
+            let (elector, leadership) = Elector::new(&client, lease);
+            (leadership, Some(elector))
+        }
+        None => (Leadership::always(), None),
+    };
+    let reload = watch_config_file(&options.config_path, options.reload_debounce, config_tx)?;
+
+    let openshift = crate::cluster::snapshot::detect_openshift(&client, &options.throttle).await;
+    let (touched_tx, touched_rx) = mpsc::unbounded_channel();
+    let caches = Caches::start(
+        &client,
+        &view::account_names(&config, []),
+        touched_tx.clone(),
+        openshift,
+    );
+    let context = Arc::new(Context::new(
+        client,
+        options.throttle,
+        options.events,
+        caches,
+        controller::Channels {
+            config: config_rx.clone(),
+            snapshot: snapshot_rx.clone(),
+            stopping: stop_rx.clone(),
+        },
+        leadership.clone(),
+        Arc::clone(&metrics),
+    ));
+
+    let sources = tokio::spawn(sources::run_sources(
+        config_rx.clone(),
+        options.sources,
+        snapshot_tx,
+        Arc::clone(&metrics),
+        stop_rx.clone(),
+    ));
+    let elector_task = elector.map(|elector| tokio::spawn(elector.run(stop_rx.clone())));
+    let mut helpers = vec![sources.abort_handle()];
+    helpers.extend(
+        elector_task
+            .as_ref()
+            .map(tokio::task::JoinHandle::abort_handle),
+    );
+    let main = run_main(
+        Arc::clone(&context),
+        Arc::clone(&health),
+        touched_tx,
+        touched_rx,
+        options.concurrency,
+        options.debounce,
+    );
+    let task = tokio::spawn(async move {
+        let _reload = AbortOnDrop(reload);
+        main.await;
+        if let Some(elector) = elector_task {
+            // The elector stops on the same signal and releases the Lease.
+            let _ = elector.await;
+        }
+        sources.abort();
+    });
+    Ok(Running {
+        address,
+        health,
+        leadership,
+        config: config_rx,
+        snapshot: snapshot_rx,
+        stop: stop_tx,
+        task,
+        helpers,
+    })
+}
+
+/// Waits for the caches, then runs the applier until the stop signal; in-flight reconciles
+/// finish first.
+async fn run_main(
+    context: Arc<Context>,
+    health: Arc<Health>,
+    touched_tx: mpsc::UnboundedSender<String>,
+    touched_rx: mpsc::UnboundedReceiver<String>,
+    concurrency: u16,
+    debounce: Duration,
+) {
+    let mut stopping = context.stopping.clone();
+    tokio::select! {
+        ready = context.caches.wait_until_ready() => if ready.is_err() { return },
+        () = stopped(&mut stopping) => return,
+    }
+    // Accounts earlier configs linked, as recorded on the Secrets: watched so they can be unlinked.
+    let instance = context.config.borrow().instance_name().to_string();
+    let recorded = controller::recorded_accounts(&context.caches, &instance);
+    let added = context.caches.watch_accounts(&recorded);
+    for store in added {
+        let _ = store.wait_until_ready().await;
+    }
+    tracing::info!(
+        namespaces = context.caches.namespaces.state().len(),
+        "Caches synced."
+    );
+    let _dispatcher = AbortOnDrop(tokio::spawn(dispatch::dispatch(
+        Arc::clone(&context),
+        touched_tx,
+    )));
+    let ready_context = Arc::clone(&context);
+    tokio::spawn(async move {
+        let mut snapshot = ready_context.snapshot.clone();
+        if snapshot.wait_for(|s| s.complete).await.is_ok() {
+            health
+                .ready
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("Ready: caches synced and every source delivered.");
+        }
+    });
+
+    let stop = {
+        let mut stopping = context.stopping.clone();
+        async move {
+            let _ = stopping.wait_for(|s| *s).await;
+        }
+    };
+    let queue = stream::unfold(touched_rx, |mut rx| async move {
+        let namespace = rx.recv().await?;
+        let request = ReconcileRequest::from(ObjectRef::<Namespace>::new(&namespace));
+        Some((Ok::<_, std::convert::Infallible>(request), rx))
+    })
+    .take_until(stop);
+    let config = runtime::Config::default()
+        .concurrency(concurrency.max(1))
+        .debounce(debounce);
+    let results = applier(
+        |ns, ctx| Box::pin(controller::reconcile(ns, ctx)),
+        controller::error_policy,
+        Arc::clone(&context),
+        context.caches.namespaces.clone(),
+        queue,
+        config,
+    );
+    results
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                match error {
+                    runtime::Error::ObjectNotFound(_) => {}
+                    runtime::Error::ReconcilerFailed(error, _) => {
+                        tracing::warn!(%error, "Reconcile failed; requeueing.");
+                    }
+                    other => tracing::warn!(error = %other, "Controller error."),
+                }
+            }
+        })
+        .await;
+    tracing::info!("Stopped taking work; in-flight reconciles finished.");
+}
+
+/// One namespace: plan from the caches and the latest snapshot, diff, and (as leader) apply.
+/// Watches the config file (its directory: a ConfigMap mount swaps a symlink) and publishes each
+/// valid new config; an invalid one is logged once (until the file changes again) and the
+/// running config kept. A burst is debounced, but never delays the reload past
+/// [`crate::watch::MAX_DELAY`].
+fn watch_config_file(
+    path: &Path,
+    debounce: Duration,
+    publish: watch::Sender<Arc<Config>>,
+) -> Result<tokio::task::JoinHandle<()>, DaemonError> {
+    let watcher = crate::watch::FileWatcher::new(vec![path.to_path_buf()])?;
+    let (tx, mut rx) = mpsc::channel::<()>(1);
+    let forward = tokio::spawn(watcher.forward(tx));
+    let path = path.to_path_buf();
+    Ok(tokio::spawn(async move {
+        let _forward = AbortOnDrop(forward);
+        // What the file held when it was last looked at: an unchanged file is not reloaded
+        // (and a rejected one not reported) again.
+        let mut last_seen = content_digest(&path);
+        while rx.recv().await.is_some() {
+            if !crate::watch::settle(&mut rx, debounce, crate::watch::MAX_DELAY).await {
+                return;
+            }
+            let digest = content_digest(&path);
+            if digest == last_seen {
+                continue;
+            }
+            last_seen = digest;
+            match Config::load(&path) {
+                Ok(config) if *publish.borrow().as_ref() == config => {}
+                Ok(config) => {
+                    tracing::info!(path = %path.display(), "Config reloaded.");
+                    publish.send_replace(Arc::new(config));
+                }
+                Err(error) => {
+                    tracing::error!(%error, "New config rejected; keeping the running one.");
+                }
+            }
+        }
+    }))
+}
+
+/// SHA-256 of the file's content (`None` when it cannot be read).
+fn content_digest(path: &Path) -> Option<[u8; 32]> {
+    use sha2::Digest as _;
+    let bytes = std::fs::read(path).ok()?;
+    Some(sha2::Sha256::digest(&bytes).into())
+}
+
+pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Ends a helper task with the task that started it.
+pub(crate) struct AbortOnDrop(pub(crate) tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
