@@ -43,6 +43,8 @@ mod subresource;
 mod table;
 mod table_workloads;
 mod tls;
+mod token_request;
+mod tokens;
 mod util;
 mod watch;
 mod workloads;
@@ -234,6 +236,8 @@ pub enum Error {
     Runtime(std::io::Error),
     #[error("starting the kubelet: {0}")]
     Kubelet(String),
+    #[error("creating the service-account signing key: {0}")]
+    Signing(String),
 }
 
 /// Starts servers.
@@ -274,7 +278,8 @@ impl Server {
             )),
             None => None,
         };
-        let shared = Shared::new(opts, addr.to_string());
+        let signer = tokens::Issuer::new().map_err(Error::Signing)?;
+        let shared = Shared::new(opts, addr.to_string(), signer);
         hooks::bootstrap(&shared);
         let acceptor = tls
             .as_ref()
@@ -413,6 +418,11 @@ impl Handle {
             c.root_cert = Some(pem_to_der(pem));
         }
         c
+    }
+
+    /// The public key (PEM) that signs the service-account tokens of TokenRequest.
+    pub fn service_account_public_key_pem(&self) -> String {
+        self.shared.tokens.public_key_pem()
     }
 
     /// Request counts so far.
