@@ -51,6 +51,7 @@ mod workloads;
 
 pub use faults::{ErrorRule, Faults, InjectedError, RequestCounts};
 pub use hooks::{OPENSHIFT_SA_MANAGER, PULL_SECRET_REF};
+pub use kubelet::credential_provider::{CacheKey, Cached, ProviderCall};
 pub use kubelet::{KubeletOptions, PullAttempt};
 pub use pause::{Pause, Release};
 
@@ -487,6 +488,16 @@ impl Handle {
         self.kubelet
             .as_ref()
             .map(|k| k.attempts())
+            .unwrap_or_default()
+    }
+
+    /// Every run of a credential provider plugin by the kubelet, in order (empty without a
+    /// kubelet or providers): provider, image, the cache key its response made, never a
+    /// credential.
+    pub fn provider_calls(&self) -> Vec<ProviderCall> {
+        self.kubelet
+            .as_ref()
+            .map(|k| k.provider_calls())
             .unwrap_or_default()
     }
 
