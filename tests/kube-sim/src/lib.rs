@@ -51,7 +51,9 @@ mod workloads;
 
 pub use faults::{ErrorRule, Faults, InjectedError, RequestCounts};
 pub use hooks::{OPENSHIFT_SA_MANAGER, PULL_SECRET_REF};
-pub use kubelet::credential_provider::{CacheKey, Cached, ProviderCall};
+pub use kubelet::credential_provider::{
+    CacheKey, Cached, ProviderCall, ProviderSkip, ServiceAccountKey,
+};
 pub use kubelet::{KubeletOptions, PullAttempt};
 pub use pause::{Pause, Release};
 
@@ -498,6 +500,15 @@ impl Handle {
         self.kubelet
             .as_ref()
             .map(|k| k.provider_calls())
+            .unwrap_or_default()
+    }
+
+    /// Every credential provider the kubelet did not run for a pod in token mode (no account,
+    /// a required annotation missing, no token), with the kubelet's log text.
+    pub fn provider_skips(&self) -> Vec<ProviderSkip> {
+        self.kubelet
+            .as_ref()
+            .map(|k| k.provider_skips())
             .unwrap_or_default()
     }
 

@@ -703,3 +703,288 @@ fn the_kubelet_does_not_start_with_a_bad_config_or_a_missing_executable() {
         ))
     );
 }
+
+/// `tokenAttributes` for a provider entry of [`provider_yaml`].
+fn token_attributes(cache_type: &str, required: &[&str], optional: &[&str]) -> String {
+    let list = |keys: &[&str]| {
+        let q: Vec<String> = keys.iter().map(|k| format!("\"{k}\"")).collect();
+        format!("[{}]", q.join(", "))
+    };
+    format!(
+        "  tokenAttributes:\n    serviceAccountTokenAudience: pullsecretd\n    cacheType: {cache_type}\n    requireServiceAccount: true\n    requiredServiceAccountAnnotationKeys: {}\n    optionalServiceAccountAnnotationKeys: {}\n",
+        list(required),
+        list(optional)
+    )
+}
+
+const ROLE: &str = "pullsecretd.io/vault-role";
+const TEAM: &str = "pullsecretd.io/team";
+
+/// The JWT payload of a token.
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine as _;
+    let payload = token.split('.').nth(1).unwrap();
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .unwrap();
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+impl Cluster {
+    /// `kubectl create -f` of a TokenReview for `audiences`; its status.
+    fn review(&self, token: &str, audiences: &[&str]) -> Value {
+        let body = json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+            "spec": {"token": token, "audiences": audiences}});
+        let f = self.dir.path().join("review.json");
+        std::fs::write(&f, body.to_string()).unwrap();
+        let out = self.ok(&["create", "-f", f.to_str().unwrap(), "-o", "json"]);
+        serde_json::from_str::<Value>(&out).unwrap()["status"].clone()
+    }
+
+    /// A service account with annotations, made with kubectl.
+    fn account(&self, name: &str, annotations: &[(&str, &str)]) {
+        self.ok(&["create", "serviceaccount", name]);
+        for (k, v) in annotations {
+            self.ok(&["annotate", "serviceaccount", name, &format!("{k}={v}")]);
+        }
+    }
+
+    fn run_as(&self, pod: &str, image: &str, account: &str) {
+        let overrides = json!({"spec": {"serviceAccountName": account}}).to_string();
+        self.run_pod(pod, image, &["--overrides", &overrides]);
+    }
+
+    fn uid(&self, resource: &str, name: &str) -> String {
+        self.handle.get("", resource, "default", name).unwrap()["metadata"]["uid"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+}
+
+#[test]
+fn token_mode_sends_a_token_of_the_pod_s_account_that_token_review_accepts() {
+    let reg = registry_with_image();
+    let dir = tempfile::tempdir().unwrap();
+    let state = install(&dir.path().join("bin"), "vaultcp", dir.path());
+    state.set("password", PASSWORD);
+    let p = provider_yaml("vaultcp", &[&reg.host], "5m", &reg.host, &state)
+        + &token_attributes("ServiceAccount", &[ROLE], &[TEAM, "pullsecretd.io/absent"]);
+    let c = Cluster::start(dir, &[p]);
+    c.account(
+        "builder",
+        &[(ROLE, "ci"), (TEAM, "payments"), ("other/key", "x")],
+    );
+    c.run_as("app", &format!("{}/{REPO}:v1", reg.host), "builder");
+    c.running("app");
+    assert_eq!(c.attempts("app")[0].provider.as_deref(), Some("vaultcp"));
+
+    let requests = state.requests();
+    assert_eq!(requests.len(), 1);
+    let request: Value = serde_json::from_str(&requests[0]).unwrap();
+    assert_eq!(request["image"], format!("{}/{REPO}", reg.host));
+    assert_eq!(
+        request["serviceAccountAnnotations"],
+        json!({ROLE: "ci", TEAM: "payments"}),
+        "the required and the present optional annotations, nothing else"
+    );
+    let token = request["serviceAccountToken"].as_str().unwrap();
+    let pod_uid = c.uid("pods", "app");
+    let sa_uid = c.uid("serviceaccounts", "builder");
+    let claims = jwt_claims(token);
+    assert_eq!(claims["aud"], json!(["pullsecretd"]));
+    assert_eq!(claims["sub"], "system:serviceaccount:default:builder");
+    assert_eq!(
+        claims["kubernetes.io"]["pod"],
+        json!({"name": "app", "uid": pod_uid})
+    );
+    assert_eq!(claims["kubernetes.io"]["node"]["name"], "kube-sim-node");
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
+    // What pullsecretd's provider will do with it: a TokenReview for its audience.
+    let status = c.review(token, &["pullsecretd"]);
+    assert_eq!(status["authenticated"], true, "{status}");
+    assert_eq!(
+        status["user"]["username"],
+        "system:serviceaccount:default:builder"
+    );
+    assert_eq!(status["user"]["uid"], json!(sa_uid));
+    assert_eq!(
+        status["user"]["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["app"])
+    );
+    assert!(c.review(token, &[]).get("authenticated").is_none());
+
+    let calls = c.calls("vaultcp");
+    assert_eq!(calls[0].service_account.as_deref(), Some("default/builder"));
+    let key = calls[0]
+        .outcome
+        .as_ref()
+        .unwrap()
+        .cache_key
+        .clone()
+        .unwrap();
+    assert_eq!(key.base, reg.host);
+    let sa = key.service_account.expect("the account is in the key");
+    assert_eq!(
+        (sa.namespace.as_str(), sa.name.as_str()),
+        ("default", "builder")
+    );
+    assert_eq!(sa.uid, sa_uid);
+    assert_eq!(sa.token_hash, None, "cacheType ServiceAccount");
+    assert!(
+        !format!("{calls:?}").contains(token),
+        "a record shows the token"
+    );
+}
+
+#[test]
+fn a_missing_required_annotation_skips_the_provider_until_the_account_has_it() {
+    let reg = registry_with_image();
+    let dir = tempfile::tempdir().unwrap();
+    let state = install(&dir.path().join("bin"), "vaultcp", dir.path());
+    state.set("password", PASSWORD);
+    let p = provider_yaml("vaultcp", &[&reg.host], "5m", &reg.host, &state)
+        + &token_attributes("ServiceAccount", &[ROLE], &[]);
+    let c = Cluster::start(dir, &[p]);
+    c.run_pod("app", &format!("{}/{REPO}:v1", reg.host), &[]);
+    c.failing("app");
+    assert!(c.calls("vaultcp").is_empty(), "the plugin must not run");
+    assert_eq!(c.attempts("app")[0].username, None);
+    let skips = c.handle.provider_skips();
+    assert_eq!(
+        skips[0].reason,
+        format!(
+            "Failed to get service account data default/default: required annotation {ROLE} not found"
+        )
+    );
+    assert_eq!(skips[0].pod, "default/app");
+    // The account is read at every lookup: annotating it lets the next sync pull.
+    c.ok(&[
+        "annotate",
+        "serviceaccount",
+        "default",
+        &format!("{ROLE}=ci"),
+    ]);
+    c.running("app");
+    assert_eq!(c.calls("vaultcp").len(), 1);
+    assert_eq!(
+        c.calls("vaultcp")[0].annotations,
+        [(ROLE.to_string(), "ci".to_string())].into()
+    );
+}
+
+#[test]
+fn the_cache_is_per_account_and_with_cache_type_token_per_token() {
+    let reg = registry_with_image();
+    let image = format!("{}/{REPO}:v1", reg.host);
+    for cache_type in ["ServiceAccount", "Token"] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = install(&dir.path().join("bin"), "vaultcp", dir.path());
+        state.set("password", PASSWORD);
+        let p = provider_yaml("vaultcp", &[&reg.host], "5m", &reg.host, &state)
+            + &token_attributes(cache_type, &[], &[]);
+        let c = Cluster::start(dir, &[p]);
+        c.account("a", &[]);
+        c.account("b", &[]);
+        c.run_as("a-one", &image, "a");
+        c.running("a-one");
+        c.run_as("a-two", &image, "a");
+        c.running("a-two");
+        c.run_as("b-one", &image, "b");
+        c.running("b-one");
+        let accounts: Vec<Option<String>> = c
+            .calls("vaultcp")
+            .iter()
+            .map(|call| call.service_account.clone())
+            .collect();
+        let want: Vec<Option<String>> = if cache_type == "Token" {
+            // Each pod has its own bound token, so its own cache entry.
+            vec![
+                Some("default/a".into()),
+                Some("default/a".into()),
+                Some("default/b".into()),
+            ]
+        } else {
+            vec![Some("default/a".into()), Some("default/b".into())]
+        };
+        assert_eq!(accounts, want, "{cache_type}");
+        let hashes: Vec<bool> = c
+            .calls("vaultcp")
+            .iter()
+            .map(|call| {
+                call.outcome
+                    .as_ref()
+                    .unwrap()
+                    .cache_key
+                    .as_ref()
+                    .unwrap()
+                    .service_account
+                    .as_ref()
+                    .unwrap()
+                    .token_hash
+                    .is_some()
+            })
+            .collect();
+        assert!(
+            hashes.iter().all(|h| *h == (cache_type == "Token")),
+            "{cache_type}"
+        );
+        let tokens: Vec<String> = state
+            .requests()
+            .iter()
+            .map(|r| {
+                serde_json::from_str::<Value>(r).unwrap()["serviceAccountToken"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect();
+        let mut distinct = tokens.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), tokens.len(), "a fresh token per pod");
+    }
+}
+
+#[test]
+fn handing_the_token_back_as_the_password_is_only_allowed_with_cache_type_token() {
+    let reg = registry_with_image();
+    let image = format!("{}/{REPO}:v1", reg.host);
+    for (cache_type, allowed) in [("ServiceAccount", false), ("Token", true)] {
+        let dir = tempfile::tempdir().unwrap();
+        let state = install(&dir.path().join("bin"), "vaultcp", dir.path());
+        state.set("mode", "echo-token");
+        let p = provider_yaml("vaultcp", &[&reg.host], "5m", &reg.host, &state)
+            + &token_attributes(cache_type, &[], &[]);
+        let c = Cluster::start(dir, &[p]);
+        c.run_pod("app", &image, &[]);
+        // The registry knows no such password: the pull fails either way.
+        c.failing("app");
+        let outcome = c.calls("vaultcp")[0].outcome.clone();
+        // Let the pod retry after its backoff.
+        eventually("a second pull attempt", || {
+            (c.attempts("app").len() >= 2).then_some(())
+        });
+        if allowed {
+            assert!(outcome.is_ok(), "{outcome:?}");
+            assert_eq!(c.attempts("app")[0].provider.as_deref(), Some("vaultcp"));
+            // The retry got the same token from the kubelet's token manager, so the same
+            // cache key: no second run.
+            assert_eq!(c.calls("vaultcp").len(), 1, "{:?}", c.calls("vaultcp"));
+        } else {
+            assert_eq!(
+                outcome,
+                Err(format!(
+                    "Credential provider plugin returned the service account token as the password for image \"{}/{REPO}\", which is not allowed when service account cache type is not set to 'Token'",
+                    reg.host
+                ))
+            );
+            assert_eq!(c.attempts("app")[0].username, None);
+            // A refused response is not cached: the retry ran the plugin again.
+            assert!(c.calls("vaultcp").len() >= 2);
+        }
+    }
+}

@@ -19,14 +19,26 @@
 //! - any failure (spawn, exit status, deadline, bad response) is logged and this provider
 //!   contributes nothing: the pull goes on with the other credentials, or anonymously;
 //! - every provider's credentials go into one keyring, providers in config order
-//!   (`externalCredentialProviderKeyring.Lookup`).
+//!   (`externalCredentialProviderKeyring.Lookup`);
+//! - with `tokenAttributes` (KEP-4412, `KubeletServiceAccountTokenForCredentialProviders`), the
+//!   pod's service account is read first: a pod without one is skipped when
+//!   `requireServiceAccount` is set, an account missing a `requiredServiceAccountAnnotationKeys`
+//!   annotation is skipped (`required annotation KEY not found`, the plugin is not run), and
+//!   otherwise the plugin gets a token of that account bound to the pod for the configured
+//!   audience (from the kubelet's token manager) and the required and present optional
+//!   annotations; the cache key then also holds the account's namespace, name, uid and those
+//!   annotations, and with `cacheType: Token` the token's hash; a response that hands the token
+//!   back as a password is refused unless `cacheType` is `Token`.
 //!
-//! Every run is recorded as a [`ProviderCall`]: provider, image, the cache key the response made
-//! and the `auth` keys, never a username, password or the provider's stdout.
+//! Every run is recorded as a [`ProviderCall`]: provider, image, account, the cache key the
+//! response made and the `auth` keys, never a username, password, token or the provider's
+//! stdout; every provider skipped for a pod in token mode as a [`ProviderSkip`].
 
 use super::keyring::{Keyring, Source};
+use super::provider_config::TokenCacheType;
 use super::provider_config::{ProviderConfig, parse_go_duration};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -43,6 +55,79 @@ pub const GLOBAL_CACHE_KEY: &str = "<global>";
 pub struct CacheKey {
     /// The image, its registry (`host[:port]`) or [`GLOBAL_CACHE_KEY`], by `cacheKeyType`.
     pub base: String,
+    /// In token mode, the account part (`generateServiceAccountCacheKey`).
+    pub service_account: Option<ServiceAccountKey>,
+}
+
+/// The account part of a cache key in token mode.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ServiceAccountKey {
+    /// The pod's (and account's) namespace.
+    pub namespace: String,
+    /// The account's name.
+    pub name: String,
+    /// The account's uid: a recreated account does not see its predecessor's credentials.
+    pub uid: String,
+    /// The annotations sent to the plugin.
+    pub annotations: BTreeMap<String, String>,
+    /// With `cacheType: Token`, `sha256:<hex>` of the token (not the token).
+    pub token_hash: Option<String>,
+}
+
+/// A provider not run for a pod in token mode, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProviderSkip {
+    /// The provider's `name`.
+    pub provider: String,
+    /// The image looked up.
+    pub image: String,
+    /// `namespace/name` of the pod.
+    pub pod: String,
+    /// The kubelet's log text (`required annotation KEY not found`, …).
+    pub reason: String,
+}
+
+/// The pod a lookup is for (`perPodPluginProvider`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodContext {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// `spec.serviceAccountName` (empty: none).
+    pub service_account: String,
+}
+
+/// What token mode needs from the cluster: the kubelet reads accounts and asks its token
+/// manager for tokens.
+pub trait ServiceAccounts: Sync {
+    /// The account's uid and annotations, or the API error text.
+    fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(String, BTreeMap<String, String>), String>;
+
+    /// A token of the account, bound to the pod, for `audience`; or the error text.
+    fn token(
+        &self,
+        pod: &PodContext,
+        service_account_uid: &str,
+        audience: &str,
+    ) -> Result<String, String>;
+}
+
+/// What a token-mode provider sends along and caches by.
+struct TokenUse {
+    /// `ns/name` of the account (for the record).
+    account: String,
+    /// `serviceAccountToken`.
+    token: String,
+    /// `serviceAccountAnnotations`.
+    annotations: BTreeMap<String, String>,
+    /// `sha256:<hex>` of the token.
+    token_hash: String,
+    /// The account part of the cache key.
+    key: ServiceAccountKey,
 }
 
 /// One run of a provider's executable.
@@ -52,6 +137,10 @@ pub struct ProviderCall {
     pub provider: String,
     /// `CredentialProviderRequest.image`.
     pub image: String,
+    /// `namespace/name` of the account whose token was sent (token mode).
+    pub service_account: Option<String>,
+    /// `serviceAccountAnnotations` sent.
+    pub annotations: BTreeMap<String, String>,
     /// What came of it: the response's cache entry, or the error the kubelet logged.
     pub outcome: Result<Cached, String>,
 }
@@ -104,6 +193,8 @@ pub struct Providers {
     timeout: Duration,
     /// Every run, in order (for tests).
     calls: Mutex<Vec<ProviderCall>>,
+    /// Every skip in token mode, in order (for tests).
+    skips: Mutex<Vec<ProviderSkip>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -117,6 +208,13 @@ struct Request<'a> {
     #[serde(rename = "apiVersion")]
     api_version: &'a str,
     image: &'a str,
+    #[serde(rename = "serviceAccountToken", skip_serializing_if = "str::is_empty")]
+    service_account_token: &'a str,
+    #[serde(
+        rename = "serviceAccountAnnotations",
+        skip_serializing_if = "BTreeMap::is_empty"
+    )]
+    service_account_annotations: &'a BTreeMap<String, String>,
 }
 
 /// `CredentialProviderResponse`, strictly: unknown or repeated fields fail the decode.
@@ -177,6 +275,7 @@ impl Providers {
             list,
             timeout,
             calls: Mutex::new(Vec::new()),
+            skips: Mutex::new(Vec::new()),
         }
     }
 
@@ -185,38 +284,83 @@ impl Providers {
         lock(&self.calls).clone()
     }
 
+    /// Every token-mode skip so far.
+    pub fn skips(&self) -> Vec<ProviderSkip> {
+        lock(&self.skips).clone()
+    }
+
     /// `externalCredentialProviderKeyring`: what every provider gives for `image` (a normalised
-    /// repository, `host/path`), in one keyring.
-    pub async fn keyring(&self, image: &str) -> Keyring {
+    /// repository, `host/path`) and `pod`, in one keyring.
+    pub async fn keyring(
+        &self,
+        image: &str,
+        pod: &PodContext,
+        accounts: &dyn ServiceAccounts,
+    ) -> Keyring {
         let mut keyring = Keyring::default();
         for p in &self.list {
-            let entries = self.provide(p, image).await;
+            let entries = self.provide(p, image, pod, accounts).await;
             keyring.add_entries(&Source::Provider(p.config.name.clone()), entries);
         }
         keyring
     }
 
+    fn skip(&self, p: &Provider, image: &str, pod: &PodContext, reason: String) -> Entries {
+        tracing::debug!(provider = %p.config.name, %image, %reason, "credential provider skipped");
+        lock(&self.skips).push(ProviderSkip {
+            provider: p.config.name.clone(),
+            image: image.to_string(),
+            pod: format!("{}/{}", pod.namespace, pod.name),
+            reason,
+        });
+        Vec::new()
+    }
+
     /// `pluginProvider.provide`.
-    async fn provide(&self, p: &Provider, image: &str) -> Entries {
+    async fn provide(
+        &self,
+        p: &Provider,
+        image: &str,
+        pod: &PodContext,
+        accounts: &dyn ServiceAccounts,
+    ) -> Entries {
         if !p.allows(image) {
             return Vec::new();
         }
-        if let Some(cached) = p.cached(image) {
+        let token = match p.token_use(pod, accounts) {
+            Ok(t) => t,
+            Err(reason) => return self.skip(p, image, pod, reason),
+        };
+        let sa_key = token.as_ref().map(|t| t.key.clone());
+        if let Some(cached) = p.cached(image, sa_key.as_ref()) {
             return cached;
         }
-        let flight = p.flight(image);
+        let flight_key = match &token {
+            Some(t) => format!(
+                "{image}\0{}\0{:?}",
+                t.token_hash,
+                t.annotations.iter().collect::<Vec<_>>()
+            ),
+            None => image.to_string(),
+        };
+        let flight = p.flight(&flight_key);
         let result = flight
-            .get_or_init(|| async { self.run(p, image).await })
+            .get_or_init(|| async { self.run(p, image, token.as_ref()).await })
             .await
             .clone();
-        p.land(image, &flight);
+        p.land(&flight_key, &flight);
         result.unwrap_or_default()
     }
 
     /// One run: exec, decode, cache, record. The error is what the kubelet logs.
-    async fn run(&self, p: &Provider, image: &str) -> Result<Entries, String> {
-        let outcome = match p.exec(image, self.timeout).await {
-            Ok(decoded) => p.store(image, decoded),
+    async fn run(
+        &self,
+        p: &Provider,
+        image: &str,
+        token: Option<&TokenUse>,
+    ) -> Result<Entries, String> {
+        let outcome = match p.exec(image, token, self.timeout).await {
+            Ok(decoded) => p.store(image, token, decoded),
             Err(e) => Err(format!(
                 "Failed getting credential from external registry credential provider: {e}"
             )),
@@ -231,6 +375,8 @@ impl Providers {
         lock(&self.calls).push(ProviderCall {
             provider: p.config.name.clone(),
             image: image.to_string(),
+            service_account: token.map(|t| t.account.clone()),
+            annotations: token.map(|t| t.annotations.clone()).unwrap_or_default(),
             outcome: record,
         });
         outcome.map(|(_, entries)| entries)
@@ -246,14 +392,83 @@ impl Provider {
             .any(|m| image_matches(m, image))
     }
 
-    /// `getCachedCredentials`: the image, then its registry, then the global key; expired
-    /// entries are dropped when looked at.
-    fn cached(&self, image: &str) -> Option<Entries> {
+    /// The service-account side of `provide`: None outside token mode (or for a pod without an
+    /// account when none is required); the skip reason when the plugin must not run.
+    fn token_use(
+        &self,
+        pod: &PodContext,
+        accounts: &dyn ServiceAccounts,
+    ) -> Result<Option<TokenUse>, String> {
+        let Some(t) = self
+            .config
+            .token_attributes
+            .as_ref()
+            .filter(|t| !t.audience.is_empty())
+        else {
+            return Ok(None);
+        };
+        let sa = &pod.service_account;
+        if sa.is_empty() {
+            if t.require_service_account == Some(true) {
+                return Err(format!(
+                    "Service account name is empty for pod {}/{}",
+                    pod.namespace, pod.name
+                ));
+            }
+            return Ok(None);
+        }
+        let failed =
+            |e: String| format!("Failed to get service account {}/{sa}: {e}", pod.namespace);
+        let (uid, all) = accounts
+            .service_account(&pod.namespace, sa)
+            .map_err(failed)?;
+        let mut annotations = BTreeMap::new();
+        for k in &t.required_annotation_keys {
+            let Some(v) = all.get(k) else {
+                return Err(format!(
+                    "Failed to get service account data {}/{sa}: required annotation {k} not found",
+                    pod.namespace
+                ));
+            };
+            annotations.insert(k.clone(), v.clone());
+        }
+        for k in &t.optional_annotation_keys {
+            if let Some(v) = all.get(k) {
+                annotations.insert(k.clone(), v.clone());
+            }
+        }
+        let token = accounts.token(pod, &uid, &t.audience).map_err(|e| {
+            format!(
+                "Error getting service account token {}/{sa}: {e}",
+                pod.namespace
+            )
+        })?;
+        let token_hash = format!("sha256:{}", hex::encode(Sha256::digest(token.as_bytes())));
+        let key = ServiceAccountKey {
+            namespace: pod.namespace.clone(),
+            name: sa.clone(),
+            uid,
+            annotations: annotations.clone(),
+            token_hash: (t.cache_type == Some(TokenCacheType::Token)).then(|| token_hash.clone()),
+        };
+        Ok(Some(TokenUse {
+            account: format!("{}/{sa}", pod.namespace),
+            token,
+            annotations,
+            token_hash,
+            key,
+        }))
+    }
+
+    /// `getCachedCredentials`: the image, then its registry, then the global key (each with
+    /// the account part in token mode); expired entries are dropped when looked at.
+    fn cached(&self, image: &str, sa_key: Option<&ServiceAccountKey>) -> Option<Entries> {
         let mut cache = lock(&self.cache);
         let now = Instant::now();
         for base in [image, registry_of(image), GLOBAL_CACHE_KEY] {
             let key = CacheKey {
                 base: base.to_string(),
+                service_account: sa_key.cloned(),
             };
             match cache.get(&key) {
                 Some(e) if now > e.expires_at => {
@@ -283,7 +498,28 @@ impl Provider {
     }
 
     /// The response's cache key and duration; caches it. The error is upstream's log text.
-    fn store(&self, image: &str, d: Decoded) -> Result<(Cached, Entries), String> {
+    fn store(
+        &self,
+        image: &str,
+        token: Option<&TokenUse>,
+        d: Decoded,
+    ) -> Result<(Cached, Entries), String> {
+        let token_cache = self
+            .config
+            .token_attributes
+            .as_ref()
+            .and_then(|t| t.cache_type);
+        if let Some(t) = token
+            && token_cache != Some(TokenCacheType::Token)
+            && d.entries
+                .iter()
+                .any(|(_, _, password)| *password == t.token)
+        {
+            return Err(format!(
+                "Credential provider plugin returned the service account token as the password for image {}, which is not allowed when service account cache type is not set to 'Token'",
+                crate::status::go_quote(image)
+            ));
+        }
         let base = match d.cache_key_type.as_str() {
             "Image" => image.to_string(),
             "Registry" => registry_of(image).to_string(),
@@ -309,7 +545,10 @@ impl Provider {
         // A zero duration caches nothing; a negative one makes an entry expired at once.
         if nanos > 0 {
             let duration = Duration::from_nanos(nanos.unsigned_abs());
-            let key = CacheKey { base };
+            let key = CacheKey {
+                base,
+                service_account: token.map(|t| t.key.clone()),
+            };
             lock(&self.cache).insert(
                 key.clone(),
                 Entry {
@@ -324,11 +563,19 @@ impl Provider {
     }
 
     /// `execPlugin.ExecPlugin`: run with the request on stdin, decode stdout.
-    async fn exec(&self, image: &str, timeout: Duration) -> Result<Decoded, String> {
+    async fn exec(
+        &self,
+        image: &str,
+        token: Option<&TokenUse>,
+        timeout: Duration,
+    ) -> Result<Decoded, String> {
+        let none = BTreeMap::new();
         let request = Request {
             kind: "CredentialProviderRequest",
             api_version: &self.config.api_version,
             image,
+            service_account_token: token.map_or("", |t| t.token.as_str()),
+            service_account_annotations: token.map_or(&none, |t| &t.annotations),
         };
         let mut body = serde_json::to_vec(&request)
             .map_err(|e| format!("failed to encode auth request: {e}"))?;
@@ -491,10 +738,13 @@ mod tests {
             "credentialprovider.kubelet.k8s.io/v1beta1",
             V1,
         ] {
+            let none = BTreeMap::new();
             let r = Request {
                 kind: "CredentialProviderRequest",
                 api_version: v,
                 image: "test.registry.io/foobar",
+                service_account_token: "",
+                service_account_annotations: &none,
             };
             assert_eq!(
                 serde_json::to_string(&r).expect("json"),
@@ -503,6 +753,24 @@ mod tests {
                 )
             );
         }
+        let annotations: BTreeMap<String, String> = [
+            ("b".to_string(), "2".to_string()),
+            ("a".to_string(), "1".to_string()),
+        ]
+        .into();
+        let r = Request {
+            kind: "CredentialProviderRequest",
+            api_version: V1,
+            image: "r.io/x",
+            service_account_token: "tok",
+            service_account_annotations: &annotations,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).expect("json"),
+            format!(
+                "{{\"kind\":\"CredentialProviderRequest\",\"apiVersion\":\"{V1}\",\"image\":\"r.io/x\",\"serviceAccountToken\":\"tok\",\"serviceAccountAnnotations\":{{\"a\":\"1\",\"b\":\"2\"}}}}"
+            )
+        );
     }
 
     #[test]
@@ -556,23 +824,27 @@ mod tests {
             entries: entries.clone(),
         };
         let image = "test.registry.io/foo/bar";
-        let (c, _) = p.store(image, decoded("Image", None)).expect("image");
+        let (c, _) = p.store(image, None, decoded("Image", None)).expect("image");
         assert_eq!(c.cache_key.map(|k| k.base).as_deref(), Some(image));
         assert_eq!(c.cache_duration, Some(Duration::from_secs(60)));
-        let (c, _) = p.store(image, decoded("Registry", None)).expect("registry");
+        let (c, _) = p
+            .store(image, None, decoded("Registry", None))
+            .expect("registry");
         assert_eq!(
             c.cache_key.map(|k| k.base).as_deref(),
             Some("test.registry.io")
         );
-        let (c, _) = p.store(image, decoded("Global", Some(0))).expect("global");
+        let (c, _) = p
+            .store(image, None, decoded("Global", Some(0)))
+            .expect("global");
         assert_eq!(c.cache_key, None, "cacheDuration 0 caches nothing");
         assert_eq!(
-            p.store(image, decoded("", None)).err().as_deref(),
+            p.store(image, None, decoded("", None)).err().as_deref(),
             Some("credential provider plugin did not return a valid cacheKeyType: \"\"")
         );
         // Another image of the registry finds the registry entry.
-        assert!(p.cached("test.registry.io/other").is_some());
-        assert!(p.cached("other.registry.io/x").is_none());
+        assert!(p.cached("test.registry.io/other", None).is_some());
+        assert!(p.cached("other.registry.io/x", None).is_none());
     }
 
     #[test]

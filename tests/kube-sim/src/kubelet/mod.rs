@@ -27,6 +27,7 @@ pub mod credential_provider;
 mod keyring;
 pub mod provider_config;
 mod runtime;
+mod token_manager;
 
 use crate::image_ref::{self, ImageRef};
 use crate::recorder::{self, Note, Source};
@@ -131,6 +132,8 @@ pub struct Kubelet {
     last_ip: Mutex<u32>,
     /// The registered credential provider plugins (None without the provider flags).
     providers: Option<credential_provider::Providers>,
+    /// Service-account tokens asked for the providers, reused until they need a refresh.
+    tokens: token_manager::TokenManager,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -142,6 +145,7 @@ impl Kubelet {
         let providers = register_providers(&opts)?;
         Ok(Self {
             providers,
+            tokens: token_manager::TokenManager::default(),
             opts,
             runtime: runtime::Runtime::new()?,
             attempts: Mutex::new(Vec::new()),
@@ -161,6 +165,14 @@ impl Kubelet {
     /// Full references of the images on the node.
     pub fn images(&self) -> Vec<String> {
         lock(&self.images).keys().cloned().collect()
+    }
+
+    /// Every credential provider skipped for a pod in token mode so far.
+    pub fn provider_skips(&self) -> Vec<credential_provider::ProviderSkip> {
+        self.providers
+            .as_ref()
+            .map(credential_provider::Providers::skips)
+            .unwrap_or_default()
     }
 
     /// Every run of a credential provider so far.
@@ -625,6 +637,7 @@ impl PodWorker {
 
     /// A pod being deleted: its containers stop, then the kubelet deletes it for good.
     fn kill(&self, shared: &Shared, st: &mut Store, pod: &Value) {
+        self.kubelet.tokens.delete_pod(&self.uid);
         for (name, c) in &self.containers {
             if matches!(c, Container::Running { .. }) {
                 let msg = format!("Stopping container {name}");
@@ -753,7 +766,23 @@ impl PodWorker {
         let repo = image.name();
         let mut creds = secrets.lookup(&repo);
         if let Some(providers) = &self.kubelet.providers {
-            creds.extend(providers.keyring(&repo).await.lookup(&repo));
+            let pod = credential_provider::PodContext {
+                namespace: self.ns.clone(),
+                name: self.name.clone(),
+                uid: self.uid.clone(),
+                service_account: snap
+                    .pod
+                    .pointer("/spec/serviceAccountName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            let accounts = ClusterAccounts {
+                weak: &self.weak,
+                tokens: &self.kubelet.tokens,
+            };
+            let keyring = providers.keyring(&repo, &pod, &accounts).await;
+            creds.extend(keyring.lookup(&repo));
         }
         Ok(creds)
     }
@@ -939,6 +968,60 @@ impl PodWorker {
             "qosClass": old.get("qosClass").cloned().unwrap_or(json!("BestEffort")),
             "containerStatuses": statuses,
         })
+    }
+}
+
+/// The cluster as the credential providers' token mode sees it: the kubelet reads the pod's
+/// account (`getServiceAccount`) and asks its token manager for a bound token.
+struct ClusterAccounts<'a> {
+    /// The server.
+    weak: &'a Weak<Shared>,
+    /// The kubelet's token manager.
+    tokens: &'a token_manager::TokenManager,
+}
+
+impl credential_provider::ServiceAccounts for ClusterAccounts<'_> {
+    fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(String, BTreeMap<String, String>), String> {
+        let rt = resources::find("", "v1", "serviceaccounts", false)
+            .ok_or_else(|| "serviceaccounts are not served".to_string())?;
+        let sa = with_store(self.weak, |_, st| {
+            st.get(rt.key(), namespace, name).cloned()
+        })
+        .flatten()
+        .ok_or_else(|| {
+            format!(
+                "serviceaccounts {} not found",
+                crate::status::go_quote(name)
+            )
+        })?;
+        let annotations = sa
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect();
+        Ok((meta_str(&sa, "uid").to_string(), annotations))
+    }
+
+    fn token(
+        &self,
+        pod: &credential_provider::PodContext,
+        service_account_uid: &str,
+        audience: &str,
+    ) -> Result<String, String> {
+        let shared = self
+            .weak
+            .upgrade()
+            .ok_or_else(|| "the API server is gone".to_string())?;
+        let spec =
+            token_manager::provider_token_spec(audience, &pod.name, &pod.uid, service_account_uid);
+        self.tokens
+            .get(&shared, &pod.namespace, &pod.service_account, &spec)
     }
 }
 
