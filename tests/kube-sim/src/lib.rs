@@ -15,8 +15,11 @@
 //! - `discovery`, `table`, `rbac`, `selector`, `status`, `tls`, `faults`, `resources`, `util`.
 //! - The pod path: `workloads` (pod/apps strategies), `admission` (ServiceAccount plugin),
 //!   `subresource` (scale), `controllers` (ReplicaSet/Deployment, a background task), `kubelet`
-//!   (opt-in: binds pods, pulls images from loopback registries, writes pod status), `recorder`
-//!   (their Events), `image_ref` (image reference parsing).
+//!   (opt-in: binds pods, pulls images from loopback registries with pull secrets and exec
+//!   credential providers, writes pod status), `recorder` (their Events), `image_ref` (image
+//!   reference parsing).
+//! - Service-account tokens: `tokens` (signing, claims, review) and `token_request` (the
+//!   `serviceaccounts/token` subresource).
 
 mod admission;
 mod api;
