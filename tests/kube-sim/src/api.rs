@@ -105,6 +105,9 @@ pub fn serve(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         if sub == "scale" {
             return crate::subresource::scale(shared, req);
         }
+        if sub == "token" {
+            return crate::token_request::create(shared, req);
+        }
     }
     if !req.rt.verbs.contains(&req.verb) && req.verb != "watch" {
         return Err(ApiError::method_not_allowed(
@@ -1004,10 +1007,36 @@ fn token_review(shared: &Shared, req: &Request) -> ApiResult<Reply> {
                 .collect()
         })
         .unwrap_or_default();
-    let status = match shared.identity(&token) {
+    // A service-account token this server issued is reviewed against its claims and the store.
+    let issued = {
+        let st = shared.lock_store();
+        shared
+            .tokens
+            .review(&st, &token, &requested, crate::tokens::now_secs())
+    };
+    let status = match issued {
+        Some(Ok(r)) => {
+            json!({"authenticated": true, "user": r.user.to_json(), "audiences": r.audiences})
+        }
+        Some(Err(e)) => json!({"user": {}, "error": format!("[invalid bearer token, {e}]")}),
+        None => static_review(shared, &token, &requested),
+    };
+    if let Some(m) = review.as_object_mut() {
+        m.insert("status".into(), status);
+        let meta = m.entry("metadata").or_insert_with(|| json!({}));
+        if let Some(mm) = meta.as_object_mut() {
+            mm.entry("creationTimestamp").or_insert(Value::Null);
+        }
+    }
+    Ok(Reply::Json(201, review))
+}
+
+/// TokenReview of the admin token and the configured identities.
+fn static_review(shared: &Shared, token: &str, requested: &[String]) -> Value {
+    match shared.identity(token) {
         Some(user) => {
             let own = if user.audiences.is_empty() {
-                vec!["https://kubernetes.default.svc.cluster.local".to_string()]
+                vec![crate::tokens::API_AUDIENCE.to_string()]
             } else {
                 user.audiences.clone()
             };
@@ -1029,15 +1058,7 @@ fn token_review(shared: &Shared, req: &Request) -> ApiResult<Reply> {
         None => {
             json!({"user": {}, "error": "[invalid bearer token, square/go-jose: compact JWS format must have three parts]"})
         }
-    };
-    if let Some(m) = review.as_object_mut() {
-        m.insert("status".into(), status);
-        let meta = m.entry("metadata").or_insert_with(|| json!({}));
-        if let Some(mm) = meta.as_object_mut() {
-            mm.entry("creationTimestamp").or_insert(Value::Null);
-        }
     }
-    Ok(Reply::Json(201, review))
 }
 
 /// Without RBAC enforcement every request is allowed; with it, the authorizer decides.

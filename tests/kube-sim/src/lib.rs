@@ -15,8 +15,11 @@
 //! - `discovery`, `table`, `rbac`, `selector`, `status`, `tls`, `faults`, `resources`, `util`.
 //! - The pod path: `workloads` (pod/apps strategies), `admission` (ServiceAccount plugin),
 //!   `subresource` (scale), `controllers` (ReplicaSet/Deployment, a background task), `kubelet`
-//!   (opt-in: binds pods, pulls images from loopback registries, writes pod status), `recorder`
-//!   (their Events), `image_ref` (image reference parsing).
+//!   (opt-in: binds pods, pulls images from loopback registries with pull secrets and exec
+//!   credential providers, writes pod status), `recorder` (their Events), `image_ref` (image
+//!   reference parsing).
+//! - Service-account tokens: `tokens` (signing, claims, review) and `token_request` (the
+//!   `serviceaccounts/token` subresource).
 
 mod admission;
 mod api;
@@ -43,12 +46,17 @@ mod subresource;
 mod table;
 mod table_workloads;
 mod tls;
+mod token_request;
+mod tokens;
 mod util;
 mod watch;
 mod workloads;
 
 pub use faults::{ErrorRule, Faults, InjectedError, RequestCounts};
 pub use hooks::{OPENSHIFT_SA_MANAGER, PULL_SECRET_REF};
+pub use kubelet::credential_provider::{
+    CacheKey, Cached, ProviderCall, ProviderSkip, ServiceAccountKey,
+};
 pub use kubelet::{KubeletOptions, PullAttempt};
 pub use pause::{Pause, Release};
 
@@ -234,6 +242,8 @@ pub enum Error {
     Runtime(std::io::Error),
     #[error("starting the kubelet: {0}")]
     Kubelet(String),
+    #[error("creating the service-account signing key: {0}")]
+    Signing(String),
 }
 
 /// Starts servers.
@@ -274,7 +284,8 @@ impl Server {
             )),
             None => None,
         };
-        let shared = Shared::new(opts, addr.to_string());
+        let signer = tokens::Issuer::new().map_err(Error::Signing)?;
+        let shared = Shared::new(opts, addr.to_string(), signer);
         hooks::bootstrap(&shared);
         let acceptor = tls
             .as_ref()
@@ -415,6 +426,11 @@ impl Handle {
         c
     }
 
+    /// The public key (PEM) that signs the service-account tokens of TokenRequest.
+    pub fn service_account_public_key_pem(&self) -> String {
+        self.shared.tokens.public_key_pem()
+    }
+
     /// Request counts so far.
     pub fn counts(&self) -> RequestCounts {
         self.shared.counts().clone()
@@ -477,6 +493,25 @@ impl Handle {
         self.kubelet
             .as_ref()
             .map(|k| k.attempts())
+            .unwrap_or_default()
+    }
+
+    /// Every run of a credential provider plugin by the kubelet, in order (empty without a
+    /// kubelet or providers): provider, image, the cache key its response made, never a
+    /// credential.
+    pub fn provider_calls(&self) -> Vec<ProviderCall> {
+        self.kubelet
+            .as_ref()
+            .map(|k| k.provider_calls())
+            .unwrap_or_default()
+    }
+
+    /// Every credential provider the kubelet did not run for a pod in token mode (no account,
+    /// a required annotation missing, no token), with the kubelet's log text.
+    pub fn provider_skips(&self) -> Vec<ProviderSkip> {
+        self.kubelet
+            .as_ref()
+            .map(|k| k.provider_skips())
             .unwrap_or_default()
     }
 

@@ -53,6 +53,12 @@ struct Cli {
     /// Image pull backoff cap (upstream: 300 s).
     #[arg(long, default_value_t = 300_000, requires = "kubelet")]
     image_backoff_max_ms: u64,
+    /// The kubelet's CredentialProviderConfig file or directory (exec credential providers).
+    #[arg(long, requires = "kubelet")]
+    image_credential_provider_config: Option<PathBuf>,
+    /// Where the credential provider executables are.
+    #[arg(long, requires = "kubelet")]
+    image_credential_provider_bin_dir: Option<PathBuf>,
 }
 
 #[tokio::main]
@@ -76,6 +82,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             node_name: cli.node_name.clone(),
             image_backoff_initial: Duration::from_millis(cli.image_backoff_initial_ms),
             image_backoff_max: Duration::from_millis(cli.image_backoff_max_ms),
+            image_credential_provider_config: cli.image_credential_provider_config.clone(),
+            image_credential_provider_bin_dir: cli.image_credential_provider_bin_dir.clone(),
             ..Default::default()
         });
     }

@@ -128,6 +128,22 @@ const TOKEN_REVIEW: &[F] = &[
     F(1, "metadata", T::Msg(OBJECT_META)),
     F(2, "spec", T::Msg(TOKEN_REVIEW_SPEC)),
 ];
+const BOUND_OBJECT_REF: &[F] = &[
+    F(1, "kind", T::Str),
+    F(2, "apiVersion", T::Str),
+    F(3, "name", T::Str),
+    F(4, "uid", T::Str),
+];
+// authentication/v1 TokenRequest as `kubectl create token` sends it.
+const TOKEN_REQUEST_SPEC: &[F] = &[
+    F(1, "audiences", T::RepStr),
+    F(3, "boundObjectRef", T::Msg(BOUND_OBJECT_REF)),
+    F(4, "expirationSeconds", T::Int),
+];
+const TOKEN_REQUEST: &[F] = &[
+    F(1, "metadata", T::Msg(OBJECT_META)),
+    F(2, "spec", T::Msg(TOKEN_REQUEST_SPEC)),
+];
 const LEASE_SPEC: &[F] = &[
     F(1, "holderIdentity", T::Str),
     F(2, "leaseDurationSeconds", T::Int),
@@ -370,6 +386,7 @@ pub fn decode_body(body: &[u8]) -> Result<Value, String> {
         "Role" | "ClusterRole" => ROLE,
         "SelfSubjectAccessReview" => SSAR,
         "TokenReview" => TOKEN_REVIEW,
+        "TokenRequest" => TOKEN_REQUEST,
         "Lease" => LEASE,
         "Deployment" => DEPLOYMENT,
         other => {

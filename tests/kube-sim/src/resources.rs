@@ -380,6 +380,14 @@ pub static SUBRESOURCES: &[Subresource] = &[
     },
     Subresource {
         group: "",
+        plural: "serviceaccounts",
+        name: "token",
+        kind: "TokenRequest",
+        group_version: Some("authentication.k8s.io/v1"),
+        verbs: &["create"],
+    },
+    Subresource {
+        group: "",
         plural: "pods",
         name: "status",
         kind: "Pod",

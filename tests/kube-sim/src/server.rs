@@ -32,6 +32,8 @@ pub struct Shared {
     pub pauses: crate::pause::Pauses,
     /// "host:port" the server listens on.
     pub address: String,
+    /// Signs the service-account tokens of TokenRequest and reviews them.
+    pub tokens: crate::tokens::Issuer,
     me: Weak<Shared>,
     shutdown: tokio::sync::watch::Sender<bool>,
 }
@@ -68,7 +70,7 @@ impl FaultsGuard<'_> {
 }
 
 impl Shared {
-    pub fn new(opts: Options, address: String) -> Arc<Self> {
+    pub fn new(opts: Options, address: String, tokens: crate::tokens::Issuer) -> Arc<Self> {
         let faults = opts.faults.clone();
         let history = opts.event_history;
         Arc::new_cyclic(|me| Shared {
@@ -78,6 +80,7 @@ impl Shared {
             counts: Mutex::new(RequestCounts::default()),
             pauses: crate::pause::Pauses::default(),
             address,
+            tokens,
             me: me.clone(),
             shutdown: tokio::sync::watch::channel(false).0,
         })
@@ -115,7 +118,8 @@ impl Shared {
         self.shutdown.send_replace(true);
     }
 
-    /// The identity of a bearer token.
+    /// The identity of a bearer token: the admin's, a configured one, or a service-account
+    /// token this server issued that is still valid for the API audience.
     pub fn identity(&self, token: &str) -> Option<UserInfo> {
         if token.is_empty() {
             return None;
@@ -123,7 +127,14 @@ impl Shared {
         if token == self.opts.token {
             return Some(UserInfo::admin());
         }
-        self.opts.identities.get(token).cloned()
+        if let Some(u) = self.opts.identities.get(token) {
+            return Some(u.clone());
+        }
+        let st = self.lock_store();
+        let reviewed = self
+            .tokens
+            .review(&st, token, &[], crate::tokens::now_secs())?;
+        reviewed.ok().map(|r| r.user)
     }
 
     /// RBAC decision (always yes unless `Options::rbac`).
@@ -492,6 +503,8 @@ fn parse_resource_path(
             }
         }
         ("POST", false) => "create",
+        // Subresources that create (`serviceaccounts/NAME/token`) are named.
+        ("POST", true) if subresource.is_some() => "create",
         ("PUT", true) => "update",
         ("PATCH", true) => "patch",
         ("DELETE", true) => "delete",

@@ -178,3 +178,140 @@ fn openbao_kubernetes_auth_logs_in_through_token_review() {
         "the refusal came from TokenReview"
     );
 }
+
+/// `kubectl` against `sim` with the admin kubeconfig in `dir`; its trimmed stdout.
+fn kubectl(sim: &kube_sim::Handle, dir: &std::path::Path, args: &[&str]) -> String {
+    let kubeconfig = dir.join("admin.kubeconfig");
+    if !kubeconfig.exists() {
+        sim.write_kubeconfig(&kubeconfig).unwrap();
+    }
+    let out = Command::new("kubectl")
+        .args(args)
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(dir.join("kube-cache"))
+        .env("HOME", dir)
+        .env_remove("KUBECONFIG")
+        .stdin(Stdio::null())
+        .output()
+        .expect("kubectl must be installed and on PATH");
+    assert!(
+        out.status.success(),
+        "kubectl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[test]
+fn openbao_logs_in_with_tokens_kube_sim_issued_through_token_request() {
+    // Nothing configured by hand: every token comes from kube-sim's TokenRequest, RBAC is on.
+    let mut opts = Options::default().tls();
+    opts.rbac = true;
+    let sim = Server::start_in_thread(opts).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    sim.write_ca(&ca).unwrap();
+    for ns in ["vault", "team"] {
+        kubectl(&sim, dir.path(), &["create", "namespace", ns]);
+    }
+    kubectl(
+        &sim,
+        dir.path(),
+        &["create", "serviceaccount", "reviewer", "-n", "vault"],
+    );
+    kubectl(
+        &sim,
+        dir.path(),
+        &["create", "serviceaccount", "app", "-n", "team"],
+    );
+    kubectl(
+        &sim,
+        dir.path(),
+        &[
+            "create",
+            "clusterrolebinding",
+            "reviewer-delegator",
+            "--clusterrole=system:auth-delegator",
+            "--serviceaccount=vault:reviewer",
+        ],
+    );
+    let reviewer_jwt = kubectl(
+        &sim,
+        dir.path(),
+        &["create", "token", "reviewer", "-n", "vault"],
+    );
+    let app_jwt = kubectl(
+        &sim,
+        dir.path(),
+        &["create", "token", "app", "-n", "team", "--audience=vault"],
+    );
+    let app_uid = sim.get("", "serviceaccounts", "team", "app").unwrap()["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_string();
+
+    let bao = Bao::start();
+    let (ok, out) = bao.run(&["auth", "enable", "kubernetes"]);
+    assert!(ok, "{out}");
+    let (ok, out) = bao.run(&[
+        "write",
+        "auth/kubernetes/config",
+        &format!("kubernetes_host={}", sim.url()),
+        &format!("kubernetes_ca_cert=@{}", ca.display()),
+        &format!("token_reviewer_jwt={reviewer_jwt}"),
+        "disable_local_ca_jwt=true",
+    ]);
+    assert!(ok, "{out}");
+    for (role, audience) in [("app", Some("vault")), ("app-any", None)] {
+        let mut args = vec![
+            "write".to_string(),
+            format!("auth/kubernetes/role/{role}"),
+            "bound_service_account_names=app".into(),
+            "bound_service_account_namespaces=team".into(),
+            "token_policies=default".into(),
+            "ttl=10m".into(),
+        ];
+        if let Some(a) = audience {
+            args.push(format!("audience={a}"));
+        }
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let (ok, out) = bao.run(&args);
+        assert!(ok, "{out}");
+    }
+
+    sim.reset_counts();
+    let login = |role: &str| {
+        bao.run(&[
+            "write",
+            "-format=json",
+            "auth/kubernetes/login",
+            &format!("role={role}"),
+            &format!("jwt={app_jwt}"),
+        ])
+    };
+    let (ok, out) = login("app");
+    assert!(ok, "login failed: {out}");
+    let v: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["auth"]["metadata"]["service_account_name"], "app");
+    assert_eq!(v["auth"]["metadata"]["service_account_namespace"], "team");
+    assert_eq!(v["auth"]["metadata"]["service_account_uid"], app_uid);
+    assert_eq!(sim.counts().count("create", "tokenreviews"), 1);
+
+    // A role that names no audience makes OpenBao review for the token's own audiences
+    // (vault-plugin-auth-kubernetes `serviceAccount.lookup`), so the login works too.
+    let (ok, out) = login("app-any");
+    assert!(ok, "login without a role audience failed: {out}");
+    assert_eq!(sim.counts().count("create", "tokenreviews"), 2);
+
+    // The account deleted: its tokens are dead for TokenReview, and so for OpenBao.
+    kubectl(
+        &sim,
+        dir.path(),
+        &["delete", "serviceaccount", "app", "-n", "team"],
+    );
+    let (ok, out) = login("app");
+    assert!(!ok, "login with a deleted account's token succeeded: {out}");
+    assert!(out.contains("permission denied"), "{out}");
+}

@@ -1,14 +1,18 @@
-//! The kubelet's docker keyring built from a pod's pull secrets (kubernetes/kubernetes
+//! The kubelet's docker keyrings: one built from a pod's pull secrets and one from what the
+//! credential provider plugins returned (kubernetes/kubernetes
 //! `pkg/credentialprovider/secrets/secrets.go` `MakeDockerKeyring`, `config.go`
-//! `DockerConfigEntry.UnmarshalJSON`, `keyring.go` `BasicDockerKeyring.Add`/`Lookup`):
+//! `DockerConfigEntry.UnmarshalJSON`, `keyring.go` `BasicDockerKeyring.Add`/`Lookup`,
+//! `URLsMatchStr`, `ParseSchemelessURL`):
 //!
 //! - only `.dockerconfigjson` of type `kubernetes.io/dockerconfigjson` and `.dockercfg` of type
 //!   `kubernetes.io/dockercfg` are read; any other secret is ignored;
 //! - a payload that does not decode fails the whole keyring (and so the pull) with Go's error;
 //! - `auth` (padded or unpadded base64 of `user:password`) overrides `username`/`password`;
 //!   `identitytoken`/`registrytoken` are not read;
-//! - keys lose their scheme and a `/v1/` or `/v2/` path prefix; all secrets' keys are merged
-//!   into one index, deduplicated and reverse-sorted so longer paths come first;
+//! - keys lose their scheme and a `/v1/` or `/v2/` path prefix; a key Go's `url.Parse` refuses
+//!   is skipped; all secrets' keys are merged into one index, deduplicated and reverse-sorted so
+//!   longer paths come first; credentials under the same key keep the order they were added in
+//!   (secrets in the pod's order, providers in the config's order);
 //! - an image matches a key when ports are equal, the host has as many labels, each label
 //!   matches the key's glob (`filepath.Match`) and the key's path is a prefix of the image's;
 //!   every matching credential is returned, in index order; with no match, Docker Hub images
@@ -21,6 +25,15 @@ use base64::Engine as _;
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+/// Where a credential came from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A pull secret of the pod, by name.
+    Secret(String),
+    /// A credential provider plugin, by its `name` in the config.
+    Provider(String),
+}
+
 /// One credential of the keyring.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credential {
@@ -28,15 +41,15 @@ pub struct Credential {
     pub username: String,
     /// Never printed (see `Debug`).
     pub password: String,
-    /// The Secret it came from (for logs and tests).
-    pub secret: String,
+    /// The Secret or provider it came from (for logs and tests).
+    pub source: Source,
 }
 
 impl std::fmt::Debug for Credential {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credential")
             .field("username", &self.username)
-            .field("secret", &self.secret)
+            .field("source", &self.source)
             .finish_non_exhaustive()
     }
 }
@@ -192,19 +205,93 @@ fn split_url(key: &str) -> Option<(String, String)> {
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))
         .unwrap_or(key);
-    let (host, path) = match rest.find('/') {
-        Some(i) => (&rest[..i], &rest[i..]),
-        None => (rest, ""),
-    };
-    let path = path.split(['?', '#']).next().unwrap_or("");
-    // An invalid port is a parse error (the entry is then skipped).
-    if !host.starts_with('[')
-        && let Some((_, port)) = host.rsplit_once(':')
-        && !port.chars().all(|c| c.is_ascii_digit())
-    {
-        return None;
+    parse_schemeless_url(rest).ok()
+}
+
+/// `ParseSchemelessURL`: what Go's `url.Parse("https://" + s)` makes of `s`, as (host with port,
+/// unescaped path), or its error text (`parse "https://…": …`). Covers the errors a registry
+/// key or `matchImages` entry can hit: control characters, bad `%` escapes, characters a host
+/// may not hold, an unclosed IPv6 bracket and a port that is not digits.
+pub fn parse_schemeless_url(s: &str) -> Result<(String, String), String> {
+    let full = format!("https://{s}");
+    let fail = |e: String| format!("parse {}: {e}", crate::status::go_quote(&full));
+    if s.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        return Err(format!(
+            "parse {}: net/url: invalid control character in URL",
+            crate::status::go_quote(&full)
+        ));
     }
-    Some((host.to_string(), path.to_string()))
+    let s = s.split('#').next().unwrap_or("");
+    let s = s.split('?').next().unwrap_or("");
+    let (authority, path) = match s.find('/') {
+        Some(i) => (&s[..i], &s[i..]),
+        None => (s, ""),
+    };
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    check_host(host).map_err(fail)?;
+    let path = unescape(path).map_err(fail)?;
+    let host = unescape(host).map_err(fail)?;
+    Ok((host, path))
+}
+
+/// `parseHost`'s checks: brackets, the port, and the characters of the name.
+fn check_host(host: &str) -> Result<(), String> {
+    let (name, port) = if host.starts_with('[') {
+        let Some(end) = host.find(']') else {
+            return Err("missing ']' in host".into());
+        };
+        (&host[..=end], &host[end + 1..])
+    } else {
+        match host.rfind(':') {
+            Some(i) => (&host[..i], &host[i..]),
+            None => (host, ""),
+        }
+    };
+    let port_ok =
+        port.is_empty() || (port.starts_with(':') && port[1..].bytes().all(|b| b.is_ascii_digit()));
+    if !port_ok {
+        return Err(format!(
+            "invalid port {} after host",
+            crate::status::go_quote(port)
+        ));
+    }
+    for c in name.chars() {
+        let allowed =
+            c.is_ascii_alphanumeric() || !c.is_ascii() || "-._~!$&'()*+,;=:[]<>\"%".contains(c);
+        if !allowed {
+            return Err(format!(
+                "invalid character {} in host name",
+                crate::status::go_quote(&c.to_string())
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Go's `unescape`: every `%` starts two hex digits.
+fn unescape(s: &str) -> Result<String, String> {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = |j: usize| b.get(j).is_some_and(u8::is_ascii_hexdigit);
+            if !hex(i + 1) || !hex(i + 2) {
+                let bad: String = s[i..].chars().take(3).collect();
+                return Err(format!(
+                    "invalid URL escape {}",
+                    crate::status::go_quote(&bad)
+                ));
+            }
+            let v = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'%');
+            out.push(v);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 impl Keyring {
@@ -213,9 +300,16 @@ impl Keyring {
         // Every entry must decode before any is added (json.Unmarshal fails as a whole).
         let mut decoded = Vec::new();
         for (loc, v) in entries {
-            decoded.push((loc.clone(), entry(v)?));
+            let (username, password) = entry(v)?;
+            decoded.push((loc.clone(), username, password));
         }
-        for (loc, (username, password)) in decoded {
+        self.add_entries(&Source::Secret(secret.to_string()), decoded);
+        Ok(())
+    }
+
+    /// `BasicDockerKeyring.Add` of a DockerConfig: (key, username, password) entries.
+    pub fn add_entries(&mut self, source: &Source, entries: Vec<(String, String, String)>) {
+        for (loc, username, password) in entries {
             let Some((host, path)) = split_url(&loc) else {
                 continue;
             };
@@ -232,14 +326,13 @@ impl Keyring {
             self.creds.entry(key.clone()).or_default().push(Credential {
                 username,
                 password,
-                secret: secret.to_string(),
+                source: source.clone(),
             });
             self.index.push(key);
         }
         self.index.sort();
         self.index.dedup();
         self.index.reverse();
-        Ok(())
     }
 
     /// `BasicDockerKeyring.Lookup` for a normalised repository name (`host/path`).
@@ -291,7 +384,7 @@ fn host_parts(host: &str) -> (Vec<String>, String) {
 }
 
 /// `URLsMatchStr(glob, target)`.
-fn urls_match(glob: &str, target: &str) -> bool {
+pub fn urls_match(glob: &str, target: &str) -> bool {
     let (Some((gh, gp)), Some((th, tp))) = (split_url(glob), split_url(target)) else {
         return false;
     };

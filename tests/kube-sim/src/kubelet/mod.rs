@@ -23,8 +23,11 @@
 //! its own status writes, and otherwise re-syncs on the schedule documented on
 //! [`KubeletOptions`]. Every pull attempt is recorded ([`PullAttempt`], never a password).
 
+pub mod credential_provider;
 mod keyring;
+pub mod provider_config;
 mod runtime;
+mod token_manager;
 
 use crate::image_ref::{self, ImageRef};
 use crate::recorder::{self, Note, Source};
@@ -34,6 +37,7 @@ use crate::store::{EventType, Store, WatchMsg};
 use crate::util::{self, meta_str};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -54,6 +58,13 @@ pub struct KubeletOptions {
     /// Re-sync period of a pod whose containers cannot start (pod workers requeue failed syncs
     /// after `backOffPeriod`, 10 s, upstream with up to 50 % jitter; none here).
     pub resync_interval: Duration,
+    /// `--image-credential-provider-config`: a CredentialProviderConfig file, or a directory of
+    /// them (None, with no bin dir either: no exec providers, as on a kubelet without the flags).
+    pub image_credential_provider_config: Option<PathBuf>,
+    /// `--image-credential-provider-bin-dir`: where each provider's executable `<name>` lives.
+    pub image_credential_provider_bin_dir: Option<PathBuf>,
+    /// How long a provider may run before it is killed (upstream: a fixed minute).
+    pub credential_provider_timeout: Duration,
 }
 
 impl Default for KubeletOptions {
@@ -64,6 +75,9 @@ impl Default for KubeletOptions {
             image_backoff_max: Duration::from_secs(300),
             sync_after_failure: Duration::from_secs(1),
             resync_interval: Duration::from_secs(10),
+            image_credential_provider_config: None,
+            image_credential_provider_bin_dir: None,
+            credential_provider_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -83,6 +97,8 @@ pub struct PullAttempt {
     pub username: Option<String>,
     /// The Secret that credential came from.
     pub secret: Option<String>,
+    /// The credential provider that credential came from.
+    pub provider: Option<String>,
     /// The manifest digest reference (`name@sha256:…`), or the runtime's error.
     pub result: Result<String, String>,
 }
@@ -114,6 +130,10 @@ pub struct Kubelet {
     pull_lock: tokio::sync::Mutex<()>,
     /// Last pod IP handed out.
     last_ip: Mutex<u32>,
+    /// The registered credential provider plugins (None without the provider flags).
+    providers: Option<credential_provider::Providers>,
+    /// Service-account tokens asked for the providers, reused until they need a refresh.
+    tokens: token_manager::TokenManager,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -122,7 +142,10 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl Kubelet {
     pub fn new(opts: KubeletOptions) -> Result<Self, String> {
+        let providers = register_providers(&opts)?;
         Ok(Self {
+            providers,
+            tokens: token_manager::TokenManager::default(),
             opts,
             runtime: runtime::Runtime::new()?,
             attempts: Mutex::new(Vec::new()),
@@ -142,6 +165,22 @@ impl Kubelet {
     /// Full references of the images on the node.
     pub fn images(&self) -> Vec<String> {
         lock(&self.images).keys().cloned().collect()
+    }
+
+    /// Every credential provider skipped for a pod in token mode so far.
+    pub fn provider_skips(&self) -> Vec<credential_provider::ProviderSkip> {
+        self.providers
+            .as_ref()
+            .map(credential_provider::Providers::skips)
+            .unwrap_or_default()
+    }
+
+    /// Every run of a credential provider so far.
+    pub fn provider_calls(&self) -> Vec<credential_provider::ProviderCall> {
+        self.providers
+            .as_ref()
+            .map(credential_provider::Providers::calls)
+            .unwrap_or_default()
     }
 
     fn expired(&self, e: &Backoff, now: Instant) -> bool {
@@ -189,6 +228,26 @@ impl Kubelet {
             host: self.opts.node_name.clone(),
         }
     }
+}
+
+/// `RegisterCredentialProviderPlugins`, run when either flag is given (as the kubelet does);
+/// its error stops the kubelet from starting.
+fn register_providers(
+    opts: &KubeletOptions,
+) -> Result<Option<credential_provider::Providers>, String> {
+    let (config, bin_dir) = match (
+        &opts.image_credential_provider_config,
+        &opts.image_credential_provider_bin_dir,
+    ) {
+        (None, None) => return Ok(None),
+        (c, b) => (c.clone().unwrap_or_default(), b.clone().unwrap_or_default()),
+    };
+    let configs = provider_config::register(&config, &bin_dir)?;
+    Ok(Some(credential_provider::Providers::new(
+        configs,
+        bin_dir,
+        opts.credential_provider_timeout,
+    )))
 }
 
 fn pods_rt() -> Option<&'static ResourceType> {
@@ -578,6 +637,7 @@ impl PodWorker {
 
     /// A pod being deleted: its containers stop, then the kubelet deletes it for good.
     fn kill(&self, shared: &Shared, st: &mut Store, pod: &Value) {
+        self.kubelet.tokens.delete_pod(&self.uid);
         for (name, c) in &self.containers {
             if matches!(c, Container::Running { .. }) {
                 let msg = format!("Stopping container {name}");
@@ -643,10 +703,7 @@ impl PodWorker {
                 message: msg,
             });
         }
-        let keyring = keyring::from_secrets(&snap.secrets).map_err(|e| Failure {
-            reason: e.clone(),
-            message: e,
-        })?;
+        let creds = self.credentials(snap, &image).await?;
         let key = format!("{}_{requested}", meta_str(pod, "uid"));
         if self.kubelet.backoff_left(&key).is_some() {
             let mut msg = format!("Back-off pulling image {requested:?}");
@@ -668,7 +725,7 @@ impl PodWorker {
             Some(name),
         );
         let started = std::time::Instant::now();
-        match self.pull(&image, &keyring, name, requested).await {
+        match self.pull(&image, creds, name, requested).await {
             Ok((pulled, pulling)) => {
                 let msg = format!(
                     "Successfully pulled image {requested:?} in {} ({} including waiting). Image size: {} bytes.",
@@ -693,19 +750,55 @@ impl PodWorker {
         }
     }
 
+    /// `makeLookupPullCredentialsFunc`: `MakeDockerKeyring(pullSecrets, Union{node keyring,
+    /// external providers})` looked up for the repository. The pull secrets' credentials come
+    /// first, then the providers'. A secret that does not decode fails the pull before any
+    /// provider runs.
+    async fn credentials(
+        &self,
+        snap: &Snapshot,
+        image: &ImageRef,
+    ) -> Result<Vec<keyring::Credential>, Failure> {
+        let secrets = keyring::from_secrets(&snap.secrets).map_err(|e| Failure {
+            reason: e.clone(),
+            message: e,
+        })?;
+        let repo = image.name();
+        let mut creds = secrets.lookup(&repo);
+        if let Some(providers) = &self.kubelet.providers {
+            let pod = credential_provider::PodContext {
+                namespace: self.ns.clone(),
+                name: self.name.clone(),
+                uid: self.uid.clone(),
+                service_account: snap
+                    .pod
+                    .pointer("/spec/serviceAccountName")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_string(),
+            };
+            let accounts = ClusterAccounts {
+                weak: &self.weak,
+                tokens: &self.kubelet.tokens,
+            };
+            let keyring = providers.keyring(&repo, &pod, &accounts).await;
+            creds.extend(keyring.lookup(&repo));
+        }
+        Ok(creds)
+    }
+
     /// `PullImage`: each matching credential in order until one works (anonymous when none
     /// match); the errors of all attempts are aggregated. On success, also how long the pull
     /// itself took (without waiting for the serial puller).
     async fn pull(
         &self,
         image: &ImageRef,
-        keyring: &keyring::Keyring,
+        creds: Vec<keyring::Credential>,
         container: &str,
         requested: &str,
     ) -> Result<(runtime::Pulled, Duration), String> {
         let _serial = self.kubelet.pull_lock.lock().await;
         let started = std::time::Instant::now();
-        let creds = keyring.lookup(&image.name());
         let attempts: Vec<Option<keyring::Credential>> = if creds.is_empty() {
             vec![None]
         } else {
@@ -720,7 +813,14 @@ impl PodWorker {
                 container: container.to_string(),
                 image: requested.to_string(),
                 username: cred.as_ref().map(|c| c.username.clone()),
-                secret: cred.as_ref().map(|c| c.secret.clone()),
+                secret: cred.as_ref().and_then(|c| match &c.source {
+                    keyring::Source::Secret(s) => Some(s.clone()),
+                    keyring::Source::Provider(_) => None,
+                }),
+                provider: cred.as_ref().and_then(|c| match &c.source {
+                    keyring::Source::Provider(p) => Some(p.clone()),
+                    keyring::Source::Secret(_) => None,
+                }),
                 result: result
                     .as_ref()
                     .map(|p| p.repo_digest.clone())
@@ -868,6 +968,60 @@ impl PodWorker {
             "qosClass": old.get("qosClass").cloned().unwrap_or(json!("BestEffort")),
             "containerStatuses": statuses,
         })
+    }
+}
+
+/// The cluster as the credential providers' token mode sees it: the kubelet reads the pod's
+/// account (`getServiceAccount`) and asks its token manager for a bound token.
+struct ClusterAccounts<'a> {
+    /// The server.
+    weak: &'a Weak<Shared>,
+    /// The kubelet's token manager.
+    tokens: &'a token_manager::TokenManager,
+}
+
+impl credential_provider::ServiceAccounts for ClusterAccounts<'_> {
+    fn service_account(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> Result<(String, BTreeMap<String, String>), String> {
+        let rt = resources::find("", "v1", "serviceaccounts", false)
+            .ok_or_else(|| "serviceaccounts are not served".to_string())?;
+        let sa = with_store(self.weak, |_, st| {
+            st.get(rt.key(), namespace, name).cloned()
+        })
+        .flatten()
+        .ok_or_else(|| {
+            format!(
+                "serviceaccounts {} not found",
+                crate::status::go_quote(name)
+            )
+        })?;
+        let annotations = sa
+            .pointer("/metadata/annotations")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_string())))
+            .collect();
+        Ok((meta_str(&sa, "uid").to_string(), annotations))
+    }
+
+    fn token(
+        &self,
+        pod: &credential_provider::PodContext,
+        service_account_uid: &str,
+        audience: &str,
+    ) -> Result<String, String> {
+        let shared = self
+            .weak
+            .upgrade()
+            .ok_or_else(|| "the API server is gone".to_string())?;
+        let spec =
+            token_manager::provider_token_spec(audience, &pod.name, &pod.uid, service_account_uid);
+        self.tokens
+            .get(&shared, &pod.namespace, &pod.service_account, &spec)
     }
 }
 
