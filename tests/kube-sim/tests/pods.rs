@@ -7,12 +7,10 @@
 
 #![allow(clippy::unwrap_used)]
 
-#[path = "../../support/jwt.rs"]
-mod jwt;
 #[path = "support/registry.rs"]
 mod registry;
-#[path = "../../support/token_server.rs"]
-mod token_server;
+
+use pullsecretd_testkit::token_server;
 
 use kube_sim::{Handle, KubeletOptions, Options, PullAttempt, Server};
 use registry::{Registry, TokenAuth};

@@ -4,8 +4,7 @@
 //! what pullsecretd writes. Names may differ where SPEC.md says why; types, data keys, payloads,
 //! roleRefs, subjects and list entries must match.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use crate::support::cluster;
 
 use std::path::Path;
 use std::process::Command;

@@ -13,8 +13,6 @@
 //! "This instance's" is judged here from the labels alone (managed-by and instance), on
 //! purpose independently of pullsecretd's own ownership code.
 
-#![allow(dead_code)]
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -12,10 +12,8 @@
 //! throwaway "cluster" key): OpenBao parses the claims and checks the name, namespace and UID it
 //! finds there against the TokenReview answer.
 
-#[path = "support/jwt.rs"]
-mod jwt;
-#[path = "support/openbao.rs"]
-mod openbao;
+use pullsecretd_testkit::jwt;
+use pullsecretd_testkit::openbao;
 
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -2,8 +2,7 @@
 //! output, and `pullsecretd run` as a child process that can be stopped with SIGTERM or
 //! killed with SIGKILL (a crash). Every output is checked for a sentinel credential.
 
-#![allow(dead_code)]
-
+pub use pullsecretd_testkit::poll::wait_until;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
@@ -147,17 +146,4 @@ impl Drop for Daemon {
             let _ = self.child.wait();
         }
     }
-}
-
-/// Polls `check` every 20 ms until it holds; panics after `limit` naming `what`.
-pub fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    started.elapsed()
 }

@@ -10,14 +10,10 @@
 //! break a pull, and a wrong one in the registry host's entry does, although the realm is the
 //! SSO host. The token server records the username of every request to show it.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/jwt.rs"]
-mod jwt;
-#[path = "support/registry.rs"]
-mod registry;
-#[path = "support/token_server.rs"]
-mod token_server;
+use crate::support::cluster;
+use pullsecretd_testkit::jwt;
+use pullsecretd_testkit::registry;
+use pullsecretd_testkit::token_server;
 
 use std::process::Output;
 

@@ -3,10 +3,8 @@
 //! `--authfile`, pushes to and lists a real registry (docker-registry with htpasswd); after the
 //! source rotates to a wrong password, the same path gets `unauthorized`.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/registry.rs"]
-mod registry;
+use crate::support::cluster;
+use pullsecretd_testkit::registry;
 
 use kube_sim::Options;
 use serde_json::json;

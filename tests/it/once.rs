@@ -3,8 +3,7 @@
 //! foreign Secrets left alone, rotation in place, conflicts, injected server errors, and the
 //! shipped least-privilege RBAC.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use crate::support::cluster;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;

@@ -13,8 +13,6 @@
 //! (`pg_ctlcluster` and friends are never used), put a password on a command line, or print one.
 //! When a program is missing the tests FAIL (never skip): `scripts/test` installs them.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};

@@ -2,8 +2,6 @@
 //! directory for configs and auth files, and the `pullsecretd` binary run against it
 //! (support/process.rs). Only 127.0.0.1 is ever contacted.
 
-#![allow(dead_code)]
-
 use std::path::{Path, PathBuf};
 
 use base64::Engine as _;
@@ -42,9 +40,7 @@ impl Cluster {
     }
 
     pub fn namespace(&self, name: &str) {
-        self.server
-            .create("", "namespaces", json!({"metadata": {"name": name}}))
-            .expect("namespace");
+        super::seed::namespace(&self.server, name, json!({}));
     }
 
     pub fn file(&self, name: &str, contents: &str) -> PathBuf {

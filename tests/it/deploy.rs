@@ -6,8 +6,7 @@
 //!
 //! Must not stub anything: kubectl renders and applies, kube-sim stores, the daemon serves.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use crate::support::cluster;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};

@@ -4,10 +4,8 @@
 //! delete + recreate, half-written, bursts — each end with the right Secret and at most one
 //! apply per burst. Only 127.0.0.1 is contacted.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/registry.rs"]
-mod registry;
+use crate::support::cluster;
+use pullsecretd_testkit::registry;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -4,11 +4,11 @@
 //! watches (namespaces, Secrets, service accounts), rotates, cleans up, reloads its config
 //! (image-puller RoleBinding created, then deleted), publishes Events, and releases the Lease.
 
-#[path = "support/cluster.rs"]
-mod cluster;
+use crate::support::cluster;
+use pullsecretd_testkit::poll::eventually;
 
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -86,17 +86,6 @@ async fn rbac_fixture() -> (Fixture, Client) {
     .await
     .expect("client config");
     (fx, Client::try_from(config).expect("client"))
-}
-
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 fn lease_holder(fx: &Fixture) -> Option<String> {

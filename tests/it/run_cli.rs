@@ -3,8 +3,8 @@
 //! state the next start repairs; `--agent` serves the credential helper from the daemon's own
 //! Vault session (a real OpenBao). Only 127.0.0.1 is contacted.
 
-#[path = "support/openbao.rs"]
-mod openbao;
+use pullsecretd_testkit::openbao;
+use pullsecretd_testkit::poll::wait_until;
 
 use std::fs;
 use std::io::Write as _;
@@ -86,17 +86,6 @@ impl Drop for Daemon {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
-    }
-}
-
-fn wait_until(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
     }
 }
 

@@ -4,16 +4,11 @@
 //! type changes, add-only workstation passes, reload re-reads and source retries existed. An
 //! invariant sweeper (tests/support/invariants.rs) watches the cluster throughout.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/invariants.rs"]
-mod invariants;
-#[path = "support/kube.rs"]
-mod kube_cluster;
-#[path = "support/openbao.rs"]
-mod openbao;
-#[path = "support/process.rs"]
-mod process;
+use crate::support::cluster;
+use crate::support::kube as kube_cluster;
+use crate::support::process;
+use crate::support::{invariants, seed};
+use pullsecretd_testkit::openbao;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -149,12 +144,7 @@ fn a_credential_that_cannot_be_rendered_holds_every_version() {
 // 2. Ownership is proven by the instance, not by a label alone.
 
 /// A config of instance `instance` with file-sourced pull secrets: (name, namespaces, strategy).
-fn team_yaml(
-    c: &Cluster,
-    instance: &str,
-    auth: &Path,
-    pull_secrets: &[(&str, &[&str], &str)],
-) -> String {
+fn team_yaml(instance: &str, auth: &Path, pull_secrets: &[(&str, &[&str], &str)]) -> String {
     let mut yaml = format!(
         "instance: {instance}\nregistries:\n  reg:\n    server: registry.example.com\n    \
          from: {{ dockerConfig: {} }}\npullSecrets:\n",
@@ -167,24 +157,22 @@ fn team_yaml(
             namespaces.join(", ")
         ));
     }
-    let _ = c;
     yaml
 }
 
 /// The Opaque Secret a user labelled `managed-by: pullsecretd` by hand.
 fn users_labelled_secret(c: &Cluster, namespace: &str) {
-    c.server
-        .create(
-            "",
-            "secrets",
-            json!({
-                "metadata": {"name": "app-config", "namespace": namespace,
-                    "labels": {"app.kubernetes.io/managed-by": "pullsecretd"}},
-                "type": "Opaque",
-                "data": {"key": STANDARD.encode("value")},
-            }),
-        )
-        .expect("user's secret");
+    seed::object(
+        &c.server,
+        "",
+        "secrets",
+        json!({
+            "metadata": {"name": "app-config", "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "pullsecretd"}},
+            "type": "Opaque",
+            "data": {"key": STANDARD.encode("value")},
+        }),
+    );
 }
 
 #[test]
@@ -197,7 +185,7 @@ fn another_configs_once_touches_neither_teams_secrets_nor_a_users_labelled_secre
     let auth = c.docker_config("config.json", "registry.example.com", SENTINEL);
     let team_a = c.file(
         "team-a.yaml",
-        &team_yaml(&c, "team-a", &auth, &[("a-pull", &["team-a"], "in-place")]),
+        &team_yaml("team-a", &auth, &[("a-pull", &["team-a"], "in-place")]),
     );
     assert!(c.once_checked(&team_a, &[], &[], SENTINEL).status.success());
     let before = c.versions();
@@ -206,7 +194,7 @@ fn another_configs_once_touches_neither_teams_secrets_nor_a_users_labelled_secre
     // Team B's config selects only team-b: nothing of team A's, nor the user's, changes.
     let team_b = c.file(
         "team-b.yaml",
-        &team_yaml(&c, "team-b", &auth, &[("b-pull", &["team-b"], "in-place")]),
+        &team_yaml("team-b", &auth, &[("b-pull", &["team-b"], "in-place")]),
     );
     let sweeper = Sweeper::start(c.server.reader(), Some("team-b"));
     let out = c.once_checked(&team_b, &[], &[], SENTINEL);
@@ -243,7 +231,7 @@ fn an_unrelated_once_leaves_a_running_daemons_versioned_secrets() {
     let names: Vec<&str> = namespaces.iter().map(String::as_str).collect();
     let platform = c.file(
         "platform.yaml",
-        &team_yaml(&c, "platform", &auth, &[("web-pull", &names, "versioned")]),
+        &team_yaml("platform", &auth, &[("web-pull", &names, "versioned")]),
     );
     let args = ["--config", path(&platform), "--no-leader-election"];
     let _daemon = Daemon::start(c.dir.path(), "platform", &args, &c.env(&[]), SENTINEL);
@@ -307,8 +295,8 @@ fn two_instances_sharing_namespaces_never_touch_each_others_objects() {
         ("b-pull", &["b1", "both1", "both2"], "versioned"),
         ("b-extra", &["both2"], "in-place"),
     ];
-    let config_a = c.file("a.yaml", &team_yaml(&c, "team-a", &auth_a, a_secrets));
-    let config_b = c.file("b.yaml", &team_yaml(&c, "team-b", &auth_b, b_secrets));
+    let config_a = c.file("a.yaml", &team_yaml("team-a", &auth_a, a_secrets));
+    let config_b = c.file("b.yaml", &team_yaml("team-b", &auth_b, b_secrets));
     let daemon_args = |config: &Path| {
         vec![
             "--config".to_string(),
@@ -348,7 +336,7 @@ fn two_instances_sharing_namespaces_never_touch_each_others_objects() {
         b_version(&c).is_some_and(|v| v != first_b) && c.secret("both1", &first_b).is_none()
     });
     let fewer: &[(&str, &[&str], &str)] = &[("b-pull", &["both1", "both2"], "versioned")];
-    c.file("b.yaml", &team_yaml(&c, "team-b", &auth_b, fewer));
+    c.file("b.yaml", &team_yaml("team-b", &auth_b, fewer));
     wait_until(Duration::from_secs(30), "team B cleaned up", || {
         c.secret("both2", "b-extra").is_none() && c.pull_list("b1", "default").is_empty()
     });
@@ -361,7 +349,7 @@ fn two_instances_sharing_namespaces_never_touch_each_others_objects() {
     c.docker_config("a.json", "registry.example.com", "a-two");
     c.file(
         "a.yaml",
-        &team_yaml(&c, "team-a", &auth_a, &[("a-pull", &["both1"], "in-place")]),
+        &team_yaml("team-a", &auth_a, &[("a-pull", &["both1"], "in-place")]),
     );
     wait_until(Duration::from_secs(30), "team A cleaned up", || {
         c.secret("both2", "a-pull").is_none() && c.secret("both1", "common").is_none()

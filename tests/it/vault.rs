@@ -3,8 +3,7 @@
 //! renewal, re-login after revocation, last-known-good across a server outage, policy denials
 //! that never print values, and OpenBao's own audit log counting reads.
 
-#[path = "support/openbao.rs"]
-mod openbao;
+use pullsecretd_testkit::openbao;
 
 use std::path::Path;
 use std::process::Command;

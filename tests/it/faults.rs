@@ -7,14 +7,10 @@
 //! identity changes and that no managed Secret is emptied; once the fault clears, the cluster
 //! must converge to the source's current credential. README "Safety" has the table.
 
-#[path = "support/invariants.rs"]
-mod invariants;
-#[path = "support/kube.rs"]
-mod kube_cluster;
-#[path = "support/openbao.rs"]
-mod openbao;
-#[path = "support/process.rs"]
-mod process;
+use crate::support::kube as kube_cluster;
+use crate::support::process;
+use crate::support::{invariants, seed};
+use pullsecretd_testkit::openbao;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -22,7 +18,7 @@ use std::time::Duration;
 use kube_sim::{ErrorRule, InjectedError, Options, Release};
 use serde_json::json;
 
-use invariants::{Sweeper, entries};
+use invariants::Sweeper;
 use kube_cluster::{Cluster, password_of, path};
 use openbao::OpenBao;
 use process::{Daemon, wait_until};
@@ -57,23 +53,16 @@ impl Rig {
         let c = Cluster::start(Options::default());
         let namespaces: Vec<String> = (1..=3).map(|i| format!("web-{i}")).collect();
         for ns in &namespaces {
-            c.server
-                .create(
-                    "",
-                    "namespaces",
-                    json!({"metadata": {"name": ns, "labels": {"team": "web"}}}),
-                )
-                .expect("namespace");
+            seed::namespace(&c.server, ns, json!({"team": "web"}));
             // A user's own pull secret, linked first: it must stay, in place.
-            c.server
-                .create(
-                    "",
-                    "secrets",
-                    json!({"metadata": {"name": "users-own", "namespace": ns},
-                           "type": "kubernetes.io/dockerconfigjson",
-                           "data": {".dockerconfigjson": "eyJhdXRocyI6e319"}}),
-                )
-                .expect("user's secret");
+            seed::object(
+                &c.server,
+                "",
+                "secrets",
+                json!({"metadata": {"name": "users-own", "namespace": ns},
+                       "type": "kubernetes.io/dockerconfigjson",
+                       "data": {".dockerconfigjson": "eyJhdXRocyI6e319"}}),
+            );
         }
         (c, namespaces)
     }
@@ -188,33 +177,11 @@ impl Rig {
     }
 
     /// Sets each `default` account's pull list to just the user's own Secret (removing ours:
-    /// drift the daemon repairs). On a thread of its own: async tests call it too.
+    /// drift the daemon repairs).
     fn link_users_own(&self) {
-        let config = self.c.server.kube_config();
-        let namespaces = self.namespaces.clone();
-        std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            runtime.block_on(async {
-                let client = kube::Client::try_from(config).expect("client");
-                for ns in &namespaces {
-                    let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
-                        kube::Api::namespaced(client.clone(), ns);
-                    let patch = json!({"imagePullSecrets": [{"name": "users-own"}]});
-                    api.patch(
-                        "default",
-                        &kube::api::PatchParams::default(),
-                        &kube::api::Patch::Merge(&patch),
-                    )
-                    .await
-                    .expect("users-own linked");
-                }
-            });
-        })
-        .join()
-        .expect("linking thread");
+        for ns in &self.namespaces {
+            seed::account(&self.c.server, ns, "default", &["users-own"], &[]);
+        }
     }
 
     fn start(&mut self) {
@@ -679,7 +646,6 @@ fn config_reloaded_to_an_invalid_file_then_to_fewer_pull_secrets() {
     for ns in &rig.namespaces {
         let list = rig.c.pull_list(ns, "default");
         assert_eq!(list, ["users-own", "reg-pull"], "{ns}");
-        let _ = entries(&json!({}), "imagePullSecrets");
     }
     sweeper
         .finish()

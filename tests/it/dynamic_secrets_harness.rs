@@ -9,14 +9,11 @@
 //! something the real servers did not do. Waits are for events with a deadline, never a fixed
 //! sleep followed by an assertion on speed.
 
-#[path = "support/openbao.rs"]
-mod openbao;
-#[path = "support/postgres.rs"]
-mod postgres;
-#[path = "support/registry.rs"]
-mod registry;
+use pullsecretd_testkit::openbao;
+use pullsecretd_testkit::postgres;
+use pullsecretd_testkit::registry;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use secrecy::ExposeSecret as _;
 
@@ -77,12 +74,8 @@ impl Fixture {
 }
 
 /// Polls `check` every 100 ms until it holds; panics after `limit` naming `what`.
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+async fn eventually(limit: Duration, what: &str, check: impl AsyncFnMut() -> bool) {
+    pullsecretd_testkit::poll::eventually_async(limit, what, check).await;
 }
 
 #[test]

@@ -3,10 +3,9 @@
 //! checker), a steady state that costs nothing, leader election with takeover, watch drops and
 //! 410 Expired, a Vault outage, config reload, and SIGTERM.
 
-#[path = "support/cluster.rs"]
-mod cluster;
-#[path = "support/openbao.rs"]
-mod openbao;
+use crate::support::cluster;
+use pullsecretd_testkit::openbao;
+use pullsecretd_testkit::poll::eventually;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -59,19 +58,6 @@ async fn start(fx: &Fixture, sources: SourceContext, lease: Option<LeaseConfig>)
     daemon::start(fx.client.clone(), options(&path, sources, lease))
         .await
         .expect("daemon starts")
-}
-
-/// Polls `check` every 20 ms until it holds or `limit` passes; returns the time it took.
-async fn eventually(limit: Duration, what: &str, mut check: impl FnMut() -> bool) -> Duration {
-    let started = Instant::now();
-    while !check() {
-        assert!(
-            started.elapsed() < limit,
-            "timed out after {limit:?}: {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    started.elapsed()
 }
 
 fn pull_list(fx: &Fixture, namespace: &str, account: &str) -> Vec<String> {

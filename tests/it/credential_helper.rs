@@ -3,10 +3,8 @@
 //! htpasswd registry with credentials from a real OpenBao; the agent socket served by
 //! `pullsecretd workstation`, and its refusal of another uid. Only 127.0.0.1 is contacted.
 
-#[path = "support/openbao.rs"]
-mod openbao;
-#[path = "support/registry.rs"]
-mod registry;
+use pullsecretd_testkit::openbao;
+use pullsecretd_testkit::registry;
 
 use std::io::Write as _;
 use std::os::unix::fs::PermissionsExt as _;

@@ -1,8 +1,6 @@
 //! Test harness: kube-sim over HTTPS with a real `kube::Client`, plus the config, sources and
 //! one `once` pass that tests run against it. Only 127.0.0.1 is ever contacted.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -40,44 +38,11 @@ impl Fixture {
     }
 
     pub fn namespace(&self, name: &str, labels: Value) {
-        self.server
-            .create(
-                "",
-                "namespaces",
-                json!({"metadata": {"name": name, "labels": labels}}),
-            )
-            .expect("namespace created");
+        super::seed::namespace(&self.server, name, labels);
     }
 
     pub async fn account(&self, namespace: &str, name: &str, pull: &[&str], mount: &[&str]) {
-        let pull: Vec<Value> = pull.iter().map(|n| json!({"name": n})).collect();
-        let mount: Vec<Value> = mount.iter().map(|n| json!({"name": n})).collect();
-        let account = json!({
-            "metadata": {"name": name, "namespace": namespace},
-            "imagePullSecrets": pull,
-            "secrets": mount,
-        });
-        // `default` exists already (created with the namespace): replace its lists.
-        if self
-            .server
-            .get("", "serviceaccounts", namespace, name)
-            .is_some()
-        {
-            let api: kube::Api<ServiceAccount> =
-                kube::Api::namespaced(self.client.clone(), namespace);
-            let patch = json!({"imagePullSecrets": account["imagePullSecrets"], "secrets": account["secrets"]});
-            api.patch(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(&patch),
-            )
-            .await
-            .expect("service account patched");
-        } else {
-            self.server
-                .create("", "serviceaccounts", account)
-                .expect("service account created");
-        }
+        super::seed::account(&self.server, namespace, name, pull, mount);
     }
 
     /// Writes a docker config with `password` for registry.example.com and a config using it.

@@ -6,8 +6,6 @@
 //! For verified rotation, [`Registry::start_logged`] keeps the access log ([`Registry::v2_checks`])
 //! and [`Registry::set_password`] changes a password while the registry runs.
 
-#![allow(dead_code)]
-
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};

@@ -4,8 +4,7 @@
 //! than the address's host, and `namespace` reads from an OpenBao namespace
 //! (`X-Vault-Namespace`).
 
-#[path = "support/openbao.rs"]
-mod openbao;
+use pullsecretd_testkit::openbao;
 
 use std::path::Path;
 use std::sync::Arc;

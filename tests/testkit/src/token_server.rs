@@ -4,8 +4,6 @@
 //! registry trusts through `rootcertbundle`. It records who asked, so tests can tell which
 //! `auths` entry a client sent to the realm. Only 127.0.0.1 is ever contacted.
 
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::io::{BufRead as _, BufReader, Write as _};
 use std::net::{TcpListener, TcpStream};

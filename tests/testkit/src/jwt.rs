@@ -2,8 +2,6 @@
 //! self-signed certificate of that key. Used as a cluster's service-account token issuer and as
 //! a registry token server's signing key.
 
-#![allow(dead_code)]
-
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use rcgen::{CertificateParams, KeyPair, SigningKey as _};

@@ -1,0 +1,29 @@
+//! The integration tests: one binary (one link on a 2-core machine instead of twenty), one
+//! module per area, shared harnesses in [`support`] and in the `pullsecretd-testkit` crate.
+//! They run against real parts: kube-sim over HTTPS with the real `kube::Client` and
+//! `kubectl`, a real OpenBao, the Debian registry with `skopeo`, PostgreSQL. Only loopback
+//! addresses are contacted.
+
+mod support;
+
+mod cli;
+mod cli_cluster;
+mod config;
+mod config_vault;
+mod credential_helper;
+mod daemon;
+mod daemon_rbac;
+mod deploy;
+mod dynamic_secrets_harness;
+mod faults;
+mod once;
+mod openshift;
+mod registry;
+mod registry_token;
+mod run_cli;
+mod safety;
+mod sources;
+mod vault;
+mod vault_kubernetes;
+mod vault_tls;
+mod workstation;
