@@ -231,7 +231,9 @@ pub struct PullSecretConfig {
     /// `combined` writes one Secret with every registry; `split` one Secret per registry.
     pub layout: Layout,
     pub projects: ProjectSelection,
-    /// Service account name → which of its lists reference the secret(s), in config order.
+    /// Service account name → which of its lists reference the secret(s). A map: service
+    /// accounts in name order, each one's link kinds in config order (`model::links` documents
+    /// the order links are written in).
     pub links: BTreeMap<String, Vec<LinkKind>>,
     pub rotation: Rotation,
     /// Take over an existing Secret of the same name that pullsecretd did not create.

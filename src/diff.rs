@@ -73,7 +73,7 @@ impl DiffPolicy {
 
 /// One step toward the desired state, in a project.
 #[derive(Clone, Debug)]
-pub enum Action {
+pub enum Step {
     CreateSecret(Arc<DesiredSecret>),
     /// Replace data, labels and annotations; `resource_version` guards against lost updates.
     UpdateSecret {
@@ -124,7 +124,7 @@ pub struct Recreate {
     pub linked: Vec<(String, LinkKind)>,
 }
 
-impl Action {
+impl Step {
     /// The kind of write, for summaries and metrics.
     pub fn verb(&self) -> &'static str {
         match self {
@@ -141,7 +141,7 @@ impl Action {
 /// The diff of one project: actions in safe order, plus problems to report.
 #[derive(Clone, Debug, Default)]
 pub struct ProjectDiff {
-    pub actions: Vec<Action>,
+    pub steps: Vec<Step>,
     pub problems: Vec<Problem>,
     /// Secrets held (source failed, or not rendered), with what they keep.
     pub held: Vec<Held>,
@@ -204,7 +204,7 @@ pub fn diff_project_at(
         let current = existing.get(secret.name.as_str());
         match secret_action(project, secret, current, policy.mode) {
             SecretDecision::Write(action) => {
-                diff.actions.push(action);
+                diff.steps.push(action);
                 linkable.insert(&secret.name);
             }
             SecretDecision::UpToDate => {
@@ -242,8 +242,8 @@ pub fn diff_project_at(
         mode: policy.mode,
     };
     let edits = service_account_edits(project, desired, observed, &links, &mut diff.problems);
-    attach_recreate_links(&mut diff.actions, observed);
-    diff.actions.extend(edits);
+    attach_recreate_links(&mut diff.steps, observed);
+    diff.steps.extend(edits);
 
     // Phase 3: deletions, after every reference to them is gone.
     if policy.mode == Mode::Full {
@@ -261,13 +261,13 @@ pub fn diff_project_at(
         let retention = retained_versions(desired, &existing, &unwanted, now);
         unwanted.retain(|name| !retention.kept.contains(name));
         diff.revisit_at = retention.revisit_at;
-        diff.actions.extend(
+        diff.steps.extend(
             unwanted
                 .into_iter()
-                .map(|name| Action::DeleteSecret(Delete::of(&existing[name].secret.metadata))),
+                .map(|name| Step::DeleteSecret(Delete::of(&existing[name].secret.metadata))),
         );
     }
-    diff.actions.extend(role_binding_actions(
+    diff.steps.extend(role_binding_actions(
         project,
         desired,
         observed,
@@ -309,9 +309,9 @@ fn report_unproven(
 }
 
 /// Fills in each recreate's `linked`: the lists of the observed accounts that name it now.
-fn attach_recreate_links(actions: &mut [Action], observed: &ObservedProject) {
+fn attach_recreate_links(actions: &mut [Step], observed: &ObservedProject) {
     for action in actions {
-        let Action::RecreateSecret(recreate) = action else {
+        let Step::RecreateSecret(recreate) = action else {
             continue;
         };
         for account in &observed.service_accounts {
@@ -364,7 +364,7 @@ pub fn until(now: Timestamp, at: Timestamp) -> Duration {
 }
 
 enum SecretDecision {
-    Write(Action),
+    Write(Step),
     UpToDate,
     /// Not written (someone else's, or a change this mode may not make): the problem says why.
     LeftAlone(Problem),
@@ -377,7 +377,7 @@ fn secret_action(
     mode: Mode,
 ) -> SecretDecision {
     let Some(current) = current else {
-        return SecretDecision::Write(Action::CreateSecret(Arc::clone(desired)));
+        return SecretDecision::Write(Step::CreateSecret(Arc::clone(desired)));
     };
     let adopt = desired.adopt && mode == Mode::Full;
     match &current.ownership {
@@ -422,7 +422,7 @@ fn secret_action(
                 ),
             });
         }
-        return SecretDecision::Write(Action::RecreateSecret(Recreate {
+        return SecretDecision::Write(Step::RecreateSecret(Recreate {
             secret: Arc::clone(desired),
             current: Delete::of(&current.metadata),
             linked: Vec::new(),
@@ -431,7 +431,7 @@ fn secret_action(
     if data_matches && metadata_matches(desired, current) {
         return SecretDecision::UpToDate;
     }
-    SecretDecision::Write(Action::UpdateSecret {
+    SecretDecision::Write(Step::UpdateSecret {
         secret: Arc::clone(desired),
         resource_version: current.metadata.resource_version.clone(),
     })
@@ -493,7 +493,7 @@ fn service_account_edits(
     observed: &ObservedProject,
     links: &Links<'_>,
     problems: &mut Vec<Problem>,
-) -> Vec<Action> {
+) -> Vec<Step> {
     let mut wanted_by_account: BTreeMap<&str, Vec<(LinkKind, String)>> = BTreeMap::new();
     for link in &desired.links {
         wanted_by_account
@@ -527,7 +527,7 @@ fn service_account_edits(
             .unwrap_or_default();
         let edit = account_edit(name, account, wanted, links);
         if !edit.add.is_empty() || !edit.remove.is_empty() {
-            actions.push(Action::EditServiceAccount(edit));
+            actions.push(Step::EditServiceAccount(edit));
         }
     }
     actions
@@ -573,7 +573,7 @@ fn role_binding_actions(
     observed: &ObservedProject,
     policy: &DiffPolicy,
     problems: &mut Vec<Problem>,
-) -> Vec<Action> {
+) -> Vec<Step> {
     let existing: BTreeMap<&str, (&RoleBinding, Ownership)> = observed
         .role_bindings
         .iter()
@@ -585,7 +585,7 @@ fn role_binding_actions(
     let mut actions = Vec::new();
     for binding in &desired.role_bindings {
         let Some((current, ownership)) = existing.get(binding.name.as_str()) else {
-            actions.push(Action::CreateRoleBinding(binding.clone()));
+            actions.push(Step::CreateRoleBinding(binding.clone()));
             continue;
         };
         if !ownership.is_ours() {
@@ -610,15 +610,15 @@ fn role_binding_actions(
                 continue;
             }
             // roleRef is immutable: replace the binding.
-            actions.push(Action::DeleteRoleBinding(Delete::of(&current.metadata)));
-            actions.push(Action::CreateRoleBinding(binding.clone()));
+            actions.push(Step::DeleteRoleBinding(Delete::of(&current.metadata)));
+            actions.push(Step::CreateRoleBinding(binding.clone()));
         } else if current.subjects != wanted.subjects
             || !contains_all(
                 &current.metadata.labels,
                 &wanted.metadata.labels.unwrap_or_default(),
             )
         {
-            actions.push(Action::UpdateRoleBinding {
+            actions.push(Step::UpdateRoleBinding {
                 binding: binding.clone(),
                 resource_version: current.metadata.resource_version.clone(),
             });
@@ -634,7 +634,7 @@ fn role_binding_actions(
         .collect();
     for (name, (current, ownership)) in existing {
         if ownership.is_ours() && !wanted.contains(name) {
-            actions.push(Action::DeleteRoleBinding(Delete::of(&current.metadata)));
+            actions.push(Step::DeleteRoleBinding(Delete::of(&current.metadata)));
         }
     }
     actions
@@ -774,20 +774,20 @@ mod tests {
         }
     }
 
-    fn names(actions: &[Action]) -> Vec<String> {
+    fn names(actions: &[Step]) -> Vec<String> {
         actions
             .iter()
             .map(|a| match a {
-                Action::CreateSecret(s) => format!("create {}", s.name),
-                Action::UpdateSecret { secret, .. } => format!("update {}", secret.name),
-                Action::RecreateSecret(r) => format!("recreate {} {:?}", r.secret.name, r.linked),
-                Action::EditServiceAccount(e) => {
+                Step::CreateSecret(s) => format!("create {}", s.name),
+                Step::UpdateSecret { secret, .. } => format!("update {}", secret.name),
+                Step::RecreateSecret(r) => format!("recreate {} {:?}", r.secret.name, r.linked),
+                Step::EditServiceAccount(e) => {
                     format!("edit {} +{:?} -{:?}", e.name, e.add, e.remove)
                 }
-                Action::DeleteSecret(delete) => format!("delete {}", delete.name),
-                Action::CreateRoleBinding(b) => format!("create rb {}", b.name),
-                Action::UpdateRoleBinding { binding, .. } => format!("update rb {}", binding.name),
-                Action::DeleteRoleBinding(delete) => format!("delete rb {}", delete.name),
+                Step::DeleteSecret(delete) => format!("delete {}", delete.name),
+                Step::CreateRoleBinding(b) => format!("create rb {}", b.name),
+                Step::UpdateRoleBinding { binding, .. } => format!("update rb {}", binding.name),
+                Step::DeleteRoleBinding(delete) => format!("delete rb {}", delete.name),
             })
             .collect()
     }
@@ -802,7 +802,7 @@ mod tests {
         };
         let diff = diff_project("a", &plan, &observed, &policy());
         assert_eq!(
-            names(&diff.actions),
+            names(&diff.steps),
             [
                 "create quay-pull",
                 "edit default +[(Pull, \"quay-pull\")] -[]"
@@ -822,7 +822,7 @@ mod tests {
         let config = config(vec![pull_secret("quay-pull", "quay")]);
         let plan = desired(&config, "pw1");
         let diff = diff_project("a", &plan, &converged(&plan), &policy());
-        assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
+        assert!(diff.steps.is_empty(), "{:?}", names(&diff.steps));
         assert!(diff.problems.is_empty());
     }
 
@@ -831,10 +831,10 @@ mod tests {
         let config = config(vec![pull_secret("quay-pull", "quay")]);
         let observed = converged(&desired(&config, "pw1"));
         let diff = diff_project("a", &desired(&config, "pw2"), &observed, &policy());
-        assert_eq!(names(&diff.actions), ["update quay-pull"]);
-        let Action::UpdateSecret {
+        assert_eq!(names(&diff.steps), ["update quay-pull"]);
+        let Step::UpdateSecret {
             resource_version, ..
-        } = &diff.actions[0]
+        } = &diff.steps[0]
         else {
             panic!("expected an update");
         };
@@ -856,7 +856,7 @@ mod tests {
             );
         }
         assert_eq!(
-            names(&diff_project("a", &plan, &observed, &policy()).actions),
+            names(&diff_project("a", &plan, &observed, &policy()).steps),
             ["update quay-pull"]
         );
     }
@@ -870,10 +870,10 @@ mod tests {
         let diff = diff_project("a", &desired(&config, "pw1"), &observed, &policy());
         // Every list naming it now is unlinked before the delete and relinked after the create.
         assert_eq!(
-            names(&diff.actions),
+            names(&diff.steps),
             ["recreate quay-pull [(\"default\", Pull), (\"builder\", Mount)]"]
         );
-        let Action::RecreateSecret(recreate) = &diff.actions[0] else {
+        let Step::RecreateSecret(recreate) = &diff.steps[0] else {
             panic!("a recreate");
         };
         assert_eq!(
@@ -894,15 +894,15 @@ mod tests {
             role_bindings: vec![],
         };
         let diff = diff_project("a", &plan, &observed, &policy());
-        assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
+        assert!(diff.steps.is_empty(), "{:?}", names(&diff.steps));
         assert_eq!(diff.problems[0].reason, "ForeignSecret");
 
         let mut adopting = pull_secret("quay-pull", "quay");
         adopting.adopt = true;
         let config = self::config(vec![adopting]);
         let diff = diff_project("a", &desired(&config, "pw1"), &observed, &policy());
-        assert_eq!(names(&diff.actions)[0], "update quay-pull");
-        assert_eq!(diff.actions.len(), 3, "{:?}", names(&diff.actions));
+        assert_eq!(names(&diff.steps)[0], "update quay-pull");
+        assert_eq!(diff.steps.len(), 3, "{:?}", names(&diff.steps));
     }
 
     #[test]
@@ -914,14 +914,14 @@ mod tests {
         let now = config(vec![]);
         let diff = diff_project("a", &desired(&now, "pw1"), &observed, &policy());
         assert_eq!(
-            names(&diff.actions),
+            names(&diff.steps),
             [
                 "edit builder +[] -[(Mount, \"quay-pull\")]",
                 "edit default +[] -[(Pull, \"quay-pull\")]",
                 "delete quay-pull",
             ]
         );
-        let Action::EditServiceAccount(edit) = &diff.actions[1] else {
+        let Step::EditServiceAccount(edit) = &diff.steps[1] else {
             panic!("expected an edit");
         };
         let edited = edit_service_account(&observed.service_accounts[0], edit).expect("changes");
@@ -981,7 +981,7 @@ mod tests {
             },
         });
         let diff = diff_project("a", &held, &observed, &policy());
-        assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
+        assert!(diff.steps.is_empty(), "{:?}", names(&diff.steps));
     }
 
     #[test]
@@ -1003,7 +1003,7 @@ mod tests {
         };
         assert!(
             diff_project("a", &held, &observed, &policy())
-                .actions
+                .steps
                 .is_empty()
         );
     }
@@ -1025,7 +1025,7 @@ mod tests {
         };
         let empty = ObservedProject::default();
         assert_eq!(
-            names(&diff_project("a", &plan, &empty, &policy()).actions),
+            names(&diff_project("a", &plan, &empty, &policy()).steps),
             ["create rb pullsecretd-image-puller"]
         );
 
@@ -1034,11 +1034,7 @@ mod tests {
             role_bindings: vec![current.clone()],
             ..ObservedProject::default()
         };
-        assert!(
-            diff_project("a", &plan, &same, &policy())
-                .actions
-                .is_empty()
-        );
+        assert!(diff_project("a", &plan, &same, &policy()).steps.is_empty());
 
         current.subjects = Some(vec![]);
         let drifted = ObservedProject {
@@ -1046,13 +1042,13 @@ mod tests {
             ..ObservedProject::default()
         };
         assert_eq!(
-            names(&diff_project("a", &plan, &drifted, &policy()).actions),
+            names(&diff_project("a", &plan, &drifted, &policy()).steps),
             ["update rb pullsecretd-image-puller"]
         );
 
         let nothing = ProjectPlan::default();
         assert_eq!(
-            names(&diff_project("a", &nothing, &drifted, &policy()).actions),
+            names(&diff_project("a", &nothing, &drifted, &policy()).steps),
             ["delete rb pullsecretd-image-puller"]
         );
         current.metadata.labels = None;
@@ -1062,7 +1058,7 @@ mod tests {
         };
         assert!(
             diff_project("a", &nothing, &foreign, &policy())
-                .actions
+                .steps
                 .is_empty()
         );
         assert_eq!(
@@ -1137,10 +1133,10 @@ mod tests {
     }
 
     fn deleted(diff: &ProjectDiff) -> Vec<String> {
-        diff.actions
+        diff.steps
             .iter()
             .filter_map(|a| match a {
-                Action::DeleteSecret(delete) => Some(delete.name.clone()),
+                Step::DeleteSecret(delete) => Some(delete.name.clone()),
                 _ => None,
             })
             .collect()
@@ -1169,7 +1165,7 @@ mod tests {
         );
         // The new one is created and swapped in, in one edit per account; the old one stays.
         assert_eq!(
-            names(&diff.actions),
+            names(&diff.steps),
             [
                 format!("create {v2}"),
                 format!("edit builder +[(Mount, \"{v2}\")] -[(Mount, \"{v1}\")]"),
@@ -1202,7 +1198,7 @@ mod tests {
         );
         let plan = desired(&config, "pw2");
         let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(39)));
-        assert!(diff.actions.is_empty(), "{:?}", names(&diff.actions));
+        assert!(diff.steps.is_empty(), "{:?}", names(&diff.steps));
         assert_eq!(
             diff.revisit_at,
             Some(at(40)),
@@ -1210,7 +1206,7 @@ mod tests {
         );
 
         let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(40)));
-        assert_eq!(names(&diff.actions), [format!("delete {v1}")]);
+        assert_eq!(names(&diff.steps), [format!("delete {v1}")]);
         assert_eq!(diff.revisit_at, None, "nothing left to wait for");
         assert!(!deleted(&diff).contains(&v2));
     }
@@ -1243,7 +1239,7 @@ mod tests {
             Some(at(600)),
         );
         assert_eq!(
-            names(&diff.actions),
+            names(&diff.steps),
             [
                 format!("edit builder +[(Mount, \"{v2}\")] -[(Mount, \"{v1}\")]"),
                 format!("edit default +[(Pull, \"{v2}\")] -[(Pull, \"{v1}\")]"),
@@ -1519,7 +1515,7 @@ mod safety_tests {
             };
             assert_eq!(held.held.len(), 1, "{held:?}");
             let diff = diff_project_at("a", &held, &observed, &DiffPolicy::full("default"), None);
-            assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+            assert!(diff.steps.is_empty(), "{:?}", diff.steps);
             let mut kept = diff.held[0].kept.clone();
             kept.sort();
             let mut both = vec![n1.clone(), n2.clone()];
@@ -1541,11 +1537,11 @@ mod safety_tests {
         let team_b = config(Some("team-b"), RotationStrategy::InPlace);
         let nothing = ProjectPlan::default();
         let diff = diff_project("a", &nothing, &observed, &DiffPolicy::full("team-b"));
-        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        assert!(diff.steps.is_empty(), "{:?}", diff.steps);
         // Team B wants the same name: reported, not written, not linked.
         let wanted = planned(&team_b, Some("pw2"));
         let diff = diff_project("a", &wanted, &observed, &DiffPolicy::full("team-b"));
-        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        assert!(diff.steps.is_empty(), "{:?}", diff.steps);
         assert_eq!(diff.problems[0].reason, "OwnedByAnotherInstance");
         assert!(diff.problems[0].message.contains("team-a"));
     }
@@ -1569,7 +1565,7 @@ mod safety_tests {
             &observed,
             &DiffPolicy::full("default"),
         );
-        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        assert!(diff.steps.is_empty(), "{:?}", diff.steps);
         assert_eq!(diff.problems[0].reason, "UnprovenOwnership");
     }
 
@@ -1590,8 +1586,8 @@ mod safety_tests {
         };
         let plan = planned(&config, Some("pw1"));
         let diff = diff_project("a", &plan, &observed, &DiffPolicy::full("default"));
-        let [Action::UpdateSecret { secret, .. }] = diff.actions.as_slice() else {
-            panic!("one update: {:?}", diff.actions);
+        let [Step::UpdateSecret { secret, .. }] = diff.steps.as_slice() else {
+            panic!("one update: {:?}", diff.steps);
         };
         let after = secret_manifest("a", secret);
         assert_eq!(after.data, legacy.data, "the data is not rewritten");
@@ -1603,7 +1599,7 @@ mod safety_tests {
             &observed,
             &DiffPolicy::full("team-b"),
         );
-        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        assert!(diff.steps.is_empty(), "{:?}", diff.steps);
     }
 
     #[test]
@@ -1627,7 +1623,7 @@ mod safety_tests {
             mode: Mode::AddOnly,
         };
         let diff = diff_project("a", &planned(&now, Some("pw1")), &observed, &add_only);
-        assert!(diff.actions.is_empty(), "{:?}", diff.actions);
+        assert!(diff.steps.is_empty(), "{:?}", diff.steps);
         assert_eq!(diff.problems[0].reason, "RecreateSkipped");
         // The full mode would recreate it and clean up the stale one.
         let full = diff_project(
@@ -1636,11 +1632,11 @@ mod safety_tests {
             &observed,
             &DiffPolicy::full("workstation"),
         );
-        assert!(matches!(full.actions[0], Action::RecreateSecret(_)));
+        assert!(matches!(full.steps[0], Step::RecreateSecret(_)));
         assert!(
-            full.actions
+            full.steps
                 .iter()
-                .any(|a| matches!(a, Action::DeleteSecret(d) if d.name == stale_name))
+                .any(|a| matches!(a, Step::DeleteSecret(d) if d.name == stale_name))
         );
     }
 }

@@ -32,7 +32,7 @@ const AUTH_DECODER: GeneralPurpose = GeneralPurpose::new(
 /// Writes `auth` as kubectl does: standard alphabet, padded.
 const AUTH_ENCODER: GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
-/// The three files a credential can be read from (SPEC.md §2).
+/// The three files a credential can be read from (docs/docker-auth.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum AuthFileFormat {
     /// docker `config.json`: `auths`, `credsStore`, `credHelpers`.
@@ -159,7 +159,7 @@ pub enum Lookup {
     NotPresent,
 }
 
-/// Which fields an entry is read with: each consumer reads a different subset (SPEC.md §1–2).
+/// Which fields an entry is read with: each consumer reads a different subset (docs/pull-secrets.md and docs/docker-auth.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Semantics {
     /// docker/cli `AuthConfig`.
@@ -230,7 +230,7 @@ fn parse_containers_auth(root: &Map<String, Value>) -> Result<AuthFile, ParseErr
     Ok(AuthFile {
         format: AuthFileFormat::ContainersAuth,
         entries,
-        // containers/image does not read credsStore from auth.json (SPEC.md §2).
+        // containers/image does not read credsStore from auth.json (docs/docker-auth.md).
         creds_store: None,
         cred_helpers: parse_cred_helpers(root)?,
     })
@@ -381,7 +381,7 @@ fn docker_content(raw: RawEntry<'_>) -> EntryContent {
     EntryContent::Stub
 }
 
-/// containers/image: only `auth` and `identitytoken` count (SPEC.md §2).
+/// containers/image: only `auth` and `identitytoken` count (docs/docker-auth.md).
 fn containers_content(raw: RawEntry<'_>, has_plain_login: bool) -> EntryContent {
     if !raw.identity_token.is_empty() {
         let username = raw.auth.map(|(user, _)| user).unwrap_or_default();
@@ -609,7 +609,7 @@ impl Entry {
 }
 
 /// Renders the Secret data value for `ty`, byte for byte what
-/// `kubectl create secret docker-registry` writes (SPEC.md §1): entries sorted by key, fields
+/// `kubectl create secret docker-registry` writes (docs/pull-secrets.md): entries sorted by key, fields
 /// `username`, `password`, `email` (only when set), `auth`, escaped as Go's `json.Marshal` does.
 pub fn encode_payload(ty: SecretType, creds: &[Credential]) -> Result<Vec<u8>, RenderError> {
     let mut entries: BTreeMap<String, (BasicAuth, Option<&str>)> = BTreeMap::new();

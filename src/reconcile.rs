@@ -17,7 +17,7 @@ use kube::Client;
 
 use crate::cluster::{self, ApiError, ApplyOptions, ClusterView, ProjectOutcome, Throttle};
 use crate::config::Config;
-use crate::diff::{Action, DiffPolicy, Mode, ObservedProject, ProjectDiff, diff_project_at};
+use crate::diff::{DiffPolicy, Mode, ObservedProject, ProjectDiff, Step, diff_project_at};
 use crate::model::credential::Resolved;
 use crate::model::managed::{CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION};
 pub use crate::model::outcome::Report;
@@ -50,7 +50,7 @@ pub struct NamespaceWork {
 impl NamespaceWork {
     /// Nothing to write, report or hold.
     pub fn is_idle(&self) -> bool {
-        self.diff.actions.is_empty() && self.diff.problems.is_empty() && self.diff.held.is_empty()
+        self.diff.steps.is_empty() && self.diff.problems.is_empty() && self.diff.held.is_empty()
     }
 }
 
@@ -89,7 +89,7 @@ fn diff_planned(
     let mut diff = diff_project_at(name, &plan, &observed, inputs.policy, inputs.now);
     diff.problems
         .splice(0..0, std::mem::take(&mut plan.problems));
-    let rotations = count_rotations(&diff.actions, &observed);
+    let rotations = count_rotations(&diff.steps, &observed);
     NamespaceWork {
         diff,
         accounts: observed.service_accounts,
@@ -98,7 +98,7 @@ fn diff_planned(
 }
 
 /// Secret writes whose content replaces an older version of the same pull secret.
-fn count_rotations(actions: &[Action], observed: &ObservedProject) -> u64 {
+fn count_rotations(actions: &[Step], observed: &ObservedProject) -> u64 {
     let previous: BTreeMap<&str, &str> = observed
         .secrets
         .iter()
@@ -112,9 +112,9 @@ fn count_rotations(actions: &[Action], observed: &ObservedProject) -> u64 {
         .collect();
     let rotated = actions.iter().filter(|action| {
         let secret = match action {
-            Action::CreateSecret(s) => s,
-            Action::RecreateSecret(recreate) => &recreate.secret,
-            Action::UpdateSecret { secret, .. } => secret,
+            Step::CreateSecret(s) => s,
+            Step::RecreateSecret(recreate) => &recreate.secret,
+            Step::UpdateSecret { secret, .. } => secret,
             _ => return false,
         };
         previous
@@ -135,7 +135,7 @@ pub struct ClusterDiff {
 impl ClusterDiff {
     /// Number of write actions across all namespaces.
     pub fn action_count(&self) -> usize {
-        self.namespaces.values().map(|w| w.diff.actions.len()).sum()
+        self.namespaces.values().map(|w| w.diff.steps.len()).sum()
     }
 
     /// Each namespace's diff, by name.

@@ -4,15 +4,15 @@
 //! The table never shows secret values. The files are Secret and RoleBinding manifests built
 //! from the k8s-openapi types, and service-account links as `oc secrets link` commands: those
 //! append to a service account's lists and never drop a reference pullsecretd does not own,
-//! which a ServiceAccount manifest (or `kubectl patch`, SPEC.md §5) would. Writing the files is
+//! which a ServiceAccount manifest (or `kubectl patch`, docs/service-accounts.md#list-semantics) would. Writing the files is
 //! the caller's job.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use crate::config::{Config, LinkKind, PullerSubject, SourceConfig};
-use crate::diff::Action;
 use crate::diff::ProjectDiff;
+use crate::diff::Step;
 use crate::model::credential::Resolved;
 use crate::model::managed::IMAGE_PULLER_ROLE;
 pub use crate::model::manifest::{rbac_subject, role_binding_manifest, secret_manifest};
@@ -265,18 +265,18 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
 }
 
 /// One action as a line for people, e.g. `link default: +reg-pull (imagePullSecrets)`.
-pub fn describe_action(action: &Action) -> String {
-    match action {
-        Action::CreateSecret(secret) => format!("create secret {}", secret.name),
-        Action::UpdateSecret { secret, .. } => format!("update secret {}", secret.name),
-        Action::RecreateSecret(recreate) => {
+pub fn describe_step(step: &Step) -> String {
+    match step {
+        Step::CreateSecret(secret) => format!("create secret {}", secret.name),
+        Step::UpdateSecret { secret, .. } => format!("update secret {}", secret.name),
+        Step::RecreateSecret(recreate) => {
             format!(
                 "recreate secret {} (its type or immutable data changes: unlink, delete, \
                  create, relink)",
                 recreate.secret.name
             )
         }
-        Action::EditServiceAccount(edit) => {
+        Step::EditServiceAccount(edit) => {
             let added = edit
                 .add
                 .iter()
@@ -288,12 +288,12 @@ pub fn describe_action(action: &Action) -> String {
             let changes: Vec<String> = added.chain(removed).collect();
             format!("link serviceaccount {}: {}", edit.name, changes.join(", "))
         }
-        Action::DeleteSecret(delete) => format!("delete secret {}", delete.name),
-        Action::CreateRoleBinding(binding) => format!("create rolebinding {}", binding.name),
-        Action::UpdateRoleBinding { binding, .. } => {
+        Step::DeleteSecret(delete) => format!("delete secret {}", delete.name),
+        Step::CreateRoleBinding(binding) => format!("create rolebinding {}", binding.name),
+        Step::UpdateRoleBinding { binding, .. } => {
             format!("update rolebinding {} (subjects)", binding.name)
         }
-        Action::DeleteRoleBinding(delete) => format!("delete rolebinding {}", delete.name),
+        Step::DeleteRoleBinding(delete) => format!("delete rolebinding {}", delete.name),
     }
 }
 
@@ -306,14 +306,14 @@ pub fn changes_table(projects: &BTreeMap<String, &ProjectDiff>) -> String {
     }
     for (project, project_diff) in projects {
         let _ = writeln!(out, "  Project {project}");
-        for action in &project_diff.actions {
-            let _ = writeln!(out, "    {}", describe_action(action));
+        for step in &project_diff.steps {
+            let _ = writeln!(out, "    {}", describe_step(step));
         }
         for problem in &project_diff.problems {
             let _ = writeln!(out, "    {}: {}", problem.reason, problem.message);
         }
     }
-    let actions: usize = projects.values().map(|d| d.actions.len()).sum();
+    let actions: usize = projects.values().map(|d| d.steps.len()).sum();
     let _ = writeln!(out, "  {actions} changes in {} projects.", projects.len());
     out
 }

@@ -1,5 +1,5 @@
 //! Label selectors (pure): the `key=v,key in (a,b),!key` syntax of apimachinery `pkg/labels`
-//! (SPEC.md §7), parsed once at config load and matched against namespace labels.
+//! (docs/api-server.md), parsed once at config load and matched against namespace labels.
 //!
 //! No I/O and no cluster access: a selector is parsed from a string and matched against a label
 //! map. Error messages point at a character position and never quote label values back.

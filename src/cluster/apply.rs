@@ -28,7 +28,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use super::{ApiError, Throttle};
 use crate::config::LinkKind;
 use crate::diff::{
-    Action, Delete, Mode, ProjectDiff, Recreate, ServiceAccountEdit, edit_service_account,
+    Delete, Mode, ProjectDiff, Recreate, ServiceAccountEdit, Step, edit_service_account,
     foreign_secret,
 };
 use crate::model::managed::{self, Ownership};
@@ -128,7 +128,7 @@ pub async fn apply_project_from(
     };
     run.report_held().await;
     run.report_problems().await;
-    for action in diff.actions {
+    for action in diff.steps {
         run.execute(action).await;
     }
     run.outcome
@@ -175,26 +175,26 @@ impl ProjectRun<'_> {
         format!("{}/{name}", self.project)
     }
 
-    async fn execute(&mut self, action: Action) {
+    async fn execute(&mut self, action: Step) {
         match action {
-            Action::CreateSecret(secret) => {
+            Step::CreateSecret(secret) => {
                 self.create_secret(&secret).await;
             }
-            Action::UpdateSecret {
+            Step::UpdateSecret {
                 secret,
                 resource_version,
             } => {
                 self.update_secret(&secret, resource_version).await;
             }
-            Action::RecreateSecret(recreate) => self.recreate_secret(recreate).await,
-            Action::EditServiceAccount(edit) => self.edit_account(edit).await,
-            Action::DeleteSecret(delete) => self.delete_secret(&delete).await,
-            Action::CreateRoleBinding(binding) => self.create_binding(&binding).await,
-            Action::UpdateRoleBinding {
+            Step::RecreateSecret(recreate) => self.recreate_secret(recreate).await,
+            Step::EditServiceAccount(edit) => self.edit_account(edit).await,
+            Step::DeleteSecret(delete) => self.delete_secret(&delete).await,
+            Step::CreateRoleBinding(binding) => self.create_binding(&binding).await,
+            Step::UpdateRoleBinding {
                 binding,
                 resource_version,
             } => self.update_binding(&binding, resource_version).await,
-            Action::DeleteRoleBinding(delete) => self.delete_binding(&delete).await,
+            Step::DeleteRoleBinding(delete) => self.delete_binding(&delete).await,
         }
     }
 
@@ -247,11 +247,29 @@ impl ProjectRun<'_> {
         }
     }
 
+    /// A problem found while applying (a create that met someone else's Secret): recorded,
+    /// and published as the diff's problems are.
+    async fn found_problem(&mut self, problem: Problem) {
+        let reference = self.namespace_reference();
+        self.publish(
+            EventType::Warning,
+            problem.reason,
+            &problem.message,
+            reference,
+        )
+        .await;
+        self.outcome.problems.push(problem);
+    }
+
+    /// The project itself, as the object of an Event. The reference names the project as its
+    /// namespace too, so the Event is stored there and `kubectl get events -n PROJECT` shows it
+    /// (an Event about a cluster-scoped object would otherwise land in `default`).
     fn namespace_reference(&self) -> ObjectReference {
         ObjectReference {
             api_version: Some("v1".into()),
             kind: Some("Namespace".into()),
             name: Some(self.project.into()),
+            namespace: Some(self.project.into()),
             ..ObjectReference::default()
         }
     }
@@ -320,7 +338,7 @@ impl ProjectRun<'_> {
             }
             Err(problem) => {
                 self.unlinkable.insert(secret.name.clone());
-                self.outcome.problems.push(problem);
+                self.found_problem(problem).await;
                 false
             }
         }
@@ -360,7 +378,7 @@ impl ProjectRun<'_> {
                     };
                     if let Err(problem) = self.may_write(secret, &fresh) {
                         self.unlinkable.insert(secret.name.clone());
-                        self.outcome.problems.push(problem);
+                        self.found_problem(problem).await;
                         return false;
                     }
                     manifest.metadata.resource_version = fresh.metadata.resource_version;

@@ -114,7 +114,7 @@ pub async fn read_snapshot(
     })
 }
 
-/// API groups that only OpenShift serves (SPEC.md §6). `user.openshift.io` is not one of them:
+/// API groups that only OpenShift serves (docs/openshift.md). `user.openshift.io` is not one of them:
 /// it is absent when OpenShift uses an external OIDC provider.
 const OPENSHIFT_GROUPS: &[&str] = &["project.openshift.io", "image.openshift.io"];
 

@@ -8,8 +8,28 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 use zeroize::Zeroizing;
 
-use crate::model::credential::Credential;
-pub use crate::source::helper::{NESTED_ENV, NOT_FOUND_TEXT, TOKEN_USERNAME, protocol_login};
+use secrecy::ExposeSecret as _;
+
+use crate::model::credential::{Credential, Secret};
+
+/// Prefix of every helper binary.
+pub const HELPER_PREFIX: &str = "docker-credential-";
+/// What a helper prints (exit 1) when it holds nothing for the server.
+pub const NOT_FOUND_TEXT: &str = "credentials not found in native keychain";
+/// The `Username` a helper stores identity tokens under.
+pub const TOKEN_USERNAME: &str = "<token>";
+/// Set in the environment of every credential helper pullsecretd runs: a helper entry that
+/// points back at pullsecretd would otherwise start pullsecretd again, and again.
+pub const NESTED_ENV: &str = "PULLSECRETD_NESTED_HELPER";
+
+/// The `Username` and `Secret` a credential is stored under in the helper protocol
+/// (identity tokens under [`TOKEN_USERNAME`]).
+pub fn protocol_login(credential: &Credential) -> (&str, &str) {
+    match &credential.secret {
+        Secret::Password(password) => (credential.username.as_str(), password.expose_secret()),
+        Secret::IdentityToken(token) => (TOKEN_USERNAME, token.expose_secret()),
+    }
+}
 
 /// `get`/`erase` without a server URL (credentials/error.go).
 pub const NO_SERVER_URL: &str = "no credentials server URL";

@@ -162,6 +162,7 @@ pub async fn reconcile(
         for problem in &work.diff.problems {
             tracing::warn!(reason = problem.reason, "{}", problem.message);
         }
+        let reported_problems = work.diff.problems.len();
         if !needs_apply(&work.diff) {
             tracing::debug!("Namespace already up to date.");
             return Ok(finish(&context, &name, started, revisit));
@@ -178,6 +179,15 @@ pub async fn reconcile(
                 .await;
         context.metrics.rotations.inc_by(outcome.rotations);
         record_writes(&context.metrics, &outcome);
+        // Applying can find more (a create meeting someone else's Secret): report those too.
+        for problem in outcome.problems.iter().skip(reported_problems) {
+            tracing::warn!(reason = problem.reason, "{}", problem.message);
+        }
+        context
+            .reported
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .update(&context.metrics, &name, outcome_report(&outcome));
         if let Some(first) = outcome.failures.first() {
             context
                 .metrics
@@ -199,7 +209,7 @@ pub async fn reconcile(
 /// Something to write, a held Secret to report, or a problem worth an Event. A missing
 /// service account alone is not: on plain Kubernetes `builder` is missing everywhere.
 fn needs_apply(diff: &ProjectDiff) -> bool {
-    !diff.actions.is_empty()
+    !diff.steps.is_empty()
         || !diff.held.is_empty()
         || diff
             .problems
@@ -305,11 +315,19 @@ impl Reported {
 }
 
 fn namespace_report(diff: &ProjectDiff) -> NamespaceReport {
+    report_of(&diff.problems, &diff.held)
+}
+
+fn outcome_report(outcome: &ProjectOutcome) -> NamespaceReport {
+    report_of(&outcome.problems, &outcome.held)
+}
+
+fn report_of(found: &[crate::plan::Problem], held: &[crate::diff::Held]) -> NamespaceReport {
     let mut problems = BTreeMap::new();
-    for problem in &diff.problems {
+    for problem in found {
         *problems.entry(problem.reason).or_insert(0) += 1;
     }
-    let held = diff.held.iter().map(|h| h.kept.len().max(1)).sum::<usize>();
+    let held = held.iter().map(|h| h.kept.len().max(1)).sum::<usize>();
     NamespaceReport {
         problems,
         held: i64::try_from(held).unwrap_or(i64::MAX),

@@ -12,7 +12,7 @@ use secrecy::{ExposeSecret, SecretString};
 /// `kubectl create secret docker-registry` uses when none is given.
 pub const DOCKER_HUB_KEY: &str = "https://index.docker.io/v1/";
 
-/// Host names that all mean Docker Hub (docker/cli and containers/image, SPEC.md §2).
+/// Host names that all mean Docker Hub (docker/cli and containers/image, docs/docker-auth.md).
 const DOCKER_HUB_ALIASES: &[&str] = &["docker.io", "index.docker.io", "registry-1.docker.io"];
 
 /// The username Azure Container Registry documents for logging in with a token
@@ -48,7 +48,7 @@ pub enum KeyError {
 }
 
 impl RegistryKey {
-    /// Normalises a server the way `docker login` does (SPEC.md §2): Docker Hub aliases become
+    /// Normalises a server the way `docker login` does (docs/docker-auth.md): Docker Hub aliases become
     /// Docker Hub, otherwise the scheme and any path are stripped and `host[:port]` is kept.
     pub fn from_docker(input: &str) -> Result<Self, KeyError> {
         let trimmed = input.trim();
@@ -58,7 +58,7 @@ impl RegistryKey {
         Self::from_host(host, None, trimmed)
     }
 
-    /// Normalises a containers `auth.json` key (SPEC.md §2): `host[:port][/namespace…]`, no
+    /// Normalises a containers `auth.json` key (docs/docker-auth.md): `host[:port][/namespace…]`, no
     /// scheme, no `@`, no tag. Docker Hub aliases collapse to Docker Hub.
     pub fn from_containers(input: &str) -> Result<Self, KeyError> {
         let trimmed = input.trim();
@@ -191,7 +191,7 @@ pub enum Secret {
     /// A password (or an access token used as a password).
     Password(SecretString),
     /// An OAuth2 refresh token (`identitytoken` in docker config). The kubelet ignores these
-    /// (SPEC.md §1), so they must be converted before they can go into a pull secret.
+    /// (docs/pull-secrets.md), so they must be converted before they can go into a pull secret.
     IdentityToken(SecretString),
 }
 
@@ -316,7 +316,7 @@ pub struct Resolved {
 mod tests {
     use super::*;
 
-    /// Every case SPEC.md §2 lists for docker's key normalisation.
+    /// Every case docs/docker-auth.md lists for docker's key normalisation.
     #[test]
     fn docker_normalisation_table() {
         let cases: &[(&str, &str)] = &[

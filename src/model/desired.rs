@@ -15,7 +15,7 @@ use crate::model::managed::{
     SOURCE_VERSION_ANNOTATION,
 };
 
-/// The two pull-secret types (SPEC.md §1).
+/// The two pull-secret types (docs/pull-secrets.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum SecretType {
     /// `kubernetes.io/dockerconfigjson`, data key `.dockerconfigjson`, `{"auths": {...}}`.
@@ -40,7 +40,7 @@ impl SecretType {
     }
 }
 
-/// `oc secrets link --for=pull|mount` (SPEC.md §4).
+/// `oc secrets link --for=pull|mount` (docs/service-accounts.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LinkKind {
     /// `.imagePullSecrets`: pods created with this service account pull with the secret.
@@ -67,7 +67,7 @@ impl LinkKind {
     }
 }
 
-/// A RoleBinding subject for `system:image-puller` (SPEC.md §6).
+/// A RoleBinding subject for `system:image-puller` (docs/openshift.md).
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PullerSubject {
     /// `serviceaccount:<project>:<name>`.

@@ -53,7 +53,7 @@ pub fn role_binding_manifest(namespace: &str, binding: &DesiredRoleBinding) -> R
     }
 }
 
-/// The subject `oc policy add-role-to-user` / `add-role-to-group` would write (SPEC.md §6).
+/// The subject `oc policy add-role-to-user` / `add-role-to-group` would write (docs/openshift.md).
 pub fn rbac_subject(subject: &PullerSubject) -> Subject {
     match subject {
         PullerSubject::ServiceAccount { namespace, name } => Subject {

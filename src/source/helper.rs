@@ -1,6 +1,6 @@
 //! Source stage (I/O): asks a docker credential helper for one server's credential.
 //!
-//! Runs `docker-credential-<name> get` (SPEC.md §3) with a timeout. It never changes the
+//! Runs `docker-credential-<name> get` (docs/docker-auth.md#credential-helper-protocol) with a timeout. It never changes the
 //! process environment, and never repeats what a helper printed (it may be a password) apart
 //! from the protocol's fixed error texts.
 
@@ -17,29 +17,9 @@ use zeroize::Zeroizing;
 use super::SourceContext;
 use crate::model::credential::{Credential, KeyError, RegistryKey, Secret};
 
-/// Prefix of every helper binary.
-pub const HELPER_PREFIX: &str = "docker-credential-";
-/// What a helper prints (exit 1) when it holds nothing for the server.
-pub const NOT_FOUND_TEXT: &str = "credentials not found in native keychain";
-/// The `Username` a helper stores identity tokens under.
-pub const TOKEN_USERNAME: &str = "<token>";
-/// Set in the environment of every credential helper pullsecretd runs: a helper entry that
-/// points back at pullsecretd would otherwise start pullsecretd again, and again.
-pub const NESTED_ENV: &str = "PULLSECRETD_NESTED_HELPER";
-
-/// The `Username` and `Secret` a credential is stored under in the helper protocol
-/// (identity tokens under [`TOKEN_USERNAME`]).
-pub fn protocol_login(credential: &crate::model::credential::Credential) -> (&str, &str) {
-    use secrecy::ExposeSecret as _;
-    match &credential.secret {
-        crate::model::credential::Secret::Password(password) => {
-            (credential.username.as_str(), password.expose_secret())
-        }
-        crate::model::credential::Secret::IdentityToken(token) => {
-            (TOKEN_USERNAME, token.expose_secret())
-        }
-    }
-}
+pub use crate::credhelper::protocol::{
+    HELPER_PREFIX, NESTED_ENV, NOT_FOUND_TEXT, TOKEN_USERNAME, protocol_login,
+};
 /// Other fixed error texts of the protocol: safe to repeat, since they carry no values.
 const KNOWN_ERROR_TEXTS: &[&str] = &["no credentials server URL", "no credentials username"];
 /// A `get` answer is one small JSON object; anything longer is not one.

@@ -73,6 +73,8 @@ pub struct Workstation {
     service: Arc<CredentialService>,
     registries: FileRegistries,
     pub stats: Arc<Stats>,
+    /// Problems logged by earlier passes (project and message), not logged again.
+    logged_problems: std::collections::BTreeSet<String>,
 }
 
 impl Workstation {
@@ -95,6 +97,7 @@ impl Workstation {
             service,
             registries: FileRegistries::default(),
             stats: Arc::new(Stats::default()),
+            logged_problems: std::collections::BTreeSet::new(),
         }
     }
 
@@ -151,12 +154,12 @@ impl Workstation {
             Mode::AddOnly,
         )
         .await?;
-        for (project, work) in &diff.namespaces {
-            for problem in &work.diff.problems {
-                tracing::warn!(%project, reason = problem.reason, "{}", problem.message);
-            }
-        }
         if diff.action_count() == 0 {
+            let problems = diff
+                .namespaces
+                .iter()
+                .flat_map(|(project, work)| work.diff.problems.iter().map(move |p| (project, p)));
+            self.log_new_problems(problems);
             tracing::debug!("Cluster already up to date.");
             return Ok(());
         }
@@ -180,7 +183,28 @@ impl Workstation {
                 tracing::warn!(project = %project.project, %failure, "A write failed; retrying on the next change.");
             }
         }
+        let problems = report
+            .projects
+            .iter()
+            .flat_map(|p| p.problems.iter().map(move |problem| (&p.project, problem)));
+        self.log_new_problems(problems);
         Ok(())
+    }
+
+    /// Logs each problem once, until it goes away: a pass runs at every change of the files.
+    fn log_new_problems<'a>(
+        &mut self,
+        problems: impl Iterator<Item = (&'a String, &'a crate::plan::Problem)>,
+    ) {
+        let mut now = std::collections::BTreeSet::new();
+        for (project, problem) in problems {
+            let key = format!("{project}\u{0}{}", problem.message);
+            if !self.logged_problems.contains(&key) {
+                tracing::warn!(%project, reason = problem.reason, "{}", problem.message);
+            }
+            now.insert(key);
+        }
+        self.logged_problems = now;
     }
 
     /// Runs a pass now, then one after each debounced burst of `changes`, and every `refresh`

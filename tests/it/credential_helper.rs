@@ -1,5 +1,5 @@
 //! `docker-credential-pullsecretd` as clients run it: the binary through a symlink, stdin and
-//! stdout per SPEC.md §3; the real `skopeo` calling it through `credHelpers` against a real
+//! stdout per docs/docker-auth.md#credential-helper-protocol; the real `skopeo` calling it through `credHelpers` against a real
 //! htpasswd registry with credentials from a real OpenBao; the agent socket served by
 //! `pullsecretd workstation`, and its refusal of another uid. Only 127.0.0.1 is contacted.
 

@@ -6,6 +6,7 @@
 
 mod support;
 
+mod architecture;
 mod cli;
 mod cli_cluster;
 mod config;
@@ -18,6 +19,7 @@ mod dynamic_secrets_harness;
 mod faults;
 mod once;
 mod openshift;
+mod pipeline;
 mod registry;
 mod registry_token;
 mod run_cli;

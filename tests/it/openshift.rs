@@ -1,7 +1,7 @@
 //! OpenShift's "Using image pull secrets" procedure, command by command, against kube-sim in
 //! OpenShift mode: for each `oc` command, the object it would create (from kubectl's identical
-//! `create` code in dry-run, or built exactly as SPEC.md §4/§6 describe oc) is compared with
-//! what pullsecretd writes. Names may differ where SPEC.md says why; types, data keys, payloads,
+//! `create` code in dry-run, or built exactly as docs/service-accounts.md and docs/openshift.md describe oc) is compared with
+//! what pullsecretd writes. Names may differ where docs/pull-secrets.md and docs/openshift.md say why; types, data keys, payloads,
 //! roleRefs, subjects and list entries must match.
 
 use crate::support::cluster;
@@ -124,7 +124,7 @@ fn binding(fx: &Fixture, namespace: &str, name: &str) -> RoleBinding {
 }
 
 /// The RoleBinding `oc policy add-role-to-user/-group system:image-puller ... -n project-b`
-/// creates (SPEC.md §6): roleRef the ClusterRole, one subject.
+/// creates (docs/openshift.md): roleRef the ClusterRole, one subject.
 fn oc_policy_binding(subject: Value) -> Value {
     json!({
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:image-puller"},

@@ -5,7 +5,7 @@
 //! (`layout: combined`) or two linked ones (`layout: split`). skopeo, given only the Secret data,
 //! pushes and pulls through the token flow.
 //!
-//! Which entry matters (SPEC.md §8): clients pick credentials by the *image* host and send them
+//! Which entry matters (docs/delegated-auth.md): clients pick credentials by the *image* host and send them
 //! to whatever realm the registry names. So a wrong password in the SSO host's entry does not
 //! break a pull, and a wrong one in the registry host's entry does, although the realm is the
 //! SSO host. The token server records the username of every request to show it.

@@ -1,5 +1,5 @@
 //! Resource requests after routing and authentication: get/list/create/update/patch/delete with
-//! the registry semantics of SPEC.md §5-§7 (admission order, optimistic concurrency, no-op
+//! the registry semantics of docs/service-accounts.md and docs/api-server.md (admission order, optimistic concurrency, no-op
 //! updates, finalizers, namespace lifecycle), plus the computed resources (projects, tokenreviews,
 //! selfsubjectaccessreviews). Everything runs under the store lock, so each request is atomic.
 
@@ -653,7 +653,7 @@ fn patch_options_invalid(cause: Cause) -> ApiError {
     ApiError::invalid("meta.k8s.io", "PatchOptions", "", vec![cause])
 }
 
-/// Server-side apply (SPEC §7).
+/// Server-side apply (docs/api-server.md).
 fn apply(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     let manager = req.q("fieldManager").unwrap_or("").to_string();
     if manager.is_empty() {
@@ -988,7 +988,7 @@ fn delete_collection(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     ))
 }
 
-/// `POST /apis/authentication.k8s.io/v1/tokenreviews` (SPEC §7): `status` is always an object.
+/// `POST /apis/authentication.k8s.io/v1/tokenreviews` (docs/api-server.md): `status` is always an object.
 fn token_review(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     let mut review = decode_object(req)?;
     type_meta(req, &mut review)?;

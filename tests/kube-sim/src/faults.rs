@@ -12,7 +12,7 @@ pub enum InjectedError {
     Internal,
     /// 503 ServiceUnavailable Status.
     Unavailable,
-    /// 429 from priority-and-fairness: `Retry-After` and the plain-text body of SPEC §7.
+    /// 429 from priority-and-fairness: `Retry-After` and the plain-text body of docs/api-server.md.
     TooManyRequests { retry_after: u32 },
     /// 429 with a Status body carrying `details.retryAfterSeconds`.
     TooManyRequestsStatus { retry_after: u32 },

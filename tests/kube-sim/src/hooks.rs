@@ -1,7 +1,7 @@
 //! What controllers of a real cluster do right after a write, done synchronously so tests are
 //! deterministic: the ServiceAccount controller's `default` SA per namespace; on OpenShift the
 //! `builder`/`deployer` SAs, the `system:image-pullers` binding and the per-SA managed
-//! `<sa>-dockercfg-<rand>` pull secret (SPEC §4, §6); the namespace controller's cascade.
+//! `<sa>-dockercfg-<rand>` pull secret (docs/service-accounts.md and docs/openshift.md); the namespace controller's cascade.
 
 use crate::api;
 use crate::managed;
@@ -13,7 +13,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde_json::{Value, json};
 
-/// Field manager of OpenShift's internal-registry pull-secret controller (SPEC §4).
+/// Field manager of OpenShift's internal-registry pull-secret controller (docs/service-accounts.md).
 pub const OPENSHIFT_SA_MANAGER: &str =
     "openshift.io/image-registry-pull-secrets_service-account-controller";
 /// SA annotation naming the managed pull secret.
@@ -205,7 +205,7 @@ pub fn bootstrap(shared: &Shared) {
     }
     if shared.opts.openshift {
         if let Some(cr) = rt(resources::RBAC, "clusterroles") {
-            // openshift-apiserver bootstrappolicy (SPEC §6).
+            // openshift-apiserver bootstrappolicy (docs/openshift.md).
             let role = json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
                 "metadata": {"name": "system:image-puller",
                              "annotations": {"openshift.io/description": "Grants the right to pull images from within a project."}},

@@ -2,7 +2,7 @@
 //!
 //! No real API server can run on the project's machines, yet every cluster-facing feature must be
 //! tested over real HTTP with the real `kube::Client` and `kubectl`. kube-sim reproduces the
-//! apiserver semantics of SPEC.md §5-§7 — Status objects, optimistic concurrency, validation of
+//! apiserver semantics of docs/service-accounts.md and docs/api-server.md — Status objects, optimistic concurrency, validation of
 //! pull secrets, strategic merge patch list rules, server-side apply ownership, watches with
 //! bookmarks and 410 Expired — so tests check behaviour a real cluster would show.
 //!
@@ -102,7 +102,7 @@ impl UserInfo {
         }
     }
 
-    /// A ServiceAccount identity as the apiserver's SA authenticator builds it (SPEC §7).
+    /// A ServiceAccount identity as the apiserver's SA authenticator builds it (docs/api-server.md).
     pub fn service_account(namespace: &str, name: &str) -> Self {
         let mut extra = HashMap::new();
         extra.insert(

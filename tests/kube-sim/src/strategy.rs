@@ -416,7 +416,7 @@ fn validate_binding(rt: &ResourceType, obj: &Value, old: Option<&Value>, causes:
     }
 }
 
-/// `ValidateSecret` and `ValidateSecretUpdate` (SPEC §1).
+/// `ValidateSecret` and `ValidateSecretUpdate` (docs/pull-secrets.md).
 fn validate_secret(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) -> ApiResult<()> {
     let data = decoded_data(obj)?;
     let ty = obj.get("type").and_then(Value::as_str).unwrap_or("");

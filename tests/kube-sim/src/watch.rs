@@ -1,6 +1,6 @@
 //! Watch streams: `?watch=1&resourceVersion=RV&allowWatchBookmarks=true[&sendInitialEvents=true]`
 //! as chunked newline-delimited JSON. Too-old versions get HTTP 200 and one ERROR 410 Expired event
-//! (SPEC §7); selectors turn MODIFIED into ADDED/DELETED at the selector edge, as the cacher does.
+//! (docs/api-server.md); selectors turn MODIFIED into ADDED/DELETED at the selector edge, as the cacher does.
 
 use crate::api::{Request, Selectors, project_of};
 use crate::resources::ResourceType;

@@ -1,4 +1,4 @@
-//! kube-sim through the real `kube::Client`: CRUD with the exact Status shapes of SPEC §7,
+//! kube-sim through the real `kube::Client`: CRUD with the exact Status shapes of docs/api-server.md,
 //! optimistic concurrency, pull-secret validation, server-side apply conflicts, watch resumption
 //! and 410 handling (also by kube-runtime's watcher), TokenReview over HTTPS, fault injection.
 

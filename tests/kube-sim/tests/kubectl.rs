@@ -114,7 +114,7 @@ fn create_secret_docker_registry_and_get_json() {
             .as_str()
             .is_some_and(|rv| rv.parse::<u64>().is_ok())
     );
-    // Exact bytes kubectl produced (SPEC §1): field order, no email, padded auth.
+    // Exact bytes kubectl produced (docs/pull-secrets.md): field order, no email, padded auth.
     assert_eq!(
         b64d(s["data"][".dockerconfigjson"].as_str().unwrap_or("")),
         r#"{"auths":{"quay.io":{"username":"u","password":"p","auth":"dTpw"}}}"#

