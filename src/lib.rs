@@ -1,33 +1,33 @@
 //! pullsecretd keeps container-registry pull secrets where they are needed.
 //!
-//! Everything it does is one pipeline, run by different triggers:
+//! Everything it does is one pipeline, [`reconcile`], run by four triggers (`once`, `plan
+//! --cluster`, the `run` daemon, `workstation`):
 //!
 //! ```text
-//!  sources ──► credentials ──► plan (pure) ──► output / diff ──► apply (kube I/O)
-//!  docker files   Credential     desired Secrets,
-//!  cred helpers   per registry   SA links, RoleBindings
+//!  source ──► credentials ──► plan ───────► diff ──────────► apply
+//!  Vault,     model::         desired       steps in safe    cluster::apply:
+//!  files,     credential      Secrets,      order, against   writes, Events,
+//!  helpers    per registry    links,        a ClusterView    outcomes as data
+//!                             bindings      (list or cache)
 //! ```
 //!
-//! - [`config`]: YAML → validated [`config::Config`], errors with file:line:column.
-//! - [`dockerconfig`]: docker/containers auth file parsing and pull-secret payloads (pure).
-//! - [`model`]: the pure floor: managed-object rules, instance identity and ownership, rotation
-//!   naming.
-//! - [`names`]: Kubernetes object-name rules (pure).
-//! - [`selector`]: label selectors (pure).
-//! - [`source`]: reads credentials from Vault/OpenBao, docker config files and credential
-//!   helpers, and keeps each registry's last good one (I/O).
-//! - [`plan`]: sources in, desired objects out (pure: no I/O, no clock).
-//! - [`diff`]: desired vs observed objects → ordered, minimal actions (pure).
-//! - [`cluster`]: reads the cluster and applies actions (kube I/O).
-//! - [`reconcile`]: one pass against a cluster: observe, plan, diff, apply.
-//! - [`daemon`]: `run`: watches, source timers, config reload and leader election drive
-//!   per-namespace reconciles from watch caches.
-//! - [`telemetry`]: logs, Prometheus metrics and the health/readiness/metrics listener.
-//! - [`render`]: the plan as a table for people and as manifests for `kubectl`/`oc`.
-//! - [`watch`]: one debounced file watcher (the daemon's config, workstation's auth files).
-//! - [`workstation`]: `workstation`: auth-file changes drive the same pass as `once`.
-//! - [`credhelper`]: `credential-helper`: the docker credential-helper protocol and the agent
-//!   socket that serves it from one process.
+//! Layout, bottom up (an arrow only points down; `tests/it/architecture.rs` checks it):
+//!
+//! - The pure floor, [`model`]: credentials, desired objects, managed-object rules and
+//!   ownership, rotation naming and retention, link editing, manifests, outcomes.
+//! - Pure stages and helpers: [`config`] (YAML → validated config, errors with
+//!   file:line:column), [`dockerconfig`] (auth files in, payloads out), [`names`],
+//!   [`selector`], [`plan`] (config + credentials + namespaces → desired objects, no clock),
+//!   [`diff`] (desired vs observed → steps; `now` passed in), [`render`] (tables, files and
+//!   summaries for people and tools).
+//! - I/O: [`source`] (Vault/OpenBao, files, helpers; the last good credential; one credential
+//!   service per process), [`cluster`] (views of the cluster, apply, Lease), [`watch`] (files),
+//!   [`telemetry`] (logs, metrics, health).
+//! - The pipeline and its triggers: [`reconcile`], [`daemon`] (`run`), [`workstation`],
+//!   [`credhelper`] (the docker credential-helper protocol and its agent socket).
+//!
+//! The binary (`src/main.rs`, `src/cli.rs`, `src/commands/`) parses arguments, lowers them into
+//! these, and maps outcomes to exit statuses. The facts the code relies on are in `docs/`.
 
 pub mod cluster;
 pub mod config;

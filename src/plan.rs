@@ -126,7 +126,7 @@ pub fn prepare_secrets(
                         registries,
                         instance: config.instance_name(),
                     };
-                    render_secret(pull_secret, &group, credentials, &mut problems)
+                    prepare_secret(pull_secret, &group, credentials, &mut problems)
                 })
                 .collect();
             PreparedPullSecret { secrets, problems }
@@ -205,7 +205,7 @@ struct SecretGroup<'a> {
     instance: &'a str,
 }
 
-fn render_secret(
+fn prepare_secret(
     pull_secret: &PullSecretConfig,
     group: &SecretGroup<'_>,
     resolved_credentials: &BTreeMap<String, Resolved>,

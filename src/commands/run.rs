@@ -46,6 +46,7 @@ pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
         });
         let options = daemon::DaemonOptions {
             config_path: args.sources.config.clone(),
+            config: Some(config),
             sources,
             throttle: args.kube.throttle(),
             events: !args.writes.no_events,

@@ -57,6 +57,9 @@ use controller::Context;
 /// How the daemon runs.
 pub struct DaemonOptions {
     pub config_path: PathBuf,
+    /// The config already loaded from `config_path` (`None`: load it at start): the caller
+    /// that validated it need not read it twice.
+    pub config: Option<Config>,
     pub sources: SourceContext,
     pub throttle: Throttle,
     /// Publish Kubernetes Events for changes and failures.
@@ -144,7 +147,10 @@ impl Running {
 
 /// What every reconcile shares.
 pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, DaemonError> {
-    let config = Arc::new(Config::load(&options.config_path)?);
+    let config = Arc::new(match options.config {
+        Some(config) => config,
+        None => Config::load(&options.config_path)?,
+    });
     let (config_tx, config_rx) = watch::channel(Arc::clone(&config));
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Snapshot::default()));
     let (stop_tx, stop_rx) = watch::channel(false);

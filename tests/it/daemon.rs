@@ -38,6 +38,7 @@ fn options(
 ) -> DaemonOptions {
     DaemonOptions {
         config_path: config_path.to_path_buf(),
+        config: None,
         sources,
         throttle: Throttle::new(nz(500), nz(200), 4),
         events: false,

@@ -123,6 +123,7 @@ async fn run_converges_and_watches_under_exactly_the_shipped_rbac() {
         client,
         DaemonOptions {
             config_path: config_path.clone(),
+            config: None,
             sources: SourceContext::default(),
             throttle: Throttle::new(nz(500), nz(200), 2),
             events: true,

@@ -675,6 +675,7 @@ async fn every_metric_the_alerts_and_dashboard_query_is_served_by_the_daemon() {
         fx.client.clone(),
         DaemonOptions {
             config_path,
+            config: None,
             sources: SourceContext::default(),
             throttle: Throttle::new(nz(500), nz(200), 4),
             events: false,

@@ -1,8 +1,8 @@
 //! The harness for leased dynamic Vault secrets, proven against the real parts: a private
-//! PostgreSQL server (tests/support/postgres.rs), OpenBao's database secrets engine issuing
-//! leased logins on it (tests/support/openbao.rs), `psql` logging in with them, OpenBao's lease
+//! PostgreSQL server (tests/it/support/postgres.rs), OpenBao's database secrets engine issuing
+//! leased logins on it (tests/it/support/openbao.rs), `psql` logging in with them, OpenBao's lease
 //! list and its audit log. Also the registry fixture for verified rotation
-//! (tests/support/registry.rs): a password changed while the registry runs, and the registry's
+//! (tests/it/support/registry.rs): a password changed while the registry runs, and the registry's
 //! access log of `/v2/` checks.
 //!
 //! These tests prove the harness, not pullsecretd: they must fail if the harness reports

@@ -2,7 +2,7 @@
 //! faults are injected — Vault down, 403, sealed, its token revoked; API 5xx/429/409 storms;
 //! watch drops and 410; `kill -9` at each step of a versioned rotation and of a type change; an
 //! auth file half-written, then deleted; the config reloaded to an invalid file and to fewer
-//! pull secrets. Throughout each scenario the invariant sweeper (tests/support/invariants.rs)
+//! pull secrets. Throughout each scenario the invariant sweeper (tests/it/support/invariants.rs)
 //! checks that no service account names a missing Secret, that nothing without this instance's
 //! identity changes and that no managed Secret is emptied; once the fault clears, the cluster
 //! must converge to the source's current credential. README "Safety" has the table.

@@ -83,6 +83,7 @@ async fn the_daemon_reports_a_foreign_secret_as_an_event_and_a_metric() {
         fx.client.clone(),
         DaemonOptions {
             config_path: fx.dir.path().join("config.yaml"),
+            config: None,
             sources: SourceContext::default(),
             throttle: Throttle::new(nz(500), nz(200), 4),
             events: true,

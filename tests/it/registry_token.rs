@@ -1,6 +1,6 @@
 //! Delegated authentication for real: a registry (Debian's `docker-registry`, distribution 2.8)
 //! with `auth: token` whose realm is a token server on another loopback port (the "SSO" host,
-//! tests/support/token_server.rs). pullsecretd writes the procedure's pair — the registry host
+//! tests/it/support/token_server.rs). pullsecretd writes the procedure's pair — the registry host
 //! (`private-registry`) and the SSO host (`redhat-connect-sso`) — into kube-sim, as one Secret
 //! (`layout: combined`) or two linked ones (`layout: split`). skopeo, given only the Secret data,
 //! pushes and pulls through the token flow.

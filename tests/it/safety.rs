@@ -2,7 +2,7 @@
 //! `once` and `run` as processes against kube-sim (HTTPS) and a real OpenBao, workstation passes
 //! through the library. Each test here failed before instance identities, held versions, safe
 //! type changes, add-only workstation passes, reload re-reads and source retries existed. An
-//! invariant sweeper (tests/support/invariants.rs) watches the cluster throughout.
+//! invariant sweeper (tests/it/support/invariants.rs) watches the cluster throughout.
 
 use crate::support::cluster;
 use crate::support::kube as kube_cluster;

@@ -1,4 +1,4 @@
-//! The Vault source against a REAL OpenBao dev server (tests/support/openbao.rs), one server per
+//! The Vault source against a REAL OpenBao dev server (tests/it/support/openbao.rs), one server per
 //! test on its own loopback port: KV v1/v2 reads and mappings, token/AppRole/Kubernetes login,
 //! renewal, re-login after revocation, last-known-good across a server outage, policy denials
 //! that never print values, and OpenBao's own audit log counting reads.

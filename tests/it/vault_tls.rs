@@ -1,5 +1,5 @@
 //! The Vault block's transport options against a REAL OpenBao serving HTTPS
-//! (tests/support/openbao.rs `start_tls`): `caCert` trusts the server, a missing or wrong CA
+//! (tests/it/support/openbao.rs `start_tls`): `caCert` trusts the server, a missing or wrong CA
 //! is a clear certificate error, `tlsServerName` verifies the certificate under another name
 //! than the address's host, and `namespace` reads from an OpenBao namespace
 //! (`X-Vault-Namespace`).
