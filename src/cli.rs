@@ -97,6 +97,9 @@ pub(crate) struct WorkstationArgs {
     /// Do not serve credential-helper calls on the agent socket.
     #[arg(long)]
     pub(crate) no_agent: bool,
+    /// Log format on stderr (text is plain unless stderr is a terminal).
+    #[arg(long, value_enum, default_value = "text")]
+    pub(crate) log_format: LogFormatArg,
     #[command(flatten)]
     pub(crate) kube: KubeArgs,
 }
@@ -116,7 +119,8 @@ pub(crate) struct RunArgs {
     /// Log format on stderr.
     #[arg(long, value_enum, default_value = "text")]
     pub(crate) log_format: LogFormatArg,
-    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else pullsecretd).
+    /// Namespace of the leader-election Lease (default: $POD_NAMESPACE, else the kube context's
+    /// namespace).
     #[arg(long)]
     pub(crate) lease_namespace: Option<String>,
     /// Name of the leader-election Lease (default: pullsecretd, or pullsecretd-INSTANCE for a
@@ -138,6 +142,9 @@ pub(crate) struct RunArgs {
     /// Do not elect a leader: this replica always writes (run exactly one).
     #[arg(long)]
     pub(crate) no_leader_election: bool,
+    /// How long to wait at start for the API server to answer before giving up (exit 2).
+    #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+    pub(crate) start_timeout: Duration,
     /// Longest wait for in-flight writes and the Lease release after SIGTERM/SIGINT.
     #[arg(long, default_value = "20s", value_parser = humantime::parse_duration)]
     pub(crate) shutdown_timeout: Duration,
@@ -237,12 +244,19 @@ pub(crate) fn error_chain(error: &anyhow::Error) -> String {
 /// Logs go to stderr; `RUST_LOG` sets the level (default `warn`, with vaultrs' and rustify's
 /// own error events off: our errors already say what failed, with the mount and path).
 pub(crate) fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,vaultrs=off,rustify=off"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    pullsecretd::telemetry::init_logging(
+        pullsecretd::telemetry::LogFormat::Text,
+        "warn,vaultrs=off,rustify=off",
+    );
+}
+
+impl LogFormatArg {
+    pub(crate) fn format(self) -> pullsecretd::telemetry::LogFormat {
+        match self {
+            Self::Text => pullsecretd::telemetry::LogFormat::Text,
+            Self::Json => pullsecretd::telemetry::LogFormat::Json,
+        }
+    }
 }
 
 /// The async runtime every command that does I/O runs on.
@@ -256,6 +270,11 @@ pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
 
 /// A client for the chosen (or current) kube context.
 pub(crate) async fn kube_client(kube: &KubeArgs) -> anyhow::Result<kube::Client> {
+    Ok(kube_client_at(kube).await?.0)
+}
+
+/// A client for the chosen (or current) kube context, and the API server's URL it talks to.
+pub(crate) async fn kube_client_at(kube: &KubeArgs) -> anyhow::Result<(kube::Client, String)> {
     let config = match &kube.context {
         Some(context) => {
             let options = KubeConfigOptions {
@@ -270,7 +289,9 @@ pub(crate) async fn kube_client(kube: &KubeArgs) -> anyhow::Result<kube::Client>
             .await
             .context("finding a cluster (KUBECONFIG, ~/.kube/config or in-cluster)")?,
     };
-    pullsecretd::cluster::client(config).context("creating the Kubernetes client")
+    let url = config.cluster_url.to_string();
+    let client = pullsecretd::cluster::client(config).context("creating the Kubernetes client")?;
+    Ok((client, url))
 }
 
 /// Helper mode: docker and skopeo show the helper's stderr to the user, so only errors (which

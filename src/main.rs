@@ -12,7 +12,7 @@ use std::process::ExitCode;
 
 use clap::Parser as _;
 
-use cli::{Cli, Command, LogFormatArg, error_chain, init_helper_logging, init_logging};
+use cli::{Cli, Command, error_chain, init_helper_logging, init_logging};
 use commands::helper::credential_helper;
 use pullsecretd::credhelper::protocol::HELPER_NAME;
 use pullsecretd::source::helper::HELPER_PREFIX;
@@ -36,12 +36,13 @@ fn main() -> ExitCode {
     }
     let cli = Cli::parse();
     match &cli.command {
-        Command::Run(args) => telemetry::init_logging(
-            match args.log_format {
-                LogFormatArg::Text => telemetry::LogFormat::Text,
-                LogFormatArg::Json => telemetry::LogFormat::Json,
-            },
-            "info,vaultrs=off,rustify=off",
+        Command::Run(args) => {
+            telemetry::init_logging(args.log_format.format(), "info,vaultrs=off,rustify=off");
+        }
+        // What a workstation pass writes is worth seeing without RUST_LOG.
+        Command::Workstation(args) => telemetry::init_logging(
+            args.log_format.format(),
+            "warn,pullsecretd::workstation=info,vaultrs=off,rustify=off",
         ),
         Command::CredentialHelper { .. } => init_helper_logging(),
         _ => init_logging(),

@@ -264,6 +264,11 @@ fn table(headers: &[&str], rows: Vec<Vec<String>>) -> String {
     out
 }
 
+/// `1 change`, `2 changes`, `0 changes`.
+pub fn counted(n: usize, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 /// One action as a line for people, e.g. `link default: +reg-pull (imagePullSecrets)`.
 pub fn describe_step(step: &Step) -> String {
     match step {
@@ -314,7 +319,12 @@ pub fn changes_table(projects: &BTreeMap<String, &ProjectDiff>) -> String {
         }
     }
     let actions: usize = projects.values().map(|d| d.steps.len()).sum();
-    let _ = writeln!(out, "  {actions} changes in {} projects.", projects.len());
+    let _ = writeln!(
+        out,
+        "  {} in {}.",
+        counted(actions, "change", "changes"),
+        counted(projects.len(), "project", "projects")
+    );
     out
 }
 
@@ -354,9 +364,10 @@ pub fn once_summary(report: &Report) -> String {
     let failures: usize = report.projects.iter().map(|p| p.failures.len()).sum();
     let _ = writeln!(
         out,
-        "{} changes, {failures} failures, in {} projects{}.",
-        report.change_count(),
-        report.projects.len(),
+        "{}, {}, in {}{}.",
+        counted(report.change_count(), "change", "changes"),
+        counted(failures, "failure", "failures"),
+        counted(report.projects.len(), "project", "projects"),
         if report.converged() {
             "; converged"
         } else {

@@ -249,6 +249,9 @@ pub struct Health {
     pub ready: AtomicBool,
     /// Called before each scrape to refresh gauges computed from time (credential age).
     pub before_scrape: Box<dyn Fn(&Metrics) + Send + Sync>,
+    /// Once ready: why this replica cannot do its job now (`None`: it can) — e.g. a standby
+    /// that cannot reach its Lease could never take over.
+    pub unfit: Box<dyn Fn() -> Option<String> + Send + Sync>,
 }
 
 /// Why the listener could not start.
@@ -287,11 +290,21 @@ pub async fn serve(
     Ok((bound, task))
 }
 
+/// 200 when this replica can do its job: caches synced, every source delivered once, and it
+/// leads or is a standby that reaches its Lease. Otherwise 503 and the reason, one line.
 async fn readyz(State(health): State<Arc<Health>>) -> impl IntoResponse {
-    if health.ready.load(Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    if !health.ready.load(Ordering::Relaxed) {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: the caches are syncing or a source has not delivered yet\n".to_string(),
+        );
+    }
+    match (health.unfit)() {
+        None => (StatusCode::OK, "ready\n".to_string()),
+        Some(reason) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {reason}\n"),
+        ),
     }
 }
 
@@ -325,8 +338,11 @@ pub enum LogFormat {
 pub fn init_logging(format: LogFormat, default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    // Colours only for a person at a terminal, never into a file or a log collector.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     // A subscriber set already (tests) is kept.
     let _ = match format {

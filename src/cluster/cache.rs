@@ -315,7 +315,7 @@ async fn report_changes<K>(
                 gone.into_iter().try_for_each(|ns| touched.send(ns))
             }
             Err(error) => {
-                tracing::warn!(%error, "Watch failed; retrying with backoff.");
+                tracing::warn!(error = %watch_error(&error), "Watch failed; retrying with backoff.");
                 Ok(())
             }
         };
@@ -323,5 +323,21 @@ async fn report_changes<K>(
             // The controller is gone: the daemon is stopping.
             return;
         }
+    }
+}
+
+/// A watch error in words: the server's message and code, never a Debug dump.
+fn watch_error(error: &watcher::Error) -> String {
+    match error {
+        watcher::Error::InitialListFailed(e)
+        | watcher::Error::WatchStartFailed(e)
+        | watcher::Error::WatchFailed(e) => super::describe(e),
+        watcher::Error::WatchError(status) => {
+            format!(
+                "{} ({}, HTTP {})",
+                status.message, status.reason, status.code
+            )
+        }
+        other => other.to_string(),
     }
 }

@@ -10,6 +10,7 @@
 //! (guarded by its resourceVersion); only a standby reads the Lease, once per `retry_period`.
 //! Must not touch anything but its one Lease.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -36,11 +37,38 @@ pub struct LeaseConfig {
     pub retry_period: Duration,
 }
 
+/// Why the Lease cannot be used at all: a start-up error, named for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error(
+        "the Lease namespace {namespace} does not exist: create it, or pass --lease-namespace NS \
+         (or --no-leader-election to run exactly one replica)"
+    )]
+    NamespaceMissing { namespace: String },
+    #[error(
+        "not allowed to use the Lease {namespace}/{name}: {message} (grant the Role of \
+         deploy/base/leader-election.yaml, or pass --no-leader-election)"
+    )]
+    Forbidden {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+    #[error("the Lease {namespace}/{name}: {message}")]
+    Failed {
+        namespace: String,
+        name: String,
+        message: String,
+    },
+}
+
 /// Whether this replica may write now. Cheap to clone and to ask.
 #[derive(Clone)]
 pub struct Leadership {
     valid_until: Arc<Mutex<Option<Instant>>>,
     changes: watch::Receiver<bool>,
+    /// The last Lease request succeeded: a standby that can reach its Lease is a healthy one.
+    reachable: Arc<AtomicBool>,
 }
 
 impl Leadership {
@@ -50,7 +78,13 @@ impl Leadership {
         Self {
             valid_until: Arc::new(Mutex::new(None)),
             changes,
+            reachable: Arc::new(AtomicBool::new(true)),
         }
+    }
+
+    /// The last Lease request succeeded (always true without an election).
+    pub fn lease_reachable(&self) -> bool {
+        self.reachable.load(Ordering::Relaxed)
     }
 
     /// True while the Lease is held and its last renewal is recent enough.
@@ -80,6 +114,7 @@ pub struct Elector {
     config: LeaseConfig,
     valid_until: Arc<Mutex<Option<Instant>>>,
     leading: watch::Sender<bool>,
+    reachable: Arc<AtomicBool>,
     /// The last Lease read or written, and when its record was first seen as it is.
     observed: Option<(Lease, Instant)>,
 }
@@ -88,11 +123,13 @@ impl Elector {
     pub fn new(client: &Client, config: LeaseConfig) -> (Self, Leadership) {
         let (leading, changes) = watch::channel(false);
         let valid_until = Arc::new(Mutex::new(Some(Instant::now())));
+        let reachable = Arc::new(AtomicBool::new(false));
         let elector = Self {
             api: Api::namespaced(client.clone(), &config.namespace),
             config,
             valid_until: Arc::clone(&valid_until),
             leading,
+            reachable: Arc::clone(&reachable),
             observed: None,
         };
         (
@@ -100,8 +137,49 @@ impl Elector {
             Leadership {
                 valid_until,
                 changes,
+                reachable,
             },
         )
+    }
+
+    /// The first acquire-or-renew, at start: a Lease that cannot be used at all — its
+    /// namespace missing, access forbidden — is an error to stop on, not to retry forever.
+    pub async fn first_attempt(&mut self) -> Result<(), LeaseError> {
+        let started = Instant::now();
+        match self.try_acquire_or_renew(started).await {
+            Ok(leading) => {
+                self.reachable.store(true, Ordering::Relaxed);
+                self.set_leading(leading.then_some(started + self.config.renew_deadline));
+                Ok(())
+            }
+            Err(error) => Err(self.lease_error(&error)),
+        }
+    }
+
+    fn lease_error(&self, error: &kube::Error) -> LeaseError {
+        let namespace = self.config.namespace.clone();
+        let name = self.config.name.clone();
+        match error {
+            kube::Error::Api(status)
+                if status.code == 404
+                    && status
+                        .details
+                        .as_ref()
+                        .is_some_and(|d| d.kind == "namespaces") =>
+            {
+                LeaseError::NamespaceMissing { namespace }
+            }
+            kube::Error::Api(status) if status.code == 403 => LeaseError::Forbidden {
+                namespace,
+                name,
+                message: status.message.clone(),
+            },
+            other => LeaseError::Failed {
+                namespace,
+                name,
+                message: super::describe(other),
+            },
+        }
     }
 
     /// Tries to acquire or renew every `retry_period` until `stop` fires, then releases the
@@ -109,11 +187,16 @@ impl Elector {
     pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
             let started = Instant::now();
-            match self.try_acquire_or_renew(started).await {
+            let attempt = self.try_acquire_or_renew(started).await;
+            self.reachable.store(attempt.is_ok(), Ordering::Relaxed);
+            match attempt {
                 Ok(true) => self.set_leading(Some(started + self.config.renew_deadline)),
                 Ok(false) => self.set_leading(None),
                 Err(error) => {
-                    tracing::warn!(%error, lease = %self.config.name, "Lease request failed.");
+                    tracing::warn!(
+                        error = %self.lease_error(&error),
+                        "Lease request failed; retrying."
+                    );
                     // Keep leading until the renew deadline runs out on its own.
                     if !self.is_valid() {
                         self.set_leading(None);
@@ -271,7 +354,10 @@ impl Elector {
             .await
         {
             Ok(_) => tracing::info!(lease = %self.config.name, "Released the Lease."),
-            Err(error) => tracing::warn!(%error, "Releasing the Lease failed; it expires."),
+            Err(error) => tracing::warn!(
+                error = %super::describe(&error),
+                "Releasing the Lease failed; it expires."
+            ),
         }
     }
 }

@@ -33,6 +33,54 @@ pub fn client(mut config: kube::Config) -> Result<kube::Client, kube::Error> {
     kube::Client::try_from(config)
 }
 
+/// Waits until the API server at `url` answers (`GET /version`), at most `limit`: a daemon
+/// that cannot reach its cluster says so and stops instead of retrying forever. A server that
+/// answers but refuses the credentials is an error at once.
+pub async fn wait_until_reachable(
+    client: &kube::Client,
+    url: &str,
+    limit: Duration,
+) -> Result<(), ReachError> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let error = match client.apiserver_version().await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(status)) if status.code == 401 || status.code == 403 => {
+                return Err(ReachError::Refused {
+                    url: url.to_string(),
+                    message: describe(&kube::Error::Api(status)),
+                });
+            }
+            Err(error) => error,
+        };
+        if tokio::time::Instant::now() + Duration::from_secs(1) > deadline {
+            return Err(ReachError::Unreachable {
+                url: url.to_string(),
+                limit,
+                message: describe(&error),
+            });
+        }
+        tracing::info!(%url, error = %describe(&error), "The API server does not answer yet.");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+/// Why the daemon could not start talking to its cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    #[error(
+        "cannot reach the Kubernetes API server at {url} within {}: {message}",
+        humantime::format_duration(*.limit)
+    )]
+    Unreachable {
+        url: String,
+        limit: Duration,
+        message: String,
+    },
+    #[error("the Kubernetes API server at {url} refused the credentials: {message}")]
+    Refused { url: String, message: String },
+}
+
 /// A failed API call, named by what was attempted.
 #[derive(Debug, thiserror::Error)]
 #[error("{verb} {resource} {target}: {}", describe(.source))]
@@ -82,7 +130,7 @@ impl ApiError {
 /// The server's own message (`secrets "x" is forbidden: User ... cannot create ...`) with its
 /// code, or the transport error. Status messages for Secrets never carry data: the API server
 /// redacts it (`<secret contents redacted>`).
-fn describe(error: &kube::Error) -> String {
+pub fn describe(error: &kube::Error) -> String {
     match error {
         kube::Error::Api(status) if status.reason.is_empty() => {
             format!("{} (HTTP {})", status.message, status.code)
@@ -146,7 +194,11 @@ impl Throttle {
             .retry(backoff)
             .when(is_retryable)
             .notify(|error, delay| {
-                tracing::warn!(%error, ?delay, "API call failed; retrying.");
+                tracing::warn!(
+                    error = %describe(error),
+                    delay_ms = delay.as_millis() as u64,
+                    "API call failed; retrying."
+                );
             })
             .await
     }

@@ -128,7 +128,10 @@ pub async fn detect_openshift(client: &Client, throttle: &Throttle) -> Option<bo
                 .any(|group| OPENSHIFT_GROUPS.contains(&group.name.as_str())),
         ),
         Err(error) => {
-            tracing::warn!(%error, "API discovery failed; whether this is OpenShift is unknown.");
+            tracing::warn!(
+                error = %super::describe(&error),
+                "API discovery failed; whether this is OpenShift is unknown."
+            );
             None
         }
     }

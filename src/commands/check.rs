@@ -2,17 +2,18 @@
 use std::path::Path;
 
 use pullsecretd::config::Config;
+use pullsecretd::render::counted;
 
 use crate::cli::{Failure, bad_input};
 
 pub(crate) fn check_config(file: &Path) -> Result<(), Failure> {
     let config = Config::load(file).map_err(bad_input)?;
     println!(
-        "{}: valid ({} registries, {} pull secrets, {} image pullers)",
+        "{}: valid ({}, {}, {})",
         file.display(),
-        config.registries.len(),
-        config.pull_secrets.len(),
-        config.image_pullers.len()
+        counted(config.registries.len(), "registry", "registries"),
+        counted(config.pull_secrets.len(), "pull secret", "pull secrets"),
+        counted(config.image_pullers.len(), "image puller", "image pullers")
     );
     Ok(())
 }

@@ -63,8 +63,8 @@ pub(crate) fn sources_outcome(config: &Config, failures: &[String]) -> Result<()
         eprintln!("error: {failure}");
     }
     Err(bad_input(anyhow::anyhow!(
-        "{} of {} registries could not be read; their secrets are held (left as they are)",
+        "{} of {} could not be read; their secrets are held (left as they are)",
         failures.len(),
-        config.registries.len()
+        pullsecretd::render::counted(config.registries.len(), "registry", "registries")
     )))
 }

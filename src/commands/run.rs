@@ -10,7 +10,7 @@ use pullsecretd::credhelper::agent;
 use pullsecretd::daemon;
 use pullsecretd::source::service::Lookup;
 
-use crate::cli::{Failure, RunArgs, bad_input, kube_client, source_context};
+use crate::cli::{Failure, RunArgs, bad_input, kube_client_at, source_context};
 
 /// `run`: starts the daemon and stops it gracefully on SIGTERM/SIGINT.
 pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
@@ -22,7 +22,10 @@ pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
     runtime.block_on(async {
         let config = Config::load(&args.sources.config).map_err(bad_input)?;
         let sources = source_context(&config, args.sources.helper_timeout).map_err(bad_input)?;
-        let client = kube_client(&args.kube).await.map_err(bad_input)?;
+        let (client, url) = kube_client_at(&args.kube).await.map_err(bad_input)?;
+        pullsecretd::cluster::wait_until_reachable(&client, &url, args.start_timeout)
+            .await
+            .map_err(bad_input)?;
         // Bound before the daemon starts: a socket in use is a start-up error.
         let agent_socket = if args.agent {
             Some(bind_agent().map_err(bad_input)?)
@@ -33,8 +36,12 @@ pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
             namespace: args
                 .lease_namespace
                 .clone()
-                .or_else(|| std::env::var("POD_NAMESPACE").ok())
-                .unwrap_or_else(|| "pullsecretd".into()),
+                .or_else(|| {
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|ns| !ns.is_empty())
+                })
+                .unwrap_or_else(|| client.default_namespace().to_string()),
             name: args
                 .lease_name
                 .clone()

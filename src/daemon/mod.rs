@@ -85,6 +85,8 @@ pub enum DaemonError {
     Listen(#[from] telemetry::ListenError),
     #[error(transparent)]
     WatchConfig(#[from] crate::watch::WatchError),
+    #[error(transparent)]
+    Lease(#[from] crate::cluster::lease::LeaseError),
 }
 
 /// Why one namespace did not converge (the applier retries it with backoff).
@@ -159,11 +161,25 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
     let ages = snapshot_rx.clone();
     let scrape_config = config_rx.clone();
     metrics.zero_series(config.registries.keys().map(String::as_str));
+    let (leadership, elector) = match options.lease.clone() {
+        Some(lease) => {
+            let (mut elector, leadership) = Elector::new(&client, lease);
+            // A Lease that cannot be used at all stops the start, with its reason.
+            elector.first_attempt().await?;
+            (leadership, Some(elector))
+        }
+        None => (Leadership::always(), None),
+    };
+    let fitness = leadership.clone();
     let health = Arc::new(Health {
         metrics: Arc::clone(&metrics),
         ready: false.into(),
         before_scrape: Box::new(move |metrics| {
             sources::record_ages(metrics, &ages.borrow(), &scrape_config.borrow());
+        }),
+        unfit: Box::new(move || {
+            (!fitness.is_leading() && !fitness.lease_reachable())
+                .then(|| "a standby that cannot reach its Lease (see the log)".to_string())
         }),
     });
     let address = match options.listen {
@@ -179,13 +195,6 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         None => None,
     };
 
-    let (leadership, elector) = match options.lease.clone() {
-        Some(lease) => {
-            let (elector, leadership) = Elector::new(&client, lease);
-            (leadership, Some(elector))
-        }
-        None => (Leadership::always(), None),
-    };
     let reload = watch_config_file(&options.config_path, options.reload_debounce, config_tx)?;
 
     let openshift = crate::cluster::snapshot::detect_openshift(&client, &options.throttle).await;

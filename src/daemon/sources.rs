@@ -183,6 +183,12 @@ fn count_reads(metrics: &Metrics, report: &crate::source::RefreshReport) {
         }
     }
     for failure in &report.failures {
+        tracing::warn!(
+            registry = %failure.registry,
+            error = %failure.error,
+            last_good_age_seconds = failure.last_good_age.map(|age| age.as_secs()),
+            "Reading a registry failed."
+        );
         let registry = failure.registry.clone();
         metrics
             .source_reads

@@ -135,12 +135,6 @@ impl Inventory {
                 .entries
                 .get(&registry)
                 .map(|entry| now.duration_since(entry.read_at));
-            tracing::warn!(
-                %registry,
-                %error,
-                last_good_age_seconds = last_good_age.map(|age| age.as_secs()),
-                "Reading a registry failed."
-            );
             report.failures.push(RefreshFailure {
                 registry,
                 error,

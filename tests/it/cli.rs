@@ -203,7 +203,7 @@ fn check_config_accepts_the_example_and_locates_errors() {
         repo_file("config/example.yaml").to_str().expect("path"),
     ]);
     assert!(good.status.success(), "stderr: {}", text(&good.stderr));
-    assert!(text(&good.stdout).contains("valid (3 registries, 2 pull secrets, 1 image pullers)"));
+    assert!(text(&good.stdout).contains("valid (3 registries, 2 pull secrets, 1 image puller)"));
 
     let dir = tempfile::tempdir().expect("temp dir");
     let bad = dir.path().join("bad.yaml");

@@ -425,7 +425,7 @@ fn a_type_change_that_fails_half_way_leaves_no_dangling_reference() {
     assert_eq!(out.status.code(), Some(1), "{text}");
     assert!(text.contains("deleted secret reg-pull"), "{text}");
     assert!(text.contains("FAILED create secrets a/reg-pull"), "{text}");
-    assert!(text.contains("2 changes, 1 failures"), "{text}");
+    assert!(text.contains("2 changes, 1 failure,"), "{text}");
     assert!(c.secret("a", "reg-pull").is_none());
     assert!(c.pull_list("a", "default").is_empty());
 
