@@ -18,10 +18,11 @@ struct Cli {
     /// Serve OpenShift's API groups, projects and system:image-puller.
     #[arg(long)]
     openshift: bool,
-    /// Serve HTTPS with a fresh self-signed CA.
-    #[arg(long)]
+    /// Accepted for old scripts: the binary always serves HTTPS with a fresh self-signed CA,
+    /// because kubectl sends bearer tokens only over TLS (plain HTTP would answer it 401).
+    #[arg(long, hide = true)]
     tls: bool,
-    /// Where to write the CA certificate (PEM) with --tls.
+    /// Where to write the CA certificate (PEM).
     #[arg(long)]
     ca_out: Option<PathBuf>,
     /// Fixed latency added to every resource request.
@@ -71,7 +72,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut opts = kube_sim::Options {
         port: cli.port,
         openshift: cli.openshift,
-        tls: cli.tls,
+        // Always TLS: the kubeconfig written below must work with kubectl (see `tls` above).
+        tls: true,
         rbac: cli.rbac,
         token: cli.token,
         ..Default::default()

@@ -591,13 +591,15 @@ fn rbac_auth_can_i_and_forbidden() {
     );
 }
 
+/// Started as the README shows, without `--tls`: kubectl sends its bearer token only over TLS,
+/// so the binary serves HTTPS whatever the flags say, and the kubeconfig it writes works.
 #[test]
 fn the_binary_writes_a_kubeconfig_kubectl_can_use() {
     let dir = tempfile::tempdir().unwrap();
     let kc = dir.path().join("kubeconfig");
     let ca = dir.path().join("ca.pem");
     let mut server = Command::new(env!("CARGO_BIN_EXE_kube-sim"))
-        .args(["--tls", "--openshift", "--port", "0", "--latency-ms", "1"])
+        .args(["--openshift", "--port", "0", "--latency-ms", "1"])
         .arg("--kubeconfig-out")
         .arg(&kc)
         .arg("--ca-out")
