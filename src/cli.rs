@@ -32,7 +32,11 @@ pub(crate) enum Command {
     /// Check a config file: exit 0 when valid, 2 with file:line:column when not.
     CheckConfig {
         /// The YAML config file.
-        file: PathBuf,
+        #[arg(required_unless_present = "config", conflicts_with = "config")]
+        file: Option<PathBuf>,
+        /// The YAML config file, spelt as the other commands spell it.
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Show the Secrets, service-account links and RoleBindings pullsecretd would write, per
     /// project. Offline unless --cluster is given; never writes to a cluster.

@@ -37,7 +37,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match &cli.command {
         Command::Run(args) => {
-            telemetry::init_logging(args.log_format.format(), "info,vaultrs=off,rustify=off");
+            telemetry::init_logging(
+                args.log_format.format(),
+                "info,kube_runtime=warn,vaultrs=off,rustify=off",
+            );
         }
         // What a workstation pass writes is worth seeing without RUST_LOG.
         Command::Workstation(args) => telemetry::init_logging(
@@ -48,7 +51,7 @@ fn main() -> ExitCode {
         _ => init_logging(),
     }
     let outcome = match cli.command {
-        Command::CheckConfig { file } => commands::check::check_config(&file),
+        Command::CheckConfig { file, config } => commands::check::check_config(file.or(config)),
         Command::Plan {
             sources,
             projects,

@@ -68,6 +68,12 @@ pub struct FileWatcher {
 
 impl FileWatcher {
     pub fn new(files: Vec<PathBuf>) -> Result<Self, WatchError> {
+        // notify reports absolute paths, and a relative path's parent (`""` for `config.yaml`)
+        // names no directory to watch: compare and watch absolute paths only.
+        let files = files
+            .into_iter()
+            .map(|file| std::path::absolute(&file).unwrap_or(file))
+            .collect();
         let (tx, events) = mpsc::unbounded_channel();
         let watcher = notify::recommended_watcher(move |event| {
             // The receiver is gone only when the watcher is being dropped.

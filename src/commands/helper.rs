@@ -67,7 +67,8 @@ pub(crate) fn helper_reply(
 }
 
 /// A running agent (unless `--config` is given), else this process reading the config's
-/// sources itself.
+/// sources itself; with no config file at all, the default config `workstation` builds from
+/// the docker and podman auth files.
 pub(crate) async fn helper_backend(config: Option<PathBuf>) -> Result<Backend, LookupError> {
     let env = |name: &str| std::env::var_os(name);
     if config.is_none()
@@ -76,10 +77,25 @@ pub(crate) async fn helper_backend(config: Option<PathBuf>) -> Result<Backend, L
     {
         return Ok(Backend::Agent(client));
     }
-    let path = config
-        .or_else(|| protocol::default_config_path(env))
-        .ok_or_else(|| LookupError("no config: set PULLSECRETD_CONFIG or HOME".into()))?;
-    let config = Config::load(&path).map_err(|e| LookupError(e.to_string()))?;
+    let config = match config.or_else(|| protocol::explicit_config_path(env)) {
+        Some(path) => Config::load(&path).map_err(|e| LookupError(e.to_string()))?,
+        None => match protocol::default_config_path(env).filter(|path| path.is_file()) {
+            Some(path) => Config::load(&path).map_err(|e| LookupError(e.to_string()))?,
+            // No config anywhere: serve what `workstation` would, from the auth files.
+            None => pullsecretd::workstation::default_config_now(
+                &pullsecretd::workstation::standard_files(env),
+            )
+            .map_err(LookupError)?
+            .ok_or_else(|| {
+                LookupError(
+                    "no config (--config, $PULLSECRETD_CONFIG or \
+                     ~/.config/pullsecretd/config.yaml) and no registry in the docker or podman \
+                     auth files"
+                        .into(),
+                )
+            })?,
+        },
+    };
     let context = source_context(&config, Duration::from_secs(10))
         .map_err(|e| LookupError(error_chain(&e)))?;
     Ok(Backend::Local(Lookup::Service(Arc::new(

@@ -11,9 +11,15 @@ pub(crate) mod run;
 pub(crate) mod workstation;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+
+use anyhow::Context as _;
 
 use pullsecretd::config::Config;
+use pullsecretd::credhelper::agent;
 use pullsecretd::plan as planner;
+use pullsecretd::render::counted;
+use pullsecretd::source::service::Lookup;
 use pullsecretd::source::{Inventory, Resolved};
 
 use crate::cli::{Failure, SourceArgs, bad_input, source_context};
@@ -35,8 +41,12 @@ pub(crate) async fn read_sources(
     Ok((inventory.credentials(), failures))
 }
 
-/// Exit 2 when a pull secret could not be rendered (its Secrets are held), after saying which.
-pub(crate) fn rendered_outcome<'a>(
+/// Exit 2 when a registry could not be read or a pull secret could not be rendered (their
+/// Secrets are held), after saying which: each registry's error on its own line, then one
+/// summary as the command's error.
+pub(crate) fn held_outcome<'a>(
+    config: &Config,
+    source_failures: &[String],
     held: impl IntoIterator<Item = &'a planner::HeldSecret>,
 ) -> Result<(), Failure> {
     let not_rendered: BTreeSet<&str> = held
@@ -44,27 +54,68 @@ pub(crate) fn rendered_outcome<'a>(
         .filter(|h| matches!(h.reason, planner::HoldReason::NotRendered { .. }))
         .map(|h| h.name.as_str())
         .collect();
-    if not_rendered.is_empty() {
+    for failure in source_failures {
+        eprintln!("error: {failure}");
+    }
+    let mut parts = Vec::new();
+    if !source_failures.is_empty() {
+        parts.push(format!(
+            "{} of {} could not be read",
+            source_failures.len(),
+            counted(config.registries.len(), "registry", "registries")
+        ));
+    }
+    if !not_rendered.is_empty() {
+        parts.push(format!(
+            "{} could not be rendered ({})",
+            counted(not_rendered.len(), "secret", "secrets"),
+            not_rendered.into_iter().collect::<Vec<_>>().join(", ")
+        ));
+    }
+    if parts.is_empty() {
         return Ok(());
     }
     Err(bad_input(anyhow::anyhow!(
-        "{} secret(s) could not be rendered and are held (left as they are): {}",
-        not_rendered.len(),
-        not_rendered.into_iter().collect::<Vec<_>>().join(", ")
+        "{}; their secrets are held (left as they are)",
+        parts.join(" and ")
     )))
 }
 
-/// Exit 2 when a registry could not be read, after saying which and why.
-pub(crate) fn sources_outcome(config: &Config, failures: &[String]) -> Result<(), Failure> {
-    if failures.is_empty() {
-        return Ok(());
+/// An agent socket being served (`workstation`, `run --agent`): served until dropped, then
+/// removed, so a stopped process leaves no socket behind.
+pub(crate) struct ServedAgent {
+    socket: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl ServedAgent {
+    /// Serves credential-helper calls on `listener` (bound at `socket`) from `lookup`.
+    pub(crate) fn serve(
+        socket: PathBuf,
+        listener: tokio::net::UnixListener,
+        lookup: Lookup,
+    ) -> Self {
+        tracing::info!(socket = %socket.display(), "Serving credential-helper calls.");
+        let task = tokio::spawn(agent::serve(listener, lookup));
+        Self { socket, task }
     }
-    for failure in failures {
-        eprintln!("error: {failure}");
+}
+
+impl Drop for ServedAgent {
+    fn drop(&mut self) {
+        self.task.abort();
+        let _ = std::fs::remove_file(&self.socket);
     }
-    Err(bad_input(anyhow::anyhow!(
-        "{} of {} could not be read; their secrets are held (left as they are)",
-        failures.len(),
-        pullsecretd::render::counted(config.registries.len(), "registry", "registries")
-    )))
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
 }

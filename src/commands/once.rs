@@ -3,7 +3,7 @@ use pullsecretd::cluster::ApplyOptions;
 use pullsecretd::config::Config;
 use pullsecretd::{reconcile, render};
 
-use super::{read_sources, rendered_outcome, sources_outcome};
+use super::{held_outcome, read_sources};
 use crate::cli::{Failure, KubeArgs, SourceArgs, WriteArgs, bad_input, kube_client, runtime};
 
 pub(crate) fn run_once(
@@ -35,20 +35,25 @@ pub(crate) fn run_once(
             error: error.into(),
         })?;
         print!("{}", render::once_summary(&report));
-        if !report.converged() {
-            sources_outcome(&config, &failures).ok();
-            return Err(Failure {
-                status: 1,
-                error: anyhow::anyhow!("not every project converged; see the failures above"),
-            });
-        }
-        sources_outcome(&config, &failures)?;
-        rendered_outcome(
+        let held = held_outcome(
+            &config,
+            &failures,
             report
                 .projects
                 .iter()
                 .flat_map(|p| &p.held)
                 .map(|held| &held.secret),
-        )
+        );
+        if !report.converged() {
+            // A failed write outranks a held source: exit 1, with the holds said too.
+            if let Err(held) = held {
+                eprintln!("error: {}", crate::cli::error_chain(&held.error));
+            }
+            return Err(Failure {
+                status: 1,
+                error: anyhow::anyhow!("not every project converged; see the failures above"),
+            });
+        }
+        held
     })
 }

@@ -12,7 +12,7 @@ use pullsecretd::names::dns1123_label_problem;
 use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
 use pullsecretd::{reconcile, render};
 
-use super::{read_sources, rendered_outcome, sources_outcome};
+use super::{held_outcome, read_sources};
 use crate::cli::{Failure, KubeArgs, SourceArgs, bad_input, kube_client, runtime};
 
 pub(crate) fn run_plan(
@@ -25,19 +25,49 @@ pub(crate) fn run_plan(
     let runtime = runtime()?;
     let (credentials, failures) = runtime.block_on(read_sources(&config, sources))?;
 
-    let state = plan::plan(PlanInputs {
+    let mut state = plan::plan(PlanInputs {
         config: &config,
         credentials: &credentials,
         namespaces: &namespaces,
         openshift: None,
     });
+    // Offline nothing is known about which projects exist: a project the config names but
+    // `--projects` left out was left out on purpose, not found missing.
+    state
+        .problems
+        .retain(|problem| problem.reason != "ProjectNotFound");
     print!("{}", render::plan_table(&config, &credentials, &state));
     if let Some(dir) = output {
         write_output(dir, &state).map_err(|error| Failure { status: 1, error })?;
         println!("\nWrote manifests and link commands to {}", dir.display());
     }
-    sources_outcome(&config, &failures)?;
-    rendered_outcome(state.projects.values().flat_map(|p| &p.held))
+    unselected_outcome(&namespaces, &state)?;
+    held_outcome(
+        &config,
+        &failures,
+        state.projects.values().flat_map(|p| &p.held),
+    )
+}
+
+/// Exit 2 when a project given with `--projects` is selected by nothing in the config: the
+/// plan above is empty for it, which is rarely what was meant.
+fn unselected_outcome(
+    namespaces: &[NamespaceInfo],
+    state: &plan::DesiredState,
+) -> Result<(), Failure> {
+    let unselected: Vec<&str> = namespaces
+        .iter()
+        .map(|ns| ns.name.as_str())
+        .filter(|name| !state.projects.contains_key(*name))
+        .collect();
+    if unselected.is_empty() {
+        return Ok(());
+    }
+    Err(bad_input(anyhow::anyhow!(
+        "--projects: no pull secret or image puller in the config names {} (offline, label \
+         selectors match nothing: use --cluster to plan against real namespaces)",
+        unselected.join(", ")
+    )))
 }
 
 pub(crate) fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<(), Failure> {
@@ -64,8 +94,11 @@ pub(crate) fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<
             render::plan_table(&config, &credentials, &diff.desired)
         );
         print!("{}", render::changes_table(&diff.diffs()));
-        sources_outcome(&config, &failures)?;
-        rendered_outcome(diff.desired.projects.values().flat_map(|p| &p.held))
+        held_outcome(
+            &config,
+            &failures,
+            diff.desired.projects.values().flat_map(|p| &p.held),
+        )
     })
 }
 

@@ -8,8 +8,8 @@ use anyhow::Context as _;
 use pullsecretd::config::Config;
 use pullsecretd::credhelper::agent;
 use pullsecretd::daemon;
-use pullsecretd::source::service::Lookup;
 
+use super::ServedAgent;
 use crate::cli::{Failure, RunArgs, bad_input, kube_client_at, source_context};
 
 /// `run`: starts the daemon and stops it gracefully on SIGTERM/SIGINT.
@@ -64,12 +64,12 @@ pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
             debounce: Duration::from_millis(50),
         };
         let running = daemon::start(client, options).await.map_err(bad_input)?;
-        let agent =
-            agent_socket.map(|(socket, listener)| serve_agent(socket, listener, running.lookup()));
+        let agent = agent_socket
+            .map(|(socket, listener)| ServedAgent::serve(socket, listener, running.lookup()));
         if let Some(address) = running.address {
             tracing::info!(%address, "Serving /healthz, /readyz and /metrics.");
         }
-        wait_for_signal()
+        super::wait_for_signal()
             .await
             .map_err(|error| Failure { status: 1, error })?;
         tracing::info!("Stopping: finishing in-flight writes and releasing the Lease.");
@@ -86,19 +86,6 @@ pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
     })
 }
 
-/// The agent socket of `run --agent`: served until dropped, then removed.
-pub(crate) struct ServedAgent {
-    socket: PathBuf,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for ServedAgent {
-    fn drop(&mut self) {
-        self.task.abort();
-        let _ = fs::remove_file(&self.socket);
-    }
-}
-
 /// Binds the agent socket where the helper looks for it.
 fn bind_agent() -> anyhow::Result<(PathBuf, tokio::net::UnixListener)> {
     let socket = agent::socket_path(|name| std::env::var_os(name)).context(
@@ -106,26 +93,6 @@ fn bind_agent() -> anyhow::Result<(PathBuf, tokio::net::UnixListener)> {
     )?;
     let listener = agent::bind(&socket)?;
     Ok((socket, listener))
-}
-
-/// Serves credential-helper calls from the daemon's own sources: its snapshots (each source is
-/// read once per refresh however many callers ask) and its config, reloads included.
-fn serve_agent(socket: PathBuf, listener: tokio::net::UnixListener, lookup: Lookup) -> ServedAgent {
-    tracing::info!(socket = %socket.display(), "Serving credential-helper calls.");
-    let task = tokio::spawn(agent::serve(listener, lookup));
-    ServedAgent { socket, task }
-}
-
-/// SIGTERM or SIGINT.
-pub(crate) async fn wait_for_signal() -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("listening for SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("listening for SIGINT")?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    Ok(())
 }
 
 /// One Lease per instance: two instances never elect one leader between them.

@@ -12,6 +12,7 @@ use pullsecretd::source::SourceContext;
 use pullsecretd::source::service::{CredentialService, Lookup};
 use pullsecretd::workstation::{self, ConfigSource, WatchedFile, Workstation};
 
+use super::ServedAgent;
 use crate::cli::{Failure, WorkstationArgs, bad_input, kube_client, source_context};
 
 /// `workstation`: watch the auth files, sync on change, serve the agent socket.
@@ -29,6 +30,9 @@ pub(crate) fn run_workstation(args: WorkstationArgs) -> Result<(), Failure> {
     if let Some(config) = &config {
         files.extend(files_named_in(config));
     }
+    // A config naming ~/.docker/config.json (as most do) must not watch it twice.
+    let mut seen = std::collections::BTreeSet::new();
+    files.retain(|file| seen.insert(std::path::absolute(&file.path).unwrap_or(file.path.clone())));
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -50,13 +54,18 @@ pub(crate) fn run_workstation(args: WorkstationArgs) -> Result<(), Failure> {
             context,
             Some(Duration::from_secs(30)),
         ));
-        if !args.no_agent
-            && let Some(socket) = agent::socket_path(env)
-        {
-            let listener = agent::bind(&socket).map_err(bad_input)?;
-            eprintln!("Serving credential-helper calls on {}", socket.display());
-            tokio::spawn(agent::serve(listener, Lookup::Service(service.clone())));
-        }
+        // Served until this function returns; the socket is removed then.
+        let _agent = match agent::socket_path(env).filter(|_| !args.no_agent) {
+            Some(socket) => {
+                let listener = agent::bind(&socket).map_err(bad_input)?;
+                Some(ServedAgent::serve(
+                    socket,
+                    listener,
+                    Lookup::Service(service.clone()),
+                ))
+            }
+            None => None,
+        };
         let refresh = config
             .as_ref()
             .and_then(|c| c.pull_secrets.iter().map(|p| p.rotation.refresh).min())
@@ -73,12 +82,25 @@ pub(crate) fn run_workstation(args: WorkstationArgs) -> Result<(), Failure> {
         let (tx, rx) = tokio::sync::mpsc::channel(1);
         tokio::spawn(watcher.forward(tx));
         for file in &files {
-            eprintln!("Watching {}", file.path.display());
+            tracing::info!(file = %file.path.display(), "Watching.");
         }
+        // SIGTERM/SIGINT: the pass under way finishes, the socket goes, exit 0.
+        let (stop_tx, stop) = tokio::sync::watch::channel(false);
+        let signals = tokio::spawn(async move {
+            let outcome = super::wait_for_signal().await;
+            let _ = stop_tx.send(true);
+            outcome
+        });
         let throttle = args.kube.throttle();
         Workstation::new(client, throttle, source, service)
-            .run(rx, args.debounce, refresh)
+            .run(rx, args.debounce, refresh, stop)
             .await;
+        if signals.is_finished()
+            && let Ok(Err(error)) = signals.await
+        {
+            return Err(Failure { status: 1, error });
+        }
+        tracing::info!("Stopped.");
         Ok(())
     })
 }

@@ -127,11 +127,23 @@ struct Fields<'n> {
 impl<'n> Fields<'n> {
     fn read(node: &'n Node, path: &FieldPath, allowed: &[&str]) -> Result<Self> {
         let entries = expect_map(node, path)?;
-        let mut values = Vec::with_capacity(entries.len());
+        let mut values: Vec<(&str, Mark, &Node)> = Vec::with_capacity(entries.len());
         for entry in entries {
             let key = map_key(entry, path)?;
             if !allowed.contains(&key) {
-                return Err(unknown_field(entry, &path.key(key), key, allowed));
+                let mut problem = unknown_field(entry, &path.key(key), key, allowed);
+                // `from:` with nothing after it, then a line at the same indentation: that
+                // line was almost certainly meant to be indented under it.
+                if let Some((previous, mark, value)) = values.last()
+                    && value.is_null()
+                {
+                    problem.message.push_str(&format!(
+                        "; {previous}: on line {} has no value: if {key} belongs under it, \
+                         indent it further",
+                        mark.line
+                    ));
+                }
+                return Err(problem);
             }
             values.push((key, entry.key.mark, &entry.value));
         }
@@ -299,7 +311,23 @@ fn decode_registries(
     has_vault: bool,
 ) -> Result<Registries> {
     let mut registries = Registries::default();
-    for entry in expect_map(node, path)? {
+    let entries = expect_map(node, path)?;
+    // A registry's own field one level too far left reads as a registry named `from`: report
+    // that line, not "from is missing" at the registry above it.
+    for entry in entries {
+        let name = map_key(entry, path)?;
+        if REGISTRY_FIELDS.contains(&name) {
+            return Err(problem(
+                entry.key.mark,
+                &path.key(name),
+                format!(
+                    "{name} is a field of a registry, not a registry name: it is indented \
+                     one level too far left; indent it under the registry above it"
+                ),
+            ));
+        }
+    }
+    for entry in entries {
         let name = map_key(entry, path)?;
         let entry_path = path.key(name);
         check_label(name, entry.key.mark, &entry_path, "registry name")?;
@@ -343,6 +371,9 @@ fn decode_server(node: &Node, path: &FieldPath) -> Result<RegistryKey> {
             KeyError::HasTag(_) => "has a tag; name a registry, not an image",
             KeyError::HasScheme(_) => "has a scheme",
             KeyError::BadPort(_) => "has a port that is not a number from 1 to 65535",
+            KeyError::UnsupportedScheme(_) => {
+                "has a scheme other than https:// or http://; write the host, e.g. registry.example.com"
+            }
         };
         problem(node.mark, path, format!("registry server {reason}"))
     })
@@ -894,10 +925,21 @@ fn decode_allow(node: &Node, path: &FieldPath) -> Result<Vec<PullerSubject>> {
     Ok(subjects)
 }
 
-/// `serviceaccount:<project>:<name>` or `group:<project>`.
+/// `serviceaccount:<project>:<name>` or `group:<project>`, or the user and group names the
+/// API server gives them (`system:serviceaccount:<project>:<name>`,
+/// `system:serviceaccounts:<project>`), which is what `oc` and `kubectl` print.
 fn parse_subject(text: &str) -> Result<PullerSubject, String> {
-    const WANTED: &str = "expected serviceaccount:<project>:<name> or group:<project>";
-    if let Some(rest) = text.strip_prefix("serviceaccount:") {
+    const WANTED: &str = "expected serviceaccount:<project>:<name> (or \
+                          system:serviceaccount:<project>:<name>) or group:<project> (or \
+                          system:serviceaccounts:<project>)";
+    let text = text.trim();
+    let account = text
+        .strip_prefix("system:serviceaccount:")
+        .or_else(|| text.strip_prefix("serviceaccount:"));
+    let group = text
+        .strip_prefix("system:serviceaccounts:")
+        .or_else(|| text.strip_prefix("group:"));
+    if let Some(rest) = account {
         let (namespace, name) = rest.split_once(':').ok_or(WANTED)?;
         if let Some(reason) = dns1123_label_problem(namespace) {
             return Err(format!("{WANTED}; the project {reason}"));
@@ -910,7 +952,7 @@ fn parse_subject(text: &str) -> Result<PullerSubject, String> {
             name: name.to_string(),
         });
     }
-    if let Some(project) = text.strip_prefix("group:") {
+    if let Some(project) = group {
         if let Some(reason) = dns1123_label_problem(project) {
             return Err(format!("{WANTED}; the project {reason}"));
         }
@@ -940,7 +982,19 @@ mod tests {
                 project: "project-a".into()
             })
         );
+        // As `oc policy add-role-to-user` and `oc get rolebinding -o wide` print them.
+        assert_eq!(
+            parse_subject("system:serviceaccount:project-a:default"),
+            parse_subject("serviceaccount:project-a:default")
+        );
+        assert_eq!(
+            parse_subject("system:serviceaccounts:project-a"),
+            parse_subject("group:project-a")
+        );
         for bad in [
+            "system:serviceaccount:project-a",
+            "system:serviceaccounts:",
+            "system:authenticated",
             "serviceaccount:project-a",
             "serviceaccount::default",
             "serviceaccount:a:b:c",

@@ -105,6 +105,11 @@ pub fn version(program: &str) -> Reply {
     Reply::ok(format!("{program} (pullsecretd) v{}\n", env!("CARGO_PKG_VERSION")).into_bytes())
 }
 
+/// `$PULLSECRETD_CONFIG` when set: a config the user named, so its absence is an error.
+pub fn explicit_config_path(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {
+    env(CONFIG_ENV).filter(|v| !v.is_empty()).map(PathBuf::from)
+}
+
 /// Where the helper's config is when no `--config` is given: `$PULLSECRETD_CONFIG`, else
 /// `$XDG_CONFIG_HOME/pullsecretd/config.yaml`, else `~/.config/pullsecretd/config.yaml`.
 pub fn default_config_path(env: impl Fn(&str) -> Option<OsString>) -> Option<PathBuf> {

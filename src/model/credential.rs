@@ -45,6 +45,10 @@ pub enum KeyError {
     HasScheme(String),
     #[error("registry name {0:?} has a port that is not a number from 1 to 65535")]
     BadPort(String),
+    /// A scheme other than `https://` or `http://` (`ftp://host`): docker would keep `ftp:` as
+    /// the host, which no registry is.
+    #[error("registry name {0:?} has a scheme other than https:// or http://")]
+    UnsupportedScheme(String),
 }
 
 impl RegistryKey {
@@ -54,6 +58,11 @@ impl RegistryKey {
         let trimmed = input.trim();
         check_characters(trimmed)?;
         let without_scheme = strip_scheme(trimmed);
+        if let Some((scheme, _)) = without_scheme.split_once("://")
+            && !scheme.contains('/')
+        {
+            return Err(KeyError::UnsupportedScheme(trimmed.to_string()));
+        }
         let host = without_scheme.split('/').next().unwrap_or_default();
         Self::from_host(host, None, trimmed)
     }

@@ -87,6 +87,19 @@ pub fn registries_in(file: &AuthFile) -> Vec<RegistryKey> {
     keys.into_iter().collect()
 }
 
+/// The default config `workstation` would use now, from one read of `files`: the credential
+/// helper's fallback when there is neither a config file nor an agent. `Ok(None)` when no file
+/// names a registry; the files' errors otherwise, if nothing could be read.
+pub fn default_config_now(files: &[WatchedFile]) -> Result<Option<Config>, String> {
+    let mut registries = FileRegistries::default();
+    let problems = registries.reload(files);
+    match registries.default_config(files, "default") {
+        Ok(None) if !problems.is_empty() => Err(problems.join("; ")),
+        Ok(config) => Ok(config),
+        Err(error) => Err(error.to_string()),
+    }
+}
+
 /// The registries each watched file named when it last parsed.
 #[derive(Debug, Default)]
 pub struct FileRegistries {

@@ -27,7 +27,7 @@ use crate::model::managed::WORKSTATION_INSTANCE;
 use crate::reconcile;
 use crate::source::service::CredentialService;
 use crate::watch::{MAX_DELAY, settle};
-pub use files::{FileRegistries, WatchedFile, standard_files};
+pub use files::{FileRegistries, WatchedFile, default_config_now, standard_files};
 
 /// Quiet time after the last change before a pass runs.
 pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(200);
@@ -208,12 +208,14 @@ impl Workstation {
     }
 
     /// Runs a pass now, then one after each debounced burst of `changes`, and every `refresh`
-    /// (Vault rotation), until `changes` closes.
+    /// (Vault rotation), until `changes` closes or `stop` turns true. A stop never interrupts
+    /// a pass: it is seen between passes, so what a pass started it finishes.
     pub async fn run(
         mut self,
         mut changes: mpsc::Receiver<()>,
         debounce: Duration,
         refresh: Duration,
+        mut stop: tokio::sync::watch::Receiver<bool>,
     ) {
         self.logged_pass().await;
         let mut timer = tokio::time::interval_at(Instant::now() + refresh, refresh);
@@ -221,11 +223,14 @@ impl Workstation {
         loop {
             tokio::select! {
                 change = changes.recv() => {
-                    if change.is_none() || !settle(&mut changes, debounce, MAX_DELAY).await {
-                        return;
+                    let Some(()) = change else { return };
+                    tokio::select! {
+                        settled = settle(&mut changes, debounce, MAX_DELAY) => if !settled { return },
+                        _ = stopped(&mut stop) => return,
                     }
                 }
                 _ = timer.tick() => {}
+                _ = stopped(&mut stop) => return,
             }
             self.logged_pass().await;
         }
@@ -235,5 +240,12 @@ impl Workstation {
         if let Err(error) = self.pass().await {
             tracing::warn!(%error, "Sync pass failed; retrying on the next change.");
         }
+    }
+}
+
+/// Resolves once `stop` is true; never when its sender is gone without saying so.
+async fn stopped(stop: &mut tokio::sync::watch::Receiver<bool>) {
+    if stop.wait_for(|stopped| *stopped).await.is_err() {
+        std::future::pending::<()>().await;
     }
 }

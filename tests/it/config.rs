@@ -390,7 +390,27 @@ fn every_error_class_names_line_column_and_field() {
         (
             "imagePullers:\n  - project: b\n    allow: [\"user:alice\"]\n".into(),
             "config/x.yaml:3:13: imagePullers[0].allow[0]: expected \
-             serviceaccount:<project>:<name> or group:<project>",
+             serviceaccount:<project>:<name> (or system:serviceaccount:<project>:<name>) or \
+             group:<project> (or system:serviceaccounts:<project>)",
+        ),
+        // A scheme docker does not strip is named as such, not as a bad port.
+        (
+            "registries:\n  quay:\n    server: ftp://registry.example.com\n    from: { helper: q }\n"
+                .into(),
+            "config/x.yaml:3:13: registries.quay.server: registry server has a scheme other \
+             than https:// or http://; write the host, e.g. registry.example.com",
+        ),
+        // `from:` one level too far left is reported on its own line, not at the registry.
+        (
+            "registries:\n  quay:\n    server: quay.io\n  from: { helper: q }\n".into(),
+            "config/x.yaml:4:3: registries.from: from is a field of a registry, not a registry \
+             name: it is indented one level too far left; indent it under the registry above it",
+        ),
+        // A field meant to go under an empty `from:`.
+        (
+            "registries:\n  quay:\n    server: quay.io\n    from:\n    helper: q\n".into(),
+            "config/x.yaml:5:5: registries.quay.helper: unknown field (expected one of: server, \
+             from); from: on line 4 has no value: if helper belongs under it, indent it further",
         ),
         (
             "imagePullers:\n  - project: b\n    allowProjectsOf: [nope]\n".into(),

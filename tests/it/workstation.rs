@@ -51,7 +51,8 @@ fn start(fx: &Fixture, file: &Path, format: AuthFileFormat) -> Arc<Stats> {
         FileWatcher::new(files.iter().map(|f| f.path.clone()).collect()).expect("watching");
     let (tx, rx) = tokio::sync::mpsc::channel(1);
     tokio::spawn(watcher.forward(tx));
-    tokio::spawn(workstation.run(rx, DEBOUNCE, Duration::from_secs(3600)));
+    let (_never, stop) = tokio::sync::watch::channel(false);
+    tokio::spawn(workstation.run(rx, DEBOUNCE, Duration::from_secs(3600), stop));
     stats
 }
 
