@@ -29,6 +29,19 @@ pub(crate) struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum Command {
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell) on stdout.
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages: pullsecretd.1 and one page per subcommand into DIR, or pullsecretd.1
+    /// on stdout without --dir.
+    Man {
+        /// The directory to write the pages into (created if missing), e.g.
+        /// ~/.local/share/man/man1.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Check a config file: exit 0 when valid, 2 with file:line:column when not.
     CheckConfig {
         /// The YAML config file.
@@ -52,6 +65,25 @@ pub(crate) enum Command {
         /// Read the current kube context's cluster and show the changes `once` would make.
         #[arg(long)]
         cluster: bool,
+        /// text for people, json for scripts (no secret values either way).
+        #[arg(short = 'o', long = "format", value_enum, default_value = "text")]
+        format: OutputFormat,
+        #[command(flatten)]
+        kube: KubeArgs,
+    },
+    /// Show, per project, what this instance keeps there, read from the cluster: each Secret
+    /// with its source versions, age and links, its image pullers, the problems it reported
+    /// (its Warning Events) and its last sync. Reads no source; writes nothing.
+    Status {
+        /// The YAML config file (its instance and the service accounts it links).
+        #[arg(long)]
+        config: PathBuf,
+        /// Only these projects (comma-separated), listed even when they hold nothing.
+        #[arg(long, value_delimiter = ',')]
+        projects: Vec<String>,
+        /// text for people, json for scripts.
+        #[arg(short = 'o', long = "format", value_enum, default_value = "text")]
+        format: OutputFormat,
         #[command(flatten)]
         kube: KubeArgs,
     },
@@ -163,6 +195,13 @@ pub(crate) struct RunArgs {
     pub(crate) agent: bool,
 }
 
+/// How `plan` and `status` print.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum OutputFormat {
+    Text,
+    Json,
+}
+
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
 pub(crate) enum LogFormatArg {
     Text,
@@ -250,7 +289,7 @@ pub(crate) fn error_chain(error: &anyhow::Error) -> String {
 pub(crate) fn init_logging() {
     pullsecretd::telemetry::init_logging(
         pullsecretd::telemetry::LogFormat::Text,
-        "warn,vaultrs=off,rustify=off",
+        "warn,kube_client=off,vaultrs=off,rustify=off",
     );
 }
 

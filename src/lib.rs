@@ -19,7 +19,8 @@
 //!   file:line:column), [`dockerconfig`] (auth files in, payloads out), [`names`],
 //!   [`selector`], [`plan`] (config + credentials + namespaces → desired objects, no clock),
 //!   [`diff`] (desired vs observed → steps; `now` passed in), [`render`] (tables, files and
-//!   summaries for people and tools).
+//!   summaries for people and tools), [`status`] (what the cluster holds of this instance and
+//!   what pullsecretd said about it).
 //! - I/O: [`source`] (Vault/OpenBao, files, helpers; the last good credential; one credential
 //!   service per process), [`cluster`] (views of the cluster, apply, Lease), [`watch`] (files),
 //!   [`telemetry`] (logs, metrics, health).
@@ -42,6 +43,7 @@ pub mod reconcile;
 pub mod render;
 pub mod selector;
 pub mod source;
+pub mod status;
 pub mod telemetry;
 pub mod watch;
 pub mod workstation;

@@ -39,32 +39,42 @@ fn main() -> ExitCode {
         Command::Run(args) => {
             telemetry::init_logging(
                 args.log_format.format(),
-                "info,kube_runtime=warn,vaultrs=off,rustify=off",
+                "info,kube_runtime=warn,kube_client=off,vaultrs=off,rustify=off",
             );
         }
         // What a workstation pass writes is worth seeing without RUST_LOG.
         Command::Workstation(args) => telemetry::init_logging(
             args.log_format.format(),
-            "warn,pullsecretd::workstation=info,vaultrs=off,rustify=off",
+            "warn,pullsecretd::workstation=info,kube_client=off,vaultrs=off,rustify=off",
         ),
         Command::CredentialHelper { .. } => init_helper_logging(),
         _ => init_logging(),
     }
     let outcome = match cli.command {
+        Command::Completions { shell } => commands::docs::completions(shell),
+        Command::Man { dir } => commands::docs::man_pages(dir.as_deref()),
         Command::CheckConfig { file, config } => commands::check::check_config(file.or(config)),
         Command::Plan {
             sources,
             projects,
             output,
             cluster: false,
+            format,
             ..
-        } => commands::plan::run_plan(&sources, &projects, output.as_deref()),
+        } => commands::plan::run_plan(&sources, &projects, output.as_deref(), format),
         Command::Plan {
             sources,
             cluster: true,
+            format,
             kube,
             ..
-        } => commands::plan::run_cluster_plan(&sources, &kube),
+        } => commands::plan::run_cluster_plan(&sources, &kube, format),
+        Command::Status {
+            config,
+            projects,
+            format,
+            kube,
+        } => commands::status::run_status(&config, &projects, format, &kube),
         Command::Once {
             sources,
             kube,

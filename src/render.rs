@@ -1,5 +1,5 @@
-//! Render stage (pure): a [`DesiredState`] as a table for people and as files for tools; a
-//! cluster diff and a `once` outcome as summaries.
+//! Render stage (pure): a [`DesiredState`] as a table for people, as JSON and as files for
+//! tools; a cluster diff and a `once` outcome as summaries; a `status` report as a table.
 //!
 //! The table never shows secret values. The files are Secret and RoleBinding manifests built
 //! from the k8s-openapi types, and service-account links as `oc secrets link` commands: those
@@ -18,6 +18,7 @@ use crate::model::managed::IMAGE_PULLER_ROLE;
 pub use crate::model::manifest::{rbac_subject, role_binding_manifest, secret_manifest};
 use crate::model::outcome::Report;
 use crate::plan::{DesiredLink, DesiredState, HoldReason};
+use crate::status::ProjectStatus;
 
 /// `oc secrets link` commands for one project, one per service account and secret.
 pub fn link_commands(namespace: &str, links: &[DesiredLink]) -> String {
@@ -375,4 +376,189 @@ pub fn once_summary(report: &Report) -> String {
         }
     );
     out
+}
+
+/// The plan (and, for `plan --cluster`, the changes) as JSON for scripts and pipelines:
+/// sources with their versions, per project the Secrets (names, types, hashes and versions,
+/// never data), held Secrets with why, links, image pullers and problems.
+pub fn plan_json(
+    config: &Config,
+    credentials: &BTreeMap<String, Resolved>,
+    state: &DesiredState,
+    changes: Option<&BTreeMap<String, &ProjectDiff>>,
+) -> serde_json::Value {
+    use serde_json::json;
+    let sources: Vec<serde_json::Value> = config
+        .registries
+        .values()
+        .map(|registry| {
+            json!({
+                "registry": registry.name,
+                "server": registry.server.to_string(),
+                "source": describe_source(&registry.from),
+                "version": credentials.get(&registry.name).map(|r| short(&r.version)),
+            })
+        })
+        .collect();
+    let problems = |problems: &[crate::plan::Problem]| -> Vec<serde_json::Value> {
+        problems
+            .iter()
+            .map(|p| json!({"reason": p.reason, "message": p.message}))
+            .collect()
+    };
+    let projects: Vec<serde_json::Value> = state
+        .projects
+        .iter()
+        .map(|(project, plan)| {
+            json!({
+                "project": project,
+                "secrets": plan.secrets.iter().map(|s| json!({
+                    "name": s.name,
+                    "type": s.secret_type.type_name(),
+                    "pull_secret": s.pull_secret,
+                    "registries": s.registries,
+                    "servers": s.servers.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "content_hash": s.content_hash,
+                    "source_versions": s.source_versions,
+                })).collect::<Vec<_>>(),
+                "held": plan.held.iter().map(|h| json!({
+                    "name": h.name,
+                    "pull_secret": h.pull_secret,
+                    "reason": match h.reason {
+                        HoldReason::SourceFailed { .. } => "source_failed",
+                        HoldReason::NotRendered { .. } => "not_rendered",
+                    },
+                    "message": h.reason.to_string(),
+                })).collect::<Vec<_>>(),
+                "links": plan.links.iter().map(|l| json!({
+                    "service_account": l.service_account,
+                    "secret": l.secret,
+                    "for": l.kind.for_flag(),
+                })).collect::<Vec<_>>(),
+                "image_pullers": plan.role_bindings.iter().map(|b| json!({
+                    "name": b.name,
+                    "subjects": b.subjects.iter().map(describe_subject).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+                "problems": problems(&plan.problems),
+            })
+        })
+        .collect();
+    let mut out = json!({
+        "sources": sources,
+        "projects": projects,
+        "problems": problems(&state.problems),
+    });
+    if let Some(changes) = changes {
+        out["changes"] = changes
+            .iter()
+            .map(|(project, diff)| {
+                json!({
+                    "project": project,
+                    "steps": diff.steps.iter().map(|step| json!({
+                        "verb": step.verb(),
+                        "description": describe_step(step),
+                    })).collect::<Vec<_>>(),
+                    "problems": problems(&diff.problems),
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+/// `pullsecretd status` for people: per project its Secrets (type, pull secret, source
+/// versions, age, links), image pullers, the problems pullsecretd reported and its last sync.
+pub fn status_table(instance: &str, projects: &[ProjectStatus]) -> String {
+    let mut out = String::new();
+    if projects.is_empty() {
+        let _ = writeln!(
+            out,
+            "No project holds a Secret or binding of pullsecretd instance {instance}, and it \
+             reported nothing (Events expire after an hour on most clusters)."
+        );
+        return out;
+    }
+    for project in projects {
+        let sync = project.last_sync.as_ref().map_or_else(
+            || "no Event of pullsecretd".to_string(),
+            |m| format!("last sync {} ago", age(m.age_seconds)),
+        );
+        let _ = writeln!(out, "Project {} ({sync})", project.project);
+        if project.secrets.is_empty() {
+            out.push_str("  No Secret of this instance.\n");
+        } else {
+            let rows = project
+                .secrets
+                .iter()
+                .map(|s| {
+                    let versions: Vec<String> = s
+                        .source_versions
+                        .iter()
+                        .map(|(registry, version)| format!("{registry}={}", short(version)))
+                        .collect();
+                    let mut links: Vec<String> = s
+                        .links
+                        .iter()
+                        .map(|l| format!("{} ({})", l.service_account, l.kind))
+                        .collect();
+                    links.extend(s.unlinked.iter().map(|a| format!("{a} (UNLINKED)")));
+                    vec![
+                        s.name.clone(),
+                        s.secret_type
+                            .trim_start_matches("kubernetes.io/")
+                            .to_string(),
+                        s.pull_secret.clone(),
+                        versions.join(","),
+                        s.created
+                            .as_ref()
+                            .map_or_else(|| "?".to_string(), |m| age(m.age_seconds)),
+                        if links.is_empty() {
+                            "none".to_string()
+                        } else {
+                            links.join(", ")
+                        },
+                    ]
+                })
+                .collect();
+            out.push_str(&table(
+                &[
+                    "SECRET",
+                    "TYPE",
+                    "PULL SECRET",
+                    "SOURCES",
+                    "AGE",
+                    "LINKED FROM",
+                ],
+                rows,
+            ));
+        }
+        if let Some(subjects) = &project.image_pullers {
+            let _ = writeln!(out, "  Image pullers: {}", subjects.join(", "));
+        }
+        for problem in &project.problems {
+            let seen = problem
+                .last_seen
+                .as_ref()
+                .map_or_else(String::new, |m| format!(", {} ago", age(m.age_seconds)));
+            let times = if problem.count > 1 {
+                format!("{}x", problem.count)
+            } else {
+                String::new()
+            };
+            let when = format!("{times}{seen}");
+            let when = when.trim_start_matches(", ");
+            let _ = writeln!(out, "  {} ({when}): {}", problem.reason, problem.message);
+        }
+    }
+    out
+}
+
+/// A short age: `45s`, `12m`, `3h`, `2d`.
+fn age(seconds: i64) -> String {
+    match seconds {
+        s if s < 120 => format!("{s}s"),
+        s if s < 2 * 3600 => format!("{}m", s / 60),
+        s if s < 2 * 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
 }

@@ -21,7 +21,7 @@ use backon::{ExponentialBuilder, Retryable as _};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 
 pub use apply::{ApplyOptions, Change, ProjectOutcome, Verb, apply_project, apply_project_from};
-pub use snapshot::{ClusterSnapshot, read_snapshot};
+pub use snapshot::{ClusterSnapshot, read_events, read_snapshot};
 pub use view::ClusterView;
 
 /// A Kubernetes client whose only retries are [`Throttle`]'s. kube's built-in retry layer
@@ -141,8 +141,24 @@ pub fn describe(error: &kube::Error) -> String {
                 status.message, status.reason, status.code
             )
         }
-        other => other.to_string(),
+        other => with_causes(other),
     }
+}
+
+/// `error: cause: deeper cause`, each cause once: a transport error's own text is often only
+/// "client error (Connect)", and the reason ("Connection refused") is in its sources.
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }
 
 /// True for errors a later attempt may not get: throttling, server errors, timeouts and

@@ -16,6 +16,7 @@ use std::fmt::Debug;
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::events::v1::Event;
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
 use kube::{Client, Resource};
@@ -112,6 +113,27 @@ pub async fn read_snapshot(
         projects,
         openshift,
     })
+}
+
+/// Every Event in `namespaces` (`None`: across all namespaces the identity may read), for
+/// `status`, which picks pullsecretd's own.
+pub async fn read_events(
+    client: &Client,
+    throttle: &Throttle,
+    namespaces: Option<&[String]>,
+) -> Result<Vec<Event>, ApiError> {
+    let scope = match namespaces {
+        Some(names) => Scope::Namespaces(names.to_vec()),
+        None => {
+            let names: Vec<String> = list_namespaces(client, throttle)
+                .await?
+                .into_iter()
+                .map(|ns| ns.name)
+                .collect();
+            Scope::detect(client, throttle, &names).await?
+        }
+    };
+    scope.list(client, throttle, &ListParams::default()).await
 }
 
 /// API groups that only OpenShift serves (docs/openshift.md). `user.openshift.io` is not one of them:

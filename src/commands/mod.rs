@@ -4,10 +4,12 @@
 //! statuses for held Secrets.
 
 pub(crate) mod check;
+pub(crate) mod docs;
 pub(crate) mod helper;
 pub(crate) mod once;
 pub(crate) mod plan;
 pub(crate) mod run;
+pub(crate) mod status;
 pub(crate) mod workstation;
 
 use std::collections::{BTreeMap, BTreeSet};

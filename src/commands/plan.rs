@@ -13,12 +13,13 @@ use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
 use pullsecretd::{reconcile, render};
 
 use super::{held_outcome, read_sources};
-use crate::cli::{Failure, KubeArgs, SourceArgs, bad_input, kube_client, runtime};
+use crate::cli::{Failure, KubeArgs, OutputFormat, SourceArgs, bad_input, kube_client, runtime};
 
 pub(crate) fn run_plan(
     sources: &SourceArgs,
     projects: &[String],
     output: Option<&Path>,
+    format: OutputFormat,
 ) -> Result<(), Failure> {
     let config = Config::load(&sources.config).map_err(bad_input)?;
     let namespaces = offline_namespaces(&config, projects).map_err(bad_input)?;
@@ -36,10 +37,18 @@ pub(crate) fn run_plan(
     state
         .problems
         .retain(|problem| problem.reason != "ProjectNotFound");
-    print!("{}", render::plan_table(&config, &credentials, &state));
+    match format {
+        OutputFormat::Text => print!("{}", render::plan_table(&config, &credentials, &state)),
+        OutputFormat::Json => print_json(&render::plan_json(&config, &credentials, &state, None)),
+    }
     if let Some(dir) = output {
         write_output(dir, &state).map_err(|error| Failure { status: 1, error })?;
-        println!("\nWrote manifests and link commands to {}", dir.display());
+        // Said on stderr when stdout is JSON, so the JSON stays one document.
+        let wrote = format!("Wrote manifests and link commands to {}", dir.display());
+        match format {
+            OutputFormat::Text => println!("\n{wrote}"),
+            OutputFormat::Json => eprintln!("{wrote}"),
+        }
     }
     unselected_outcome(&namespaces, &state)?;
     held_outcome(
@@ -70,7 +79,16 @@ fn unselected_outcome(
     )))
 }
 
-pub(crate) fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<(), Failure> {
+/// Prints a JSON document on stdout, pretty.
+fn print_json(value: &serde_json::Value) {
+    println!("{value:#}");
+}
+
+pub(crate) fn run_cluster_plan(
+    sources: &SourceArgs,
+    kube: &KubeArgs,
+    format: OutputFormat,
+) -> Result<(), Failure> {
     let config = Config::load(&sources.config).map_err(bad_input)?;
     let runtime = runtime()?;
     runtime.block_on(async {
@@ -89,11 +107,22 @@ pub(crate) fn run_cluster_plan(sources: &SourceArgs, kube: &KubeArgs) -> Result<
             status: 1,
             error: error.into(),
         })?;
-        print!(
-            "{}",
-            render::plan_table(&config, &credentials, &diff.desired)
-        );
-        print!("{}", render::changes_table(&diff.diffs()));
+        let changes = diff.diffs();
+        match format {
+            OutputFormat::Text => {
+                print!(
+                    "{}",
+                    render::plan_table(&config, &credentials, &diff.desired)
+                );
+                print!("{}", render::changes_table(&changes));
+            }
+            OutputFormat::Json => print_json(&render::plan_json(
+                &config,
+                &credentials,
+                &diff.desired,
+                Some(&changes),
+            )),
+        }
         held_outcome(
             &config,
             &failures,

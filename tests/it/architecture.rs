@@ -15,6 +15,7 @@ const PURE: &[&str] = &[
     "render",
     "names",
     "selector",
+    "status",
     "dockerconfig",
     "credhelper::protocol",
 ];

@@ -127,11 +127,6 @@ fn contains(have: &Value, want: &Value) -> bool {
     }
 }
 
-/// Whether kube-sim serves apps/v1 Deployments yet (another change adds them).
-fn kube_sim_serves_deployments() -> bool {
-    kube_sim::resources::find("apps", "v1", "deployments", false).is_some()
-}
-
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
     let out = Command::new("kubectl")
         .env("KUBECONFIG", kubeconfig)
@@ -152,10 +147,12 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
 /// that each object came back with everything it was applied with.
 fn applies_to_kube_sim(entry: &str, options: Options) {
     let objects = render(entry);
-    let applied: Vec<&Value> = objects
-        .iter()
-        .filter(|o| kind(o) != "Deployment" || kube_sim_serves_deployments())
-        .collect();
+    // Everything, the Deployment included: kube-sim serves apps/v1 (and runs its pods).
+    let applied: Vec<&Value> = objects.iter().collect();
+    assert!(
+        applied.iter().any(|o| kind(o) == "Deployment"),
+        "{entry}: no Deployment rendered"
+    );
     let server = kube_sim::Server::start_in_thread(options.tls()).expect("kube-sim");
     let dir = tempfile::tempdir().expect("dir");
     let kubeconfig = dir.path().join("kubeconfig");
