@@ -287,9 +287,11 @@ pub(crate) fn error_chain(error: &anyhow::Error) -> String {
 /// Logs go to stderr; `RUST_LOG` sets the level (default `warn`, with vaultrs' and rustify's
 /// own error events off: our errors already say what failed, with the mount and path).
 pub(crate) fn init_logging() {
+    // What apply finds (held Secrets, failures) is in the command's summary: its own log lines
+    // would say it twice.
     pullsecretd::telemetry::init_logging(
         pullsecretd::telemetry::LogFormat::Text,
-        "warn,kube_client=off,vaultrs=off,rustify=off",
+        "warn,pullsecretd::cluster::apply=error,kube_client=off,vaultrs=off,rustify=off",
     );
 }
 

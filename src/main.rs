@@ -45,7 +45,7 @@ fn main() -> ExitCode {
         // What a workstation pass writes is worth seeing without RUST_LOG.
         Command::Workstation(args) => telemetry::init_logging(
             args.log_format.format(),
-            "warn,pullsecretd::workstation=info,kube_client=off,vaultrs=off,rustify=off",
+            "warn,pullsecretd::workstation=info,pullsecretd::commands=info,kube_client=off,vaultrs=off,rustify=off",
         ),
         Command::CredentialHelper { .. } => init_helper_logging(),
         _ => init_logging(),

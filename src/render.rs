@@ -332,7 +332,12 @@ pub fn changes_table(projects: &BTreeMap<String, &ProjectDiff>) -> String {
 /// What `once` did: per project, changes, failures, skipped actions and problems; then totals.
 pub fn once_summary(report: &Report) -> String {
     let mut out = String::new();
-    for problem in &report.plan_problems {
+    // A held pull secret is said per project (HELD) and in the closing error: not here too.
+    let unheld = report
+        .plan_problems
+        .iter()
+        .filter(|p| !matches!(p.reason, "SourceFailed" | "NotRendered"));
+    for problem in unheld {
         let _ = writeln!(out, "{}: {}", problem.reason, problem.message);
     }
     for project in &report.projects {
@@ -502,6 +507,11 @@ pub fn status_table(instance: &str, projects: &[ProjectStatus]) -> String {
                         .map(|l| format!("{} ({})", l.service_account, l.kind))
                         .collect();
                     links.extend(s.unlinked.iter().map(|a| format!("{a} (UNLINKED)")));
+                    links.extend(
+                        s.missing_accounts
+                            .iter()
+                            .map(|a| format!("{a} (no such account yet)")),
+                    );
                     vec![
                         s.name.clone(),
                         s.secret_type

@@ -54,6 +54,8 @@ pub struct SecretStatus {
     /// Service accounts the Secret records it is linked from that no longer name it (drift
     /// the next pass repairs, or a link the config dropped).
     pub unlinked: Vec<String>,
+    /// Service accounts the Secret records that do not exist (yet): linked when they appear.
+    pub missing_accounts: Vec<String>,
 }
 
 /// A service-account list naming a Secret.
@@ -239,9 +241,13 @@ fn secret_status(secret: &Secret, accounts: &[ServiceAccount], now: Timestamp) -
     }
     links.sort();
     let linked: BTreeSet<&str> = links.iter().map(|l| l.service_account.as_str()).collect();
-    let unlinked = recorded_service_accounts(secret)
-        .filter(|account| !linked.contains(account.as_str()))
+    let existing: BTreeSet<&str> = accounts
+        .iter()
+        .filter_map(|a| a.metadata.name.as_deref())
         .collect();
+    let (unlinked, missing_accounts) = recorded_service_accounts(secret)
+        .filter(|account| !linked.contains(account.as_str()))
+        .partition(|account| existing.contains(account.as_str()));
     SecretStatus {
         secret_type: secret.type_.clone().unwrap_or_default(),
         pull_secret: recorded_pull_secret(secret).unwrap_or_default().to_string(),
@@ -253,6 +259,7 @@ fn secret_status(secret: &Secret, accounts: &[ServiceAccount], now: Timestamp) -
             .map(|t| Moment::new(t.0, now)),
         links,
         unlinked,
+        missing_accounts,
         name,
     }
 }
@@ -378,12 +385,13 @@ mod tests {
             "team-a".to_string(),
             ObservedProject {
                 secrets: vec![
-                    secret("quay", "default", "default,builder,deployer"),
+                    secret("quay", "default", "default,builder,deployer,pipeline"),
                     secret("theirs", "team-b", ""),
                 ],
                 service_accounts: vec![
                     account("default", &["quay", "other"], &[]),
                     account("builder", &["quay"], &["quay"]),
+                    account("deployer", &[], &[]),
                 ],
                 role_bindings: vec![],
             },
@@ -425,6 +433,7 @@ mod tests {
             ]
         );
         assert_eq!(quay.unlinked, ["deployer"]);
+        assert_eq!(quay.missing_accounts, ["pipeline"]);
         assert_eq!(project.problems.len(), 1, "only this instance's Warnings");
         assert_eq!(project.problems[0].reason, "Held");
         assert_eq!(project.problems[0].count, 3);
