@@ -617,3 +617,20 @@ fn completions_and_man_pages_come_from_the_cli_definition() {
         assert!(text.contains(".TH"), "{page} written");
     }
 }
+
+#[test]
+fn the_readme_once_sample_is_what_once_prints_for_the_example() {
+    let cluster = Cluster::start(Options::default());
+    cluster.namespace("project-a");
+    cluster.namespace("project-b");
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(repo.join("README.md")).expect("README");
+    let sample = readme
+        .split("<!-- once-sample -->\n```text\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("the README marks its once sample");
+    let out = cluster.once_checked(&repo.join("config/example.yaml"), &[], &[], SENTINEL);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), sample);
+}
