@@ -734,6 +734,16 @@ fn decode_links(node: &Node, path: &FieldPath) -> Result<BTreeMap<String, Vec<Li
         check_subdomain(account, entry.key.mark, &entry_path, "service account name")?;
         let kinds = decode_link_kinds(&entry.value, &entry_path)?;
         links.insert(account.to_string(), kinds);
+        if links.len() > crate::model::managed::MAX_LINKED_ACCOUNTS {
+            return Err(problem(
+                entry.key.mark,
+                path,
+                format!(
+                    "at most {} service accounts per pull secret",
+                    crate::model::managed::MAX_LINKED_ACCOUNTS
+                ),
+            ));
+        }
     }
     Ok(links)
 }

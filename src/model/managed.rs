@@ -35,6 +35,12 @@ pub const PULL_SECRET_ANNOTATION: &str = "pullsecretd.io/pull-secret";
 /// The service accounts a Secret is linked from, comma-separated: when the config stops linking
 /// one, this is how the next run finds the account to unlink before the Secret may be deleted.
 pub const SERVICE_ACCOUNTS_ANNOTATION: &str = "pullsecretd.io/service-accounts";
+/// The most service accounts one pull secret may link (the config refuses more), and so the
+/// most a Secret of pullsecretd's ever records: every recorded name costs a list (or, in `run`,
+/// a watch), and anyone who may create a Secret can copy the labels, so a Secret recording more
+/// than pullsecretd writes, or names no service account can have, fails the proof and its
+/// annotation is never read.
+pub const MAX_LINKED_ACCOUNTS: usize = 64;
 /// The ClusterRole OpenShift grants for pulling images from a project (docs/kubernetes.md).
 pub const IMAGE_PULLER_ROLE: &str = "system:image-puller";
 /// The one RoleBinding pullsecretd keeps per image-holding project.
@@ -119,7 +125,36 @@ pub fn secret_ownership(secret: &Secret, instance: &str) -> Ownership {
             "it lacks pullsecretd's pull-secret and content-hash annotations",
         );
     }
+    let recorded = annotations.and_then(|a| a.get(SERVICE_ACCOUNTS_ANNOTATION));
+    if !recorded.is_none_or(|list| recorded_list_plausible(list)) {
+        return Ownership::Unproven(
+            "its service-accounts annotation is not one pullsecretd writes (too many or \
+             invalid names)",
+        );
+    }
     Ownership::Ours { legacy }
+}
+
+/// At most [`MAX_LINKED_ACCOUNTS`] names, each one a service account could have (a DNS-1123
+/// subdomain: at most 253 of `a-z 0-9 . -`). Checked before any name is split out, so a huge
+/// annotation costs one length check.
+fn recorded_list_plausible(list: &str) -> bool {
+    const MAX_NAME: usize = 253;
+    if list.len() > MAX_LINKED_ACCOUNTS * (MAX_NAME + 1) {
+        return false;
+    }
+    let names: Vec<&str> = list
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.len() <= MAX_LINKED_ACCOUNTS
+        && names.iter().all(|name| {
+            name.len() <= MAX_NAME
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        })
 }
 
 /// Whose `binding` is, for `instance`: only pullsecretd's image-puller binding can be ours.
@@ -167,6 +202,45 @@ pub fn recorded_service_accounts(secret: &Secret) -> impl Iterator<Item = String
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_recording_more_accounts_than_pullsecretd_writes_fails_the_proof() {
+        let with_accounts = |list: String| {
+            let mut s = secret(
+                &[
+                    (MANAGED_BY_LABEL, MANAGED_BY_VALUE),
+                    (INSTANCE_LABEL, "default"),
+                ],
+                "kubernetes.io/dockerconfigjson",
+                true,
+            );
+            s.metadata
+                .annotations
+                .get_or_insert_with(BTreeMap::new)
+                .insert(SERVICE_ACCOUNTS_ANNOTATION.into(), list);
+            secret_ownership(&s, "default")
+        };
+        let names = |n: usize| {
+            (0..n)
+                .map(|i| format!("sa-{i}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        assert!(with_accounts(names(MAX_LINKED_ACCOUNTS)).is_ours());
+        assert!(matches!(
+            with_accounts(names(MAX_LINKED_ACCOUNTS + 1)),
+            Ownership::Unproven(_)
+        ));
+        assert!(matches!(
+            with_accounts("default,Not_A_Name".into()),
+            Ownership::Unproven(_)
+        ));
+        assert!(matches!(
+            with_accounts("x".repeat(1 << 20)),
+            Ownership::Unproven(_)
+        ));
+        assert!(with_accounts(String::new()).is_ours());
+    }
     use k8s_openapi::api::rbac::v1::RoleRef;
 
     fn secret(labels: &[(&str, &str)], type_: &str, annotated: bool) -> Secret {

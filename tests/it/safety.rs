@@ -775,3 +775,50 @@ async fn a_source_that_was_down_at_start_is_retried_long_before_its_refresh() {
     eprintln!("written {took:?} after Vault came back (refresh: 1h)");
     assert!(daemon.log().contains("Ready"), "{}", daemon.log());
 }
+
+/// A tenant who may create Secrets in its own namespace copies pullsecretd's labels and
+/// annotations onto a bait Secret recording 400 service-account names. Each recorded name would
+/// cost a cluster-wide list (a watch in `run`): the bait fails the proof instead, is reported,
+/// never read for names and never deleted, and `once` lists service accounts only for the
+/// accounts the config links.
+#[tokio::test]
+async fn a_bait_secret_recording_hundreds_of_accounts_is_not_trusted() {
+    let fx = cluster::Fixture::start(Options::default()).await;
+    fx.namespace("a", json!({}));
+    fx.namespace("tenant", json!({}));
+    let names: Vec<String> = (0..400).map(|i| format!("bait-{i}")).collect();
+    seed::object(
+        &fx.server,
+        "",
+        "secrets",
+        json!({
+            "metadata": {
+                "name": "bait", "namespace": "tenant",
+                "labels": {"app.kubernetes.io/managed-by": "pullsecretd",
+                           "pullsecretd.io/instance": "default"},
+                "annotations": {"pullsecretd.io/pull-secret": "reg-pull",
+                                "pullsecretd.io/content-hash": "0000",
+                                "pullsecretd.io/service-accounts": names.join(",")},
+            },
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": STANDARD.encode(r#"{"auths":{}}"#)},
+        }),
+    );
+    let config = fx.config(SENTINEL, "    link: { default: [pull] }\n");
+    fx.server.reset_counts();
+    let report = fx.once(&config).await;
+    assert!(report.converged());
+    let account_lists = fx.server.counts().count("list", "serviceaccounts");
+    assert_eq!(account_lists, 1, "one list, for `default` only");
+    assert!(
+        fx.secret("tenant", "bait").is_some(),
+        "unproven: never deleted"
+    );
+    let reported: Vec<&str> = report
+        .projects
+        .iter()
+        .flat_map(|p| &p.problems)
+        .map(|p| p.reason)
+        .collect();
+    assert!(reported.contains(&"UnprovenOwnership"), "{reported:?}");
+}
