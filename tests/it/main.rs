@@ -21,6 +21,7 @@ mod first_hour;
 mod once;
 mod openshift;
 mod pipeline;
+mod properties;
 mod registry;
 mod registry_token;
 mod run_cli;
