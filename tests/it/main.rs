@@ -28,6 +28,7 @@ mod run_cli;
 mod safety;
 mod sources;
 mod status;
+mod trace_leaks;
 mod vault;
 mod vault_kubernetes;
 mod vault_tls;
