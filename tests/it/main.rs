@@ -22,6 +22,7 @@ mod once;
 mod openshift;
 mod pipeline;
 mod properties;
+mod rbac_rules;
 mod registry;
 mod registry_token;
 mod run_cli;

@@ -122,6 +122,9 @@ pub struct RequestCounts {
     pub total: u64,
     /// Watch events sent.
     pub watch_events: u64,
+    /// Requests answered 403 Forbidden — by the authorizer or by the RBAC storage's escalation
+    /// check — by (verb, resource plural).
+    pub forbidden: BTreeMap<(String, String), u64>,
 }
 
 /// Verbs that change state.
@@ -137,6 +140,22 @@ impl RequestCounts {
                 namespace.to_string(),
             ))
             .or_default() += 1;
+    }
+
+    /// Records a 403 answer.
+    pub(crate) fn record_forbidden(&mut self, verb: &str, resource: &str) {
+        *self
+            .forbidden
+            .entry((verb.to_string(), resource.to_string()))
+            .or_default() += 1;
+    }
+
+    /// 403 answers to this verb on this resource.
+    pub fn forbidden(&self, verb: &str, resource: &str) -> u64 {
+        self.forbidden
+            .get(&(verb.to_string(), resource.to_string()))
+            .copied()
+            .unwrap_or(0)
     }
 
     /// Requests with this verb on this resource, all namespaces.

@@ -314,6 +314,9 @@ pub async fn handle(
     let decision = shared.authorize(&request.user, &attrs);
     if !decision.allowed {
         let e = crate::rbac::forbidden(&request.user, &attrs, &decision.reason);
+        shared
+            .counts()
+            .record_forbidden(request.verb, request.rt.plural);
         return Ok(error_response(&e));
     }
 
@@ -324,6 +327,7 @@ pub async fn handle(
             .unwrap_or_default()
     });
     let rt = request.rt;
+    let verb = request.verb;
     let include = request.query.get("includeObject").cloned();
     let target = crate::pause::Target {
         verb: request.verb,
@@ -369,7 +373,13 @@ pub async fn handle(
             .header("Cache-Control", "no-cache, private")
             .body(crate::watch::stream(shared.clone(), spec))
             .unwrap_or_else(|_| hyper::Response::new(Full::new(Bytes::new()).boxed_unsync())),
-        Err(e) => error_response(&e),
+        Err(e) => {
+            if e.code == 403 {
+                // The RBAC storage's escalation check (a RoleBinding to a role not held).
+                shared.counts().record_forbidden(verb, rt.plural);
+            }
+            error_response(&e)
+        }
     })
 }
 
