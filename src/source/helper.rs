@@ -271,12 +271,17 @@ async fn run_get(
     // Room for one byte past the limit from the start: a read never reallocates the buffer,
     // which would leave an unzeroed copy of a secret behind.
     let mut stdout = Zeroizing::new(Vec::with_capacity(MAX_OUTPUT + 1));
-    let ended = tokio::time::timeout(timeout, exchange(&mut child, server_url, &mut stdout)).await;
+    let mut pipe = child.stdout.take();
+    let exchange = exchange(&mut child, pipe.as_mut(), server_url, &mut stdout);
+    let ended = tokio::time::timeout(timeout, exchange).await;
     // However it ended, nothing the helper started outlives the call: a background job it
     // left behind, or the helper itself when it is still running.
     group.kill();
     let _ = child.start_kill();
     let _ = child.wait().await;
+    // Closed only now: a helper cut off mid-write is killed there, not told EPIPE and left
+    // to carry on.
+    drop(pipe);
     let program = program.to_string();
     let server = server_url.to_string();
     match ended {
@@ -326,13 +331,14 @@ fn spawn(path: &Path, environment: &[(OsString, OsString)]) -> Result<Child, Hel
 /// [`PIPE_GRACE`] after), or until it wrote too much.
 async fn exchange(
     child: &mut Child,
+    stdout: Option<&mut ChildStdout>,
     server_url: &str,
     buffer: &mut Vec<u8>,
 ) -> std::io::Result<Ended> {
     if let Some(mut stdin) = child.stdin.take() {
         write_ignoring_closed(&mut stdin, server_url.as_bytes()).await?;
     }
-    let Some(stdout) = child.stdout.take() else {
+    let Some(stdout) = stdout else {
         return Ok(Ended::Exited(child.wait().await?));
     };
     let reading = read_bounded(stdout, buffer);
@@ -363,7 +369,7 @@ enum First {
 
 /// Reads `stdout` into `buffer` (which has room for [`MAX_OUTPUT`] + 1 bytes) until it closes
 /// or holds more than [`MAX_OUTPUT`] bytes.
-async fn read_bounded(mut stdout: ChildStdout, buffer: &mut Vec<u8>) -> std::io::Result<Read> {
+async fn read_bounded(stdout: &mut ChildStdout, buffer: &mut Vec<u8>) -> std::io::Result<Read> {
     loop {
         if buffer.len() > MAX_OUTPUT {
             return Ok(Read::TooLong);
