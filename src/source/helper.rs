@@ -267,7 +267,7 @@ async fn run_get(
     timeout: Duration,
 ) -> Result<Output, HelperError> {
     let mut child = spawn(path, environment)?;
-    let group = ProcessGroup::of(&child);
+    let mut group = ProcessGroup::of(&child);
     // Room for one byte past the limit from the start: a read never reallocates the buffer,
     // which would leave an unzeroed copy of a secret behind.
     let mut stdout = Zeroizing::new(Vec::with_capacity(MAX_OUTPUT + 1));
@@ -393,11 +393,11 @@ impl ProcessGroup {
         Self(pid)
     }
 
-    /// SIGKILL to every process in the group. Best effort: the group may be empty already.
-    /// (Once the leader is reaped its pid could in principle be reused, but not as a group
-    /// id while any member lives, and a new process leads a group only if it makes one.)
-    fn kill(&self) {
-        if let Some(pid) = self.0 {
+    /// SIGKILL to every process in the group, once. Best effort: the group may be empty
+    /// already. (Once the leader is reaped its pid could in principle be reused, but not as a
+    /// group id while any member lives, and a new process leads a group only if it makes one.)
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
             let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
         }
     }

@@ -369,3 +369,30 @@ fn a_fifo_as_a_vault_token_or_ca_file_is_refused_at_once() {
         assert_refused(dir.path(), &["plan", "--config", config], &fifo);
     }
 }
+
+#[test]
+fn a_fifo_among_the_workstations_auth_files_is_reported_not_waited_on() {
+    use pullsecretd::dockerconfig::AuthFileFormat;
+    use pullsecretd::workstation::{WatchedFile, default_config_now};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let fifo = dir.path().join("config.json");
+    mkfifo(&fifo);
+    let files = vec![WatchedFile {
+        path: fifo.clone(),
+        format: AuthFileFormat::DockerConfig,
+    }];
+    // On a thread: if the read blocked, the test fails here instead of hanging.
+    let (sent, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sent.send(default_config_now(&files));
+    });
+    let result = received
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the workstation's read of a FIFO returned");
+    let error = result.expect_err("nothing readable");
+    assert!(
+        error.contains(&fifo.display().to_string()) && error.contains("a FIFO, not a regular file"),
+        "{error}"
+    );
+}
