@@ -15,12 +15,12 @@ mod decode;
 mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::credential::RegistryKey;
 pub use crate::model::desired::{LinkKind, PullerSubject, SecretType};
+use crate::regular_file;
 use crate::selector::LabelSelector;
 
 /// A validated configuration.
@@ -313,8 +313,9 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{}: is a directory, not a config file", file.display())]
-    NotAFile { file: PathBuf },
+    /// A directory, FIFO, device or socket: refused before it is opened, so it cannot block.
+    #[error("{}: is {kind}, not a regular file", file.display())]
+    NotAFile { file: PathBuf, kind: &'static str },
     #[error("{}: config is larger than {} bytes", file.display(), MAX_CONFIG_BYTES)]
     TooLarge { file: PathBuf },
     #[error("{}:{line}:{column}: config is not valid UTF-8", file.display())]
@@ -414,26 +415,15 @@ fn config_directory(origin: &Path) -> Result<PathBuf, ConfigError> {
 }
 
 fn read_config_text(path: &Path) -> Result<String, ConfigError> {
-    let read_error = |source| ConfigError::ReadFile {
-        file: path.to_path_buf(),
-        source,
-    };
-    let file = std::fs::File::open(path).map_err(read_error)?;
-    if file.metadata().map_err(read_error)?.is_dir() {
-        return Err(ConfigError::NotAFile {
-            file: path.to_path_buf(),
-        });
-    }
-    // Read one byte past the limit rather than trusting the size in the metadata.
-    let mut bytes = Vec::new();
-    file.take(MAX_CONFIG_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(read_error)?;
-    if bytes.len() as u64 > MAX_CONFIG_BYTES {
-        return Err(ConfigError::TooLarge {
-            file: path.to_path_buf(),
-        });
-    }
+    let file = path.to_path_buf();
+    let mut bytes =
+        regular_file::read(path, MAX_CONFIG_BYTES).map_err(|refused| match refused {
+            regular_file::Refused::Io(source) => ConfigError::ReadFile { file, source },
+            regular_file::Refused::NotRegular(kind) => ConfigError::NotAFile { file, kind },
+            regular_file::Refused::TooLarge => ConfigError::TooLarge { file },
+        })?;
+    // A config holds no secret values: take the bytes out of their zeroing wrapper.
+    let bytes = std::mem::take(&mut *bytes);
     String::from_utf8(bytes).map_err(|error| {
         let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
         let (line, column) = line_and_column(valid);

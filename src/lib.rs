@@ -23,7 +23,8 @@
 //!   what pullsecretd said about it).
 //! - I/O: [`source`] (Vault/OpenBao, files, helpers; the last good credential; one credential
 //!   service per process), [`cluster`] (views of the cluster, apply, Lease), [`watch`] (files),
-//!   [`telemetry`] (logs, metrics, health).
+//!   [`telemetry`] (logs, metrics, health); [`regular_file`] (config, auth, token and CA files
+//!   are opened only when they are regular files, so a FIFO in their place cannot block).
 //! - The pipeline and its triggers: [`reconcile`], [`daemon`] (`run`), [`workstation`],
 //!   [`credhelper`] (the docker credential-helper protocol and its agent socket).
 //!
@@ -40,6 +41,7 @@ pub mod model;
 pub mod names;
 pub mod plan;
 pub mod reconcile;
+pub mod regular_file;
 pub mod render;
 pub mod selector;
 pub mod source;

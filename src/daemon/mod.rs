@@ -384,11 +384,13 @@ fn watch_config_file(
     }))
 }
 
-/// SHA-256 of the file's content (`None` when it cannot be read).
+/// SHA-256 of the file's content (`None` when it cannot be read, or is no longer a regular
+/// file of at most [`MAX_CONFIG_BYTES`](crate::config::MAX_CONFIG_BYTES): a FIFO put in its
+/// place must not block the watch).
 fn content_digest(path: &Path) -> Option<[u8; 32]> {
     use sha2::Digest as _;
-    let bytes = std::fs::read(path).ok()?;
-    Some(sha2::Sha256::digest(&bytes).into())
+    let bytes = crate::regular_file::read(path, crate::config::MAX_CONFIG_BYTES).ok()?;
+    Some(sha2::Sha256::digest(bytes.as_slice()).into())
 }
 
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {

@@ -4,18 +4,18 @@
 //! Paths arrive absolute from the config: nothing here reads `$HOME` or other environment.
 //! Errors name the file and registry, never a value from the file.
 
-use std::fs::File;
-use std::io::Read as _;
 use std::path::Path;
 
 use super::{Error, SourceContext, helper};
 use crate::dockerconfig::{self, AuthFile, AuthFileFormat, Lookup};
 use crate::model::credential::{Credential, RegistryKey};
+use crate::regular_file;
 
 /// Larger files are refused: real auth files are a few KiB, and a Secret is at most 1 MiB.
 pub const MAX_FILE_SIZE: u64 = 1024 * 1024;
 
-/// Reads and parses an auth file: it must be a regular file of at most [`MAX_FILE_SIZE`].
+/// Reads and parses an auth file: it must be a regular file of at most [`MAX_FILE_SIZE`]; a
+/// FIFO or device in its place is refused before it is opened ([`regular_file`]).
 ///
 /// Blocking, but bounded by the size limit on a local file.
 pub fn read_auth_file(path: &Path, format: AuthFileFormat) -> Result<AuthFile, Error> {
@@ -28,41 +28,24 @@ pub fn read_auth_file(path: &Path, format: AuthFileFormat) -> Result<AuthFile, E
 }
 
 fn read_limited(path: &Path, format: AuthFileFormat) -> Result<zeroize::Zeroizing<Vec<u8>>, Error> {
-    let io_error = |source| Error::ReadAuthFile {
-        format,
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = File::open(path).map_err(io_error)?;
-    let metadata = file.metadata().map_err(io_error)?;
-    if !metadata.is_file() {
-        return Err(Error::NotAFile {
+    let path_buf = path.to_path_buf();
+    regular_file::read(path, MAX_FILE_SIZE).map_err(|refused| match refused {
+        regular_file::Refused::Io(source) => Error::ReadAuthFile {
             format,
-            path: path.to_path_buf(),
-            kind: if metadata.is_dir() {
-                "a directory"
-            } else {
-                "a special file"
-            },
-        });
-    }
-    let too_large = || Error::FileTooLarge {
-        format,
-        path: path.to_path_buf(),
-        limit: MAX_FILE_SIZE,
-    };
-    if metadata.len() > MAX_FILE_SIZE {
-        return Err(too_large());
-    }
-    // The file may grow between stat and read: read one byte past the limit to notice.
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    file.take(MAX_FILE_SIZE + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_error)?;
-    if bytes.len() as u64 > MAX_FILE_SIZE {
-        return Err(too_large());
-    }
-    Ok(bytes)
+            path: path_buf,
+            source,
+        },
+        regular_file::Refused::NotRegular(kind) => Error::NotAFile {
+            format,
+            path: path_buf,
+            kind,
+        },
+        regular_file::Refused::TooLarge => Error::FileTooLarge {
+            format,
+            path: path_buf,
+            limit: MAX_FILE_SIZE,
+        },
+    })
 }
 
 /// The credential `path` holds (directly or through a helper) for `server`.

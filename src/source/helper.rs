@@ -1,9 +1,18 @@
 //! Source stage (I/O): asks a docker credential helper for one server's credential.
 //!
-//! Runs `docker-credential-<name> get` (docs/docker-auth.md#credential-helper-protocol) with a timeout. It never changes the
-//! process environment, and never repeats what a helper printed (it may be a password) apart
-//! from the protocol's fixed error texts.
+//! Runs `docker-credential-<name> get` (docs/docker-auth.md#credential-helper-protocol) with a
+//! timeout. It never changes the process environment, and never repeats what a helper printed
+//! (it may be a password) apart from the protocol's fixed error texts.
+//!
+//! A helper is a third-party program, so it is contained:
+//! - it sees only [`HELPER_ENVIRONMENT`], never pullsecretd's own secrets and settings;
+//! - it runs in a process group of its own, and the whole group is killed when the call ends
+//!   (answer, error or timeout), so nothing it started in the background outlives the call;
+//! - the answer is what it wrote by the time it exited (plus [`PIPE_GRACE`]), not what it
+//!   wrote until stdout closed, which a background job holding stdout would put off;
+//! - at most [`MAX_OUTPUT`] bytes are read; more is an error that shows none of it.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
@@ -11,7 +20,7 @@ use std::time::Duration;
 use secrecy::SecretString;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::process::Command;
+use tokio::process::{Child, ChildStdout, Command};
 use zeroize::Zeroizing;
 
 use super::SourceContext;
@@ -22,8 +31,56 @@ pub use crate::credhelper::protocol::{
 };
 /// Other fixed error texts of the protocol: safe to repeat, since they carry no values.
 const KNOWN_ERROR_TEXTS: &[&str] = &["no credentials server URL", "no credentials username"];
-/// A `get` answer is one small JSON object; anything longer is not one.
-const MAX_OUTPUT: u64 = 64 * 1024;
+/// A `get` answer is one small JSON object; anything longer is not one, and reading stops
+/// there (the buffer never grows past it, however much a helper writes).
+pub const MAX_OUTPUT: usize = 64 * 1024;
+/// [`MAX_OUTPUT`] in words, for the error.
+const MAX_OUTPUT_TEXT: &str = "64 KiB";
+/// How long stdout is still read after the helper exited: its last write may still be in the
+/// pipe, but a background job it left holding stdout open must not make an answer a timeout.
+pub const PIPE_GRACE: Duration = Duration::from_millis(100);
+
+/// The environment a credential helper runs with; all else pullsecretd has is withheld.
+///
+/// Why: pullsecretd's environment holds its own secrets and settings (`VAULT_TOKEN` and the
+/// other `VAULT_*`, `PULLSECRETD_*`, `KUBECONFIG`, cloud credentials), while a helper is a
+/// third-party program that needs none of them, and whatever it inherits can be read in its
+/// `/proc/<pid>/environ` and by everything it starts. Every helper still needs to find
+/// programs and the user's files (`PATH`, `HOME`, `USER`, `LOGNAME`, `TMPDIR`, `XDG_*`, whose
+/// `XDG_RUNTIME_DIR` holds keyring sockets and containers' `auth.json`), the locale (`LANG`,
+/// `LC_*`) and the auth files' locations (`DOCKER_CONFIG`, `REGISTRY_AUTH_FILE`). The helpers
+/// below document more variables; each gets its own, and no other helper does. On top of
+/// these, [`NESTED_ENV`] (pullsecretd's recursion guard) is set.
+///
+/// Each entry: the helper it is for (the `NAME` of `docker-credential-NAME`, `None` for every
+/// helper) and a variable name, or a prefix when it ends in `*`.
+pub const HELPER_ENVIRONMENT: &[(Option<&str>, &str)] = &[
+    (None, "PATH"),
+    (None, "HOME"),
+    (None, "USER"),
+    (None, "LOGNAME"),
+    (None, "LANG"),
+    (None, "LC_*"),
+    (None, "TMPDIR"),
+    (None, "XDG_*"),
+    (None, "DOCKER_CONFIG"),
+    (None, "REGISTRY_AUTH_FILE"),
+    // amazon-ecr-credential-helper: the AWS SDK's settings and credential chain (AWS_PROFILE,
+    // AWS_REGION, AWS_ROLE_ARN, AWS_WEB_IDENTITY_TOKEN_FILE, ...) and its own AWS_ECR_*.
+    (Some("ecr-login"), "AWS_*"),
+    // docker-credential-gcr and gcloud's docker-credential-gcloud: Application Default
+    // Credentials and gcloud's configuration.
+    (Some("gcr"), "GOOGLE_APPLICATION_CREDENTIALS"),
+    (Some("gcr"), "CLOUDSDK_*"),
+    (Some("gcloud"), "GOOGLE_APPLICATION_CREDENTIALS"),
+    (Some("gcloud"), "CLOUDSDK_*"),
+    // docker-credential-secretservice: libsecret reaches the keyring over the session bus.
+    (Some("secretservice"), "DBUS_SESSION_BUS_ADDRESS"),
+    // docker-credential-pass: the password store and gpg.
+    (Some("pass"), "PASSWORD_STORE_*"),
+    (Some("pass"), "GNUPGHOME"),
+    (Some("pass"), "GPG_TTY"),
+];
 
 /// Why a helper gave no answer. Never carries what the helper printed, except the protocol's
 /// fixed error texts.
@@ -71,6 +128,15 @@ pub enum HelperError {
         /// A fixed protocol error text, or a note that the output is withheld.
         message: &'static str,
     },
+    #[error(
+        "credential helper {program} wrote more than {limit} for {server}; stopped reading \
+         and killed it (its output is not shown)"
+    )]
+    TooMuchOutput {
+        program: String,
+        server: String,
+        limit: &'static str,
+    },
     #[error("credential helper {program} gave an unusable answer for {server}: {reason}")]
     BadOutput {
         program: String,
@@ -94,7 +160,15 @@ pub async fn get(
         })?;
     let program = format!("{HELPER_PREFIX}{helper}");
     let path = find_program(&program, ctx.helper_dirs.as_deref())?;
-    let output = run_get(&path, &program, server_url, ctx.helper_timeout).await?;
+    let environment = helper_environment(helper, std::env::vars_os());
+    let output = run_get(
+        &path,
+        &program,
+        &environment,
+        server_url,
+        ctx.helper_timeout,
+    )
+    .await?;
     interpret(&output, &program, server_url, registry)
 }
 
@@ -145,67 +219,193 @@ fn is_executable_file(path: &Path) -> bool {
     std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
+/// The variables of `vars` that [`HELPER_ENVIRONMENT`] lets `helper` see.
+fn helper_environment(
+    helper: &str,
+    vars: impl Iterator<Item = (OsString, OsString)>,
+) -> Vec<(OsString, OsString)> {
+    vars.filter(|(name, _)| name.to_str().is_some_and(|name| passed_to(helper, name)))
+        .collect()
+}
+
+fn passed_to(helper: &str, name: &str) -> bool {
+    HELPER_ENVIRONMENT.iter().any(|(only_for, pattern)| {
+        let for_this_helper = only_for.is_none_or(|only| only == helper);
+        let matches = match pattern.strip_suffix('*') {
+            Some(prefix) => name.starts_with(prefix),
+            None => name == *pattern,
+        };
+        for_this_helper && matches
+    })
+}
+
 /// What a finished helper left behind.
 struct Output {
     status: ExitStatus,
-    /// Capped at [`MAX_OUTPUT`] + 1 bytes; zeroed on drop since it may hold a secret.
+    /// At most [`MAX_OUTPUT`] bytes; zeroed on drop since it may hold a secret.
     stdout: Zeroizing<Vec<u8>>,
+}
+
+/// How the exchange with a helper ended (short of a timeout).
+enum Ended {
+    Exited(ExitStatus),
+    /// It wrote more than [`MAX_OUTPUT`]; reading stopped there.
+    TooLong,
+}
+
+/// What reading stdout came to.
+enum Read {
+    Closed,
+    TooLong,
 }
 
 async fn run_get(
     path: &Path,
     program: &str,
+    environment: &[(OsString, OsString)],
     server_url: &str,
     timeout: Duration,
 ) -> Result<Output, HelperError> {
-    let mut child = Command::new(path)
+    let mut child = spawn(path, environment)?;
+    let mut group = ProcessGroup::of(&child);
+    // Room for one byte past the limit from the start: a read never reallocates the buffer,
+    // which would leave an unzeroed copy of a secret behind.
+    let mut stdout = Zeroizing::new(Vec::with_capacity(MAX_OUTPUT + 1));
+    let mut pipe = child.stdout.take();
+    let exchange = exchange(&mut child, pipe.as_mut(), server_url, &mut stdout);
+    let ended = tokio::time::timeout(timeout, exchange).await;
+    // However it ended, nothing the helper started outlives the call: a background job it
+    // left behind, or the helper itself when it is still running.
+    group.kill();
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    // Closed only now: a helper cut off mid-write is killed there, not told EPIPE and left
+    // to carry on.
+    drop(pipe);
+    let program = program.to_string();
+    let server = server_url.to_string();
+    match ended {
+        Ok(Ok(Ended::Exited(status))) => Ok(Output { status, stdout }),
+        Ok(Ok(Ended::TooLong)) => Err(HelperError::TooMuchOutput {
+            program,
+            server,
+            limit: MAX_OUTPUT_TEXT,
+        }),
+        Ok(Err(source)) => Err(HelperError::Io {
+            program,
+            server,
+            source,
+        }),
+        Err(_) => Err(HelperError::Timeout {
+            program,
+            server,
+            timeout,
+        }),
+    }
+}
+
+/// Starts `path get` with exactly `environment` (and [`NESTED_ENV`]) in a new process group.
+fn spawn(path: &Path, environment: &[(OsString, OsString)]) -> Result<Child, HelperError> {
+    Command::new(path)
         .arg("get")
+        .env_clear()
+        .envs(environment.iter().map(|(name, value)| (name, value)))
         // A helper entry pointing back at pullsecretd must not start it again and again.
         .env(NESTED_ENV, "1")
+        // Its own group (pgid = its pid), so that the group can be killed as one.
+        .process_group(0)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        // A helper's diagnostics may quote secrets; they are dropped, not relayed.
+        // A helper's diagnostics may quote secrets; they are dropped, not relayed (and so
+        // never buffered either).
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
         .map_err(|source| HelperError::Spawn {
             program: path.to_path_buf(),
             source,
-        })?;
-    let io_error = |source| HelperError::Io {
-        program: program.to_string(),
-        server: server_url.to_string(),
-        source,
-    };
-    let stdin = child.stdin.take();
-    let stdout = child.stdout.take();
-    let exchange = async {
-        if let Some(mut stdin) = stdin {
-            write_ignoring_closed(&mut stdin, server_url.as_bytes()).await?;
-        }
-        let mut buffer = Zeroizing::new(Vec::new());
-        if let Some(stdout) = stdout {
-            stdout.take(MAX_OUTPUT + 1).read_to_end(&mut buffer).await?;
-        }
-        let status = child.wait().await?;
-        Ok::<_, std::io::Error>(Output {
-            status,
-            stdout: buffer,
         })
+}
+
+/// Sends the server URL, then reads stdout into `buffer` until the helper exits (and
+/// [`PIPE_GRACE`] after), or until it wrote too much.
+async fn exchange(
+    child: &mut Child,
+    stdout: Option<&mut ChildStdout>,
+    server_url: &str,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<Ended> {
+    if let Some(mut stdin) = child.stdin.take() {
+        write_ignoring_closed(&mut stdin, server_url.as_bytes()).await?;
+    }
+    let Some(stdout) = stdout else {
+        return Ok(Ended::Exited(child.wait().await?));
     };
-    let finished = tokio::time::timeout(timeout, exchange).await;
-    match finished {
-        Ok(result) => result.map_err(io_error),
-        Err(_) => {
-            // Best effort: the child may have exited just now.
-            let _ = child.start_kill();
-            let _ = child.wait().await;
-            Err(HelperError::Timeout {
-                program: program.to_string(),
-                server: server_url.to_string(),
-                timeout,
-            })
+    let reading = read_bounded(stdout, buffer);
+    tokio::pin!(reading);
+    let first = tokio::select! {
+        status = child.wait() => First::Exited(status?),
+        read = &mut reading => First::Read(read?),
+    };
+    match first {
+        First::Read(Read::TooLong) => Ok(Ended::TooLong),
+        // Stdout closed, the helper still running: the answer is complete once it exits.
+        First::Read(Read::Closed) => Ok(Ended::Exited(child.wait().await?)),
+        First::Exited(status) => match tokio::time::timeout(PIPE_GRACE, &mut reading).await {
+            Ok(Ok(Read::TooLong)) => Ok(Ended::TooLong),
+            Ok(Ok(Read::Closed)) => Ok(Ended::Exited(status)),
+            Ok(Err(error)) => Err(error),
+            // A background job holds stdout open: what came before the exit is the answer.
+            Err(_) => Ok(Ended::Exited(status)),
+        },
+    }
+}
+
+/// What happened first while the helper ran.
+enum First {
+    Exited(ExitStatus),
+    Read(Read),
+}
+
+/// Reads `stdout` into `buffer` (which has room for [`MAX_OUTPUT`] + 1 bytes) until it closes
+/// or holds more than [`MAX_OUTPUT`] bytes.
+async fn read_bounded(stdout: &mut ChildStdout, buffer: &mut Vec<u8>) -> std::io::Result<Read> {
+    loop {
+        if buffer.len() > MAX_OUTPUT {
+            return Ok(Read::TooLong);
         }
+        // Reads into the spare capacity only: below the limit there always is some.
+        if stdout.read_buf(buffer).await? == 0 {
+            return Ok(Read::Closed);
+        }
+    }
+}
+
+/// A helper's process group; killed on drop too, so that a cancelled call leaves nothing.
+struct ProcessGroup(Option<rustix::process::Pid>);
+
+impl ProcessGroup {
+    fn of(child: &Child) -> Self {
+        let pid = child
+            .id()
+            .and_then(|id| i32::try_from(id).ok())
+            .and_then(rustix::process::Pid::from_raw);
+        Self(pid)
+    }
+
+    /// SIGKILL to every process in the group, once. Best effort: the group may be empty
+    /// already. (Once the leader is reaped its pid could in principle be reused, but not as a
+    /// group id while any member lives, and a new process leads a group only if it makes one.)
+    fn kill(&mut self) {
+        if let Some(pid) = self.0.take() {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+    }
+}
+
+impl Drop for ProcessGroup {
+    fn drop(&mut self) {
+        self.kill();
     }
 }
 
@@ -236,9 +436,6 @@ fn interpret(
     if !output.status.success() {
         let trimmed = text.map(str::trim).unwrap_or_default();
         return failure(trimmed, output.status, program, server_url);
-    }
-    if output.stdout.len() as u64 > MAX_OUTPUT {
-        return Err(bad_output("output is longer than 64 KiB"));
     }
     let text = text.ok_or_else(|| bad_output("output is not UTF-8"))?;
     let value: Value = serde_json::from_str(text)
@@ -308,6 +505,41 @@ mod tests {
         for good in ["desktop", "ecr-login", "osxkeychain", "test.1"] {
             assert!(validate_name(good).is_ok(), "{good:?} should be accepted");
         }
+    }
+
+    #[test]
+    fn helpers_see_the_allowlist_and_their_own_documented_variables_only() {
+        let vars = [
+            "PATH",
+            "HOME",
+            "LC_ALL",
+            "XDG_RUNTIME_DIR",
+            "DOCKER_CONFIG",
+            "VAULT_TOKEN",
+            "VAULT_ADDR",
+            "PULLSECRETD_CONFIG",
+            "PULLSECRETD_NESTED_HELPER",
+            "KUBECONFIG",
+            "AWS_SECRET_ACCESS_KEY",
+            "CLOUDSDK_CONFIG",
+            "PATHS",
+            "LANGUAGE",
+        ]
+        .map(|name| (OsString::from(name), OsString::from("v")));
+        let names = |helper| -> Vec<String> {
+            helper_environment(helper, vars.iter().cloned())
+                .into_iter()
+                .map(|(name, _)| name.to_string_lossy().into_owned())
+                .collect()
+        };
+        let common = ["PATH", "HOME", "LC_ALL", "XDG_RUNTIME_DIR", "DOCKER_CONFIG"];
+        assert_eq!(names("desktop"), common);
+        let mut ecr = common.to_vec();
+        ecr.push("AWS_SECRET_ACCESS_KEY");
+        assert_eq!(names("ecr-login"), ecr);
+        let mut gcr = common.to_vec();
+        gcr.push("CLOUDSDK_CONFIG");
+        assert_eq!(names("gcr"), gcr);
     }
 
     #[test]

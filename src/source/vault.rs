@@ -26,7 +26,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -44,6 +43,7 @@ use crate::config::{
 };
 use crate::dockerconfig::{AuthFileFormat, Lookup, ParseError, parse_auth_file};
 use crate::model::credential::{Credential, RegistryKey, Secret};
+use crate::regular_file;
 
 /// Largest token / secret-ID file read; real ones are well under 4 KiB.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
@@ -63,6 +63,13 @@ pub enum VaultError {
         path: PathBuf,
         #[source]
         source: std::io::Error,
+    },
+    /// Refused before it was opened, so a FIFO in its place cannot block the login.
+    #[error("the {what} file {} is {kind}, not a regular file", path.display())]
+    NotARegularFile {
+        what: &'static str,
+        path: PathBuf,
+        kind: &'static str,
     },
     #[error("the {what} file {} is {problem}", path.display())]
     BadSecretFile {
@@ -977,8 +984,7 @@ fn build_http(config: &VaultConfig) -> Result<(reqwest::Client, reqwest::Url), V
         .connect_timeout(config.timeout)
         .no_proxy();
     if let Some(ca_file) = &config.ca_cert {
-        let pem = std::fs::read(ca_file)
-            .map_err(|e| fail(format!("reading CA file {}: {e}", ca_file.display())))?;
+        let pem = read_ca_file(ca_file).map_err(fail)?;
         let certs = reqwest::Certificate::from_pem_bundle(&pem)
             .map_err(|e| fail(format!("CA file {} is not PEM: {e}", ca_file.display())))?;
         builder = builder.tls_certs_merge(certs);
@@ -1001,6 +1007,25 @@ fn build_http(config: &VaultConfig) -> Result<(reqwest::Client, reqwest::Url), V
     Ok((http, url))
 }
 
+/// Largest CA bundle read (a system bundle is a few hundred KiB).
+const MAX_CA_FILE_BYTES: u64 = 16 * 1024 * 1024;
+
+/// The CA file's PEM; a FIFO or device in its place is refused before it is opened.
+fn read_ca_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, String> {
+    regular_file::read(path, MAX_CA_FILE_BYTES).map_err(|refused| {
+        let shown = path.display();
+        match refused {
+            regular_file::Refused::Io(e) => format!("reading CA file {shown}: {e}"),
+            regular_file::Refused::NotRegular(kind) => {
+                format!("CA file {shown} is {kind}, not a regular file")
+            }
+            regular_file::Refused::TooLarge => {
+                format!("CA file {shown} is larger than {MAX_CA_FILE_BYTES} bytes")
+            }
+        }
+    })
+}
+
 /// Reads a token / secret-ID file: a regular file, at most [`MAX_SECRET_FILE_BYTES`], UTF-8,
 /// surrounding whitespace trimmed, not empty.
 fn read_secret_file(what: &'static str, path: &Path) -> Result<SecretString, VaultError> {
@@ -1014,17 +1039,16 @@ fn read_secret_file(what: &'static str, path: &Path) -> Result<SecretString, Vau
         path: path.to_path_buf(),
         problem,
     };
-    let file = std::fs::File::open(path).map_err(io_error)?;
-    if !file.metadata().map_err(io_error)?.is_file() {
-        return Err(bad("not a regular file"));
-    }
-    let mut bytes = zeroize::Zeroizing::new(Vec::new());
-    file.take(MAX_SECRET_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_error)?;
-    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
-        return Err(bad("larger than 64 KiB"));
-    }
+    let bytes =
+        regular_file::read(path, MAX_SECRET_FILE_BYTES).map_err(|refused| match refused {
+            regular_file::Refused::Io(source) => io_error(source),
+            regular_file::Refused::NotRegular(kind) => VaultError::NotARegularFile {
+                what,
+                path: path.to_path_buf(),
+                kind,
+            },
+            regular_file::Refused::TooLarge => bad("larger than 64 KiB"),
+        })?;
     let text = std::str::from_utf8(&bytes).map_err(|_| bad("not UTF-8"))?;
     let trimmed = text.trim();
     if trimmed.is_empty() {

@@ -30,6 +30,7 @@ const IO: &[&str] = &[
     "reconcile",
     "telemetry",
     "watch",
+    "regular_file",
 ];
 
 /// Files of the binary crate, not the library: they import the library as `pullsecretd::`.

@@ -496,7 +496,7 @@ fn file_problems_name_the_file() {
     assert_eq!(
         error.to_string(),
         format!(
-            "{}: is a directory, not a config file",
+            "{}: is a directory, not a regular file",
             dir.path().display()
         )
     );
