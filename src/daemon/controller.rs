@@ -170,7 +170,10 @@ pub async fn reconcile(
         if !context.leadership.is_leading() || *context.stopping.borrow() {
             return Ok(Action::await_change());
         }
+        // The process's one recorder, or none at all with `--no-events` (apply would otherwise
+        // make one per namespace).
         let options = ApplyOptions {
+            events: context.recorder.is_some(),
             recorder: context.recorder.clone(),
             ..ApplyOptions::for_instance(config.instance_name())
         };

@@ -634,3 +634,28 @@ fn the_readme_once_sample_is_what_once_prints_for_the_example() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stdout(&out), sample);
 }
+
+#[test]
+fn run_with_no_events_publishes_none_and_without_it_one_per_change() {
+    for (flag, expect_events) in [(Some("--no-events"), false), (None, true)] {
+        let cluster = Cluster::start(Options::default());
+        cluster.namespace("team-a");
+        let config = simple_config(&cluster);
+        let kubeconfig = kubeconfig(&cluster, cluster.server.token(), "team-a");
+        let mut args = vec!["--config", path(&config), "--no-leader-election"];
+        args.extend(flag);
+        let mut daemon = spawn_run(&cluster, flag.unwrap_or("events"), &kubeconfig, &args);
+        wait_until(
+            Duration::from_secs(30),
+            "reg-pull linked on team-a/default",
+            || cluster.pull_list("team-a", "default") == ["reg-pull"],
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        let events = cluster.server.count_objects("events.k8s.io", "events");
+        assert_eq!(
+            daemon.signal(Signal::TERM, Duration::from_secs(30)).code(),
+            Some(0)
+        );
+        assert_eq!(events > 0, expect_events, "{flag:?}: {events} Events");
+    }
+}
