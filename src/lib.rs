@@ -23,7 +23,8 @@
 //!   what pullsecretd said about it).
 //! - I/O: [`source`] (Vault/OpenBao, files, helpers; the last good credential; one credential
 //!   service per process), [`cluster`] (views of the cluster, apply, Lease), [`watch`] (files),
-//!   [`telemetry`] (logs, metrics, health).
+//!   [`telemetry`] (logs, metrics, health), [`private_fs`] (directories and files only this
+//!   user can change: `plan --output`, the agent socket's directory).
 //! - The pipeline and its triggers: [`reconcile`], [`daemon`] (`run`), [`workstation`],
 //!   [`credhelper`] (the docker credential-helper protocol and its agent socket).
 //!
@@ -39,6 +40,7 @@ pub mod dockerconfig;
 pub mod model;
 pub mod names;
 pub mod plan;
+pub mod private_fs;
 pub mod reconcile;
 pub mod render;
 pub mod selector;
