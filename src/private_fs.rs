@@ -257,7 +257,10 @@ mod tests {
         fs::create_dir(&open).expect("mkdir");
         fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).expect("chmod");
         let error = ensure_private_dir(&open).expect_err("refused");
-        assert!(matches!(error, PrivateFsError::OthersCanWrite { mode: 0o777, .. }));
+        assert!(matches!(
+            error,
+            PrivateFsError::OthersCanWrite { mode: 0o777, .. }
+        ));
         assert!(error.to_string().contains("chmod go-w"), "{error}");
         fs::set_permissions(&open, fs::Permissions::from_mode(0o770)).expect("chmod");
         assert!(ensure_private_dir(&open).is_err(), "group-writable");
@@ -275,8 +278,8 @@ mod tests {
     fn a_directory_of_another_user_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let metadata = fs::metadata(dir.path()).expect("stat");
-        let error = check_private_dir(dir.path(), &metadata, metadata.uid() + 1)
-            .expect_err("not ours");
+        let error =
+            check_private_dir(dir.path(), &metadata, metadata.uid() + 1).expect_err("not ours");
         assert!(matches!(error, PrivateFsError::NotOwned { .. }), "{error}");
         check_private_dir(dir.path(), &metadata, metadata.uid()).expect("ours");
     }
@@ -285,14 +288,19 @@ mod tests {
     fn a_subdirectory_that_is_a_link_or_open_is_refused() {
         let dir = tempfile::tempdir().expect("temp dir");
         let elsewhere = tempfile::tempdir().expect("temp dir");
-        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("project-a"))
-            .expect("link");
+        std::os::unix::fs::symlink(elsewhere.path(), dir.path().join("project-a")).expect("link");
         let error = private_subdir(dir.path(), "project-a").expect_err("a link");
-        assert!(matches!(error, PrivateFsError::SymbolicLink { .. }), "{error}");
+        assert!(
+            matches!(error, PrivateFsError::SymbolicLink { .. }),
+            "{error}"
+        );
 
         fs::create_dir(dir.path().join("project-b")).expect("mkdir");
-        fs::set_permissions(dir.path().join("project-b"), fs::Permissions::from_mode(0o757))
-            .expect("chmod");
+        fs::set_permissions(
+            dir.path().join("project-b"),
+            fs::Permissions::from_mode(0o757),
+        )
+        .expect("chmod");
         assert!(private_subdir(dir.path(), "project-b").is_err());
 
         let made = private_subdir(dir.path(), "project-c").expect("created");

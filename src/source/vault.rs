@@ -650,7 +650,9 @@ impl VaultSession {
     /// After a 403 with a fresh token: is it the policy, or the token?
     async fn why_forbidden(&self, client: &Arc<VaultApi>) -> Outcome {
         match self
-            .attempt(client, &|c| async move { c.data(LookupTokenSelfRequest {}).await })
+            .attempt(client, &|c| async move {
+                c.data(LookupTokenSelfRequest {}).await
+            })
             .await
         {
             Err(Outcome::PermissionDenied) => Outcome::TokenRejected,
@@ -868,7 +870,9 @@ impl VaultSession {
     async fn log_in_with_token(&self, token: &SecretString) -> Result<Login, VaultError> {
         let client = Arc::new(self.vault_client(token)?);
         let lookup = self
-            .attempt(&client, &|c| async move { c.data(LookupTokenSelfRequest {}).await })
+            .attempt(&client, &|c| async move {
+                c.data(LookupTokenSelfRequest {}).await
+            })
             .await
             .map_err(|outcome| VaultError::Login {
                 method: "token",

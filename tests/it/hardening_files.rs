@@ -387,7 +387,9 @@ fn helper_get(socket: &Path, config: &Path) -> Output {
 #[test]
 fn the_helper_refuses_an_agent_served_by_another_uid() {
     if !is_root() {
-        eprintln!("not root: cannot run a server as another uid here; the peer check is unit-tested");
+        eprintln!(
+            "not root: cannot run a server as another uid here; the peer check is unit-tested"
+        );
         return;
     }
     let dir = tempfile::tempdir().expect("temp dir");
@@ -406,7 +408,10 @@ fn the_helper_refuses_an_agent_served_by_another_uid() {
 
     let out = helper_get(&socket, &config);
     let answer = stdout(&out);
-    assert!(!answer.contains("intruder"), "another user's answer was used: {answer}");
+    assert!(
+        !answer.contains("intruder"),
+        "another user's answer was used: {answer}"
+    );
     assert_eq!(out.status.code(), Some(0), "{answer}");
     let answer: Value = serde_json::from_str(&answer).expect("JSON");
     assert_eq!(answer["Username"], "robot", "read here, as with no agent");

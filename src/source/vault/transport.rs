@@ -34,7 +34,10 @@ pub async fn read_bounded(
     mut response: reqwest::Response,
     limit: u64,
 ) -> Result<Vec<u8>, anyhow::Error> {
-    if response.content_length().is_some_and(|length| length > limit) {
+    if response
+        .content_length()
+        .is_some_and(|length| length > limit)
+    {
         return Err(TooLarge { limit }.into());
     }
     let mut body = Vec::new();
