@@ -240,7 +240,8 @@ pub enum NoAgent {
     /// Something listens there, but as another user: not our agent, and its answers would be
     /// that user's credentials.
     #[error(
-        "the agent socket {} is served by {}, not by this user (uid {own}): refused; remove          it, or set PULLSECRETD_AGENT_SOCKET to a path in a directory of your own",
+        "the agent socket {} is served by {}, not by this user (uid {own}): refused; remove \
+         it, or set PULLSECRETD_AGENT_SOCKET to a path in a directory of your own",
         path.display(),
         server.map_or_else(|| "a process whose uid cannot be read".to_string(), |uid| format!("uid {uid}"))
     )]

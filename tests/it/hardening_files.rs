@@ -419,7 +419,8 @@ fn the_helper_refuses_an_agent_served_by_another_uid() {
     assert!(
         warning.contains(&format!(
             "warning: the agent socket {} is served by uid 65534, not by this user (uid 0): \
-             refused",
+             refused; remove it, or set PULLSECRETD_AGENT_SOCKET to a path in a directory of \
+             your own; reading sources here instead\n",
             socket.display()
         )),
         "{warning}"
