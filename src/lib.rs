@@ -24,7 +24,9 @@
 //! - I/O: [`source`] (Vault/OpenBao, files, helpers; the last good credential; one credential
 //!   service per process), [`cluster`] (views of the cluster, apply, Lease), [`watch`] (files),
 //!   [`telemetry`] (logs, metrics, health); [`regular_file`] (config, auth, token and CA files
-//!   are opened only when they are regular files, so a FIFO in their place cannot block).
+//!   are opened only when they are regular files, so a FIFO in their place cannot block);
+//!   [`private_fs`] (directories and files only this user can change: `plan --output`, the
+//!   agent socket's directory).
 //! - The pipeline and its triggers: [`reconcile`], [`daemon`] (`run`), [`workstation`],
 //!   [`credhelper`] (the docker credential-helper protocol and its agent socket).
 //!
@@ -40,6 +42,7 @@ pub mod dockerconfig;
 pub mod model;
 pub mod names;
 pub mod plan;
+pub mod private_fs;
 pub mod reconcile;
 pub mod regular_file;
 pub mod render;

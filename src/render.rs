@@ -64,8 +64,9 @@ pub struct OutputFile {
     /// Path relative to the output directory.
     pub relative_path: String,
     pub contents: String,
-    /// Holds credentials: must be written readable by the owner only.
-    pub sensitive: bool,
+    /// Must be written owner-only (0600): it holds credentials, or it is a script run with
+    /// `sh` (`links.sh`) that nobody else may read or change.
+    pub owner_only: bool,
 }
 
 /// Every file `plan --output DIR` writes: per project, each Secret and RoleBinding as a YAML
@@ -77,14 +78,14 @@ pub fn output_files(state: &DesiredState) -> Result<Vec<OutputFile>, serde_yaml_
             files.push(OutputFile {
                 relative_path: format!("{project}/secret-{}.yaml", secret.name),
                 contents: serde_yaml_ng::to_string(&secret_manifest(project, secret))?,
-                sensitive: true,
+                owner_only: true,
             });
         }
         for binding in &plan.role_bindings {
             files.push(OutputFile {
                 relative_path: format!("{project}/rolebinding-{}.yaml", binding.name),
                 contents: serde_yaml_ng::to_string(&role_binding_manifest(project, binding))?,
-                sensitive: false,
+                owner_only: false,
             });
         }
         // Held Secrets are not written, so nothing may be linked to them here.
@@ -102,7 +103,7 @@ pub fn output_files(state: &DesiredState) -> Result<Vec<OutputFile>, serde_yaml_
                      only appends: references\n# pullsecretd does not own are kept.\nset -e\n{}",
                     link_commands(project, &links)
                 ),
-                sensitive: false,
+                owner_only: true,
             });
         }
     }

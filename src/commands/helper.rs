@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pullsecretd::config::Config;
-use pullsecretd::credhelper::agent::{self, AgentClient};
+use pullsecretd::credhelper::agent::{self, AgentClient, NoAgent};
 use pullsecretd::credhelper::protocol::{self, NESTED_ENV};
 use pullsecretd::credhelper::{self, Backend, Lookup, LookupError};
 use pullsecretd::source::service::CredentialService;
@@ -73,9 +73,18 @@ pub(crate) async fn helper_backend(config: Option<PathBuf>) -> Result<Backend, L
     let env = |name: &str| std::env::var_os(name);
     if config.is_none()
         && let Some(socket) = agent::socket_path(env)
-        && let Some(client) = AgentClient::connect(&socket).await
     {
-        return Ok(Backend::Agent(client));
+        match AgentClient::connect(&socket).await {
+            Ok(client) => return Ok(Backend::Agent(client)),
+            Err(error @ NoAgent::NotListening { .. }) => {
+                tracing::debug!(%error, "No agent; reading sources here.");
+            }
+            // Not our agent: answered as if none were running, and said, whatever RUST_LOG
+            // says (docker shows a helper's stderr), since someone else holds the path.
+            Err(error @ NoAgent::ForeignServer { .. }) => {
+                eprintln!("warning: {error}; reading sources here instead");
+            }
+        }
     }
     let config = match config.or_else(|| protocol::explicit_config_path(env)) {
         Some(path) => Config::load(&path).map_err(|e| LookupError(e.to_string()))?,

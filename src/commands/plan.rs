@@ -1,8 +1,5 @@
 //! `pullsecretd plan`: offline, or against a cluster (`--cluster`, writes nothing).
 use std::collections::BTreeSet;
-use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::Path;
 
 use anyhow::Context as _;
@@ -10,7 +7,7 @@ use anyhow::Context as _;
 use pullsecretd::config::Config;
 use pullsecretd::names::dns1123_label_problem;
 use pullsecretd::plan::{self, NamespaceInfo, PlanInputs};
-use pullsecretd::{reconcile, render};
+use pullsecretd::{private_fs, reconcile, render};
 
 use super::{held_outcome, read_sources};
 use crate::cli::{Failure, KubeArgs, OutputFormat, SourceArgs, bad_input, kube_client, runtime};
@@ -155,32 +152,22 @@ pub(crate) fn offline_namespaces(
     Ok(names.into_iter().map(NamespaceInfo::named).collect())
 }
 
-/// Writes `plan --output` files. Directories are created owner-only and Secret manifests are
-/// written mode 0600: they hold credentials.
+/// Writes `plan --output` files into `dir` (created 0700 if missing). `dir` and each project
+/// directory under it must belong to this user and be writable by nobody else; every file is
+/// written through a temporary file renamed over its name, so a link planted there is
+/// replaced, never followed. Secret manifests and `links.sh` (run with `sh`) are 0600,
+/// RoleBindings 0644.
 pub(crate) fn write_output(dir: &Path, state: &plan::DesiredState) -> anyhow::Result<()> {
     let files = render::output_files(state).context("rendering manifests")?;
+    private_fs::ensure_private_dir(dir).context("--output")?;
     for file in files {
-        let path = dir.join(&file.relative_path);
-        if let Some(parent) = path.parent() {
-            fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        let mode = if file.sensitive { 0o600 } else { 0o644 };
-        let mut out = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(mode)
-            .open(&path)
-            .with_context(|| format!("writing {}", path.display()))?;
-        // `mode` applies only to new files; an existing one must be narrowed too.
-        out.set_permissions(fs::Permissions::from_mode(mode))
-            .with_context(|| format!("setting the mode of {}", path.display()))?;
-        out.write_all(file.contents.as_bytes())
-            .with_context(|| format!("writing {}", path.display()))?;
+        let (project, name) = file
+            .relative_path
+            .split_once('/')
+            .with_context(|| format!("unexpected output path {}", file.relative_path))?;
+        let project_dir = private_fs::private_subdir(dir, project).context("--output")?;
+        let mode = if file.owner_only { 0o600 } else { 0o644 };
+        private_fs::write_replacing(&project_dir, name, file.contents.as_bytes(), mode)?;
     }
     Ok(())
 }

@@ -2,13 +2,17 @@
 //! credentials, and answers credential-helper calls over a unix socket.
 //!
 //! [`CredentialService`] answers `get`/`list` from the config's sources (cached, or read per
-//! call). The agent socket (mode 0600 in a 0700 directory) admits only peers whose uid, read
-//! with `SO_PEERCRED`, is the agent's own. Must not touch the cluster, must not answer a
-//! source failure with "not found", and must never log or put a credential in an error.
+//! call). The agent socket (mode 0600) admits only peers whose uid, read with `SO_PEERCRED`,
+//! is the agent's own. Both ends trust nobody else: the agent refuses a socket directory that
+//! is not its user's or that others can write (they could replace its socket with their own),
+//! and the client refuses a server whose uid is not its own (it would hand out *their*
+//! credentials) and reads at most [`MAX_REPLY`] of an answer. Must not touch the cluster, must
+//! not answer a source failure with "not found", and must never log or put a credential in
+//! an error.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::os::unix::fs::{FileTypeExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -19,6 +23,7 @@ use tokio::net::{UnixListener, UnixStream};
 use zeroize::Zeroizing;
 
 use crate::model::credential::{Credential, RegistryKey, Secret};
+use crate::private_fs::{self, PrivateFsError};
 use crate::source::helper::{TOKEN_USERNAME, protocol_login};
 use crate::source::service::{Lookup, LookupError};
 
@@ -26,8 +31,10 @@ use crate::source::service::{Lookup, LookupError};
 pub const SOCKET_ENV: &str = "PULLSECRETD_AGENT_SOCKET";
 /// Wire version of the agent protocol; a request of another version is refused.
 const WIRE_VERSION: u64 = 1;
-/// Largest request or answer line on the socket.
-const MAX_LINE: u64 = 64 * 1024;
+/// Largest request line the agent reads.
+const MAX_REQUEST: u64 = 64 * 1024;
+/// Largest answer line the client reads (a `list` of many registries fits easily).
+pub const MAX_REPLY: u64 = 1024 * 1024;
 /// A peer that sends nothing for this long is dropped; a client waits this long for an answer
 /// (a Vault read with its retries fits well within it).
 const IO_TIMEOUT: Duration = Duration::from_secs(30);
@@ -35,12 +42,13 @@ const IO_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why the agent socket could not be set up.
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
-    #[error("creating the agent socket directory {}: {source}", path.display())]
-    CreateDir {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error("the agent socket directory: {0}")]
+    SocketDir(#[source] PrivateFsError),
+    #[error(
+        "{} is not a socket; refusing to replace it (set PULLSECRETD_AGENT_SOCKET to another path)",
+        path.display()
+    )]
+    NotASocket { path: PathBuf },
     #[error("another agent is already listening on {}", path.display())]
     InUse { path: PathBuf },
     #[error("listening on the agent socket {}: {source}", path.display())]
@@ -66,23 +74,24 @@ pub fn peer_allowed(peer_uid: Option<u32>, own_uid: u32) -> bool {
 
 /// The effective uid of this process.
 pub fn own_uid() -> u32 {
-    rustix::process::geteuid().as_raw()
+    private_fs::own_uid()
 }
 
-/// Binds the agent socket at `path`: its directory is created 0700 if missing, a stale
-/// socket left by a dead agent is replaced, and the socket is made 0600.
+/// Binds the agent socket at `path`: its directory is created 0700 if missing and must be
+/// private (this user's, writable by nobody else), a stale socket left by a dead agent is
+/// replaced, and the socket is made 0600.
 pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(|source| AgentError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })?;
-    }
-    if path.exists() {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    private_fs::ensure_private_dir(dir).map_err(AgentError::SocketDir)?;
+    if let Ok(existing) = std::fs::symlink_metadata(path) {
+        if !existing.file_type().is_socket() {
+            return Err(AgentError::NotASocket {
+                path: path.to_path_buf(),
+            });
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             return Err(AgentError::InUse {
                 path: path.to_path_buf(),
@@ -128,7 +137,7 @@ async fn serve_connection(
 ) -> std::io::Result<()> {
     let peer = stream.peer_cred().ok().map(|cred| cred.uid());
     let answer = if peer_allowed(peer, own) {
-        match read_line(&mut stream).await {
+        match read_line(&mut stream, MAX_REQUEST).await {
             Ok(request) => answer(&request, service).await,
             Err(error) => error_answer(&format!("reading the request: {error}")),
         }
@@ -186,14 +195,30 @@ fn error_answer(message: &str) -> Zeroizing<Vec<u8>> {
     line(&json!({ "error": message }))
 }
 
-/// One newline-terminated line of at most [`MAX_LINE`] bytes, within [`IO_TIMEOUT`].
-async fn read_line(stream: &mut UnixStream) -> std::io::Result<Zeroizing<Vec<u8>>> {
-    let mut reader = BufReader::new(stream.take(MAX_LINE));
+/// One newline-terminated line of at most `limit` bytes, within [`IO_TIMEOUT`]; a longer line
+/// is an error, not cut short.
+async fn read_line(stream: &mut UnixStream, limit: u64) -> std::io::Result<Zeroizing<Vec<u8>>> {
+    let mut reader = BufReader::new(stream.take(limit));
     let mut buffer = Zeroizing::new(Vec::new());
     tokio::time::timeout(IO_TIMEOUT, reader.read_until(b'\n', &mut buffer))
         .await
         .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "timed out"))??;
+    if buffer.len() as u64 >= limit && buffer.last() != Some(&b'\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the line is longer than {}", size_text(limit)),
+        ));
+    }
     Ok(buffer)
+}
+
+/// `limit` bytes in words: "1 MiB", "64 KiB".
+fn size_text(limit: u64) -> String {
+    if limit >= 1024 * 1024 {
+        format!("{} MiB", limit / (1024 * 1024))
+    } else {
+        format!("{} KiB", limit / 1024)
+    }
 }
 
 /// A connection to a running agent.
@@ -202,19 +227,60 @@ pub struct AgentClient {
     path: PathBuf,
 }
 
+/// Why there is no agent to ask at a socket path.
+#[derive(Debug, thiserror::Error)]
+pub enum NoAgent {
+    /// Nothing listens there (the usual case: no `workstation` running).
+    #[error("no agent listens on {}: {source}", path.display())]
+    NotListening {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// Something listens there, but as another user: not our agent, and its answers would be
+    /// that user's credentials.
+    #[error(
+        "the agent socket {} is served by {}, not by this user (uid {own}): refused; remove \
+         it, or set PULLSECRETD_AGENT_SOCKET to a path in a directory of your own",
+        path.display(),
+        server.map_or_else(|| "a process whose uid cannot be read".to_string(), |uid| format!("uid {uid}"))
+    )]
+    ForeignServer {
+        path: PathBuf,
+        server: Option<u32>,
+        own: u32,
+    },
+}
+
+/// Connects to `path` and checks, with `SO_PEERCRED`, that the process serving it runs as
+/// this user.
+async fn connect_checked(path: &Path) -> Result<UnixStream, NoAgent> {
+    let stream = UnixStream::connect(path)
+        .await
+        .map_err(|source| NoAgent::NotListening {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    let server = stream.peer_cred().ok().map(|cred| cred.uid());
+    let own = own_uid();
+    if !peer_allowed(server, own) {
+        return Err(NoAgent::ForeignServer {
+            path: path.to_path_buf(),
+            server,
+            own,
+        });
+    }
+    Ok(stream)
+}
+
 impl AgentClient {
-    /// Connects to the agent at `path`; `None` when no agent is listening there.
-    pub async fn connect(path: &Path) -> Option<Self> {
-        match UnixStream::connect(path).await {
-            Ok(stream) => Some(Self {
-                stream: tokio::sync::Mutex::new(Some(stream)),
-                path: path.to_path_buf(),
-            }),
-            Err(error) => {
-                tracing::debug!(%error, path = %path.display(), "No agent; reading sources here.");
-                None
-            }
-        }
+    /// Connects to the agent at `path`, which must be served by this user's own uid.
+    pub async fn connect(path: &Path) -> Result<Self, NoAgent> {
+        let stream = connect_checked(path).await?;
+        Ok(Self {
+            stream: tokio::sync::Mutex::new(Some(stream)),
+            path: path.to_path_buf(),
+        })
     }
 
     async fn request(&self, request: &Value) -> Result<Value, LookupError> {
@@ -227,7 +293,7 @@ impl AgentClient {
         let mut guard = self.stream.lock().await;
         let mut stream = match guard.take() {
             Some(stream) => stream,
-            None => UnixStream::connect(&self.path)
+            None => connect_checked(&self.path)
                 .await
                 .map_err(|e| fail("connecting", &e))?,
         };
@@ -235,7 +301,7 @@ impl AgentClient {
         // An agent that refuses the connection answers and closes without reading: its
         // answer is still there to read when sending failed.
         let sent = stream.write_all(&sent).await;
-        let reply = read_line(&mut stream).await;
+        let reply = read_line(&mut stream, MAX_REPLY).await;
         let reply = match (sent, reply) {
             (_, Ok(reply)) if !reply.is_empty() => reply,
             (Err(e), _) => return Err(fail("sending", &e)),
@@ -361,5 +427,49 @@ mod tests {
         drop(listener);
         // The socket file of a dead agent is replaced.
         bind(&path).expect("stale socket replaced");
+    }
+
+    #[tokio::test]
+    async fn a_socket_directory_others_can_write_or_a_non_socket_is_refused() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).expect("mkdir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).expect("chmod");
+        let error = bind(&open.join("agent.sock")).expect_err("refused");
+        assert!(
+            matches!(
+                error,
+                AgentError::SocketDir(PrivateFsError::OthersCanWrite { .. })
+            ),
+            "{error}"
+        );
+        assert!(!open.join("agent.sock").exists());
+
+        let file = dir.path().join("notes.txt");
+        std::fs::write(&file, "mine").expect("file");
+        let error = bind(&file).expect_err("not a socket");
+        assert!(matches!(error, AgentError::NotASocket { .. }), "{error}");
+        assert_eq!(std::fs::read_to_string(&file).expect("kept"), "mine");
+    }
+
+    #[tokio::test]
+    async fn the_client_reads_a_bounded_answer() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("agent.sock");
+        let listener = bind(&path).expect("bound");
+        // A server of this uid that answers with a line longer than the client reads.
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.expect("accepted");
+            let chunk = vec![b'x'; 64 * 1024];
+            while stream.write_all(&chunk).await.is_ok() {}
+        });
+        let client = AgentClient::connect(&path).await.expect("connected");
+        let error = client.list().await.expect_err("too long");
+        assert!(
+            error.0.contains("the line is longer than 1 MiB"),
+            "{}",
+            error.0
+        );
+        server.abort();
     }
 }

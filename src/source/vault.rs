@@ -1,8 +1,9 @@
 //! Source stage (I/O): registry credentials from Vault/OpenBao KV v1/v2 secrets, through ONE
 //! session per process that logs in, renews and logs in again by itself.
 //!
-//! Must not: talk to the cluster, keep more than one login per process, retry without bound, or
-//! put a token, secret ID or secret value into an error, a log line or `Debug` output. Errors
+//! Must not: talk to the cluster, keep more than one login per process, retry without bound,
+//! read an answer without bound (every request goes through [`transport`], which stops at 4 MiB),
+//! or put a token, secret ID or secret value into an error, a log line or `Debug` output. Errors
 //! name the mount, path and field and what happened (e.g. "403 permission denied by policy").
 //!
 //! Session lifecycle, all on use (no background task):
@@ -33,9 +34,11 @@ use std::time::{Duration, Instant};
 
 use backon::{ExponentialBuilder, Retryable as _};
 use secrecy::{ExposeSecret as _, SecretString};
-use vaultrs::api::EndpointMiddleware;
-use vaultrs::api::kv2::requests::ReadSecretRequest;
-use vaultrs::client::{VaultClient, VaultClientSettings};
+use vaultrs::api::auth::approle::requests::LoginWithApproleRequest;
+use vaultrs::api::auth::kubernetes::requests::LoginWithKubernetesRequest;
+use vaultrs::api::kv1::requests::GetSecretRequest;
+use vaultrs::api::kv2::requests::{ReadSecretMetadataRequest, ReadSecretRequest};
+use vaultrs::api::token::requests::{LookupTokenSelfRequest, RenewTokenSelfRequest};
 use vaultrs::error::ClientError;
 
 use crate::config::{
@@ -44,6 +47,9 @@ use crate::config::{
 use crate::dockerconfig::{AuthFileFormat, Lookup, ParseError, parse_auth_file};
 use crate::model::credential::{Credential, RegistryKey, Secret};
 use crate::regular_file;
+
+mod transport;
+use transport::{MAX_RESPONSE_BYTES, VaultApi, is_too_large, read_bounded};
 
 /// Largest token / secret-ID file read; real ones are well under 4 KiB.
 const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
@@ -159,6 +165,9 @@ pub enum Outcome {
     Status { code: u16, errors: Vec<String> },
     /// An answer that is not what the API documents (its body is never shown).
     BadResponse,
+    /// An answer larger than `limit` bytes: not read further, so a runaway answer cannot take
+    /// the process's memory.
+    TooLarge { limit: u64 },
 }
 
 impl fmt::Display for Outcome {
@@ -189,6 +198,12 @@ impl fmt::Display for Outcome {
                 write!(f, "HTTP {code}: {shown}")
             }
             Self::BadResponse => f.write_str("Vault sent an answer that could not be read"),
+            Self::TooLarge { limit } => write!(
+                f,
+                "Vault's answer is larger than {} MiB; it was not read (a real answer is a few \
+                 KiB: check vault.address points at Vault)",
+                limit / (1024 * 1024)
+            ),
         }
     }
 }
@@ -218,6 +233,9 @@ impl Outcome {
 
     fn from_rest_error(error: &rustify::errors::ClientError) -> Self {
         use rustify::errors::ClientError as Rest;
+        if let Some(limit) = is_too_large(error) {
+            return Self::TooLarge { limit };
+        }
         match error {
             Rest::ServerResponseError { code: 403, .. } => Self::PermissionDenied,
             Rest::ServerResponseError { code: 404, .. } => Self::NotFound,
@@ -227,6 +245,16 @@ impl Outcome {
             },
             Rest::RequestError { source, .. } => Self::from_transport(source.as_ref()),
             _ => Self::BadResponse,
+        }
+    }
+
+    /// A body read by [`read_bounded`] that failed: too large, or the transport.
+    fn from_body_error(error: &anyhow::Error) -> Self {
+        match error.downcast_ref::<transport::TooLarge>() {
+            Some(too_large) => Self::TooLarge {
+                limit: too_large.limit,
+            },
+            None => Self::from_transport(error.as_ref()),
         }
     }
 
@@ -337,7 +365,7 @@ impl fmt::Debug for TokenEnvironment {
 
 /// A logged-in client and what is known about its token.
 struct Login {
-    client: Arc<VaultClient>,
+    client: Arc<VaultApi>,
     obtained: Instant,
     /// `None` for tokens that never expire (TTL 0, e.g. a root token).
     ttl: Option<Duration>,
@@ -516,10 +544,9 @@ impl VaultSession {
             .await
             .map_err(|e| fail(Outcome::from_transport(&e)))?;
         let status = response.status().as_u16();
-        let body = response
-            .bytes()
+        let body = read_bounded(response, MAX_RESPONSE_BYTES)
             .await
-            .map_err(|e| fail(Outcome::from_transport(&e)))?;
+            .map_err(|e| fail(Outcome::from_body_error(&e)))?;
         let mut health: Health =
             serde_json::from_slice(&body).map_err(|_| fail(Outcome::BadResponse))?;
         health.status = status;
@@ -591,7 +618,7 @@ impl VaultSession {
     /// failures, and on a 403 logs in again once and retries.
     async fn call<T, F, Fut, E>(&self, fail: E, op: F) -> Result<T, VaultError>
     where
-        F: Fn(Arc<VaultClient>) -> Fut,
+        F: Fn(Arc<VaultApi>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
         E: Fn(Outcome) -> VaultError,
     {
@@ -609,9 +636,9 @@ impl VaultSession {
     }
 
     /// One request, with bounded jittered retries of transient failures.
-    async fn attempt<T, F, Fut>(&self, client: &Arc<VaultClient>, op: &F) -> Result<T, Outcome>
+    async fn attempt<T, F, Fut>(&self, client: &Arc<VaultApi>, op: &F) -> Result<T, Outcome>
     where
-        F: Fn(Arc<VaultClient>) -> Fut,
+        F: Fn(Arc<VaultApi>) -> Fut,
         Fut: Future<Output = Result<T, ClientError>>,
     {
         (|| async {
@@ -628,10 +655,10 @@ impl VaultSession {
     }
 
     /// After a 403 with a fresh token: is it the policy, or the token?
-    async fn why_forbidden(&self, client: &Arc<VaultClient>) -> Outcome {
+    async fn why_forbidden(&self, client: &Arc<VaultApi>) -> Outcome {
         match self
             .attempt(client, &|c| async move {
-                vaultrs::token::lookup_self(&*c).await
+                c.data(LookupTokenSelfRequest {}).await
             })
             .await
         {
@@ -641,7 +668,7 @@ impl VaultSession {
     }
 
     /// The current client, logging in or renewing first when needed.
-    async fn client(&self) -> Result<Arc<VaultClient>, VaultError> {
+    async fn client(&self) -> Result<Arc<VaultApi>, VaultError> {
         let mut guard = self.login.lock().await;
         if let Some(login) = guard.as_mut() {
             if !login.renewal_due(Instant::now()) {
@@ -658,7 +685,7 @@ impl VaultSession {
     }
 
     /// Logs in again unless another caller already replaced `stale`.
-    async fn login_again(&self, stale: &Arc<VaultClient>) -> Result<Arc<VaultClient>, VaultError> {
+    async fn login_again(&self, stale: &Arc<VaultApi>) -> Result<Arc<VaultApi>, VaultError> {
         let mut guard = self.login.lock().await;
         if let Some(login) = guard.as_ref()
             && !Arc::ptr_eq(&login.client, stale)
@@ -676,7 +703,7 @@ impl VaultSession {
         let client = login.client.clone();
         let renewed = self
             .attempt(&client, &|c| async move {
-                vaultrs::token::renew_self(&*c, None).await
+                c.auth(RenewTokenSelfRequest { increment: None }).await
             })
             .await;
         match renewed {
@@ -787,16 +814,12 @@ impl VaultSession {
             VaultAuth::AppRole { role_id, mount, .. } => {
                 let auth = self
                     .login_call(mount, |c| {
-                        let secret_id = secret.clone();
-                        async move {
-                            vaultrs::auth::approle::login(
-                                &*c,
-                                mount,
-                                role_id,
-                                secret_id.expose_secret(),
-                            )
-                            .await
-                        }
+                        let endpoint = LoginWithApproleRequest {
+                            mount: mount.clone(),
+                            role_id: role_id.clone(),
+                            secret_id: secret.expose_secret().to_string(),
+                        };
+                        async move { c.auth(endpoint).await }
                     })
                     .await?;
                 self.login_from_auth(&auth)
@@ -804,11 +827,12 @@ impl VaultSession {
             VaultAuth::Kubernetes { role, mount, .. } => {
                 let auth = self
                     .login_call(mount, |c| {
-                        let jwt = secret.clone();
-                        async move {
-                            vaultrs::auth::kubernetes::login(&*c, mount, role, jwt.expose_secret())
-                                .await
-                        }
+                        let endpoint = LoginWithKubernetesRequest {
+                            mount: mount.clone(),
+                            role: role.clone(),
+                            jwt: secret.expose_secret().to_string(),
+                        };
+                        async move { c.auth(endpoint).await }
                     })
                     .await?;
                 self.login_from_auth(&auth)
@@ -823,7 +847,7 @@ impl VaultSession {
         op: F,
     ) -> Result<vaultrs::api::AuthInfo, VaultError>
     where
-        F: Fn(Arc<VaultClient>) -> Fut,
+        F: Fn(Arc<VaultApi>) -> Fut,
         Fut: Future<Output = Result<vaultrs::api::AuthInfo, ClientError>>,
     {
         let anonymous = Arc::new(self.vault_client(&SecretString::from(String::new()))?);
@@ -854,7 +878,7 @@ impl VaultSession {
         let client = Arc::new(self.vault_client(token)?);
         let lookup = self
             .attempt(&client, &|c| async move {
-                vaultrs::token::lookup_self(&*c).await
+                c.data(LookupTokenSelfRequest {}).await
             })
             .await
             .map_err(|outcome| VaultError::Login {
@@ -894,34 +918,17 @@ impl VaultSession {
         }
     }
 
-    /// A vaultrs client over our HTTP client. Settings are filled in here, never from the
-    /// environment (vaultrs' builder would read `VAULT_ADDR`, `VAULT_SKIP_VERIFY` and others).
-    fn vault_client(&self, token: &SecretString) -> Result<VaultClient, VaultError> {
-        let token = token.expose_secret().to_string();
-        let settings = VaultClientSettings {
-            address: self.base_url.clone(),
-            ca_certs: Vec::new(),
-            identity: None,
-            timeout: Some(self.config.timeout),
-            token: token.clone(),
-            verify: true,
-            version: 1,
-            wrapping: false,
-            namespace: self.config.namespace.clone(),
-            proxy: None,
-        };
-        let middle = EndpointMiddleware {
-            token,
-            version: "v1".to_string(),
-            wrap: None,
-            namespace: self.config.namespace.clone(),
-        };
+    /// A client over our HTTP client with `token` (empty: none). Settings are filled in here,
+    /// never from the environment (vaultrs' builder would read `VAULT_ADDR`,
+    /// `VAULT_SKIP_VERIFY` and others).
+    fn vault_client(&self, token: &SecretString) -> Result<VaultApi, VaultError> {
         let base = self.base_url.as_str().trim_end_matches('/');
-        Ok(VaultClient {
-            http: rustify::clients::reqwest::Client::new(base, self.http.clone()),
-            middle,
-            settings,
-        })
+        Ok(VaultApi::new(
+            self.http.clone(),
+            base,
+            token.expose_secret().to_string(),
+            self.config.namespace.clone(),
+        ))
     }
 }
 
@@ -945,7 +952,7 @@ fn ttl(seconds: u64) -> Option<Duration> {
 }
 
 async fn read_kv2(
-    client: Arc<VaultClient>,
+    client: Arc<VaultApi>,
     location: &VaultLocation,
     version: Option<u64>,
 ) -> Result<vaultrs::api::kv2::responses::ReadSecretResponse, ClientError> {
@@ -954,21 +961,29 @@ async fn read_kv2(
         path: location.path.clone(),
         version,
     };
-    vaultrs::api::exec_with_result(&*client, endpoint).await
+    client.data(endpoint).await
 }
 
 async fn read_kv2_metadata(
-    client: Arc<VaultClient>,
+    client: Arc<VaultApi>,
     location: &VaultLocation,
 ) -> Result<vaultrs::api::kv2::responses::ReadSecretMetadataResponse, ClientError> {
-    vaultrs::kv2::read_metadata(&*client, &location.mount, &location.path).await
+    let endpoint = ReadSecretMetadataRequest {
+        mount: location.mount.clone(),
+        path: location.path.clone(),
+    };
+    client.data(endpoint).await
 }
 
 async fn read_kv1(
-    client: Arc<VaultClient>,
+    client: Arc<VaultApi>,
     location: &VaultLocation,
 ) -> Result<vaultrs::api::kv1::responses::GetSecretResponse, ClientError> {
-    vaultrs::kv1::get_raw(&*client, &location.mount, &location.path).await
+    let endpoint = GetSecretRequest {
+        mount: location.mount.clone(),
+        path: location.path.clone(),
+    };
+    client.whole(endpoint).await
 }
 
 /// The HTTP client every request uses, and the base URL it is pointed at.

@@ -31,6 +31,7 @@ const IO: &[&str] = &[
     "telemetry",
     "watch",
     "regular_file",
+    "private_fs",
 ];
 
 /// Files of the binary crate, not the library: they import the library as `pullsecretd::`.

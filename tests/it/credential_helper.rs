@@ -1,7 +1,8 @@
 //! `docker-credential-pullsecretd` as clients run it: the binary through a symlink, stdin and
 //! stdout per docs/docker-auth.md#credential-helper-protocol; the real `skopeo` calling it through `credHelpers` against a real
 //! htpasswd registry with credentials from a real OpenBao; the agent socket served by
-//! `pullsecretd workstation`, and its refusal of another uid. Only 127.0.0.1 is contacted.
+//! `pullsecretd workstation`, and the refusal of another uid at both ends. Only 127.0.0.1 is
+//! contacted.
 
 use pullsecretd_testkit::openbao;
 use pullsecretd_testkit::registry;
@@ -386,8 +387,10 @@ fn workstation_serves_the_helper_over_its_socket_and_only_to_its_uid() {
 }
 
 /// A second uid: possible here only as root (`Command::uid`). The socket's 0600 mode and the
-/// 0700 directory already keep other users out; they are opened up so that the peer-uid check
-/// itself is what refuses.
+/// 0700 directory already keep other users out; they are opened up so that the peer-uid checks
+/// themselves are what refuse. Both ends check: the helper of another uid refuses this agent
+/// before asking (it would be handed root's credentials), and the agent refuses a raw client of
+/// another uid that asks anyway.
 fn another_uid_is_refused(home: &Home, socket: &Path) {
     if rustix::process::geteuid().as_raw() != 0 {
         eprintln!("not root: cannot run a second uid here; peer_allowed() is unit-tested");
@@ -410,8 +413,53 @@ fn another_uid_is_refused(home: &Home, socket: &Path) {
         .uid(65534)
         .gid(65534);
     let out = run_with_stdin(command, "quay.io");
-    eprintln!("helper as uid 65534: {}", stdout(&out).trim());
+    let warning = String::from_utf8_lossy(&out.stderr).into_owned();
+    eprintln!(
+        "helper as uid 65534: {} / {}",
+        stdout(&out).trim(),
+        warning.trim()
+    );
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
-    assert!(stdout(&out).contains("refused"), "{}", stdout(&out));
+    assert!(
+        warning.contains("is served by uid 0, not by this user (uid 65534): refused"),
+        "{warning}"
+    );
     assert!(!stdout(&out).contains(SENTINEL));
+
+    // A client that skips the check: the agent itself refuses it. It answers and closes
+    // without reading the request, so sending may fail and the socket reset after the answer.
+    let script = r#"
+import socket, sys
+client = socket.socket(socket.AF_UNIX)
+client.connect(sys.argv[1])
+try:
+    client.sendall(b'{"v":1,"action":"get","server":"quay.io"}\n')
+except OSError:
+    pass
+answer = b""
+while True:
+    try:
+        chunk = client.recv(65536)
+    except OSError:
+        break
+    if not chunk:
+        break
+    answer += chunk
+sys.stdout.write(answer.decode())
+"#;
+    let out = Command::new("python3")
+        .args(["-c", script])
+        .arg(socket)
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .expect("python3 runs");
+    let answer = stdout(&out);
+    eprintln!("raw client as uid 65534: {}", answer.trim());
+    assert!(
+        answer.contains("the pullsecretd agent refused this connection"),
+        "{answer} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!answer.contains(SENTINEL));
 }

@@ -19,6 +19,7 @@ mod dynamic_secrets_harness;
 mod faults;
 mod first_hour;
 mod hardening_children;
+mod hardening_files;
 mod once;
 mod openshift;
 mod pipeline;
