@@ -8,6 +8,12 @@
 //! not list across namespaces (an OpenShift self-provisioner) falls back to OpenShift
 //! `projects` for the namespace list and to per-namespace lists for the rest.
 //!
+//! Namespaced mode (`namespaces:` in the config) reads no namespace list and makes no
+//! cluster-wide request: the configured names are the namespaces, and every list runs in each
+//! of them, which a Role per namespace allows. A configured namespace that does not exist
+//! answers its lists with 404 (or, on some servers, an empty list): it is then left out of the
+//! namespaces, so the plan reports it as a project that does not exist instead of failing.
+//!
 //! Same-name Secrets pullsecretd does not own are not read up front: a create that answers
 //! `AlreadyExists` reveals them at the cost of one request, instead of a read per namespace.
 
@@ -76,22 +82,30 @@ pub async fn read_snapshot(
     config: &Config,
     throttle: &Throttle,
 ) -> Result<ClusterSnapshot, ApiError> {
-    let namespaces = list_namespaces(client, throttle).await?;
-    let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
-    let scope = Scope::detect(client, throttle, &names).await?;
+    let (mut namespaces, scope) = match &config.namespaces {
+        Some(names) => (configured_namespaces(names), Scope::Namespaces(names.clone())),
+        None => {
+            let namespaces = list_namespaces(client, throttle).await?;
+            let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
+            let scope = Scope::detect(client, throttle, &names).await?;
+            (namespaces, scope)
+        }
+    };
     let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
 
-    let secrets: Vec<Secret> = scope.list(client, throttle, &managed).await?;
+    let mut missing = BTreeSet::new();
+    let secrets: Vec<Secret> = scope.list(client, throttle, &managed, &mut missing).await?;
     let mut accounts: Vec<ServiceAccount> = Vec::new();
     for account in account_names(config, &secrets) {
         let by_name = ListParams::default().fields(&format!("metadata.name={account}"));
         accounts.extend(
             scope
-                .list::<ServiceAccount>(client, throttle, &by_name)
+                .list::<ServiceAccount>(client, throttle, &by_name, &mut missing)
                 .await?,
         );
     }
-    let bindings: Vec<RoleBinding> = scope.list(client, throttle, &managed).await?;
+    let bindings: Vec<RoleBinding> = scope.list(client, throttle, &managed, &mut missing).await?;
+    namespaces.retain(|ns| !missing.contains(&ns.name));
 
     let mut projects: BTreeMap<String, ObservedProject> = BTreeMap::new();
     for secret in secrets {
@@ -133,7 +147,23 @@ pub async fn read_events(
             Scope::detect(client, throttle, &names).await?
         }
     };
-    scope.list(client, throttle, &ListParams::default()).await
+    let mut missing = BTreeSet::new();
+    scope
+        .list(client, throttle, &ListParams::default(), &mut missing)
+        .await
+}
+
+/// Namespaced mode: the configured namespaces, taken as existing (their labels are not read).
+pub fn configured_namespaces(names: &[String]) -> Vec<NamespaceInfo> {
+    let mut infos: Vec<NamespaceInfo> = names
+        .iter()
+        .map(|name| NamespaceInfo {
+            name: name.clone(),
+            labels: BTreeMap::new(),
+        })
+        .collect();
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
+    infos
 }
 
 /// API groups that only OpenShift serves (docs/openshift.md). `user.openshift.io` is not one of them:
@@ -221,6 +251,10 @@ fn is_forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 403)
 }
 
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
 /// Where lists run: across all namespaces, or namespace by namespace when the identity may only
 /// read inside its own projects.
 enum Scope {
@@ -246,11 +280,14 @@ impl Scope {
         }
     }
 
+    /// Lists `K` with `params`; namespaces that answer 404 (they do not exist) are added to
+    /// `missing` and skipped.
     async fn list<K>(
         &self,
         client: &Client,
         throttle: &Throttle,
         params: &ListParams,
+        missing: &mut BTreeSet<String>,
     ) -> Result<Vec<K>, ApiError>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -273,6 +310,10 @@ impl Scope {
                         // A project this identity may not read is not one it can manage.
                         Err(error) if is_forbidden(&error) => {
                             tracing::warn!(namespace, resource, "Not allowed to list; skipping.");
+                        }
+                        Err(error) if is_not_found(&error) => {
+                            tracing::warn!(namespace, resource, "Namespace not found; skipping.");
+                            missing.insert(namespace.clone());
                         }
                         Err(error) => {
                             return Err(ApiError::new("list", resource, namespace, error));
