@@ -83,7 +83,10 @@ pub async fn read_snapshot(
     throttle: &Throttle,
 ) -> Result<ClusterSnapshot, ApiError> {
     let (mut namespaces, scope) = match &config.namespaces {
-        Some(names) => (configured_namespaces(names), Scope::Namespaces(names.clone())),
+        Some(names) => (
+            configured_namespaces(names),
+            Scope::Namespaces(names.clone()),
+        ),
         None => {
             let namespaces = list_namespaces(client, throttle).await?;
             let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();

@@ -107,9 +107,7 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         None => Vec::new(),
     };
     let image_pullers = match fields.get("imagePullers") {
-        Some(node) => {
-            decode_image_pullers(node, &path.key("imagePullers"), &pull_secrets, scope)?
-        }
+        Some(node) => decode_image_pullers(node, &path.key("imagePullers"), &pull_secrets, scope)?,
         None => Vec::new(),
     };
     Ok(Config {
@@ -942,7 +940,12 @@ fn decode_image_pullers(
         let fields = Fields::read(item, &item_path, IMAGE_PULLER_FIELDS)?;
         let project_node = fields.required("project")?;
         let project = expect_label(project_node, &item_path.key("project"), "project name")?;
-        check_in_scope(&project, scope, project_node.mark, &item_path.key("project"))?;
+        check_in_scope(
+            &project,
+            scope,
+            project_node.mark,
+            &item_path.key("project"),
+        )?;
         if let Some(first) = pullers.iter().position(|p| p.project == project) {
             return Err(problem(
                 project_node.mark,

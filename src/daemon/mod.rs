@@ -204,6 +204,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         &view::account_names(&config, []),
         touched_tx.clone(),
         openshift,
+        config.namespaces.as_deref(),
     );
     let context = Arc::new(Context::new(
         client,
@@ -372,6 +373,13 @@ fn watch_config_file(
             last_seen = digest;
             match Config::load(&path) {
                 Ok(config) if *publish.borrow().as_ref() == config => {}
+                Ok(config) if publish.borrow().namespaces != config.namespaces => {
+                    tracing::error!(
+                        path = %path.display(),
+                        "New config rejected: changing namespaces needs a restart; keeping the \
+                         running one."
+                    );
+                }
                 Ok(config) => {
                     tracing::info!(path = %path.display(), "Config reloaded.");
                     publish.send_replace(Arc::new(config));
