@@ -11,8 +11,10 @@
 //! Namespaced mode (`namespaces:` in the config) reads no namespace list and makes no
 //! cluster-wide request: the configured names are the namespaces, and every list runs in each
 //! of them, which a Role per namespace allows. A configured namespace that does not exist
-//! answers its lists with 404 (or, on some servers, an empty list): it is then left out of the
-//! namespaces, so the plan reports it as a project that does not exist instead of failing.
+//! cannot hold a Role, so its lists answer 403 (404 or an empty list for an identity with
+//! cluster-wide rights): it is then left out of the namespaces, so the plan reports it as a
+//! project that does not exist (or is not visible) instead of failing; an empty list leaves
+//! it to the create, whose 404 is the same problem (`apply`).
 //!
 //! Same-name Secrets pullsecretd does not own are not read up front: a create that answers
 //! `AlreadyExists` reveals them at the cost of one request, instead of a read per namespace.
@@ -156,6 +158,36 @@ pub async fn read_events(
         .await
 }
 
+/// Namespaced mode, for the daemon's watches: the configured namespaces whose Secrets this
+/// identity can list (one request each). A watch in any other would never sync; those are
+/// logged and left out until a restart.
+pub async fn readable_namespaces(
+    client: &Client,
+    throttle: &Throttle,
+    names: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let probe = ListParams::default()
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
+        .limit(1);
+    let mut readable = Vec::with_capacity(names.len());
+    for namespace in names {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        match throttle.call(|| api.list_metadata(&probe)).await {
+            Ok(_) => readable.push(namespace.clone()),
+            Err(error) if is_forbidden(&error) || is_not_found(&error) => {
+                tracing::error!(
+                    namespace,
+                    error = %super::describe(&error),
+                    "Namespace not readable (it does not exist, or has no Role for \
+                     pullsecretd): not managed until a restart."
+                );
+            }
+            Err(error) => return Err(ApiError::new("list", "secrets", namespace, error)),
+        }
+    }
+    Ok(readable)
+}
+
 /// Namespaced mode: the configured namespaces, taken as existing (their labels are not read).
 pub fn configured_namespaces(names: &[String]) -> Vec<NamespaceInfo> {
     let mut infos: Vec<NamespaceInfo> = names
@@ -283,8 +315,9 @@ impl Scope {
         }
     }
 
-    /// Lists `K` with `params`; namespaces that answer 404 (they do not exist) are added to
-    /// `missing` and skipped.
+    /// Lists `K` with `params`; namespaces that answer 403 or 404 (not readable: no Role
+    /// there, or they do not exist — under RBAC a missing namespace has no Role, so it answers
+    /// 403) are added to `missing` and skipped.
     async fn list<K>(
         &self,
         client: &Client,
@@ -313,6 +346,7 @@ impl Scope {
                         // A project this identity may not read is not one it can manage.
                         Err(error) if is_forbidden(&error) => {
                             tracing::warn!(namespace, resource, "Not allowed to list; skipping.");
+                            missing.insert(namespace.clone());
                         }
                         Err(error) if is_not_found(&error) => {
                             tracing::warn!(namespace, resource, "Namespace not found; skipping.");

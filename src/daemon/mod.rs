@@ -47,6 +47,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::cache::Caches;
 use crate::cluster::lease::{Elector, Leadership, LeaseConfig};
+use crate::cluster::snapshot::readable_namespaces;
 use crate::cluster::{Throttle, view};
 use crate::config::{Config, ConfigError};
 use crate::source::SourceContext;
@@ -87,6 +88,9 @@ pub enum DaemonError {
     WatchConfig(#[from] crate::watch::WatchError),
     #[error(transparent)]
     Lease(#[from] crate::cluster::lease::LeaseError),
+    /// Namespaced mode: a configured namespace could not be probed.
+    #[error(transparent)]
+    Probe(#[from] crate::cluster::ApiError),
 }
 
 /// Why one namespace did not converge (the applier retries it with backoff).
@@ -198,13 +202,17 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
     let reload = watch_config_file(&options.config_path, options.reload_debounce, config_tx)?;
 
     let openshift = crate::cluster::snapshot::detect_openshift(&client, &options.throttle).await;
+    let scope = match &config.namespaces {
+        Some(names) => Some(readable_namespaces(&client, &options.throttle, names).await?),
+        None => None,
+    };
     let (touched_tx, touched_rx) = mpsc::unbounded_channel();
     let caches = Caches::start(
         &client,
         &view::account_names(&config, []),
         touched_tx.clone(),
         openshift,
-        config.namespaces.as_deref(),
+        scope.as_deref(),
     );
     let context = Arc::new(Context::new(
         client,

@@ -18,6 +18,7 @@ mod deploy;
 mod dynamic_secrets_harness;
 mod faults;
 mod first_hour;
+mod namespaced;
 mod once;
 mod openshift;
 mod pipeline;
