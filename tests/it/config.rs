@@ -577,8 +577,7 @@ fn namespaced_mode_refuses_what_it_cannot_do() {
         (
             "namespaces: [team-a, Team-B]\nregistries: {}\n".into(),
             "config/x.yaml:1:22: namespaces[1]: not a valid namespace name (a DNS-1123 label): \
-             must consist of lower case alphanumeric characters or '-', and must start and end \
-             with an alphanumeric character"
+             may contain only lowercase letters, digits and '-'"
                 .into(),
         ),
         (
@@ -602,7 +601,7 @@ fn namespaced_mode_refuses_what_it_cannot_do() {
         ),
         (
             secret("{ names: [team-a, team-c] }"),
-            "config/x.yaml:9:31: pullSecrets[0].projects.names[1]: namespace \"team-c\" is not \
+            "config/x.yaml:9:33: pullSecrets[0].projects.names[1]: namespace \"team-c\" is not \
              in namespaces: in namespaced mode pullsecretd reads and writes only the namespaces \
              listed there; add it to namespaces"
                 .into(),
@@ -616,7 +615,7 @@ fn namespaced_mode_refuses_what_it_cannot_do() {
         ),
         (
             puller("project: team-a\n    allow: [group:team-b, serviceaccount:other:default]"),
-            "config/x.yaml:12:28: imagePullers[0].allow[1]: namespace \"other\" is not in \
+            "config/x.yaml:12:27: imagePullers[0].allow[1]: namespace \"other\" is not in \
              namespaces: in namespaced mode pullsecretd reads and writes only the namespaces \
              listed there; add it to namespaces"
                 .into(),
