@@ -17,6 +17,11 @@
 //!   a [`Snapshot`]; a changed credential re-reconciles exactly the namespaces planned to use it.
 //!   A reconcile never calls a source.
 //! - Only the Lease holder writes, and it checks just before writing.
+//! - Namespaced mode (`namespaces:`): the caches watch only the configured namespaces that
+//!   answer a probe list at start (the others are logged, and planned as not found). The
+//!   watches are fixed for the daemon's life, so a reload that changes `namespaces:` is
+//!   rejected with "changing namespaces needs a restart" and the running config kept:
+//!   restarting is simpler and more honest than half-swapping a set of watches.
 //! - A reconcile costs its own namespace, not the cluster: it plans just that namespace from
 //!   Secrets prepared once per credential snapshot, and reads only that namespace's cached
 //!   objects (re-planning every namespace per reconcile made a 10,000-namespace cold start
