@@ -361,3 +361,85 @@ async fn a_configured_namespace_that_does_not_exist_is_a_problem_not_a_failure()
     assert!(running.wait(Duration::from_secs(10)).await, "stopped");
     assert_eq!(fx.server.counts().count_in("watch", "secrets", "gone"), 0);
 }
+
+/// Who runs a command: pullsecretd's service account, or an operator (kube-sim's admin).
+#[derive(Clone, Copy)]
+enum As {
+    ServiceAccount,
+    Operator,
+}
+
+/// Runs the binary with `args`, the config and a kubeconfig for `who`; returns its exit code
+/// and stdout (stderr on failure).
+async fn cli(fx: &Fixture, who: As, args: &[&str]) -> (Option<i32>, String) {
+    let kubeconfig = fx.dir.path().join("kubeconfig");
+    let yaml = match who {
+        As::ServiceAccount => fx.server.kubeconfig_yaml_for(TOKEN, "default"),
+        As::Operator => fx.server.kubeconfig_yaml(),
+    };
+    std::fs::write(&kubeconfig, yaml).expect("kubeconfig written");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_pullsecretd"));
+    command
+        .args(args)
+        .arg("--config")
+        .arg(fx.dir.path().join("config.yaml"))
+        .env("KUBECONFIG", &kubeconfig)
+        .env("HOME", fx.dir.path())
+        .env_remove("RUST_LOG");
+    let out = tokio::task::spawn_blocking(move || command.output().expect("pullsecretd runs"))
+        .await
+        .expect("joined");
+    for stream in [&out.stdout, &out.stderr] {
+        assert!(
+            !String::from_utf8_lossy(stream).contains(SENTINEL),
+            "credential leaked"
+        );
+    }
+    let text = if out.status.success() {
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    } else {
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    (out.status.code(), text)
+}
+
+#[tokio::test]
+async fn plan_cluster_once_and_status_read_only_the_configured_namespaces() {
+    let (fx, _) = fixture(&["outside"]).await;
+    write_config(&fx, SENTINEL, &NAMESPACED_TEAMS);
+    fx.server.reset_counts();
+
+    let (code, text) = cli(&fx, As::ServiceAccount, &["plan", "--cluster"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    for team in NAMESPACED_TEAMS {
+        assert!(text.contains(&format!("Project {team}")), "{text}");
+    }
+    assert!(!text.contains("outside"), "{text}");
+    assert_eq!(fx.server.counts().writes(), 0, "plan never writes");
+
+    let (code, text) = cli(&fx, As::ServiceAccount, &["once"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    for team in NAMESPACED_TEAMS {
+        assert!(fx.secret(team, "reg-pull").is_some(), "{team}");
+    }
+
+    assert_namespaced_only(&fx.server.counts());
+
+    // `status` is an operator's command (pullsecretd's Roles do not read Events): as one, it
+    // still reads only the configured namespaces.
+    fx.server.reset_counts();
+    let (code, text) = cli(&fx, As::Operator, &["status", "-o", "json"]).await;
+    assert_eq!(code, Some(0), "{text}");
+    let status: Value = serde_json::from_str(&text).expect("JSON");
+    let projects = status["projects"].to_string();
+    for team in NAMESPACED_TEAMS {
+        assert!(projects.contains(team), "{status:#}");
+    }
+    let counts = fx.server.counts();
+    assert!(
+        counts.count_in("list", "events", "team-a") > 0,
+        "{counts:#?}"
+    );
+    assert_namespaced_only(&counts);
+    assert_eq!(counts.count_in("list", "events", ""), 0, "{counts:#?}");
+}
