@@ -38,6 +38,12 @@ pub struct Config {
     pub pull_secrets: Vec<PullSecretConfig>,
     /// Cross-project `system:image-puller` grants (OpenShift).
     pub image_pullers: Vec<ImagePullerConfig>,
+    /// Namespaced mode (`namespaces:`): the only namespaces pullsecretd reads and writes, taken
+    /// as existing, so it needs a Role in each of them instead of cluster-wide access. `None`:
+    /// the whole cluster. When present, every pull secret's projects and image puller lies
+    /// inside it (the config stage checks this) and no label selector is used, since namespace
+    /// labels are not read.
+    pub namespaces: Option<Vec<String>>,
 }
 
 impl Config {
@@ -299,6 +305,10 @@ pub struct ImagePullerConfig {
     /// and go, without listing them.
     pub allow_projects_of: Vec<String>,
 }
+
+/// Most namespaces a namespaced-mode config may list: each costs a list (and, in `run`, a watch)
+/// per kind, so a longer list belongs in cluster-wide mode.
+pub const MAX_NAMESPACES: usize = 1000;
 
 /// Largest config file read; a config is a few kilobytes.
 pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;

@@ -692,6 +692,7 @@ mod tests {
             registries: BTreeMap::from([("quay".into(), registry)]),
             pull_secrets,
             image_pullers: vec![],
+            namespaces: None,
         }
     }
 
@@ -1434,6 +1435,7 @@ mod safety_tests {
                 adopt: false,
             }],
             image_pullers: vec![],
+            namespaces: None,
         }
     }
 

@@ -510,6 +510,7 @@ mod tests {
             .collect(),
             pull_secrets,
             image_pullers,
+            namespaces: None,
         }
     }
 

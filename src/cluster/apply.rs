@@ -313,6 +313,11 @@ impl ProjectRun<'_> {
             Err(kube::Error::Api(status)) if status.is_already_exists() => {
                 self.take_over_existing(secret).await
             }
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                self.unlinkable.insert(secret.name.clone());
+                self.namespace_missing().await;
+                false
+            }
             Err(error) => {
                 self.secret_failed("create", secret, error).await;
                 false
@@ -639,8 +644,30 @@ impl ProjectRun<'_> {
                 })
                 .await
             }
+            Err(kube::Error::Api(status)) if status.is_not_found() => {
+                self.namespace_missing().await;
+            }
             Err(error) => self.binding_failed("create", &binding.name, error).await,
         }
+    }
+
+    /// A create answered 404: the namespace does not exist. Namespaced mode takes its
+    /// namespaces as existing without reading them, so this is where a missing one shows: a
+    /// problem (once per namespace), not a failure to retry.
+    async fn namespace_missing(&mut self) {
+        if self
+            .outcome
+            .problems
+            .iter()
+            .any(|p| p.reason == "ProjectNotFound")
+        {
+            return;
+        }
+        let problem = Problem {
+            reason: "ProjectNotFound",
+            message: format!("project {} does not exist", self.project),
+        };
+        self.found_problem(problem).await;
     }
 
     async fn update_binding(

@@ -7,6 +7,14 @@
 //! objects costs no request. Every change is reported as the name of the namespace it touches,
 //! including objects that vanished while a watch was re-listing. Must not write anything.
 //!
+//! Namespaced mode (`namespaces:` in the config) watches nothing cluster-wide and needs only a
+//! Role per namespace: one reflector per namespace per kind (per account name for service
+//! accounts), in a map namespace → store. One store cannot serve several watch streams,
+//! because each stream's re-list (`Init` … `InitDone`) replaces the whole store and would drop
+//! the other namespaces' objects. There is no namespace watch: the namespace store is filled
+//! once from the config, labels empty, and the config's namespaces are fixed for the daemon's
+//! life (a reload that changes them is rejected; see `daemon`).
+//!
 //! Secrets and RoleBindings are also indexed by namespace, so a reconcile reads its own
 //! namespace's objects without scanning every namespace's (at 10,000 namespaces a full scan
 //! per reconcile made a cold start quadratic).
@@ -16,6 +24,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, StreamExt as _};
+use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::api::Api;
@@ -70,16 +79,94 @@ impl NamespaceIndex {
     }
 }
 
+/// One kind's reflector stores: one across all namespaces, or one per namespace (namespaced
+/// mode).
+#[derive(Clone)]
+enum Stores<K: Resource<DynamicType = ()> + Clone + 'static> {
+    Cluster(Store<K>),
+    Namespaces(BTreeMap<String, Store<K>>),
+}
+
+impl<K> Stores<K>
+where
+    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    /// Starts the watch(es) of `K` with `config`: across all namespaces, or in each of
+    /// `namespaces`.
+    fn spawn(
+        client: &Client,
+        namespaces: Option<&[String]>,
+        config: &watcher::Config,
+        touched: &Touched,
+        index: Option<&NamespaceIndex>,
+    ) -> Self {
+        let start = |api: Api<K>| {
+            spawn_reflector(
+                api,
+                config.clone(),
+                touched.clone(),
+                namespace_of,
+                index.cloned(),
+            )
+        };
+        match namespaces {
+            None => Self::Cluster(start(Api::all(client.clone()))),
+            Some(names) => Self::Namespaces(
+                names
+                    .iter()
+                    .map(|ns| (ns.clone(), start(Api::namespaced(client.clone(), ns))))
+                    .collect(),
+            ),
+        }
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let key = ObjectRef::new(name).within(namespace);
+        match self {
+            Self::Cluster(store) => store.get(&key),
+            Self::Namespaces(stores) => stores.get(namespace)?.get(&key),
+        }
+    }
+
+    fn state(&self) -> Vec<Arc<K>> {
+        match self {
+            Self::Cluster(store) => store.state(),
+            Self::Namespaces(stores) => stores.values().flat_map(Store::state).collect(),
+        }
+    }
+
+    async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        match self {
+            Self::Cluster(store) => store.wait_until_ready().await,
+            Self::Namespaces(stores) => {
+                for store in stores.values() {
+                    store.wait_until_ready().await?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
 /// The reflector stores the daemon plans and diffs from.
 #[derive(Clone)]
 pub struct Caches {
+    /// Watched, or (namespaced mode) the configured namespaces, filled once.
     pub namespaces: Store<Namespace>,
-    pub secrets: Store<Secret>,
-    pub role_bindings: Store<RoleBinding>,
+    secrets: Stores<Secret>,
+    role_bindings: Stores<RoleBinding>,
     secrets_by_namespace: NamespaceIndex,
     role_bindings_by_namespace: NamespaceIndex,
-    /// One store per watched service-account name.
-    accounts: Arc<Mutex<BTreeMap<String, Store<ServiceAccount>>>>,
+    /// One store (or, namespaced, one per namespace) per watched service-account name.
+    accounts: Arc<Mutex<BTreeMap<String, Stores<ServiceAccount>>>>,
+    /// Namespaced mode: the only namespaces watched.
+    scope: Option<Vec<String>>,
     client: Client,
     touched: Touched,
     /// OpenShift or not (API discovery at start): image-puller bindings exist only there.
@@ -88,36 +175,42 @@ pub struct Caches {
 
 impl Caches {
     /// Starts the namespace, Secret and RoleBinding watches (each in its own task) and one
-    /// watch per name in `accounts`. Changes are sent to `touched`.
+    /// watch per name in `accounts`; in namespaced mode (`scope`), each of these per namespace
+    /// and no namespace watch. Changes are sent to `touched`.
     pub fn start(
         client: &Client,
         accounts: &BTreeSet<String>,
         touched: Touched,
         openshift: Option<bool>,
+        scope: Option<&[String]>,
     ) -> Self {
-        let managed = format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}");
-        let namespaces = spawn_reflector(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-            touched.clone(),
-            |ns: &Namespace| ns.name_any(),
-            None,
-        );
+        let managed =
+            watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
+        let namespaces = match scope {
+            None => spawn_reflector(
+                Api::<Namespace>::all(client.clone()),
+                watcher::Config::default(),
+                touched.clone(),
+                |ns: &Namespace| ns.name_any(),
+                None,
+            ),
+            Some(names) => fixed_namespaces(names),
+        };
         let secrets_by_namespace = NamespaceIndex::default();
-        let secrets = spawn_reflector(
-            Api::<Secret>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
-            touched.clone(),
-            namespace_of,
-            Some(secrets_by_namespace.clone()),
+        let secrets = Stores::spawn(
+            client,
+            scope,
+            &managed,
+            &touched,
+            Some(&secrets_by_namespace),
         );
         let role_bindings_by_namespace = NamespaceIndex::default();
-        let role_bindings = spawn_reflector(
-            Api::<RoleBinding>::all(client.clone()),
-            watcher::Config::default().labels(&managed),
-            touched.clone(),
-            namespace_of,
-            Some(role_bindings_by_namespace.clone()),
+        let role_bindings = Stores::spawn(
+            client,
+            scope,
+            &managed,
+            &touched,
+            Some(&role_bindings_by_namespace),
         );
         let caches = Self {
             namespaces,
@@ -126,6 +219,7 @@ impl Caches {
             secrets_by_namespace,
             role_bindings_by_namespace,
             accounts: Arc::default(),
+            scope: scope.map(<[String]>::to_vec),
             client: client.clone(),
             touched,
             openshift,
@@ -134,29 +228,35 @@ impl Caches {
         caches
     }
 
-    /// Adds a watch for each service-account name not watched yet. Names are never dropped:
-    /// an account the config stopped linking must still be seen to be unlinked.
-    pub fn watch_accounts(&self, names: &BTreeSet<String>) -> Vec<Store<ServiceAccount>> {
+    /// Every cached managed Secret.
+    pub fn secrets(&self) -> Vec<Arc<Secret>> {
+        self.secrets.state()
+    }
+
+    /// Adds a watch for each service-account name not watched yet (returned, to wait for).
+    /// Names are never dropped: an account the config stopped linking must still be seen to
+    /// be unlinked.
+    pub fn watch_accounts(&self, names: &BTreeSet<String>) -> Vec<AccountWatch> {
         let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
         let mut added = Vec::new();
         for name in names {
             if accounts.contains_key(name) {
                 continue;
             }
-            let store = spawn_reflector(
-                Api::<ServiceAccount>::all(self.client.clone()),
-                watcher::Config::default().fields(&format!("metadata.name={name}")),
-                self.touched.clone(),
-                namespace_of,
+            let stores = Stores::spawn(
+                &self.client,
+                self.scope.as_deref(),
+                &watcher::Config::default().fields(&format!("metadata.name={name}")),
+                &self.touched,
                 None,
             );
-            accounts.insert(name.clone(), store.clone());
-            added.push(store);
+            accounts.insert(name.clone(), stores.clone());
+            added.push(AccountWatch(stores));
         }
         added
     }
 
-    fn account_stores(&self) -> Vec<(String, Store<ServiceAccount>)> {
+    fn account_stores(&self) -> Vec<(String, Stores<ServiceAccount>)> {
         self.accounts
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -170,11 +270,40 @@ impl Caches {
         self.namespaces.wait_until_ready().await?;
         self.secrets.wait_until_ready().await?;
         self.role_bindings.wait_until_ready().await?;
-        for (_, store) in self.account_stores() {
-            store.wait_until_ready().await?;
+        for (_, stores) in self.account_stores() {
+            stores.wait_until_ready().await?;
         }
         Ok(())
     }
+}
+
+/// A newly started service-account watch (all its namespaces' stores).
+pub struct AccountWatch(Stores<ServiceAccount>);
+
+impl AccountWatch {
+    /// Waits until its initial list(s) are in.
+    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
+        self.0.wait_until_ready().await
+    }
+}
+
+/// Namespaced mode: a store holding the configured namespaces (names only), ready at once, and
+/// never changed: the daemon's reconcile requests are looked up in it.
+fn fixed_namespaces(names: &[String]) -> Store<Namespace> {
+    let (reader, mut writer) = reflector::store();
+    writer.apply_watcher_event(&Event::Init);
+    for name in names {
+        let namespace = Namespace {
+            metadata: kube::api::ObjectMeta {
+                name: Some(name.clone()),
+                ..kube::api::ObjectMeta::default()
+            },
+            ..Namespace::default()
+        };
+        writer.apply_watcher_event(&Event::InitApply(namespace));
+    }
+    writer.apply_watcher_event(&Event::InitDone);
+    reader
 }
 
 impl ClusterView for Caches {
@@ -205,23 +334,20 @@ impl ClusterView for Caches {
                 .secrets_by_namespace
                 .names(namespace)
                 .iter()
-                .filter_map(|name| self.secrets.get(&ObjectRef::new(name).within(namespace)))
+                .filter_map(|name| self.secrets.get(namespace, name))
                 .map(|s| Secret::clone(&s))
                 .collect(),
             service_accounts: self
                 .account_stores()
                 .iter()
-                .filter_map(|(name, store)| store.get(&ObjectRef::new(name).within(namespace)))
+                .filter_map(|(name, stores)| stores.get(namespace, name))
                 .map(|sa| ServiceAccount::clone(&sa))
                 .collect(),
             role_bindings: self
                 .role_bindings_by_namespace
                 .names(namespace)
                 .iter()
-                .filter_map(|name| {
-                    self.role_bindings
-                        .get(&ObjectRef::new(name).within(namespace))
-                })
+                .filter_map(|name| self.role_bindings.get(namespace, name))
                 .map(|b| RoleBinding::clone(&b))
                 .collect(),
         }

@@ -8,6 +8,14 @@
 //! not list across namespaces (an OpenShift self-provisioner) falls back to OpenShift
 //! `projects` for the namespace list and to per-namespace lists for the rest.
 //!
+//! Namespaced mode (`namespaces:` in the config) reads no namespace list and makes no
+//! cluster-wide request: the configured names are the namespaces, and every list runs in each
+//! of them, which a Role per namespace allows. A configured namespace that does not exist
+//! cannot hold a Role, so its lists answer 403 (404 or an empty list for an identity with
+//! cluster-wide rights): it is then left out of the namespaces, so the plan reports it as a
+//! project that does not exist (or is not visible) instead of failing; an empty list leaves
+//! it to the create, whose 404 is the same problem (`apply`).
+//!
 //! Same-name Secrets pullsecretd does not own are not read up front: a create that answers
 //! `AlreadyExists` reveals them at the cost of one request, instead of a read per namespace.
 
@@ -76,22 +84,33 @@ pub async fn read_snapshot(
     config: &Config,
     throttle: &Throttle,
 ) -> Result<ClusterSnapshot, ApiError> {
-    let namespaces = list_namespaces(client, throttle).await?;
-    let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
-    let scope = Scope::detect(client, throttle, &names).await?;
+    let (mut namespaces, scope) = match &config.namespaces {
+        Some(names) => (
+            configured_namespaces(names),
+            Scope::Namespaces(names.clone()),
+        ),
+        None => {
+            let namespaces = list_namespaces(client, throttle).await?;
+            let names: Vec<String> = namespaces.iter().map(|ns| ns.name.clone()).collect();
+            let scope = Scope::detect(client, throttle, &names).await?;
+            (namespaces, scope)
+        }
+    };
     let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
 
-    let secrets: Vec<Secret> = scope.list(client, throttle, &managed).await?;
+    let mut missing = BTreeSet::new();
+    let secrets: Vec<Secret> = scope.list(client, throttle, &managed, &mut missing).await?;
     let mut accounts: Vec<ServiceAccount> = Vec::new();
     for account in account_names(config, &secrets) {
         let by_name = ListParams::default().fields(&format!("metadata.name={account}"));
         accounts.extend(
             scope
-                .list::<ServiceAccount>(client, throttle, &by_name)
+                .list::<ServiceAccount>(client, throttle, &by_name, &mut missing)
                 .await?,
         );
     }
-    let bindings: Vec<RoleBinding> = scope.list(client, throttle, &managed).await?;
+    let bindings: Vec<RoleBinding> = scope.list(client, throttle, &managed, &mut missing).await?;
+    namespaces.retain(|ns| !missing.contains(&ns.name));
 
     let mut projects: BTreeMap<String, ObservedProject> = BTreeMap::new();
     for secret in secrets {
@@ -133,7 +152,53 @@ pub async fn read_events(
             Scope::detect(client, throttle, &names).await?
         }
     };
-    scope.list(client, throttle, &ListParams::default()).await
+    let mut missing = BTreeSet::new();
+    scope
+        .list(client, throttle, &ListParams::default(), &mut missing)
+        .await
+}
+
+/// Namespaced mode, for the daemon's watches: the configured namespaces whose Secrets this
+/// identity can list (one request each). A watch in any other would never sync; those are
+/// logged and left out until a restart.
+pub async fn readable_namespaces(
+    client: &Client,
+    throttle: &Throttle,
+    names: &[String],
+) -> Result<Vec<String>, ApiError> {
+    let probe = ListParams::default()
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"))
+        .limit(1);
+    let mut readable = Vec::with_capacity(names.len());
+    for namespace in names {
+        let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+        match throttle.call(|| api.list_metadata(&probe)).await {
+            Ok(_) => readable.push(namespace.clone()),
+            Err(error) if is_forbidden(&error) || is_not_found(&error) => {
+                tracing::error!(
+                    namespace,
+                    error = %super::describe(&error),
+                    "Namespace not readable (it does not exist, or has no Role for \
+                     pullsecretd): not managed until a restart."
+                );
+            }
+            Err(error) => return Err(ApiError::new("list", "secrets", namespace, error)),
+        }
+    }
+    Ok(readable)
+}
+
+/// Namespaced mode: the configured namespaces, taken as existing (their labels are not read).
+pub fn configured_namespaces(names: &[String]) -> Vec<NamespaceInfo> {
+    let mut infos: Vec<NamespaceInfo> = names
+        .iter()
+        .map(|name| NamespaceInfo {
+            name: name.clone(),
+            labels: BTreeMap::new(),
+        })
+        .collect();
+    infos.sort_by(|a, b| a.name.cmp(&b.name));
+    infos
 }
 
 /// API groups that only OpenShift serves (docs/openshift.md). `user.openshift.io` is not one of them:
@@ -221,6 +286,10 @@ fn is_forbidden(error: &kube::Error) -> bool {
     matches!(error, kube::Error::Api(status) if status.code == 403)
 }
 
+fn is_not_found(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.code == 404)
+}
+
 /// Where lists run: across all namespaces, or namespace by namespace when the identity may only
 /// read inside its own projects.
 enum Scope {
@@ -246,11 +315,15 @@ impl Scope {
         }
     }
 
+    /// Lists `K` with `params`; namespaces that answer 403 or 404 (not readable: no Role
+    /// there, or they do not exist — under RBAC a missing namespace has no Role, so it answers
+    /// 403) are added to `missing` and skipped.
     async fn list<K>(
         &self,
         client: &Client,
         throttle: &Throttle,
         params: &ListParams,
+        missing: &mut BTreeSet<String>,
     ) -> Result<Vec<K>, ApiError>
     where
         K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
@@ -273,6 +346,11 @@ impl Scope {
                         // A project this identity may not read is not one it can manage.
                         Err(error) if is_forbidden(&error) => {
                             tracing::warn!(namespace, resource, "Not allowed to list; skipping.");
+                            missing.insert(namespace.clone());
+                        }
+                        Err(error) if is_not_found(&error) => {
+                            tracing::warn!(namespace, resource, "Namespace not found; skipping.");
+                            missing.insert(namespace.clone());
                         }
                         Err(error) => {
                             return Err(ApiError::new("list", resource, namespace, error));

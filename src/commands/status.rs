@@ -39,7 +39,12 @@ pub(crate) fn run_status(
         let snapshot = cluster::read_snapshot(&client, &config, &throttle)
             .await
             .map_err(api_failure)?;
-        let narrowed = (!projects.is_empty()).then_some(projects.as_slice());
+        // Namespaced mode reads Events only in its namespaces: no cluster-wide list.
+        let narrowed = match (&config.namespaces, projects.is_empty()) {
+            (_, false) => Some(projects.as_slice()),
+            (Some(names), true) => Some(names.as_slice()),
+            (None, true) => None,
+        };
         let events = cluster::read_events(&client, &throttle, narrowed)
             .await
             .map_err(api_failure)?;

@@ -50,6 +50,7 @@ fn problem(node_mark: Mark, path: &FieldPath, message: impl Into<String>) -> Pro
 
 const TOP_FIELDS: &[&str] = &[
     "instance",
+    "namespaces",
     "vault",
     "registries",
     "pullSecrets",
@@ -88,6 +89,11 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         Some(node) => Some(expect_label(node, &path.key("instance"), "instance name")?),
         None => None,
     };
+    let namespaces = match fields.get("namespaces") {
+        Some(node) => Some(decode_namespaces(node, &path.key("namespaces"))?),
+        None => None,
+    };
+    let scope = namespaces.as_deref();
     let vault = match fields.get("vault") {
         Some(node) => Some(vault::decode_vault(node, &path.key("vault"), context)?),
         None => None,
@@ -97,11 +103,11 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         None => Registries::default(),
     };
     let pull_secrets = match fields.get("pullSecrets") {
-        Some(node) => decode_pull_secrets(node, &path.key("pullSecrets"), &registries)?,
+        Some(node) => decode_pull_secrets(node, &path.key("pullSecrets"), &registries, scope)?,
         None => Vec::new(),
     };
     let image_pullers = match fields.get("imagePullers") {
-        Some(node) => decode_image_pullers(node, &path.key("imagePullers"), &pull_secrets)?,
+        Some(node) => decode_image_pullers(node, &path.key("imagePullers"), &pull_secrets, scope)?,
         None => Vec::new(),
     };
     Ok(Config {
@@ -110,7 +116,70 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         registries: registries.by_name,
         pull_secrets,
         image_pullers,
+        namespaces,
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// namespaces: (namespaced mode)
+
+/// The namespaces of namespaced mode: DNS-1123 labels, at least one, at most
+/// [`MAX_NAMESPACES`](super::MAX_NAMESPACES), none twice.
+fn decode_namespaces(node: &Node, path: &FieldPath) -> Result<Vec<String>> {
+    let items = expect_list(node, path)?;
+    if items.is_empty() {
+        return Err(problem(
+            node.mark,
+            path,
+            "list at least one namespace, or leave namespaces out to manage the whole cluster",
+        ));
+    }
+    if items.len() > super::MAX_NAMESPACES {
+        return Err(problem(
+            node.mark,
+            path,
+            format!(
+                "at most {} namespaces; for more, leave namespaces out and grant cluster-wide \
+                 access",
+                super::MAX_NAMESPACES
+            ),
+        ));
+    }
+    let mut names: Vec<String> = Vec::with_capacity(items.len());
+    for (index, item) in items.iter().enumerate() {
+        let item_path = path.index(index);
+        let name = expect_label(item, &item_path, "namespace name")?;
+        if names.contains(&name) {
+            return Err(problem(
+                item.mark,
+                &item_path,
+                format!("namespace {} is listed twice", quoted(&name)),
+            ));
+        }
+        names.push(name);
+    }
+    Ok(names)
+}
+
+/// In namespaced mode (`scope` is the `namespaces:` list), `namespace` must be one of them.
+fn check_in_scope(
+    namespace: &str,
+    scope: Option<&[String]>,
+    mark: Mark,
+    path: &FieldPath,
+) -> Result<()> {
+    match scope {
+        Some(names) if !names.iter().any(|n| n == namespace) => Err(problem(
+            mark,
+            path,
+            format!(
+                "namespace {} is not in namespaces: in namespaced mode pullsecretd reads and \
+                 writes only the namespaces listed there; add it to namespaces",
+                quoted(namespace)
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -501,12 +570,13 @@ fn decode_pull_secrets(
     node: &Node,
     path: &FieldPath,
     registries: &Registries,
+    scope: Option<&[String]>,
 ) -> Result<Vec<PullSecretConfig>> {
     let mut secrets = Vec::new();
     let mut seen_names: HashMap<String, usize> = HashMap::new();
     for (index, item) in expect_list(node, path)?.iter().enumerate() {
         let item_path = path.index(index);
-        let (secret, name_mark) = decode_pull_secret(item, &item_path, registries)?;
+        let (secret, name_mark) = decode_pull_secret(item, &item_path, registries, scope)?;
         if let Some(first) = seen_names.insert(secret.name.clone(), index) {
             return Err(problem(
                 name_mark,
@@ -523,6 +593,7 @@ fn decode_pull_secret(
     node: &Node,
     path: &FieldPath,
     registries: &Registries,
+    scope: Option<&[String]>,
 ) -> Result<(PullSecretConfig, Mark)> {
     let fields = Fields::read(node, path, PULL_SECRET_FIELDS)?;
     let name_node = fields.required("name")?;
@@ -545,7 +616,7 @@ fn decode_pull_secret(
         )?,
         None => Layout::default(),
     };
-    let projects = decode_projects(fields.required("projects")?, &path.key("projects"))?;
+    let projects = decode_projects(fields.required("projects")?, &path.key("projects"), scope)?;
     let links = match fields.get("link") {
         Some(node) => decode_links(node, &path.key("link"))?,
         None => default_links(),
@@ -654,13 +725,25 @@ fn known_names(names: &[String]) -> String {
     shown.join(", ")
 }
 
-fn decode_projects(node: &Node, path: &FieldPath) -> Result<ProjectSelection> {
+fn decode_projects(
+    node: &Node,
+    path: &FieldPath,
+    scope: Option<&[String]>,
+) -> Result<ProjectSelection> {
     let fields = Fields::read(node, path, PROJECTS_FIELDS)?;
     let names = match fields.get("names") {
-        Some(node) => decode_project_names(node, &path.key("names"))?,
+        Some(node) => decode_project_names(node, &path.key("names"), scope)?,
         None => Vec::new(),
     };
     let selector = match fields.get("selector") {
+        Some(node) if scope.is_some() => {
+            return Err(problem(
+                node.mark,
+                &path.key("selector"),
+                "label selectors are not available in namespaced mode: namespace labels are \
+                 not read there; list the projects under names",
+            ));
+        }
         Some(node) => Some(decode_selector(node, &path.key("selector"))?),
         None => None,
     };
@@ -682,11 +765,16 @@ fn decode_projects(node: &Node, path: &FieldPath) -> Result<ProjectSelection> {
     })
 }
 
-fn decode_project_names(node: &Node, path: &FieldPath) -> Result<Vec<String>> {
+fn decode_project_names(
+    node: &Node,
+    path: &FieldPath,
+    scope: Option<&[String]>,
+) -> Result<Vec<String>> {
     let mut names: Vec<String> = Vec::new();
     for (index, item) in expect_list(node, path)?.iter().enumerate() {
         let item_path = path.index(index);
         let name = expect_label(item, &item_path, "project name")?;
+        check_in_scope(&name, scope, item.mark, &item_path)?;
         if names.contains(&name) {
             return Err(problem(
                 item.mark,
@@ -844,6 +932,7 @@ fn decode_image_pullers(
     node: &Node,
     path: &FieldPath,
     pull_secrets: &[PullSecretConfig],
+    scope: Option<&[String]>,
 ) -> Result<Vec<ImagePullerConfig>> {
     let mut pullers: Vec<ImagePullerConfig> = Vec::new();
     for (index, item) in expect_list(node, path)?.iter().enumerate() {
@@ -851,6 +940,12 @@ fn decode_image_pullers(
         let fields = Fields::read(item, &item_path, IMAGE_PULLER_FIELDS)?;
         let project_node = fields.required("project")?;
         let project = expect_label(project_node, &item_path.key("project"), "project name")?;
+        check_in_scope(
+            &project,
+            scope,
+            project_node.mark,
+            &item_path.key("project"),
+        )?;
         if let Some(first) = pullers.iter().position(|p| p.project == project) {
             return Err(problem(
                 project_node.mark,
@@ -859,7 +954,7 @@ fn decode_image_pullers(
             ));
         }
         let allow = match fields.get("allow") {
-            Some(node) => decode_allow(node, &item_path.key("allow"))?,
+            Some(node) => decode_allow(node, &item_path.key("allow"), scope)?,
             None => Vec::new(),
         };
         let allow_projects_of = match fields.get("allowProjectsOf") {
@@ -918,7 +1013,11 @@ fn decode_pull_secret_refs(
     Ok(names)
 }
 
-fn decode_allow(node: &Node, path: &FieldPath) -> Result<Vec<PullerSubject>> {
+fn decode_allow(
+    node: &Node,
+    path: &FieldPath,
+    scope: Option<&[String]>,
+) -> Result<Vec<PullerSubject>> {
     let items = expect_list(node, path)?;
     if items.is_empty() {
         return Err(problem(node.mark, path, "list at least one subject"));
@@ -928,6 +1027,11 @@ fn decode_allow(node: &Node, path: &FieldPath) -> Result<Vec<PullerSubject>> {
         let item_path = path.index(index);
         let text = expect_string(item, &item_path)?;
         let subject = parse_subject(text).map_err(|m| problem(item.mark, &item_path, m))?;
+        let namespace = match &subject {
+            PullerSubject::ServiceAccount { namespace, .. } => namespace,
+            PullerSubject::ProjectServiceAccounts { project } => project,
+        };
+        check_in_scope(namespace, scope, item.mark, &item_path)?;
         if !subjects.contains(&subject) {
             subjects.push(subject);
         }

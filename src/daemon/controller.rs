@@ -340,8 +340,7 @@ fn report_of(found: &[crate::plan::Problem], held: &[crate::diff::Held]) -> Name
 /// Service accounts this instance's Secrets say they are linked from.
 pub fn recorded_accounts(caches: &Caches, instance: &str) -> BTreeSet<String> {
     caches
-        .secrets
-        .state()
+        .secrets()
         .iter()
         .filter(|secret| managed::secret_ownership(secret, instance).is_ours())
         .flat_map(|secret| recorded_service_accounts(secret).collect::<Vec<_>>())

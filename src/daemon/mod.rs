@@ -17,6 +17,11 @@
 //!   a [`Snapshot`]; a changed credential re-reconciles exactly the namespaces planned to use it.
 //!   A reconcile never calls a source.
 //! - Only the Lease holder writes, and it checks just before writing.
+//! - Namespaced mode (`namespaces:`): the caches watch only the configured namespaces that
+//!   answer a probe list at start (the others are logged, and planned as not found). The
+//!   watches are fixed for the daemon's life, so a reload that changes `namespaces:` is
+//!   rejected with "changing namespaces needs a restart" and the running config kept:
+//!   restarting is simpler and more honest than half-swapping a set of watches.
 //! - A reconcile costs its own namespace, not the cluster: it plans just that namespace from
 //!   Secrets prepared once per credential snapshot, and reads only that namespace's cached
 //!   objects (re-planning every namespace per reconcile made a 10,000-namespace cold start
@@ -47,6 +52,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::cluster::cache::Caches;
 use crate::cluster::lease::{Elector, Leadership, LeaseConfig};
+use crate::cluster::snapshot::readable_namespaces;
 use crate::cluster::{Throttle, view};
 use crate::config::{Config, ConfigError};
 use crate::source::SourceContext;
@@ -87,6 +93,9 @@ pub enum DaemonError {
     WatchConfig(#[from] crate::watch::WatchError),
     #[error(transparent)]
     Lease(#[from] crate::cluster::lease::LeaseError),
+    /// Namespaced mode: a configured namespace could not be probed.
+    #[error(transparent)]
+    Probe(#[from] crate::cluster::ApiError),
 }
 
 /// Why one namespace did not converge (the applier retries it with backoff).
@@ -198,12 +207,17 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
     let reload = watch_config_file(&options.config_path, options.reload_debounce, config_tx)?;
 
     let openshift = crate::cluster::snapshot::detect_openshift(&client, &options.throttle).await;
+    let scope = match &config.namespaces {
+        Some(names) => Some(readable_namespaces(&client, &options.throttle, names).await?),
+        None => None,
+    };
     let (touched_tx, touched_rx) = mpsc::unbounded_channel();
     let caches = Caches::start(
         &client,
         &view::account_names(&config, []),
         touched_tx.clone(),
         openshift,
+        scope.as_deref(),
     );
     let context = Arc::new(Context::new(
         client,
@@ -372,6 +386,13 @@ fn watch_config_file(
             last_seen = digest;
             match Config::load(&path) {
                 Ok(config) if *publish.borrow().as_ref() == config => {}
+                Ok(config) if publish.borrow().namespaces != config.namespaces => {
+                    tracing::error!(
+                        path = %path.display(),
+                        "New config rejected: changing namespaces needs a restart; keeping the \
+                         running one."
+                    );
+                }
                 Ok(config) => {
                     tracing::info!(path = %path.display(), "Config reloaded.");
                     publish.send_replace(Arc::new(config));

@@ -516,3 +516,119 @@ fn file_problems_name_the_file() {
         "tests/data/config/not-utf8.yaml:4:29: config is not valid UTF-8"
     );
 }
+
+/// A namespaced-mode config: `namespaces: [team-a, team-b]` before the pull secrets and image
+/// pullers in `rest`.
+fn namespaced(rest: &str) -> String {
+    format!(
+        "namespaces: [team-a, team-b]\nregistries:\n  quay:\n    server: quay.io\n    \
+         from: {{ helper: quay }}\n{rest}"
+    )
+}
+
+#[test]
+fn namespaced_mode_reads_its_namespaces() {
+    let text = namespaced(
+        "pullSecrets:\n  - name: s\n    registries: [quay]\n    \
+         projects: { names: [team-b], exclude: [x-*] }\n\
+         imagePullers:\n  - project: team-a\n    \
+         allow: [group:team-b, serviceaccount:team-a:builder]\n    allowProjectsOf: [s]\n",
+    );
+    let config = Config::from_yaml(&text, Path::new("config/x.yaml")).expect("valid");
+    assert_eq!(
+        config.namespaces,
+        Some(vec!["team-a".to_string(), "team-b".to_string()])
+    );
+    assert_eq!(config.pull_secrets[0].projects.names, ["team-b"]);
+    assert_eq!(config.image_pullers[0].project, "team-a");
+    // Without namespaces: the whole cluster, as before.
+    let cluster_wide = text.replacen("namespaces: [team-a, team-b]\n", "", 1);
+    let config = Config::from_yaml(&cluster_wide, Path::new("config/x.yaml")).expect("valid");
+    assert_eq!(config.namespaces, None);
+}
+
+#[test]
+fn namespaced_mode_refuses_what_it_cannot_do() {
+    let secret = |projects: &str| {
+        namespaced(&format!(
+            "pullSecrets:\n  - name: s\n    registries: [quay]\n    projects: {projects}\n"
+        ))
+    };
+    let puller = |body: &str| {
+        namespaced(&format!(
+            "pullSecrets:\n  - name: s\n    registries: [quay]\n    projects: {{ names: [team-a] }}\n\
+             imagePullers:\n  - {body}\n"
+        ))
+    };
+    let too_many: Vec<String> = (0..=pullsecretd::config::MAX_NAMESPACES)
+        .map(|i| format!("ns-{i}"))
+        .collect();
+    let cases: Vec<(String, String)> = vec![
+        (
+            "namespaces: []\nregistries: {}\n".into(),
+            "config/x.yaml:1:13: namespaces: list at least one namespace, or leave namespaces \
+             out to manage the whole cluster"
+                .into(),
+        ),
+        (
+            "namespaces: team-a\nregistries: {}\n".into(),
+            "config/x.yaml:1:13: namespaces: expected a list, found a string".into(),
+        ),
+        (
+            "namespaces: [team-a, Team-B]\nregistries: {}\n".into(),
+            "config/x.yaml:1:22: namespaces[1]: not a valid namespace name (a DNS-1123 label): \
+             may contain only lowercase letters, digits and '-'"
+                .into(),
+        ),
+        (
+            "namespaces: [team-a, team-b, team-a]\nregistries: {}\n".into(),
+            "config/x.yaml:1:30: namespaces[2]: namespace \"team-a\" is listed twice".into(),
+        ),
+        (
+            format!("namespaces: [{}]\nregistries: {{}}\n", too_many.join(", ")),
+            format!(
+                "config/x.yaml:1:13: namespaces: at most {} namespaces; for more, leave \
+                 namespaces out and grant cluster-wide access",
+                pullsecretd::config::MAX_NAMESPACES
+            ),
+        ),
+        (
+            secret("{ selector: \"team=x\" }"),
+            "config/x.yaml:9:27: pullSecrets[0].projects.selector: label selectors are not \
+             available in namespaced mode: namespace labels are not read there; list the \
+             projects under names"
+                .into(),
+        ),
+        (
+            secret("{ names: [team-a, team-c] }"),
+            "config/x.yaml:9:33: pullSecrets[0].projects.names[1]: namespace \"team-c\" is not \
+             in namespaces: in namespaced mode pullsecretd reads and writes only the namespaces \
+             listed there; add it to namespaces"
+                .into(),
+        ),
+        (
+            puller("project: other\n    allow: [group:team-a]"),
+            "config/x.yaml:11:14: imagePullers[0].project: namespace \"other\" is not in \
+             namespaces: in namespaced mode pullsecretd reads and writes only the namespaces \
+             listed there; add it to namespaces"
+                .into(),
+        ),
+        (
+            puller("project: team-a\n    allow: [group:team-b, serviceaccount:other:default]"),
+            "config/x.yaml:12:27: imagePullers[0].allow[1]: namespace \"other\" is not in \
+             namespaces: in namespaced mode pullsecretd reads and writes only the namespaces \
+             listed there; add it to namespaces"
+                .into(),
+        ),
+        (
+            puller("project: team-a\n    allow: [group:other]"),
+            "config/x.yaml:12:13: imagePullers[0].allow[0]: namespace \"other\" is not in \
+             namespaces: in namespaced mode pullsecretd reads and writes only the namespaces \
+             listed there; add it to namespaces"
+                .into(),
+        ),
+    ];
+    for (text, want) in cases {
+        assert_eq!(error_for(&text), want, "for:\n{text}");
+    }
+}

@@ -32,7 +32,10 @@ use pullsecretd::source::SourceContext;
 const KUBERNETES: &str = "deploy";
 const MONITORING: &str = "deploy/overlays/monitoring";
 const OPENSHIFT: &str = "deploy/overlays/openshift";
-const ENTRY_POINTS: [&str; 3] = [KUBERNETES, MONITORING, OPENSHIFT];
+const NAMESPACED: &str = "deploy/overlays/namespaced";
+const ENTRY_POINTS: [&str; 4] = [KUBERNETES, MONITORING, OPENSHIFT, NAMESPACED];
+/// The namespaces the namespaced overlay manages (and holds a Role and RoleBinding in).
+pub const NAMESPACED_TEAMS: [&str; 2] = ["team-a", "team-b"];
 
 /// The image every entry point runs until an operator overrides it (base/kustomization.yaml).
 const DEFAULT_IMAGE: &str = "registry.example.com/pullsecretd/pullsecretd:0.1.0";
@@ -42,7 +45,7 @@ fn root() -> &'static Path {
 }
 
 /// `kubectl kustomize ENTRY`, one JSON value per YAML document.
-fn render(entry: &str) -> Vec<Value> {
+pub fn render(entry: &str) -> Vec<Value> {
     let rendered = Command::new("kubectl")
         .args(["kustomize", entry])
         .current_dir(root())
@@ -146,6 +149,12 @@ fn kubectl(kubeconfig: &Path, args: &[&str]) -> String {
 /// Applies the rendering with `kubectl apply`, reads it back with `kubectl get -f`, and checks
 /// that each object came back with everything it was applied with.
 fn applies_to_kube_sim(entry: &str, options: Options) {
+    applies_to_kube_sim_with(entry, options, &[]);
+}
+
+/// As [`applies_to_kube_sim`], in a cluster that already has `namespaces` (those the
+/// rendering's Roles go to: the teams' own, which the manifests do not create).
+fn applies_to_kube_sim_with(entry: &str, options: Options, namespaces: &[&str]) {
     let objects = render(entry);
     // Everything, the Deployment included: kube-sim serves apps/v1 (and runs its pods).
     let applied: Vec<&Value> = objects.iter().collect();
@@ -157,6 +166,13 @@ fn applies_to_kube_sim(entry: &str, options: Options) {
     let dir = tempfile::tempdir().expect("dir");
     let kubeconfig = dir.path().join("kubeconfig");
     server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    for namespace in namespaces {
+        let object =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        server
+            .create("", "namespaces", object)
+            .unwrap_or_else(|e| panic!("namespace {namespace}: {e}"));
+    }
     let manifest = dir.path().join("manifest.yaml");
     let yaml: Vec<String> = applied
         .iter()
@@ -209,7 +225,17 @@ fn every_entry_point_renders_objects_of_the_real_api_types() {
                 kind(object),
                 name(object)
             );
-            if kind(object) != "Namespace" && !kind(object).starts_with("Cluster") {
+            let team_rbac = entry == NAMESPACED
+                && matches!(kind(object), "Role" | "RoleBinding")
+                && name(object) == "pullsecretd";
+            if team_rbac {
+                let namespace = object["metadata"]["namespace"].as_str().unwrap_or("");
+                assert!(
+                    NAMESPACED_TEAMS.contains(&namespace),
+                    "{entry}: {} in {namespace}",
+                    kind(object)
+                );
+            } else if kind(object) != "Namespace" && !kind(object).starts_with("Cluster") {
                 assert_eq!(
                     object["metadata"]["namespace"],
                     "pullsecretd",
@@ -234,6 +260,48 @@ fn monitoring_entry_point_applies_to_kube_sim_with_kubectl() {
 #[test]
 fn openshift_entry_point_applies_to_kube_sim_with_kubectl() {
     applies_to_kube_sim(OPENSHIFT, Options::default().openshift());
+}
+
+#[test]
+fn namespaced_entry_point_applies_to_kube_sim_with_kubectl() {
+    applies_to_kube_sim_with(NAMESPACED, Options::default(), &NAMESPACED_TEAMS);
+}
+
+/// Namespaced mode ships no cluster-wide RBAC: a Role and RoleBinding in each team's
+/// namespace, the Lease Role, and a config naming exactly those namespaces.
+#[test]
+fn the_namespaced_overlay_grants_nothing_cluster_wide() {
+    let objects = render(NAMESPACED);
+    let cluster_wide: Vec<&str> = objects
+        .iter()
+        .map(kind)
+        .filter(|k| k.starts_with("Cluster"))
+        .collect();
+    assert!(cluster_wide.is_empty(), "{cluster_wide:?}");
+    for team in NAMESPACED_TEAMS {
+        for wanted in ["Role", "RoleBinding"] {
+            assert!(
+                objects.iter().any(|o| kind(o) == wanted
+                    && name(o) == "pullsecretd"
+                    && o["metadata"]["namespace"] == team),
+                "{wanted} in {team}"
+            );
+        }
+    }
+    assert!(
+        objects
+            .iter()
+            .any(|o| kind(o) == "Role" && name(o) == "pullsecretd-leader-election"),
+        "the Lease Role is kept"
+    );
+    let text = only(&objects, "ConfigMap")["data"]["config.yaml"]
+        .as_str()
+        .expect("config.yaml");
+    let config =
+        pullsecretd::config::Config::from_yaml(text, Path::new("/etc/pullsecretd/config.yaml"))
+            .expect("the overlay's config is valid");
+    let teams: Vec<String> = NAMESPACED_TEAMS.iter().map(|t| t.to_string()).collect();
+    assert_eq!(config.namespaces, Some(teams));
 }
 
 #[test]

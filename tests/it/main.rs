@@ -20,6 +20,7 @@ mod faults;
 mod first_hour;
 mod hardening_children;
 mod hardening_files;
+mod namespaced;
 mod once;
 mod openshift;
 mod pipeline;
