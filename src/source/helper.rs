@@ -550,4 +550,60 @@ mod tests {
         assert!(shown.contains("docker-credential-nope"), "{shown}");
         assert!(shown.contains("/nonexistent/pullsecretd-test"), "{shown}");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+        use std::os::unix::process::ExitStatusExt as _;
+
+        const SENTINEL: &str = "SENTINEL-helper-prop-31f0";
+
+        fn output() -> impl Strategy<Value = Vec<u8>> {
+            let piece = prop_oneof![
+                Just(SENTINEL.to_string()),
+                Just("credentials not found in native keychain".to_string()),
+                Just("\"".to_string()),
+                Just("{".to_string()),
+                Just("\u{0}".to_string()),
+                "[a-zA-Z :,]{0,12}",
+            ];
+            prop_oneof![
+                proptest::collection::vec(piece, 0..6).prop_map(|p| p.concat().into_bytes()),
+                (any::<bool>(), "[a-z<>]{0,8}").prop_map(|(token, user)| {
+                    let user = if token { "<token>".to_string() } else { user };
+                    serde_json::json!({"ServerURL": "x", "Username": user, "Secret": SENTINEL})
+                        .to_string()
+                        .into_bytes()
+                }),
+                proptest::collection::vec(any::<u8>(), 0..48),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Whatever a helper prints and however it exits, the answer is a credential, "not
+            /// found" or an error that repeats none of its output but the protocol's own texts.
+            #[test]
+            fn helper_output_is_answered_or_refused_without_echoing_it(
+                stdout in output(),
+                code in 0i32..4,
+            ) {
+                let out = Output {
+                    status: ExitStatus::from_raw(code << 8),
+                    stdout: stdout.into(),
+                };
+                let registry = RegistryKey::from_docker("registry.example.com").expect("valid");
+                match interpret(&out, "docker-credential-x", "registry.example.com", registry) {
+                    Ok(Some(_)) => prop_assert_eq!(code, 0),
+                    // "Not found" is the helper's exact text with a non-zero exit.
+                    Ok(None) => prop_assert_ne!(code, 0),
+                    Err(error) => {
+                        let shown = format!("{error} {error:?}");
+                        prop_assert!(!shown.contains(SENTINEL), "echoed: {}", shown);
+                    }
+                }
+            }
+        }
+    }
 }

@@ -1356,4 +1356,63 @@ mod tests {
         assert!(!Outcome::CertificateRejected("x".into()).is_transient());
         assert!(Outcome::Unreachable("connection refused".into()).is_transient());
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        const SENTINEL: &str = "SENTINEL-vault-prop-77aa";
+
+        fn value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::String(SENTINEL.to_string())),
+                Just(serde_json::Value::String(String::new())),
+                "[a-z.:]{0,10}".prop_map(serde_json::Value::String),
+                any::<i64>().prop_map(serde_json::Value::from),
+                Just(serde_json::Value::Null),
+                Just(serde_json::json!({"auths": {"quay.io": {"auth": SENTINEL}}})),
+                Just(
+                    serde_json::json!({"auths": {"quay.io": {"username": "u", "password": SENTINEL}}})
+                ),
+            ];
+            leaf.prop_recursive(2, 8, 3, |inner| {
+                proptest::collection::btree_map("[a-z]{1,8}", inner, 0..3)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect()))
+            })
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// A KV answer of any shape maps to a credential or an error naming the field, never
+            /// its value.
+            #[test]
+            fn kv_answers_map_or_refuse_without_echoing_a_value(
+                fields in proptest::collection::btree_map(
+                    prop_oneof![Just("username".to_string()), Just("password".to_string()),
+                                Just("server".to_string()), Just("email".to_string()),
+                                Just("config".to_string()), "[a-z]{1,6}"],
+                    value(),
+                    0..5,
+                ),
+                docker_config in any::<bool>(),
+            ) {
+                let Some(parsed) = secret_fields(serde_json::Value::Object(fields.into_iter().collect())) else {
+                    return Ok(());
+                };
+                let data = SecretData { version: content_hash(&parsed), fields: parsed };
+                let mapping = if docker_config {
+                    VaultMapping::DockerConfig { field: "config".into() }
+                } else {
+                    VaultMapping::Fields(FieldMapping::default())
+                };
+                if let Err(error) = credential_from(&data, &location(), &mapping, &key("quay.io")) {
+                    let shown = format!("{error} {error:?}");
+                    prop_assert!(!shown.contains(SENTINEL), "echoed: {}", shown);
+                }
+                let debug = format!("{data:?}");
+                prop_assert!(!debug.contains(SENTINEL));
+            }
+        }
+    }
 }
