@@ -472,4 +472,85 @@ mod tests {
         );
         server.abort();
     }
+
+    mod properties {
+        use super::*;
+        use crate::config::Config;
+        use crate::source::Resolved;
+        use crate::source::service::Snapshot;
+        use proptest::prelude::*;
+        use std::sync::Arc;
+
+        const SENTINEL: &str = "SENTINEL-agent-prop-c04d";
+
+        /// A daemon-side lookup that knows registry.example.com's credential (the sentinel).
+        fn lookup() -> Lookup {
+            let yaml = "registries:\n  reg:\n    server: registry.example.com\n    from: { dockerConfig: /nonexistent/auth.json }\n";
+            let config = Config::from_yaml(yaml, Path::new("/nonexistent/config.yaml"))
+                .expect("valid config");
+            let registry = RegistryKey::from_docker("registry.example.com").expect("valid");
+            let credential = Credential {
+                registry,
+                username: "robot".into(),
+                secret: Secret::Password(SecretString::from(SENTINEL.to_string())),
+                email: None,
+            };
+            let mut snapshot = Snapshot::default();
+            snapshot.credentials.insert(
+                "reg".into(),
+                Resolved {
+                    credential,
+                    version: "v1".into(),
+                },
+            );
+            // A receiver keeps the last value after its sender is gone.
+            let (_, config) = tokio::sync::watch::channel(Arc::new(config));
+            let (_, snapshot) = tokio::sync::watch::channel(Arc::new(snapshot));
+            Lookup::Daemon { config, snapshot }
+        }
+
+        fn request() -> impl Strategy<Value = Vec<u8>> {
+            let server = prop_oneof![
+                Just("registry.example.com".to_string()),
+                Just("https://registry.example.com/v1/".to_string()),
+                "[a-z.:/]{0,20}",
+            ];
+            let action = prop_oneof![Just("get"), Just("list"), Just("store"), Just("")];
+            prop_oneof![
+                (action, server, proptest::option::of(0u64..3)).prop_map(|(a, s, v)| {
+                    let mut r = json!({"action": a, "server": s});
+                    if let Some(v) = v {
+                        r["v"] = json!(v);
+                    }
+                    r.to_string().into_bytes()
+                }),
+                proptest::collection::vec(any::<u8>(), 0..64),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+
+            /// Any request gets one JSON line back: found, not found, a list or an error. The
+            /// credential's secret is in it only for a valid `get` of its own server.
+            #[test]
+            fn any_request_gets_one_json_line_and_the_secret_only_when_asked_for(bytes in request()) {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .build()
+                    .expect("runtime");
+                let reply = runtime.block_on(answer(&bytes, &lookup()));
+                prop_assert_eq!(reply.last(), Some(&b'\n'));
+                let value: Value = serde_json::from_slice(&reply).expect("one JSON line");
+                let keys: Vec<&String> = value.as_object().expect("an object").keys().collect();
+                prop_assert_eq!(keys.len(), 1);
+                let text = String::from_utf8_lossy(&reply).into_owned();
+                if text.contains(SENTINEL) {
+                    let request: Value = serde_json::from_slice(&bytes).expect("a JSON request");
+                    prop_assert_eq!(request["action"].as_str(), Some("get"));
+                    prop_assert_eq!(request["v"].as_u64(), Some(WIRE_VERSION));
+                    prop_assert!(value.get("found").is_some());
+                }
+            }
+        }
+    }
 }
