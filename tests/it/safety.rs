@@ -337,8 +337,19 @@ fn two_instances_sharing_namespaces_never_touch_each_others_objects() {
     });
     let fewer: &[(&str, &[&str], &str)] = &[("b-pull", &["both1", "both2"], "versioned")];
     c.file("b.yaml", &team_yaml("team-b", &auth_b, fewer));
+    // Cleaned up means unlinked *and* deleted: b1's Secret goes after its link, and must be
+    // gone before team A's phase starts, or the sweeper below would see team B's own delete.
+    let b1_holds_b_pull = |c: &Cluster| {
+        c.server.list("", "secrets", Some("b1")).iter().any(|s| {
+            s.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .is_some_and(|n| n.starts_with("b-pull"))
+        })
+    };
     wait_until(Duration::from_secs(30), "team B cleaned up", || {
-        c.secret("both2", "b-extra").is_none() && c.pull_list("b1", "default").is_empty()
+        c.secret("both2", "b-extra").is_none()
+            && c.pull_list("b1", "default").is_empty()
+            && !b1_holds_b_pull(&c)
     });
     sweeper
         .finish()

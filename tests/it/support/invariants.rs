@@ -150,11 +150,18 @@ impl State {
 
     fn sweep(&mut self) {
         self.report.sweeps += 1;
-        let secrets = self.reader.list("", "secrets", None);
-        let accounts = self.reader.list("", "serviceaccounts", None);
-        let bindings = self
+        // One moment of the store: lists taken one after the other could see a link to a
+        // Secret created after the Secrets were listed, and call it dangling.
+        let mut lists = self
             .reader
-            .list("rbac.authorization.k8s.io", "rolebindings", None);
+            .list_at_once(&[
+                ("", "secrets"),
+                ("", "serviceaccounts"),
+                ("rbac.authorization.k8s.io", "rolebindings"),
+            ])
+            .into_iter();
+        let mut next = || lists.next().unwrap_or_default();
+        let (secrets, accounts, bindings) = (next(), next(), next());
         let existing: BTreeSet<Key> = secrets.iter().map(key_of).collect();
         let ours: BTreeSet<Key> = secrets
             .iter()

@@ -609,6 +609,23 @@ impl StoreReader {
             .collect()
     }
 
+    /// Every stored object of each `(group, resource)`, all read under one lock: one
+    /// consistent moment of the store, as a sweeper needs when it compares one resource with
+    /// another (a Secret created and then linked between two separate lists would look like a
+    /// link to a missing Secret).
+    pub fn list_at_once(&self, kinds: &[(&str, &str)]) -> Vec<Vec<Value>> {
+        let store = self.shared.lock_store();
+        kinds
+            .iter()
+            .map(
+                |(group, resource)| match resources::find(group, "v1", resource, true) {
+                    Some(rt) => store.list(rt.key(), None).into_iter().cloned().collect(),
+                    None => Vec::new(),
+                },
+            )
+            .collect()
+    }
+
     /// One object as stored.
     pub fn get(&self, group: &str, resource: &str, namespace: &str, name: &str) -> Option<Value> {
         let rt = resources::find(group, "v1", resource, true)?;
