@@ -69,26 +69,8 @@ async fn fixture(extra: &[&str]) -> (Fixture, Client) {
     for namespace in [HOME].iter().chain(&NAMESPACED_TEAMS).chain(extra) {
         fx.namespace(namespace, json!({}));
     }
-    for object in overlay_rbac() {
-        let (group, resource) = match object["kind"].as_str() {
-            Some("ServiceAccount") => ("", "serviceaccounts"),
-            Some("Role") => ("rbac.authorization.k8s.io", "roles"),
-            _ => ("rbac.authorization.k8s.io", "rolebindings"),
-        };
-        fx.server
-            .create(group, resource, object)
-            .unwrap_or_else(|e| panic!("seeding {resource}: {e}"));
-    }
-    let kubeconfig =
-        kube::config::Kubeconfig::from_yaml(&fx.server.kubeconfig_yaml_for(TOKEN, "default"))
-            .expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .expect("client config");
-    let client = pullsecretd::cluster::client(config).expect("client");
+    crate::support::seed::rbac_objects(&fx.server, overlay_rbac());
+    let client = fx.client_as(TOKEN).await;
     (fx, client)
 }
 

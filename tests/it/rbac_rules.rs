@@ -74,28 +74,9 @@ async fn fixture(objects: Vec<Value>) -> (Fixture, Client) {
     options.rbac = true;
     let fx = Fixture::start(options).await;
     fx.namespace(HOME, json!({}));
-    for object in objects {
-        let (group, resource) = match object["kind"].as_str() {
-            Some("ServiceAccount") => ("", "serviceaccounts"),
-            Some("ClusterRole") => ("rbac.authorization.k8s.io", "clusterroles"),
-            Some("ClusterRoleBinding") => ("rbac.authorization.k8s.io", "clusterrolebindings"),
-            Some("Role") => ("rbac.authorization.k8s.io", "roles"),
-            _ => ("rbac.authorization.k8s.io", "rolebindings"),
-        };
-        fx.server
-            .create(group, resource, object)
-            .unwrap_or_else(|e| panic!("seeding {resource}: {e}"));
-    }
-    let kubeconfig =
-        kube::config::Kubeconfig::from_yaml(&fx.server.kubeconfig_yaml_for(TOKEN, "default"))
-            .expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .expect("client config");
-    (fx, Client::try_from(config).expect("client"))
+    crate::support::seed::rbac_objects(&fx.server, objects);
+    let client = fx.client_as(TOKEN).await;
+    (fx, client)
 }
 
 /// Waits until `check` holds, `refused` holds, or `limit` passes — never fails: with a verb

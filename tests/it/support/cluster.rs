@@ -79,6 +79,21 @@ impl Fixture {
             .expect("cluster readable")
     }
 
+    /// A client that authenticates with `token` (an identity the server was started with), as
+    /// pullsecretd does from a kubeconfig.
+    pub async fn client_as(&self, token: &str) -> Client {
+        let kubeconfig =
+            kube::config::Kubeconfig::from_yaml(&self.server.kubeconfig_yaml_for(token, "default"))
+                .expect("kubeconfig");
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("client config");
+        pullsecretd::cluster::client(config).expect("client")
+    }
+
     pub fn account_lists(&self, namespace: &str, name: &str) -> (Vec<String>, Vec<String>) {
         let value = self
             .server

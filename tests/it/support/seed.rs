@@ -40,3 +40,21 @@ pub fn object(server: &Handle, group: &str, resource: &str, object: Value) {
         .create(group, resource, object)
         .unwrap_or_else(|e| panic!("{resource}: {e}"));
 }
+
+/// RBAC objects (and ServiceAccounts) as manifests give them — deploy/'s files, an overlay's
+/// rendering — created as they are, each in the resource its kind names.
+pub fn rbac_objects(server: &Handle, objects: Vec<Value>) {
+    for object in objects {
+        let (group, resource) = match object["kind"].as_str() {
+            Some("ServiceAccount") => ("", "serviceaccounts"),
+            Some("ClusterRole") => ("rbac.authorization.k8s.io", "clusterroles"),
+            Some("ClusterRoleBinding") => ("rbac.authorization.k8s.io", "clusterrolebindings"),
+            Some("Role") => ("rbac.authorization.k8s.io", "roles"),
+            Some("RoleBinding") => ("rbac.authorization.k8s.io", "rolebindings"),
+            other => panic!("not an RBAC object: {other:?}"),
+        };
+        server
+            .create(group, resource, object)
+            .unwrap_or_else(|e| panic!("seeding {resource}: {e}"));
+    }
+}
