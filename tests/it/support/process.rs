@@ -50,9 +50,7 @@ pub fn stderr(out: &Output) -> String {
 
 /// A running `pullsecretd run`; killed on drop if a test fails before it exits.
 pub struct Daemon {
-    child: Child,
-    stderr: PathBuf,
-    forbidden: String,
+    process: Process,
 }
 
 impl Daemon {
@@ -65,86 +63,39 @@ impl Daemon {
         env: &[(&str, &str)],
         forbidden: &str,
     ) -> Self {
-        // Not beside the config: a daemon watching that directory must not see log writes.
-        let logs = dir.join("logs");
-        fs::create_dir_all(&logs).expect("log directory");
-        let stderr = logs.join(format!("daemon-{label}.log"));
-        let child = Command::new(binary())
-            .arg("run")
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env_remove("XDG_RUNTIME_DIR")
-            .env_remove("PULLSECRETD_AGENT_SOCKET")
-            .env_remove("VAULT_TOKEN")
-            .env_remove("POD_NAMESPACE")
-            .envs(env.iter().copied())
-            .env("RUST_LOG", "info,vaultrs=off,rustify=off")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&stderr).expect("stderr file"))
-            .spawn()
-            .expect("pullsecretd run starts");
-        Self {
-            child,
-            stderr,
-            forbidden: forbidden.to_string(),
-        }
+        // The log is not beside the config: a daemon watching that directory must not see
+        // log writes (Process keeps logs in `dir/logs`).
+        let mut all = vec!["run", "--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let process = Process::spawn(&Spawn {
+            dir,
+            label: &format!("daemon-{label}"),
+            args: &all,
+            env,
+            rust_log: Some("info,vaultrs=off,rustify=off"),
+            cwd: None,
+            forbidden,
+        });
+        Self { process }
     }
 
     pub fn log(&self) -> String {
-        let log = fs::read_to_string(&self.stderr).unwrap_or_default();
-        assert!(
-            !log.contains(&self.forbidden),
-            "a credential leaked into the log"
-        );
-        log
+        self.process.log()
     }
 
     /// Waits until the log contains `text`, at most `limit` (the log is shown on failure).
     pub fn wait_for_log(&self, limit: Duration, text: &str) {
-        let started = Instant::now();
-        while !self.log().contains(text) {
-            assert!(
-                started.elapsed() < limit,
-                "timed out after {limit:?}: the daemon logged {text:?}; its log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        self.process.wait_for_log(limit, text);
     }
 
     /// SIGKILL: the process dies at once, as in a crash (no Lease release, nothing finished).
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
     }
 
     /// Sends SIGTERM and waits (at most `limit`) for the exit.
     pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
-        let pid = rustix::process::Pid::from_child(&self.child);
-        rustix::process::kill_process(pid, rustix::process::Signal::TERM).expect("SIGTERM sent");
-        let sent = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                let _ = self.log();
-                return status;
-            }
-            assert!(
-                sent.elapsed() < limit,
-                "still running {limit:?} after SIGTERM:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.process.signal(rustix::process::Signal::TERM, limit)
     }
 }
 
@@ -236,6 +187,12 @@ impl Process {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// SIGKILL: the process dies at once, as in a crash.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends `signal` and waits (at most `limit`) for the exit.
