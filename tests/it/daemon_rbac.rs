@@ -17,11 +17,8 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube_sim::Options;
 use serde_json::{Value, json};
 
-use cluster::{Fixture, nz, password_in};
-use pullsecretd::cluster::Throttle;
-use pullsecretd::cluster::lease::LeaseConfig;
+use cluster::{Fixture, password_in};
 use pullsecretd::daemon::{self, DaemonOptions};
-use pullsecretd::source::SourceContext;
 
 const SENTINEL: &str = "SENTINEL-pw-daemon-rbac-71c3";
 const TOKEN: &str = "pullsecretd-sa-token";
@@ -90,7 +87,6 @@ async fn run_converges_and_watches_under_exactly_the_shipped_rbac() {
     fx.namespace("b", json!({}));
     let rotation = "    rotation: { refresh: 200ms }\n";
     fx.config(SENTINEL, &format!("{rotation}{IMAGE_PULLERS}"));
-    let config_path = fx.dir.path().join("config.yaml");
 
     // The admin client can do anything; make sure this one cannot (RBAC is on).
     let as_sa: Api<ConfigMap> = Api::namespaced(client.clone(), HOME);
@@ -103,24 +99,8 @@ async fn run_converges_and_watches_under_exactly_the_shipped_rbac() {
     let running = daemon::start(
         client,
         DaemonOptions {
-            config_path: config_path.clone(),
-            config: None,
-            sources: SourceContext::default(),
-            throttle: Throttle::new(nz(500), nz(200), 2),
-            events: true,
-            concurrency: 4,
-            lease: Some(LeaseConfig {
-                namespace: HOME.into(),
-                name: HOME.into(),
-                identity: "replica-1".into(),
-                // Renewals rare enough that the forced conflict below meets the Secret update.
-                lease_duration: Duration::from_secs(40),
-                renew_deadline: Duration::from_secs(30),
-                retry_period: Duration::from_secs(20),
-            }),
             listen: Some("127.0.0.1:0".parse().expect("address")),
-            reload_debounce: Duration::from_millis(150),
-            debounce: Duration::from_millis(10),
+            ..fx.daemon_options(2)
         },
     )
     .await

@@ -20,7 +20,6 @@ use kube::api::{Api, DeleteParams};
 use kube_sim::{Options, RequestCounts};
 use serde_json::{Value, json};
 
-use pullsecretd::cluster::lease::LeaseConfig;
 use pullsecretd::cluster::{ApplyOptions, Throttle};
 use pullsecretd::config::Config;
 use pullsecretd::daemon::{self, DaemonOptions};
@@ -198,30 +197,9 @@ async fn once_and_run_converge_under_the_namespaced_overlays_roles_only() {
             .expect("deleted by hand");
     }
     fx.server.reset_counts();
-    let running = daemon::start(
-        client,
-        DaemonOptions {
-            config_path: fx.dir.path().join("config.yaml"),
-            config: None,
-            sources: SourceContext::default(),
-            throttle: Throttle::new(nz(500), nz(200), 2),
-            events: true,
-            concurrency: 4,
-            lease: Some(LeaseConfig {
-                namespace: HOME.into(),
-                name: HOME.into(),
-                identity: "replica-1".into(),
-                lease_duration: Duration::from_secs(40),
-                renew_deadline: Duration::from_secs(30),
-                retry_period: Duration::from_secs(20),
-            }),
-            listen: None,
-            reload_debounce: Duration::from_millis(150),
-            debounce: Duration::from_millis(10),
-        },
-    )
-    .await
-    .expect("daemon starts");
+    let running = daemon::start(client, fx.daemon_options(2))
+        .await
+        .expect("daemon starts");
     let limit = Duration::from_secs(10);
     eventually(limit, "converged in both teams", || {
         NAMESPACED_TEAMS

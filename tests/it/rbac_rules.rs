@@ -8,7 +8,7 @@
 //! `bind`: the RoleBinding create the escalation check refuses) — or the rule is not needed and
 //! the test fails. With every verb in place nothing is refused (tests/it/daemon_rbac.rs).
 
-use crate::support::cluster::{Fixture, nz};
+use crate::support::cluster::Fixture;
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -20,10 +20,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube_sim::Options;
 use serde_json::{Value, json};
 
-use pullsecretd::cluster::Throttle;
-use pullsecretd::cluster::lease::LeaseConfig;
 use pullsecretd::daemon::{self, DaemonOptions};
-use pullsecretd::source::SourceContext;
 
 const SENTINEL: &str = "SENTINEL-pw-rbac-rules-2b90";
 const TOKEN: &str = "pullsecretd-sa-token";
@@ -106,23 +103,8 @@ async fn exercise(fx: &Fixture, client: Client, refused: &impl Fn() -> bool) {
     let started = daemon::start(
         client,
         DaemonOptions {
-            config_path: fx.dir.path().join("config.yaml"),
-            config: None,
-            sources: SourceContext::default(),
-            throttle: Throttle::new(nz(500), nz(200), 0),
-            events: true,
-            concurrency: 4,
-            lease: Some(LeaseConfig {
-                namespace: HOME.into(),
-                name: HOME.into(),
-                identity: "replica-1".into(),
-                lease_duration: Duration::from_secs(40),
-                renew_deadline: Duration::from_secs(30),
-                retry_period: Duration::from_secs(20),
-            }),
-            listen: None,
             reload_debounce: Duration::from_millis(100),
-            debounce: Duration::from_millis(10),
+            ..fx.daemon_options(0)
         },
     )
     .await;

@@ -79,6 +79,33 @@ impl Fixture {
             .expect("cluster readable")
     }
 
+    /// Options for the in-process daemon on this fixture's `config.yaml`: Events on, no HTTP
+    /// listener, leading on the Lease `pullsecretd/pullsecretd` as `replica-1` with renewals
+    /// rare enough that a test's forced conflicts meet its own writes, and `retries` extra
+    /// attempts per API call.
+    pub fn daemon_options(&self, retries: usize) -> pullsecretd::daemon::DaemonOptions {
+        use std::time::Duration;
+        pullsecretd::daemon::DaemonOptions {
+            config_path: self.dir.path().join("config.yaml"),
+            config: None,
+            sources: SourceContext::default(),
+            throttle: Throttle::new(nz(500), nz(200), retries),
+            events: true,
+            concurrency: 4,
+            lease: Some(pullsecretd::cluster::lease::LeaseConfig {
+                namespace: "pullsecretd".into(),
+                name: "pullsecretd".into(),
+                identity: "replica-1".into(),
+                lease_duration: Duration::from_secs(40),
+                renew_deadline: Duration::from_secs(30),
+                retry_period: Duration::from_secs(20),
+            }),
+            listen: None,
+            reload_debounce: Duration::from_millis(150),
+            debounce: Duration::from_millis(10),
+        }
+    }
+
     /// A client that authenticates with `token` (an identity the server was started with), as
     /// pullsecretd does from a kubeconfig.
     pub async fn client_as(&self, token: &str) -> Client {
