@@ -7,7 +7,7 @@
 //! failure.
 
 use crate::deploy::{NAMESPACED_TEAMS, render};
-use crate::support::cluster::{Fixture, nz, password_in, resolve};
+use crate::support::cluster::{Fixture, nz, password_in};
 use pullsecretd_testkit::poll::eventually;
 
 use std::time::Duration;
@@ -20,10 +20,10 @@ use kube::api::{Api, DeleteParams};
 use kube_sim::{Options, RequestCounts};
 use serde_json::{Value, json};
 
-use pullsecretd::cluster::{ApplyOptions, Throttle};
+use pullsecretd::cluster::Throttle;
 use pullsecretd::config::Config;
 use pullsecretd::daemon::{self, DaemonOptions};
-use pullsecretd::reconcile::{Report, reconcile_once};
+use pullsecretd::reconcile::Report;
 use pullsecretd::source::SourceContext;
 
 const SENTINEL: &str = "SENTINEL-pw-namespaced-5d1e";
@@ -96,21 +96,6 @@ fn write_config(fx: &Fixture, password: &str, namespaces: &[&str]) -> Config {
     Config::from_yaml(&yaml, &path).expect("valid config")
 }
 
-async fn once_as(fx: &Fixture, client: &Client, config: &Config) -> Report {
-    let credentials = resolve(config).await;
-    let throttle = Throttle::new(nz(200), nz(50), 1);
-    reconcile_once(
-        client,
-        &throttle,
-        &ApplyOptions::for_instance("default"),
-        config,
-        &credentials,
-        4,
-    )
-    .await
-    .unwrap_or_else(|error| panic!("{error}; {:?}", fx.server.counts()))
-}
-
 /// Nothing refused, and no list or watch of the namespaced kinds across all namespaces (nor of
 /// namespaces at all).
 fn assert_namespaced_only(counts: &RequestCounts) {
@@ -173,7 +158,7 @@ async fn once_and_run_converge_under_the_namespaced_overlays_roles_only() {
     fx.server.reset_counts();
 
     // once
-    let report = once_as(&fx, &client, &config).await;
+    let report = fx.once_as(&client, &config).await;
     assert!(report.converged(), "{report:#?}");
     assert!(report.plan_problems.is_empty(), "{report:#?}");
     for team in NAMESPACED_TEAMS {
@@ -281,7 +266,7 @@ async fn a_configured_namespace_that_does_not_exist_is_a_problem_not_a_failure()
     // As pullsecretd's service account: `gone` cannot hold a Role, so its lists answer 403.
     let (fx, client) = fixture(&[]).await;
     let config = write_config(&fx, SENTINEL, &["team-a", "gone"]);
-    let report = once_as(&fx, &client, &config).await;
+    let report = fx.once_as(&client, &config).await;
     assert_gone_is_a_problem(&fx, &report);
 
     // With cluster-wide rights (an admin's kubeconfig): its lists are empty and the create
@@ -289,7 +274,7 @@ async fn a_configured_namespace_that_does_not_exist_is_a_problem_not_a_failure()
     let (fx, _) = fixture(&[]).await;
     let config = write_config(&fx, SENTINEL, &["team-a", "gone"]);
     let admin = fx.client.clone();
-    let report = once_as(&fx, &admin, &config).await;
+    let report = fx.once_as(&admin, &config).await;
     assert_gone_is_a_problem(&fx, &report);
     assert!(fx.server.counts().count("create", "secrets") >= 2);
 

@@ -11,10 +11,8 @@ use kube::Client;
 use kube_sim::{ErrorRule, InjectedError, Options};
 use serde_json::{Value, json};
 
-use cluster::{Fixture, nz, password_in, resolve};
-use pullsecretd::cluster::{ApplyOptions, Throttle};
+use cluster::{Fixture, password_in};
 use pullsecretd::config::Config;
-use pullsecretd::reconcile::{Report, reconcile_once};
 
 const SENTINEL: &str = "SENTINEL-pw-once-0b7a";
 
@@ -298,42 +296,9 @@ async fn rbac_fixture(rbac: Vec<Value>) -> (Fixture, Client) {
     );
     options.rbac = true;
     let fx = Fixture::start(options).await;
-    for object in rbac {
-        let resource = if object["kind"] == "ClusterRole" {
-            "clusterroles"
-        } else {
-            "clusterrolebindings"
-        };
-        fx.server
-            .create("rbac.authorization.k8s.io", resource, object)
-            .expect("rbac seeded");
-    }
-    let kubeconfig =
-        kube::config::Kubeconfig::from_yaml(&fx.server.kubeconfig_yaml_for(token, "default"))
-            .expect("kubeconfig");
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await
-    .expect("client config");
-    let client = pullsecretd::cluster::client(config).expect("client");
+    crate::support::seed::rbac_objects(&fx.server, rbac);
+    let client = fx.client_as(token).await;
     (fx, client)
-}
-
-async fn once_as(fx: &Fixture, client: &Client, config: &Config) -> Report {
-    let credentials = resolve(config).await;
-    let throttle = Throttle::new(nz(200), nz(50), 1);
-    reconcile_once(
-        client,
-        &throttle,
-        &ApplyOptions::for_instance("default"),
-        config,
-        &credentials,
-        4,
-    )
-    .await
-    .unwrap_or_else(|error| panic!("{error}; {:?}", fx.server.counts()))
 }
 
 #[tokio::test]
@@ -341,7 +306,7 @@ async fn the_shipped_rbac_is_enough_and_each_write_rule_is_needed() {
     let (fx, client) = rbac_fixture(shipped_rbac()).await;
     fx.namespace("a", json!({}));
     fx.account("a", "builder", &[], &[]).await;
-    let report = once_as(&fx, &client, &fx.config(SENTINEL, "")).await;
+    let report = fx.once_as(&client, &fx.config(SENTINEL, "")).await;
     assert!(report.converged(), "{report:#?}");
     assert_eq!(fx.account_lists("a", "default").0, ["reg-pull"]);
     assert!(
@@ -359,7 +324,7 @@ async fn the_shipped_rbac_is_enough_and_each_write_rule_is_needed() {
     let (fx, client) = rbac_fixture(rules).await;
     fx.namespace("a", json!({}));
     fx.account("a", "builder", &[], &[]).await;
-    let report = once_as(&fx, &client, &fx.config(SENTINEL, "")).await;
+    let report = fx.once_as(&client, &fx.config(SENTINEL, "")).await;
     assert!(!report.converged());
     let failure = report.projects[0].failures[0].to_string();
     assert!(

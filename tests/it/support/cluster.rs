@@ -79,6 +79,23 @@ impl Fixture {
             .expect("cluster readable")
     }
 
+    /// One `once` pass as `client` (another identity than the admin), one retry per call;
+    /// the counters are shown if the cluster could not be read.
+    pub async fn once_as(&self, client: &Client, config: &Config) -> Report {
+        let credentials = resolve(config).await;
+        let throttle = Throttle::new(nz(200), nz(50), 1);
+        reconcile_once(
+            client,
+            &throttle,
+            &ApplyOptions::for_instance(config.instance_name()),
+            config,
+            &credentials,
+            4,
+        )
+        .await
+        .unwrap_or_else(|error| panic!("{error}; {:?}", self.server.counts()))
+    }
+
     /// Options for the in-process daemon on this fixture's `config.yaml`: Events on, no HTTP
     /// listener, leading on the Lease `pullsecretd/pullsecretd` as `replica-1` with renewals
     /// rare enough that a test's forced conflicts meet its own writes, and `retries` extra
