@@ -134,26 +134,30 @@ pub async fn read_snapshot(
     })
 }
 
-/// Every Event in `namespaces` (`None`: across all namespaces the identity may read), for
-/// `status`, which picks pullsecretd's own.
+/// Every Event in `namespaces`, for `status`, which picks pullsecretd's own. `cluster_wide`
+/// tries one list across all namespaces first (a 403 falls back to one list per namespace):
+/// the caller already knows the namespaces from its snapshot, so nothing is listed twice.
 pub async fn read_events(
     client: &Client,
     throttle: &Throttle,
-    namespaces: Option<&[String]>,
+    namespaces: &[String],
+    cluster_wide: bool,
 ) -> Result<Vec<Event>, ApiError> {
-    let scope = match namespaces {
-        Some(names) => Scope::Namespaces(names.to_vec()),
-        None => {
-            let names: Vec<String> = list_namespaces(client, throttle)
-                .await?
-                .into_iter()
-                .map(|ns| ns.name)
-                .collect();
-            Scope::detect(client, throttle, &names).await?
+    if cluster_wide {
+        match list_pages(
+            &Api::<Event>::all(client.clone()),
+            throttle,
+            &ListParams::default(),
+        )
+        .await
+        {
+            Ok(events) => return Ok(events),
+            Err(error) if is_forbidden(&error) => {}
+            Err(error) => return Err(ApiError::new("list", "events", "(all namespaces)", error)),
         }
-    };
+    }
     let mut missing = BTreeSet::new();
-    scope
+    Scope::Namespaces(namespaces.to_vec())
         .list(client, throttle, &ListParams::default(), &mut missing)
         .await
 }

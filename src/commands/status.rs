@@ -39,13 +39,19 @@ pub(crate) fn run_status(
         let snapshot = cluster::read_snapshot(&client, &config, &throttle)
             .await
             .map_err(api_failure)?;
-        // Namespaced mode reads Events only in its namespaces: no cluster-wide list.
-        let narrowed = match (&config.namespaces, projects.is_empty()) {
-            (_, false) => Some(projects.as_slice()),
-            (Some(names), true) => Some(names.as_slice()),
-            (None, true) => None,
+        // Events where they can matter: the projects asked for, else the namespaces the
+        // snapshot read (namespaced mode: only its own, never a cluster-wide list).
+        let (namespaces, cluster_wide) = if projects.is_empty() {
+            let read = snapshot
+                .namespaces
+                .iter()
+                .map(|ns| ns.name.clone())
+                .collect();
+            (read, config.namespaces.is_none())
+        } else {
+            (projects.clone(), false)
         };
-        let events = cluster::read_events(&client, &throttle, narrowed)
+        let events = cluster::read_events(&client, &throttle, &namespaces, cluster_wide)
             .await
             .map_err(api_failure)?;
         let instance = config.instance_name();
