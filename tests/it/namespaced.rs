@@ -8,6 +8,7 @@
 
 use crate::deploy::{NAMESPACED_TEAMS, render};
 use crate::support::cluster::{Fixture, nz, password_in};
+use crate::support::invariants::Sweeper;
 use pullsecretd_testkit::poll::eventually;
 
 use std::time::Duration;
@@ -17,7 +18,7 @@ use base64::engine::general_purpose::STANDARD;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Client;
 use kube::api::{Api, DeleteParams};
-use kube_sim::{Options, RequestCounts};
+use kube_sim::{ErrorRule, InjectedError, Options, RequestCounts};
 use serde_json::{Value, json};
 
 use pullsecretd::cluster::Throttle;
@@ -387,4 +388,60 @@ async fn plan_cluster_once_and_status_read_only_the_configured_namespaces() {
     );
     assert_namespaced_only(&counts);
     assert_eq!(counts.count_in("list", "events", ""), 0, "{counts:#?}");
+}
+
+/// The delete path of namespaced mode under faults: team-b stays managed but is no longer
+/// selected; the unlink fails (both attempts) in the first pass and the delete in the second.
+/// The sweeper watches throughout: no account ever names a missing Secret (the Secret is not
+/// deleted while still linked), the user's own Secret and link in team-b are never touched,
+/// nothing is emptied; the third pass finishes the cleanup.
+#[tokio::test]
+async fn a_cleanup_under_api_errors_leaves_no_dangling_reference_in_namespaced_mode() {
+    let (fx, client) = fixture(&[]).await;
+    crate::support::seed::object(
+        &fx.server,
+        "",
+        "secrets",
+        json!({"metadata": {"name": "user-own", "namespace": "team-b"}, "type": "Opaque"}),
+    );
+    crate::support::seed::account(&fx.server, "team-b", "default", &["user-own"], &[]);
+    let config = write_config(&fx, SENTINEL, &NAMESPACED_TEAMS);
+    assert!(fx.once_as(&client, &config).await.converged());
+    assert!(linked(&fx, "team-b"));
+
+    let path = fx.dir.path().join("config.yaml");
+    let yaml = std::fs::read_to_string(&path).expect("config").replace(
+        "projects: { names: [team-a, team-b] }",
+        "projects: { names: [team-a] }",
+    );
+    std::fs::write(&path, &yaml).expect("config written");
+    let fewer = Config::from_yaml(&yaml, &path).expect("valid config");
+
+    let sweeper = Sweeper::start(fx.server.reader(), Some("default"));
+    fx.server.set_faults(|faults| {
+        // once_as retries each call once: two refusals fail the step.
+        for (verb, resource) in [("update", "serviceaccounts"), ("delete", "secrets")] {
+            faults.rules.push(ErrorRule::new(
+                Some(verb),
+                Some(resource),
+                InjectedError::Unavailable,
+                Some(2),
+            ));
+        }
+    });
+    let unlink_failed = fx.once_as(&client, &fewer).await;
+    assert!(!unlink_failed.converged());
+    assert!(
+        fx.secret("team-b", "reg-pull").is_some(),
+        "not deleted while still linked"
+    );
+    let delete_failed = fx.once_as(&client, &fewer).await;
+    assert!(!delete_failed.converged());
+    assert!(fx.once_as(&client, &fewer).await.converged());
+    assert!(fx.secret("team-b", "reg-pull").is_none(), "cleaned up");
+    assert_eq!(fx.account_lists("team-b", "default").0, ["user-own"]);
+    assert!(linked(&fx, "team-a"), "team-a kept");
+    sweeper
+        .finish()
+        .assert_clean("namespaced cleanup under API errors");
 }
