@@ -712,11 +712,14 @@ impl VaultSession {
                 login.obtained = Instant::now();
                 login.ttl = ttl(auth.lease_duration);
                 login.renewable = auth.renewable;
+                // Only the new TTL (seconds) is logged: never the token or the answer.
                 tracing::debug!(ttl = auth.lease_duration, "Renewed the Vault token.");
                 true
             }
             Err(outcome) => {
                 self.failed_renewals.fetch_add(1, Ordering::Relaxed);
+                // An Outcome shows fixed texts, the transport's innermost error and Vault's
+                // own error texts (capped): never a request, a header or an answer's body.
                 tracing::warn!(%outcome, "Renewing the Vault token failed; logging in again.");
                 false
             }
