@@ -72,11 +72,6 @@ pub fn peer_allowed(peer_uid: Option<u32>, own_uid: u32) -> bool {
     peer_uid == Some(own_uid)
 }
 
-/// The effective uid of this process.
-pub fn own_uid() -> u32 {
-    private_fs::own_uid()
-}
-
 /// Binds the agent socket at `path`: its directory is created 0700 if missing and must be
 /// private (this user's, writable by nobody else), a stale socket left by a dead agent is
 /// replaced, and the socket is made 0600.
@@ -111,7 +106,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, AgentError> {
 
 /// Serves the agent protocol on `listener` until the task is dropped.
 pub async fn serve(listener: UnixListener, service: Lookup) {
-    let own = own_uid();
+    let own = private_fs::own_uid();
     loop {
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
@@ -262,7 +257,7 @@ async fn connect_checked(path: &Path) -> Result<UnixStream, NoAgent> {
             source,
         })?;
     let server = stream.peer_cred().ok().map(|cred| cred.uid());
-    let own = own_uid();
+    let own = private_fs::own_uid();
     if !peer_allowed(server, own) {
         return Err(NoAgent::ForeignServer {
             path: path.to_path_buf(),
