@@ -197,6 +197,8 @@ pub fn diff_project_at(
         .filter(|(_, e)| e.ownership.is_ours())
         .map(|(name, _)| *name)
         .collect();
+    let reused = reuse_existing_versions(desired, &existing);
+    let desired = reused.as_ref().unwrap_or(desired);
 
     // Phase 1: Secrets. Remember which names may be linked afterwards.
     let mut linkable: BTreeSet<&str> = BTreeSet::new();
@@ -275,6 +277,70 @@ pub fn diff_project_at(
         &mut diff.problems,
     ));
     diff
+}
+
+/// The plan with each versioned Secret that does not exist under its planned name renamed to
+/// an existing version of this instance holding exactly that content (same pull secret, same
+/// base, same recorded content hash, type and data; immutable), links included; `None` when
+/// nothing is renamed. Planned names are keyed per process ([`rotation`]): this is what keeps a
+/// version across restarts, replicas and keys, and what adopts names of the older unkeyed
+/// scheme without a write.
+fn reuse_existing_versions(
+    desired: &ProjectPlan,
+    existing: &BTreeMap<&str, Existing<'_>>,
+) -> Option<ProjectPlan> {
+    let mut renames: BTreeMap<&str, String> = BTreeMap::new();
+    for secret in &desired.secrets {
+        if secret.retention.is_none() || existing.contains_key(secret.name.as_str()) {
+            continue;
+        }
+        if let Some(name) = existing_version_with_content(secret, existing) {
+            renames.insert(&secret.name, name.to_string());
+        }
+    }
+    if renames.is_empty() {
+        return None;
+    }
+    let mut plan = desired.clone();
+    for secret in &mut plan.secrets {
+        if let Some(name) = renames.get(secret.name.as_str()) {
+            *secret = Arc::new(DesiredSecret {
+                name: name.clone(),
+                ..DesiredSecret::clone(secret)
+            });
+        }
+    }
+    for link in &mut plan.links {
+        if let Some(name) = renames.get(link.secret.as_str()) {
+            link.secret.clone_from(name);
+        }
+    }
+    Some(plan)
+}
+
+/// The newest existing version of `desired` (by creation time, then name) with its content.
+fn existing_version_with_content<'a>(
+    desired: &DesiredSecret,
+    existing: &BTreeMap<&'a str, Existing<'a>>,
+) -> Option<&'a str> {
+    let base = rotation::version_base(&desired.name)?;
+    existing
+        .iter()
+        .filter(|(name, current)| {
+            let secret = current.secret;
+            current.ownership.is_ours()
+                && rotation::version_base(name) == Some(base)
+                && managed::recorded_pull_secret(secret) == Some(desired.pull_secret.as_str())
+                && managed::recorded_content_hash(secret) == Some(desired.content_hash.as_str())
+                && secret.type_.as_deref() == Some(desired.secret_type.type_name())
+                && secret.immutable == Some(true)
+                && secret_data_matches(desired, secret)
+        })
+        .max_by(|a, b| {
+            let created = |e: &Existing<'_>| e.secret.metadata.creation_timestamp.clone();
+            created(a.1).cmp(&created(b.1)).then_with(|| b.0.cmp(a.0))
+        })
+        .map(|(name, _)| *name)
 }
 
 /// Whether `secret` (this instance's) belongs to `held`: it records the same pull secret and
@@ -709,12 +775,16 @@ mod tests {
                 version: password.into(),
             },
         )]);
-        let state = plan::plan(PlanInputs {
-            config,
-            credentials: &credentials,
-            namespaces: &[NamespaceInfo::named("a")],
-            openshift: None,
-        });
+        let key = plan::VersionKey::from_bytes([0; 32]);
+        let state = plan::plan(
+            PlanInputs {
+                config,
+                credentials: &credentials,
+                namespaces: &[NamespaceInfo::named("a")],
+                openshift: None,
+            },
+            &plan::prepare_secrets(config, &credentials, &key),
+        );
         state.projects.get("a").cloned().unwrap_or_default()
     }
 
@@ -1390,6 +1460,118 @@ mod tests {
         assert_eq!(deleted(&diff), [stranger_name]);
         assert_eq!(diff.revisit_at, None);
     }
+
+    /// `observed` with Secret `from` renamed `to`, in every service account's lists too.
+    fn renamed(mut observed: ObservedProject, from: &str, to: &str) -> ObservedProject {
+        for secret in &mut observed.secrets {
+            if secret.metadata.name.as_deref() == Some(from) {
+                secret.metadata.name = Some(to.into());
+            }
+        }
+        for account in &mut observed.service_accounts {
+            let lists = account
+                .image_pull_secrets
+                .iter_mut()
+                .flatten()
+                .map(|r| &mut r.name);
+            let mounts = account
+                .secrets
+                .iter_mut()
+                .flatten()
+                .filter_map(|r| r.name.as_mut());
+            for name in lists.chain(mounts) {
+                if name == from {
+                    *name = to.into();
+                }
+            }
+        }
+        observed
+    }
+
+    #[test]
+    fn a_version_named_under_another_key_or_the_unkeyed_scheme_is_reused_without_a_write() {
+        // Another process (another key), or a release before names were keyed (a plain hash
+        // prefix), wrote the version of this very content: it is kept as it is, links and all.
+        let config = versioned_config(10, 2);
+        let planned = version_name(&config, "pw1");
+        let one = [Version {
+            password: "pw1",
+            created: Some(0),
+            linked: true,
+        }];
+        for other in ["quay-pull-0123456789", "quay-pull-fedcba9876"] {
+            let observed = renamed(cluster_with(&config, &one), &planned, other);
+            let plan = desired(&config, "pw1");
+            let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(1)));
+            assert!(diff.steps.is_empty(), "{other}: {:?}", names(&diff.steps));
+            assert!(diff.problems.is_empty(), "{:?}", diff.problems);
+
+            // The next rotation names the new version under this process's key, links it
+            // in place of the reused one and keeps that one through its grace.
+            let rotated = desired(&config, "pw2");
+            let new = version_name(&config, "pw2");
+            let diff = diff_project_at("a", &rotated, &observed, &policy(), Some(at(1)));
+            assert_eq!(
+                names(&diff.steps),
+                [
+                    format!("create {new}"),
+                    format!("edit builder +[(Mount, \"{new}\")] -[(Mount, \"{other}\")]"),
+                    format!("edit default +[(Pull, \"{new}\")] -[(Pull, \"{other}\")]"),
+                ]
+            );
+        }
+    }
+
+    #[test]
+    fn only_an_immutable_version_of_ours_with_the_same_content_is_reused() {
+        let config = versioned_config(10, 2);
+        let planned = version_name(&config, "pw1");
+        let one = [Version {
+            password: "pw1",
+            created: Some(0),
+            linked: true,
+        }];
+        let other = "quay-pull-0123456789";
+        type Spoil = fn(&mut Secret);
+        let spoil: [(&str, Spoil); 5] = [
+            ("another content hash", |s| {
+                s.metadata.annotations.get_or_insert_default().insert(
+                    crate::model::managed::CONTENT_HASH_ANNOTATION.into(),
+                    "0".repeat(64),
+                );
+            }),
+            ("edited data", |s| {
+                s.data
+                    .get_or_insert_default()
+                    .values_mut()
+                    .for_each(|v| v.0.push(b' '));
+            }),
+            ("mutable", |s| s.immutable = None),
+            ("another pull secret", |s| {
+                s.metadata
+                    .annotations
+                    .get_or_insert_default()
+                    .insert(PULL_SECRET_ANNOTATION.into(), "someone-else".into());
+            }),
+            ("not ours", |s| s.metadata.labels = None),
+        ];
+        for (why, change) in spoil {
+            let mut observed = renamed(cluster_with(&config, &one), &planned, other);
+            change(&mut observed.secrets[0]);
+            let diff = diff_project_at(
+                "a",
+                &desired(&config, "pw1"),
+                &observed,
+                &policy(),
+                Some(at(1)),
+            );
+            assert_eq!(
+                names(&diff.steps).first().map(String::as_str),
+                Some(format!("create {planned}").as_str()),
+                "{why}"
+            );
+        }
+    }
 }
 
 #[cfg(test)]
@@ -1458,12 +1640,16 @@ mod safety_tests {
             })
             .into_iter()
             .collect();
-        let state = plan::plan(PlanInputs {
-            config,
-            credentials: &credentials,
-            namespaces: &[NamespaceInfo::named("a")],
-            openshift: None,
-        });
+        let key = plan::VersionKey::from_bytes([0; 32]);
+        let state = plan::plan(
+            PlanInputs {
+                config,
+                credentials: &credentials,
+                namespaces: &[NamespaceInfo::named("a")],
+                openshift: None,
+            },
+            &plan::prepare_secrets(config, &credentials, &key),
+        );
         state.projects.get("a").cloned().unwrap_or_default()
     }
 

@@ -25,6 +25,7 @@ pub use crate::model::desired::{
 };
 pub use crate::model::managed::{IMAGE_PULLER_BINDING, IMAGE_PULLER_ROLE};
 use crate::model::rotation;
+pub use crate::model::rotation::VersionKey;
 
 /// Everything the planner reads.
 #[derive(Clone, Copy, Debug)]
@@ -39,18 +40,18 @@ pub struct PlanInputs<'a> {
     pub openshift: Option<bool>,
 }
 
-/// Computes the desired state of every namespace in `inputs.namespaces`: each one planned by
+/// Computes the desired state of every namespace in `inputs.namespaces`, from the Secrets
+/// [`prepare_secrets`] made of the same config and credentials: each namespace planned by
 /// [`plan_namespace`] (the one planner), plus the problems that concern the whole config (a
 /// failed or unrenderable source, a named project that does not exist, image pullers off
 /// OpenShift). Pure.
-pub fn plan(inputs: PlanInputs<'_>) -> DesiredState {
-    let secrets = prepare_secrets(inputs.config, inputs.credentials);
+pub fn plan(inputs: PlanInputs<'_>, secrets: &PreparedSecrets) -> DesiredState {
     let mut state = DesiredState {
-        problems: config_problems(inputs, &secrets),
+        problems: config_problems(inputs, secrets),
         ..DesiredState::default()
     };
     for namespace in inputs.namespaces {
-        let mut project = plan_namespace(inputs, &secrets, namespace);
+        let mut project = plan_namespace(inputs, secrets, namespace);
         state.problems.append(&mut project.problems);
         if !project.is_empty() {
             state.projects.insert(namespace.name.clone(), project);
@@ -108,10 +109,12 @@ struct PreparedPullSecret {
     problems: Vec<Problem>,
 }
 
-/// Prepares every pull secret's Secrets for `config` once. Pure.
+/// Prepares every pull secret's Secrets for `config` once, versioned names derived under
+/// `version_key`. Pure.
 pub fn prepare_secrets(
     config: &Config,
     credentials: &BTreeMap<String, Resolved>,
+    version_key: &VersionKey,
 ) -> PreparedSecrets {
     let pull_secrets = config
         .pull_secrets
@@ -125,6 +128,7 @@ pub fn prepare_secrets(
                         base_name: name,
                         registries,
                         instance: config.instance_name(),
+                        version_key,
                     };
                     prepare_secret(pull_secret, &group, credentials, &mut problems)
                 })
@@ -203,6 +207,7 @@ struct SecretGroup<'a> {
     base_name: &'a str,
     registries: &'a [String],
     instance: &'a str,
+    version_key: &'a VersionKey,
 }
 
 fn prepare_secret(
@@ -215,6 +220,7 @@ fn prepare_secret(
         base_name,
         registries,
         instance,
+        version_key,
     } = *group;
     let held = |reason| HeldSecret {
         name: base_name.to_string(),
@@ -265,7 +271,7 @@ fn prepare_secret(
     let content_hash = content_hash(pull_secret.secret_type, &payload);
     let versioned = pull_secret.rotation.strategy == RotationStrategy::Versioned;
     let name = if versioned {
-        rotation::versioned_name(base_name, &content_hash)
+        rotation::versioned_name(base_name, version_key, &content_hash)
     } else {
         base_name.to_string()
     };
@@ -532,6 +538,11 @@ mod tests {
         ])
     }
 
+    /// The test runs' name key (production draws one per process).
+    fn name_key() -> VersionKey {
+        VersionKey::from_bytes([0; 32])
+    }
+
     fn namespaces(names: &[&str]) -> Vec<NamespaceInfo> {
         names.iter().map(|n| NamespaceInfo::named(*n)).collect()
     }
@@ -541,12 +552,15 @@ mod tests {
         credentials: &BTreeMap<String, Resolved>,
         ns: &[NamespaceInfo],
     ) -> DesiredState {
-        plan(PlanInputs {
-            config,
-            credentials,
-            namespaces: ns,
-            openshift: None,
-        })
+        plan(
+            PlanInputs {
+                config,
+                credentials,
+                namespaces: ns,
+                openshift: None,
+            },
+            &prepare_secrets(config, credentials, &name_key()),
+        )
     }
 
     fn secret_names(state: &DesiredState, project: &str) -> Vec<String> {
@@ -827,12 +841,15 @@ mod tests {
         let config = config(vec![pull_secret("quay-pull", &["quay"], &["a"])], pullers);
         let ns = namespaces(&["a", "b"]);
         let credentials = all_credentials();
-        let state = plan(PlanInputs {
-            config: &config,
-            credentials: &credentials,
-            namespaces: &ns,
-            openshift: Some(false),
-        });
+        let state = plan(
+            PlanInputs {
+                config: &config,
+                credentials: &credentials,
+                namespaces: &ns,
+                openshift: Some(false),
+            },
+            &prepare_secrets(&config, &credentials, &name_key()),
+        );
         assert!(state.projects.values().all(|p| p.role_bindings.is_empty()));
         assert_eq!(
             state.projects["a"].secrets.len(),
@@ -945,8 +962,8 @@ mod tests {
                 namespaces: &ns,
                 openshift,
             };
-            let whole = plan(inputs);
-            let rendered = prepare_secrets(&config, &credentials);
+            let rendered = prepare_secrets(&config, &credentials, &name_key());
+            let whole = plan(inputs, &rendered);
             for namespace in &ns {
                 let alone = plan_namespace(inputs, &rendered, namespace);
                 let expected = whole
@@ -988,7 +1005,7 @@ mod tests {
             namespaces: &ns,
             openshift: None,
         };
-        let rendered = prepare_secrets(&config, &credentials);
+        let rendered = prepare_secrets(&config, &credentials, &name_key());
         let web = plan_namespace(inputs, &rendered, &ns[4]);
         let a = plan_namespace(inputs, &rendered, &ns[0]);
         assert_eq!(web.secrets[0].name, "private");

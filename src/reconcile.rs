@@ -21,7 +21,7 @@ use crate::diff::{DiffPolicy, Mode, ObservedProject, ProjectDiff, Step, diff_pro
 use crate::model::credential::Resolved;
 use crate::model::managed::{CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION};
 pub use crate::model::outcome::Report;
-use crate::plan::{self, DesiredState, PlanInputs, PreparedSecrets, ProjectPlan};
+use crate::plan::{self, DesiredState, PlanInputs, PreparedSecrets, ProjectPlan, VersionKey};
 
 /// What one reconcile works from, besides the cluster.
 #[derive(Clone, Copy)]
@@ -151,12 +151,15 @@ impl ClusterDiff {
 /// with pullsecretd's label. Writes nothing.
 pub fn pass(view: &impl ClusterView, inputs: Inputs<'_>) -> ClusterDiff {
     let namespaces = view.namespaces();
-    let mut desired = plan::plan(PlanInputs {
-        config: inputs.config,
-        credentials: inputs.credentials,
-        namespaces: &namespaces,
-        openshift: view.openshift(),
-    });
+    let mut desired = plan::plan(
+        PlanInputs {
+            config: inputs.config,
+            credentials: inputs.credentials,
+            namespaces: &namespaces,
+            openshift: view.openshift(),
+        },
+        inputs.prepared,
+    );
     let existing: BTreeSet<&str> = namespaces.iter().map(|ns| ns.name.as_str()).collect();
     let names: BTreeSet<String> = desired
         .projects
@@ -193,7 +196,8 @@ pub async fn diff_cluster(
     mode: Mode,
 ) -> Result<ClusterDiff, ApiError> {
     let snapshot = cluster::read_snapshot(client, config, throttle).await?;
-    let prepared = plan::prepare_secrets(config, credentials);
+    // A pass names new versions under a key of its own: what exists is reused by content.
+    let prepared = plan::prepare_secrets(config, credentials, &fresh_version_key());
     let policy = DiffPolicy {
         instance: config.instance_name().to_string(),
         mode,
@@ -207,6 +211,29 @@ pub async fn diff_cluster(
         now: Some(Timestamp::now()),
     };
     Ok(pass(&snapshot, inputs))
+}
+
+/// A key for versioned Secret names, drawn from the operating system's random source here, at
+/// the I/O edge ([`crate::model::rotation`] says why names are keyed). Should that source fail,
+/// the key comes from the standard library's per-process random hasher seed, the time and the
+/// pid instead: still unknown outside this process, which is all a name key must be.
+pub fn fresh_version_key() -> VersionKey {
+    let mut bytes = [0u8; 32];
+    if let Err(error) = getrandom::fill(&mut bytes) {
+        tracing::warn!(%error, "no OS randomness for versioned names; using a fallback key");
+        bytes = fallback_key_bytes();
+    }
+    VersionKey::from_bytes(bytes)
+}
+
+fn fallback_key_bytes() -> [u8; 32] {
+    use sha2::{Digest as _, Sha256};
+    use std::hash::{BuildHasher as _, RandomState};
+    let seed = RandomState::new().hash_one(std::process::id());
+    let mut hasher = Sha256::new();
+    hasher.update(seed.to_le_bytes());
+    hasher.update(format!("{:?}", std::time::SystemTime::now()));
+    hasher.finalize().into()
 }
 
 /// Applies one namespace's work: its Secrets, links, deletes and bindings, in the diff's order.

@@ -23,12 +23,17 @@ pub(crate) fn run_plan(
     let runtime = runtime()?;
     let (credentials, failures) = runtime.block_on(read_sources(&config, sources))?;
 
-    let mut state = plan::plan(PlanInputs {
-        config: &config,
-        credentials: &credentials,
-        namespaces: &namespaces,
-        openshift: None,
-    });
+    // Offline, no version exists to reuse: versioned names are drawn under a key of this run.
+    let prepared = plan::prepare_secrets(&config, &credentials, &reconcile::fresh_version_key());
+    let mut state = plan::plan(
+        PlanInputs {
+            config: &config,
+            credentials: &credentials,
+            namespaces: &namespaces,
+            openshift: None,
+        },
+        &prepared,
+    );
     // Offline nothing is known about which projects exist: a project the config names but
     // `--projects` left out was left out on purpose, not found missing.
     state

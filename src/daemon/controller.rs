@@ -24,7 +24,7 @@ use crate::config::Config;
 use crate::diff::{DiffPolicy, ProjectDiff, until};
 use crate::model::managed;
 use crate::model::managed::recorded_service_accounts;
-use crate::plan::{self, PreparedSecrets};
+use crate::plan::{self, PreparedSecrets, VersionKey};
 use crate::reconcile::{self, Inputs};
 use crate::source::service::Snapshot;
 use crate::telemetry::{Metrics, ReasonLabel, ResultLabel, WriteLabels};
@@ -57,6 +57,8 @@ pub struct Context {
     prepared: Mutex<Option<Prepared>>,
     /// Problems and held Secrets per namespace, behind the gauges.
     reported: Mutex<Reported>,
+    /// The key of this process's versioned Secret names, drawn once at start.
+    pub version_key: VersionKey,
 }
 
 /// Secrets prepared from one config and one snapshot generation.
@@ -99,11 +101,16 @@ impl Context {
             failures: Mutex::default(),
             prepared: Mutex::default(),
             reported: Mutex::default(),
+            version_key: reconcile::fresh_version_key(),
         }
     }
 
     /// The prepared Secrets for `config` and `snapshot`, preparing them on first use.
-    fn prepared(&self, config: &Arc<Config>, snapshot: &Snapshot) -> Arc<PreparedSecrets> {
+    pub(super) fn prepared(
+        &self,
+        config: &Arc<Config>,
+        snapshot: &Snapshot,
+    ) -> Arc<PreparedSecrets> {
         let mut cache = self.prepared.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(cached) = cache.as_ref()
             && Arc::ptr_eq(&cached.config, config)
@@ -111,7 +118,11 @@ impl Context {
         {
             return Arc::clone(&cached.secrets);
         }
-        let secrets = Arc::new(plan::prepare_secrets(config, &snapshot.credentials));
+        let secrets = Arc::new(plan::prepare_secrets(
+            config,
+            &snapshot.credentials,
+            &self.version_key,
+        ));
         *cache = Some(Prepared {
             config: Arc::clone(config),
             generation: snapshot.generation,

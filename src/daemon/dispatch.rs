@@ -51,7 +51,7 @@ pub async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<Stri
                     continue;
                 }
                 let config = Arc::clone(&context.config.borrow());
-                for namespace in namespaces_using(&context.caches, &config, &current) {
+                for namespace in namespaces_using(&context, &config, &current) {
                     let _ = touched.send(namespace);
                 }
             }
@@ -85,7 +85,11 @@ pub async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<Stri
 
 /// Namespaces planned to hold a Secret of a pull secret using a registry in
 /// `snapshot.changed` (rendered, or held because that registry has no credential now).
-fn namespaces_using(caches: &Caches, config: &Config, snapshot: &Snapshot) -> BTreeSet<String> {
+fn namespaces_using(
+    context: &Context,
+    config: &Arc<Config>,
+    snapshot: &Snapshot,
+) -> BTreeSet<String> {
     if snapshot.changed.is_empty() {
         return BTreeSet::new();
     }
@@ -97,7 +101,7 @@ fn namespaces_using(caches: &Caches, config: &Config, snapshot: &Snapshot) -> BT
             .is_some_and(|p| p.registries.iter().any(|r| snapshot.changed.contains(r)))
     };
     // Which namespaces hold a registry's Secrets does not depend on image pullers.
-    let desired = plan_all(caches, config, snapshot, None);
+    let desired = plan_all(context, config, snapshot, None);
     desired
         .projects
         .iter()
@@ -111,16 +115,20 @@ fn namespaces_using(caches: &Caches, config: &Config, snapshot: &Snapshot) -> BT
 
 /// The whole desired state for the namespaces in the cache.
 fn plan_all(
-    caches: &Caches,
-    config: &Config,
+    context: &Context,
+    config: &Arc<Config>,
     snapshot: &Snapshot,
     openshift: Option<bool>,
 ) -> DesiredState {
-    let namespaces = caches.namespaces();
-    plan::plan(PlanInputs {
-        config,
-        credentials: &snapshot.credentials,
-        namespaces: &namespaces,
-        openshift,
-    })
+    let namespaces = context.caches.namespaces();
+    let prepared = context.prepared(config, snapshot);
+    plan::plan(
+        PlanInputs {
+            config,
+            credentials: &snapshot.credentials,
+            namespaces: &namespaces,
+            openshift,
+        },
+        &prepared,
+    )
 }

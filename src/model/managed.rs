@@ -173,6 +173,16 @@ pub fn role_binding_ownership(binding: &RoleBinding, instance: &str) -> Ownershi
     Ownership::Ours { legacy }
 }
 
+/// The content hash a managed Secret records (hex SHA-256 of its type and payload).
+pub fn recorded_content_hash(secret: &Secret) -> Option<&str> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(CONTENT_HASH_ANNOTATION)
+        .map(String::as_str)
+}
+
 /// The pull secret (config entry) a managed Secret records.
 pub fn recorded_pull_secret(secret: &Secret) -> Option<&str> {
     secret

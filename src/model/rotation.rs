@@ -1,12 +1,25 @@
 //! Rotation (pure): the one rule for versioned Secret names, built by `plan` and parsed back by
 //! `diff`, and which replaced versions are kept. A versioned Secret is `<base>-<suffix>`, the
-//! suffix ten lowercase hex digits derived from the content; every version of a pull secret's
-//! Secret shares the base. Must not do I/O or read a clock: `now` is passed in.
+//! suffix ten lowercase hex digits; every version of a pull secret's Secret shares the base.
+//! Must not do I/O, read a clock or draw randomness: `now` and the [`VersionKey`] are passed in.
+//!
+//! Why the suffix is keyed: a name is seen by anyone who may read service accounts, Events or
+//! pod specs, far more people than may read the Secret. A suffix taken from a plain hash of the
+//! payload let them test password guesses offline (docs/versioned-names.md). The suffix is an
+//! HMAC of the content under a key drawn at random when the process starts and never stored or
+//! shown, so it says nothing about the credential. The name stays stable without the key being
+//! stored: the diff keeps any existing version whose recorded content hash (an annotation, seen
+//! only by those who may read the Secret itself) matches, so a restart, another replica or a
+//! `once` with another key reuses the version that exists instead of rotating. Names of the
+//! older unkeyed scheme have the same shape and are reused the same way.
 
 use std::collections::BTreeSet;
+use std::fmt;
 
+use hmac::{Hmac, Mac as _};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::jiff::Timestamp;
+use sha2::Sha256;
 
 use crate::model::desired::DesiredSecret;
 use crate::model::managed;
@@ -14,10 +27,32 @@ use crate::model::managed;
 /// Hex characters of the suffix of versioned Secret names.
 pub const VERSION_SUFFIX_LEN: usize = 10;
 
-/// The versioned name of content `content_hash` (hex) for `base`.
-pub fn versioned_name(base: &str, content_hash: &str) -> String {
-    let suffix: String = content_hash.chars().take(VERSION_SUFFIX_LEN).collect();
-    format!("{base}-{suffix}")
+/// The key versioned names are derived under: random per process, never stored, never printed.
+#[derive(Clone)]
+pub struct VersionKey([u8; 32]);
+
+impl VersionKey {
+    /// A key from bytes the caller drew at random (at the I/O edge).
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+}
+
+impl fmt::Debug for VersionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("VersionKey(..)")
+    }
+}
+
+/// The versioned name of content `content_hash` (hex) for `base`: the suffix is the first
+/// [`VERSION_SUFFIX_LEN`] hex digits of HMAC-SHA-256(`key`, `content_hash`).
+pub fn versioned_name(base: &str, key: &VersionKey, content_hash: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(&key.0) else {
+        unreachable!("HMAC takes a key of any length")
+    };
+    mac.update(content_hash.as_bytes());
+    let digest = hex::encode(mac.finalize().into_bytes());
+    format!("{base}-{}", &digest[..VERSION_SUFFIX_LEN])
 }
 
 /// `base` of a versioned name `base-0123456789`; `None` for any other name.
@@ -99,9 +134,14 @@ mod tests {
 
     #[test]
     fn versioned_names_round_trip_and_nothing_else_parses() {
-        let name = versioned_name("quay-pull", "0123456789abcdef");
-        assert_eq!(name, "quay-pull-0123456789");
+        let key = VersionKey::from_bytes([7; 32]);
+        let name = versioned_name("quay-pull", &key, "0123456789abcdef");
         assert_eq!(version_base(&name), Some("quay-pull"));
+        assert_eq!(
+            version_base("quay-pull-0123456789"),
+            Some("quay-pull"),
+            "the unkeyed scheme"
+        );
         assert!(is_name_or_version_of(&name, "quay-pull"));
         assert!(is_name_or_version_of("quay-pull", "quay-pull"));
         assert!(!is_name_or_version_of("quay-pull-x", "quay-pull"));
@@ -109,5 +149,36 @@ mod tests {
         assert_eq!(version_base("quay-pull-0123456789A"), None);
         assert_eq!(version_base("quay-pull-ABCDEF0123"), None, "upper case");
         assert_eq!(version_base("plain"), None);
+    }
+
+    #[test]
+    fn a_versioned_name_is_the_keyed_hmac_of_the_content_and_reveals_no_plain_hash() {
+        // RFC 4231 test case 2: HMAC-SHA-256("Jefe", "what do ya want for nothing?").
+        let mut jefe = [0u8; 32];
+        jefe[..4].copy_from_slice(b"Jefe");
+        // HMAC pads a short key with zeros to the block size, so "Jefe" and "Jefe\0..." agree.
+        let name = versioned_name(
+            "p",
+            &VersionKey::from_bytes(jefe),
+            "what do ya want for nothing?",
+        );
+        assert_eq!(name, "p-5bdcc146bf");
+        let content = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        let a = versioned_name("p", &VersionKey::from_bytes([1; 32]), content);
+        let b = versioned_name("p", &VersionKey::from_bytes([2; 32]), content);
+        assert_ne!(a, b, "another key, another name");
+        assert_ne!(
+            a,
+            format!("p-{}", &content[..VERSION_SUFFIX_LEN]),
+            "not the plain hash"
+        );
+        assert_eq!(
+            a,
+            versioned_name("p", &VersionKey::from_bytes([1; 32]), content)
+        );
+        assert_eq!(
+            format!("{:?}", VersionKey::from_bytes([1; 32])),
+            "VersionKey(..)"
+        );
     }
 }

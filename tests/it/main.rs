@@ -36,4 +36,5 @@ mod trace_leaks;
 mod vault;
 mod vault_kubernetes;
 mod vault_tls;
+mod version_names;
 mod workstation;

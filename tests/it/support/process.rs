@@ -93,6 +93,11 @@ impl Daemon {
         self.process.kill9();
     }
 
+    /// The address of its health and metrics listener ([`Process::health_address`]).
+    pub fn health_address(&self, limit: Duration) -> String {
+        self.process.health_address(limit)
+    }
+
     /// Sends SIGTERM and waits (at most `limit`) for the exit.
     pub fn terminate(&mut self, limit: Duration) -> ExitStatus {
         self.process.signal(rustix::process::Signal::TERM, limit)
