@@ -41,6 +41,10 @@ pub struct ObservedProject {
     pub service_accounts: Vec<ServiceAccount>,
     /// RoleBindings that carry pullsecretd's managed-by label (any instance).
     pub role_bindings: Vec<RoleBinding>,
+    /// Accounts this instance's Secrets here record but the view did not read (their lists
+    /// are unknown, [`crate::cluster::view::unread_accounts`]): a Secret recording one is
+    /// never deleted, since one of them may still name it.
+    pub unread_accounts: BTreeSet<String>,
 }
 
 /// How far a diff may go.
@@ -262,6 +266,9 @@ pub fn diff_project_at(
             .collect();
         let retention = retained_versions(desired, &existing, &unwanted, now);
         unwanted.retain(|name| !retention.kept.contains(name));
+        unwanted.retain(|name| {
+            links_known_for_delete(project, existing[name].secret, observed, &mut diff.problems)
+        });
         diff.revisit_at = retention.revisit_at;
         diff.steps.extend(
             unwanted
@@ -399,6 +406,34 @@ fn attach_recreate_links(actions: &mut [Step], observed: &ObservedProject) {
 struct Retention<'a> {
     kept: BTreeSet<&'a str>,
     revisit_at: Option<Timestamp>,
+}
+
+/// Whether `secret` may be deleted as far as unread accounts go: `false` (with a problem) when
+/// it records an account whose lists the view did not read.
+fn links_known_for_delete(
+    project: &str,
+    secret: &Secret,
+    observed: &ObservedProject,
+    problems: &mut Vec<Problem>,
+) -> bool {
+    let unread: Vec<String> = managed::recorded_service_accounts(secret)
+        .filter(|name| observed.unread_accounts.contains(name))
+        .collect();
+    if unread.is_empty() {
+        return true;
+    }
+    problems.push(Problem {
+        reason: "UnreadServiceAccounts",
+        message: format!(
+            "project {project}: secret {} records service accounts {} whose links pullsecretd \
+             does not read here (the project is not selected, or they were recorded by another \
+             run); not deleted, so no account is left naming a missing Secret (select the \
+             project again, or unlink and delete it by hand)",
+            secret.metadata.name.as_deref().unwrap_or_default(),
+            unread.join(", ")
+        ),
+    });
+    false
 }
 
 /// The older versions of each desired versioned Secret that are still kept
@@ -842,6 +877,7 @@ mod tests {
             secrets,
             service_accounts: vec![default, builder],
             role_bindings: vec![],
+            unread_accounts: BTreeSet::new(),
         }
     }
 
@@ -963,6 +999,7 @@ mod tests {
             secrets: vec![foreign.clone()],
             service_accounts: vec![account("default", &[], &[]), account("builder", &[], &[])],
             role_bindings: vec![],
+            unread_accounts: BTreeSet::new(),
         };
         let diff = diff_project("a", &plan, &observed, &policy());
         assert!(diff.steps.is_empty(), "{:?}", names(&diff.steps));
@@ -1005,6 +1042,36 @@ mod tests {
             ["default-dockercfg-abcde"]
         );
         assert_eq!(edited.metadata.resource_version.as_deref(), Some("7"));
+    }
+
+    #[test]
+    fn a_secret_recording_an_account_that_was_not_read_is_not_deleted() {
+        // The builder account's lists are unknown (its namespace is not selected, so the
+        // record was not trusted for reads): deleting the Secret could leave builder naming it.
+        let old = config(vec![pull_secret("quay-pull", "quay")]);
+        let mut observed = converged(&desired(&old, "pw1"));
+        observed
+            .service_accounts
+            .retain(|sa| sa.metadata.name.as_deref() == Some("default"));
+        observed.unread_accounts = ["builder".to_string()].into();
+        let nothing = config(vec![]);
+        let diff = diff_project("a", &desired(&nothing, "pw1"), &observed, &policy());
+        assert_eq!(
+            names(&diff.steps),
+            ["edit default +[] -[(Pull, \"quay-pull\")]"],
+            "unlinked where known, never deleted"
+        );
+        assert_eq!(diff.problems[0].reason, "UnreadServiceAccounts");
+        assert!(
+            diff.problems[0].message.contains("builder"),
+            "{:?}",
+            diff.problems
+        );
+
+        // Once every recorded account is read, the same Secret goes.
+        observed.unread_accounts.clear();
+        let diff = diff_project("a", &desired(&nothing, "pw1"), &observed, &policy());
+        assert!(names(&diff.steps).contains(&"delete quay-pull".to_string()));
     }
 
     #[test]
@@ -1200,6 +1267,7 @@ mod tests {
             secrets,
             service_accounts: vec![default, builder],
             role_bindings: vec![],
+            unread_accounts: BTreeSet::new(),
         }
     }
 
@@ -1683,6 +1751,7 @@ mod safety_tests {
             secrets: vec![v1, v2],
             service_accounts: vec![account(&["default-dockercfg-x", &n2])],
             role_bindings: vec![],
+            unread_accounts: BTreeSet::new(),
         };
         for hold in [None, Some("")] {
             // Source failed (no credential), or not rendered (an empty-username token).
@@ -1720,6 +1789,7 @@ mod safety_tests {
             secrets: vec![theirs],
             service_accounts: vec![account(&[&name])],
             role_bindings: vec![],
+            unread_accounts: BTreeSet::new(),
         };
         // Team B wants nothing here: nothing is unlinked or deleted.
         let team_b = config(Some("team-b"), RotationStrategy::InPlace);
@@ -1771,6 +1841,7 @@ mod safety_tests {
             secrets: vec![legacy.clone()],
             service_accounts: vec![account(&[&name])],
             role_bindings: vec![],
+            unread_accounts: BTreeSet::new(),
         };
         let plan = planned(&config, Some("pw1"));
         let diff = diff_project("a", &plan, &observed, &DiffPolicy::full("default"));
@@ -1804,6 +1875,7 @@ mod safety_tests {
             secrets: vec![dockercfg, stale],
             service_accounts: vec![account(&[&name, &stale_name])],
             role_bindings: vec![],
+            unread_accounts: BTreeSet::new(),
         };
         let now = config(Some("workstation"), RotationStrategy::InPlace);
         let add_only = DiffPolicy {

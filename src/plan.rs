@@ -365,6 +365,14 @@ fn selected_projects(pull_secret: &PullSecretConfig, namespaces: &[NamespaceInfo
         .collect()
 }
 
+/// Whether any pull secret of `config` selects `namespace` ([`is_selected`]).
+pub fn selects_namespace(config: &Config, namespace: &NamespaceInfo) -> bool {
+    config
+        .pull_secrets
+        .iter()
+        .any(|pull_secret| is_selected(pull_secret, namespace))
+}
+
 /// Listed by name or matched by the selector, and not excluded.
 fn is_selected(pull_secret: &PullSecretConfig, namespace: &NamespaceInfo) -> bool {
     let selection = &pull_secret.projects;

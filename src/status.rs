@@ -394,6 +394,7 @@ mod tests {
                     account("deployer", &[], &[]),
                 ],
                 role_bindings: vec![],
+                unread_accounts: BTreeSet::new(),
             },
         )]);
         let events = [
@@ -469,6 +470,7 @@ mod tests {
                 secrets: vec![s],
                 service_accounts: vec![account("default", &["quay"], &[])],
                 role_bindings: vec![],
+                unread_accounts: BTreeSet::new(),
             },
         )]);
         let report = status(&observed, &inputs(&[]), &[]);

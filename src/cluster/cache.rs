@@ -35,7 +35,7 @@ use kube::{Client, Resource, ResourceExt as _};
 use serde::de::DeserializeOwned;
 use tokio::sync::mpsc;
 
-use super::view::{ClusterView, namespace_info};
+use super::view::{self, ClusterView, namespace_info};
 use crate::diff::ObservedProject;
 use crate::model::managed::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::plan::NamespaceInfo;
@@ -329,16 +329,19 @@ impl ClusterView for Caches {
 
     /// From the caches: no request, no scan of other namespaces.
     fn observed(&self, namespace: &str) -> ObservedProject {
+        let secrets: Vec<Secret> = self
+            .secrets_by_namespace
+            .names(namespace)
+            .iter()
+            .filter_map(|name| self.secrets.get(namespace, name))
+            .map(|s| Secret::clone(&s))
+            .collect();
+        let stores = self.account_stores();
+        let watched: BTreeSet<String> = stores.iter().map(|(name, _)| name.clone()).collect();
         ObservedProject {
-            secrets: self
-                .secrets_by_namespace
-                .names(namespace)
-                .iter()
-                .filter_map(|name| self.secrets.get(namespace, name))
-                .map(|s| Secret::clone(&s))
-                .collect(),
-            service_accounts: self
-                .account_stores()
+            unread_accounts: view::unread_accounts(&secrets, &watched),
+            secrets,
+            service_accounts: stores
                 .iter()
                 .filter_map(|(name, stores)| stores.get(namespace, name))
                 .map(|sa| ServiceAccount::clone(&sa))

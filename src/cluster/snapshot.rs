@@ -30,7 +30,7 @@ use kube::api::{Api, ApiResource, DynamicObject, ListParams, ObjectList};
 use kube::{Client, Resource};
 use serde::de::DeserializeOwned;
 
-use super::view::{ClusterView, account_names, namespace_info};
+use super::view::{ClusterView, account_names, namespace_info, unread_accounts};
 use super::{ApiError, Throttle};
 use crate::config::Config;
 use crate::diff::ObservedProject;
@@ -101,7 +101,8 @@ pub async fn read_snapshot(
     let mut missing = BTreeSet::new();
     let secrets: Vec<Secret> = scope.list(client, throttle, &managed, &mut missing).await?;
     let mut accounts: Vec<ServiceAccount> = Vec::new();
-    for account in account_names(config, &secrets) {
+    let read = account_names(config, &secrets, &namespaces);
+    for account in &read {
         let by_name = ListParams::default().fields(&format!("metadata.name={account}"));
         accounts.extend(
             scope
@@ -125,6 +126,9 @@ pub async fn read_snapshot(
         project_of(&mut projects, &binding)
             .role_bindings
             .push(binding);
+    }
+    for project in projects.values_mut() {
+        project.unread_accounts = unread_accounts(&project.secrets, &read);
     }
     let openshift = detect_openshift(client, throttle).await;
     Ok(ClusterSnapshot {

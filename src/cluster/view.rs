@@ -12,7 +12,7 @@ use kube::api::ObjectMeta;
 use crate::config::Config;
 use crate::diff::ObservedProject;
 use crate::model::managed::{self, recorded_service_accounts};
-use crate::plan::NamespaceInfo;
+use crate::plan::{self, NamespaceInfo};
 
 /// What the pipeline reads from a cluster.
 pub trait ClusterView {
@@ -37,24 +37,70 @@ pub fn namespace_info(meta: &ObjectMeta, phase: Option<&str>) -> Option<Namespac
     })
 }
 
+/// At most this many service-account names beyond the configured ones are read from
+/// Secrets' records, in all: each costs a list or a watch.
+pub const MAX_RECORDED_ACCOUNTS: usize = 64;
+
 /// The service accounts to read: those the config links, plus those this instance's Secrets
 /// record they are linked from (so a link the config dropped can still be found and
-/// removed). Other instances' and unproven Secrets are not read.
+/// removed). Anyone who may create a Secret can copy pullsecretd's marks, and each name read
+/// costs a list or a watch, so the record is read only from Secrets that pass the ownership
+/// proof, and at most [`MAX_RECORDED_ACCOUNTS`] recorded names beyond the configured ones are
+/// read: first those recorded in namespaces of `namespaces` the config selects, then those
+/// recorded elsewhere (a namespace no longer selected, a pull secret the config dropped), each
+/// group in name order. A Secret recording an account left unread is never deleted
+/// ([`unread_accounts`], the diff's guard).
 pub fn account_names<'a>(
     config: &Config,
     secrets: impl IntoIterator<Item = &'a Secret>,
+    namespaces: &[NamespaceInfo],
 ) -> BTreeSet<String> {
     let instance = config.instance_name();
-    let configured = config
+    let selected: BTreeSet<&str> = namespaces
+        .iter()
+        .filter(|ns| plan::selects_namespace(config, ns))
+        .map(|ns| ns.name.as_str())
+        .collect();
+    let mut names: BTreeSet<String> = config
         .pull_secrets
         .iter()
-        .flat_map(|p| p.links.keys().cloned());
-    let recorded = secrets
-        .into_iter()
-        .filter(|s| managed::secret_ownership(s, instance).is_ours())
-        .flat_map(recorded_service_accounts);
-    configured
-        .chain(recorded)
+        .flat_map(|p| p.links.keys().cloned())
         .filter(|name| !name.is_empty())
+        .collect();
+    let (mut inside, mut outside) = (BTreeSet::new(), BTreeSet::new());
+    for secret in secrets {
+        if !managed::secret_ownership(secret, instance).is_ours() {
+            continue;
+        }
+        let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+        let group = if selected.contains(namespace) {
+            &mut inside
+        } else {
+            &mut outside
+        };
+        group.extend(recorded_service_accounts(secret).filter(|n| !names.contains(n)));
+    }
+    let mut extra = 0;
+    for name in inside.into_iter().chain(outside) {
+        if extra == MAX_RECORDED_ACCOUNTS {
+            break;
+        }
+        if names.insert(name) {
+            extra += 1;
+        }
+    }
+    names
+}
+
+/// The accounts `secrets` (of one namespace) record that are not in `read`: their link lists
+/// are unknown, so a Secret recording one must not be deleted.
+pub fn unread_accounts<'a>(
+    secrets: impl IntoIterator<Item = &'a Secret>,
+    read: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    secrets
+        .into_iter()
+        .flat_map(recorded_service_accounts)
+        .filter(|name| !read.contains(name))
         .collect()
 }

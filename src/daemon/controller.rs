@@ -16,14 +16,14 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::ReconcileError;
+use crate::cluster::ClusterView as _;
 use crate::cluster::apply::CONTROLLER_NAME;
 use crate::cluster::cache::Caches;
 use crate::cluster::lease::Leadership;
+use crate::cluster::view;
 use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle};
 use crate::config::Config;
 use crate::diff::{DiffPolicy, ProjectDiff, until};
-use crate::model::managed;
-use crate::model::managed::recorded_service_accounts;
 use crate::plan::{self, PreparedSecrets, VersionKey};
 use crate::reconcile::{self, Inputs};
 use crate::source::service::Snapshot;
@@ -348,12 +348,9 @@ fn report_of(found: &[crate::plan::Problem], held: &[crate::diff::Held]) -> Name
     }
 }
 
-/// Service accounts this instance's Secrets say they are linked from.
-pub fn recorded_accounts(caches: &Caches, instance: &str) -> BTreeSet<String> {
-    caches
-        .secrets()
-        .iter()
-        .filter(|secret| managed::secret_ownership(secret, instance).is_ours())
-        .flat_map(|secret| recorded_service_accounts(secret).collect::<Vec<_>>())
-        .collect()
+/// The service accounts to watch: the configured ones and those this instance's Secrets in
+/// selected namespaces say they are linked from ([`view::account_names`]).
+pub fn recorded_accounts(caches: &Caches, config: &Config) -> BTreeSet<String> {
+    let secrets = caches.secrets();
+    view::account_names(config, secrets.iter().map(|s| &**s), &caches.namespaces())
 }

@@ -61,7 +61,7 @@ pub async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<Stri
                 context
                     .metrics
                     .zero_series(current.registries.keys().map(String::as_str));
-                for store in context.caches.watch_accounts(&view::account_names(&current, [])) {
+                for store in context.caches.watch_accounts(&view::account_names(&current, [], &[])) {
                     let _ = store.wait_until_ready().await;
                 }
                 send_all(&context.caches);

@@ -214,7 +214,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
     let (touched_tx, touched_rx) = mpsc::unbounded_channel();
     let caches = Caches::start(
         &client,
-        &view::account_names(&config, []),
+        &view::account_names(&config, [], &[]),
         touched_tx.clone(),
         openshift,
         scope.as_deref(),
@@ -292,8 +292,8 @@ async fn run_main(
         () = stopped(&mut stopping) => return,
     }
     // Accounts earlier configs linked, as recorded on the Secrets: watched so they can be unlinked.
-    let instance = context.config.borrow().instance_name().to_string();
-    let recorded = controller::recorded_accounts(&context.caches, &instance);
+    let config = Arc::clone(&context.config.borrow());
+    let recorded = controller::recorded_accounts(&context.caches, &config);
     let added = context.caches.watch_accounts(&recorded);
     for store in added {
         let _ = store.wait_until_ready().await;

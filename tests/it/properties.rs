@@ -229,7 +229,12 @@ proptest! {
         let _ = role_binding_ownership(&binding, &instance);
         let observed = BTreeMap::from([(
             "team-a".to_string(),
-            ObservedProject { secrets, service_accounts: accounts, role_bindings: vec![binding] },
+            ObservedProject {
+                secrets,
+                service_accounts: accounts,
+                role_bindings: vec![binding],
+                unread_accounts: Default::default(),
+            },
         )]);
         let inputs = StatusInputs {
             instance: &instance,

@@ -833,3 +833,87 @@ async fn a_bait_secret_recording_hundreds_of_accounts_is_not_trusted() {
         .collect();
     assert!(reported.contains(&"UnprovenOwnership"), "{reported:?}");
 }
+
+/// A bait that passes the proof (60 valid names, `PREFIX-0`…) in `namespace`.
+fn bait_in(fx: &cluster::Fixture, namespace: &str, name: &str, prefix: &str) {
+    let names: Vec<String> = (0..60).map(|i| format!("{prefix}-{i}")).collect();
+    seed::object(
+        &fx.server,
+        "",
+        "secrets",
+        json!({
+            "metadata": {
+                "name": name, "namespace": namespace,
+                "labels": {"app.kubernetes.io/managed-by": "pullsecretd",
+                           "pullsecretd.io/instance": "default"},
+                "annotations": {"pullsecretd.io/pull-secret": "reg-pull",
+                                "pullsecretd.io/content-hash": "0000",
+                                "pullsecretd.io/service-accounts": names.join(",")},
+            },
+            "type": "kubernetes.io/dockerconfigjson",
+            "data": {".dockerconfigjson": STANDARD.encode(r#"{"auths":{}}"#)},
+        }),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baits_that_pass_the_proof_cost_a_bounded_number_of_reads() {
+    // Five baits of 60 names each (300 names, each passing the per-Secret bound): at most 64
+    // recorded names beyond the configured `default` are read, in `once` and in `run`.
+    let fx = cluster::Fixture::start(Options::default()).await;
+    fx.namespace("a", json!({}));
+    fx.namespace("tenant", json!({}));
+    fx.namespace("pullsecretd", json!({}));
+    let baits = ["bait-a", "bait-b", "bait-c", "bait-d", "bait-e"];
+    for (i, bait) in baits.iter().enumerate() {
+        bait_in(&fx, "tenant", bait, &format!("sa{i}"));
+    }
+    let config = fx.config(SENTINEL, "    link: { default: [pull] }\n");
+    fx.server.reset_counts();
+    let report = fx.once(&config).await;
+    let counts = fx.server.counts();
+    assert_eq!(
+        counts.count("list", "serviceaccounts"),
+        1 + 64,
+        "`default` and at most 64 recorded names"
+    );
+    let kept: Vec<&str> = baits
+        .iter()
+        .copied()
+        .filter(|b| fx.secret("tenant", b).is_some())
+        .collect();
+    assert!(
+        kept.len() >= 3,
+        "a bait whose accounts were not read stays: {kept:?}"
+    );
+    let reported = report
+        .projects
+        .iter()
+        .flat_map(|p| &p.problems)
+        .filter(|p| p.reason == "UnreadServiceAccounts")
+        .count();
+    assert_eq!(reported, kept.len(), "each kept bait is reported");
+
+    // The daemon likewise watches `default` and at most 64 recorded names.
+    fx.server.reset_counts();
+    let running = pullsecretd::daemon::start(fx.client.clone(), fx.daemon_options(0))
+        .await
+        .expect("daemon starts");
+    pullsecretd_testkit::poll::eventually(Duration::from_secs(20), "a linked", || {
+        fx.account_lists("a", "default")
+            .0
+            .contains(&"reg-pull".to_string())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = fx.server.counts();
+    assert!(
+        counts.count("watch", "serviceaccounts") <= 1 + 64,
+        "{counts:?}"
+    );
+    // A bait whose every account was read is cleaned up like any Secret of this instance in a
+    // namespace no longer selected; the rest stay.
+    assert!(baits.iter().any(|b| fx.secret("tenant", b).is_some()));
+    running.stop();
+    let _ = running.wait(Duration::from_secs(10)).await;
+}
