@@ -26,6 +26,7 @@ mod openshift;
 mod pipeline;
 mod properties;
 mod rbac_rules;
+mod rbac_rules_namespaced;
 mod registry;
 mod registry_token;
 mod run_cli;

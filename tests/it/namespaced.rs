@@ -34,7 +34,7 @@ const HOME: &str = "pullsecretd";
 const NAMESPACED: &str = "deploy/overlays/namespaced";
 
 /// The overlay's ServiceAccount and RBAC objects, as rendered.
-fn overlay_rbac() -> Vec<Value> {
+pub(crate) fn overlay_rbac() -> Vec<Value> {
     let objects: Vec<Value> = render(NAMESPACED)
         .into_iter()
         .filter(|o| {
@@ -62,14 +62,24 @@ fn overlay_rbac() -> Vec<Value> {
 /// and `extra` ones, holding exactly the overlay's RBAC; and a client acting as pullsecretd's
 /// service account.
 async fn fixture(extra: &[&str]) -> (Fixture, Client) {
-    let mut options =
-        Options::default().identity(TOKEN, kube_sim::UserInfo::service_account(HOME, HOME));
+    fixture_holding(Options::default(), overlay_rbac(), extra).await
+}
+
+/// kube-sim started with `options`, RBAC enforced, with pullsecretd's namespace, the teams'
+/// namespaces and `extra` ones, holding exactly `rbac` (the overlay's, or a variant of it); and
+/// a client acting as pullsecretd's service account.
+pub(crate) async fn fixture_holding(
+    options: Options,
+    rbac: Vec<Value>,
+    extra: &[&str],
+) -> (Fixture, Client) {
+    let mut options = options.identity(TOKEN, kube_sim::UserInfo::service_account(HOME, HOME));
     options.rbac = true;
     let fx = Fixture::start(options).await;
     for namespace in [HOME].iter().chain(&NAMESPACED_TEAMS).chain(extra) {
         fx.namespace(namespace, json!({}));
     }
-    crate::support::seed::rbac_objects(&fx.server, overlay_rbac());
+    crate::support::seed::rbac_objects(&fx.server, rbac);
     let client = fx.client_as(TOKEN).await;
     (fx, client)
 }
@@ -77,6 +87,18 @@ async fn fixture(extra: &[&str]) -> (Fixture, Client) {
 /// Writes a docker config with `robot:<password>` and a namespaced-mode config managing
 /// `namespaces`, with pull secret `reg-pull` in each, linked to `default` for pulls.
 fn write_config(fx: &Fixture, password: &str, namespaces: &[&str]) -> Config {
+    write_config_for(fx, password, namespaces, namespaces, "")
+}
+
+/// [`write_config`] with pull secret `reg-pull` in `projects` only, and `extra` (top-level
+/// config, such as `imagePullers:`) appended.
+pub(crate) fn write_config_for(
+    fx: &Fixture,
+    password: &str,
+    namespaces: &[&str],
+    projects: &[&str],
+    extra: &str,
+) -> Config {
     let docker_config = fx.dir.path().join("docker-config.json");
     let auth = STANDARD.encode(format!("robot:{password}"));
     std::fs::write(
@@ -84,12 +106,12 @@ fn write_config(fx: &Fixture, password: &str, namespaces: &[&str]) -> Config {
         json!({"auths": {"registry.example.com": {"auth": auth}}}).to_string(),
     )
     .expect("docker config written");
-    let list = namespaces.join(", ");
+    let (list, projects) = (namespaces.join(", "), projects.join(", "));
     let yaml = format!(
         "namespaces: [{list}]\nregistries:\n  reg:\n    server: registry.example.com\n    \
          from: {{ dockerConfig: {} }}\npullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    \
-         projects: {{ names: [{list}] }}\n    link: {{ default: [pull] }}\n    \
-         rotation: {{ refresh: 200ms }}\n",
+         projects: {{ names: [{projects}] }}\n    link: {{ default: [pull] }}\n    \
+         rotation: {{ refresh: 200ms }}\n{extra}",
         docker_config.display()
     );
     let path = fx.dir.path().join("config.yaml");

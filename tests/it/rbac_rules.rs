@@ -48,18 +48,23 @@ fn without(file: &str, rule: usize, verb: &str) -> Vec<Value> {
         .map(|(f, mut object)| {
             let is_role = matches!(object["kind"].as_str(), Some("ClusterRole" | "Role"));
             if f == file && is_role {
-                let rules = object["rules"].as_array_mut().expect("rules");
-                let verbs = rules[rule]["verbs"].as_array_mut().expect("verbs");
-                verbs.retain(|v| v.as_str() != Some(verb));
-                if verbs.is_empty() {
-                    rules.remove(rule);
-                }
+                drop_verb(&mut object, rule, verb);
             }
             object
         })
         .collect();
     objects.sort_by_key(|o| o["kind"] != "ServiceAccount");
     objects
+}
+
+/// Removes `verb` from rule `rule` of `role` (the rule dropped when no verb is left).
+pub(crate) fn drop_verb(role: &mut Value, rule: usize, verb: &str) {
+    let rules = role["rules"].as_array_mut().expect("rules");
+    let verbs = rules[rule]["verbs"].as_array_mut().expect("verbs");
+    verbs.retain(|v| v.as_str() != Some(verb));
+    if verbs.is_empty() {
+        rules.remove(rule);
+    }
 }
 
 /// kube-sim (OpenShift flavour, RBAC on) holding `objects`, and a client acting as
@@ -78,7 +83,7 @@ async fn fixture(objects: Vec<Value>) -> (Fixture, Client) {
 
 /// Waits until `check` holds, `refused` holds, or `limit` passes — never fails: with a verb
 /// missing, a step may never complete.
-async fn until(limit: Duration, refused: &impl Fn() -> bool, check: impl Fn() -> bool) {
+pub(crate) async fn until(limit: Duration, refused: &dyn Fn() -> bool, check: impl Fn() -> bool) {
     let started = Instant::now();
     while !check() && !refused() && started.elapsed() < limit {
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -86,7 +91,7 @@ async fn until(limit: Duration, refused: &impl Fn() -> bool, check: impl Fn() ->
 }
 
 /// Drives the daemon through every job its rules exist for, stopping early once `refused`.
-async fn exercise(fx: &Fixture, client: Client, refused: &impl Fn() -> bool) {
+async fn exercise(fx: &Fixture, client: Client, refused: &dyn Fn() -> bool) {
     let rotation = "    rotation: { refresh: 200ms }\n";
     fx.config(SENTINEL, &format!("{rotation}{IMAGE_PULLERS}"));
     fx.namespace("a", json!({}));
@@ -225,12 +230,31 @@ async fn each_verb_is_needed(file: &str, rule: usize) {
         .into_iter()
         .find(|o| matches!(o["kind"].as_str(), Some("ClusterRole" | "Role")))
         .expect("a role");
-    let rule_value = &role["rules"][rule];
-    let resource = rule_value["resources"][0]
+    each_verb_is_refused(
+        &format!("{file} rule {rule}"),
+        &role["rules"][rule],
+        async |verb| fixture(without(file, rule, verb)).await,
+        exercise,
+    )
+    .await;
+}
+
+/// Drops each verb of `rule` in turn: `start(verb)` is kube-sim holding the RBAC without it
+/// and a client as pullsecretd's service account, which `exercise` drives (stopping early once
+/// the verb was refused). The dropped verb must be refused at least once — a 403 on exactly
+/// that verb and the rule's resource; for `bind`, the RoleBinding create the escalation check
+/// refuses — or the rule is not needed.
+pub(crate) async fn each_verb_is_refused(
+    what: &str,
+    rule: &Value,
+    start: impl AsyncFn(&str) -> (Fixture, Client),
+    exercise: impl AsyncFn(&Fixture, Client, &dyn Fn() -> bool),
+) {
+    let resource = rule["resources"][0]
         .as_str()
         .expect("a resource")
         .to_string();
-    let verbs: Vec<String> = rule_value["verbs"]
+    let verbs: Vec<String> = rule["verbs"]
         .as_array()
         .expect("verbs")
         .iter()
@@ -244,7 +268,7 @@ async fn each_verb_is_needed(file: &str, rule: usize) {
         } else {
             (verb.clone(), resource.clone())
         };
-        let (fx, client) = fixture(without(file, rule, &verb)).await;
+        let (fx, client) = start(&verb).await;
         let refused = || {
             fx.server
                 .counts()
@@ -254,8 +278,8 @@ async fn each_verb_is_needed(file: &str, rule: usize) {
         exercise(&fx, client, &refused).await;
         assert!(
             refused(),
-            "{file} rule {rule}: without `{verb}` on {resource} nothing was refused, so the \
-             rule is not needed (403s: {:?})",
+            "{what}: without `{verb}` on {resource} nothing was refused, so the rule is not \
+             needed (403s: {:?})",
             fx.server.counts().forbidden
         );
     }
