@@ -6,7 +6,8 @@
 //! the image-puller binding, report a recurring problem, clean up, release the Lease). The
 //! dropped verb must be refused at least once — a 403 on exactly that verb and resource (for
 //! `bind`: the RoleBinding create the escalation check refuses) — or the rule is not needed and
-//! the test fails. With every verb in place nothing is refused (tests/it/daemon_rbac.rs).
+//! the test fails. With every verb in place nothing is refused (tests/it/daemon_rbac.rs). The
+//! namespaced overlay's Role goes through the same oracle in tests/it/rbac_rules_namespaced.rs.
 
 use crate::support::cluster::Fixture;
 

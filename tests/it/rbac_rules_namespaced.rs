@@ -72,8 +72,12 @@ async fn fixture(rbac: Vec<Value>) -> (Fixture, Client) {
 }
 
 fn binding(fx: &Fixture) -> Option<Value> {
-    fx.server
-        .get("rbac.authorization.k8s.io", "rolebindings", "team-b", BINDING)
+    fx.server.get(
+        "rbac.authorization.k8s.io",
+        "rolebindings",
+        "team-b",
+        BINDING,
+    )
 }
 
 fn linked(fx: &Fixture, namespace: &str) -> bool {
