@@ -97,25 +97,10 @@ async fn exercise(fx: &Fixture, client: Client, refused: &dyn Fn() -> bool) {
     fx.config(SENTINEL, &format!("{rotation}{IMAGE_PULLERS}"));
     fx.namespace("a", json!({}));
     fx.namespace("b", json!({}));
-    // A foreign Secret of the wanted name: a ForeignSecret Warning at every reconcile of c,
-    // which the daemon's one recorder turns into a series (a patch) the second time.
     fx.namespace("c", json!({"team": "web"}));
-    crate::support::seed::object(
-        &fx.server,
-        "",
-        "secrets",
-        json!({"metadata": {"name": "reg-pull", "namespace": "c"}, "type": "Opaque"}),
-    );
-    let started = daemon::start(
-        client,
-        DaemonOptions {
-            reload_debounce: Duration::from_millis(100),
-            ..fx.daemon_options(0)
-        },
-    )
-    .await;
-    // A start refused (the Lease) has already met its 403.
-    let Ok(running) = started else { return };
+    let Some(running) = start_beside_foreign_secret(fx, client, "c").await else {
+        return;
+    };
     let step = Duration::from_secs(4);
     until(step, refused, || {
         fx.secret("a", "reg-pull").is_some()
@@ -223,6 +208,28 @@ async fn exercise(fx: &Fixture, client: Client, refused: &dyn Fn() -> bool) {
     // The Lease released on the way out.
     running.stop();
     let _ = running.wait(Duration::from_secs(10)).await;
+}
+
+/// Seeds someone else's Secret of the wanted name `reg-pull` in `namespace` — a ForeignSecret
+/// Warning at every reconcile there, which the daemon's one recorder turns into a series (a
+/// patch) the second time — and starts the daemon as `client`. `None`: the start was refused
+/// (the Lease, a probe list), which has met its 403 already.
+pub(crate) async fn start_beside_foreign_secret(
+    fx: &Fixture,
+    client: Client,
+    namespace: &str,
+) -> Option<daemon::Running> {
+    crate::support::seed::object(
+        &fx.server,
+        "",
+        "secrets",
+        json!({"metadata": {"name": "reg-pull", "namespace": namespace}, "type": "Opaque"}),
+    );
+    let options = DaemonOptions {
+        reload_debounce: Duration::from_millis(100),
+        ..fx.daemon_options(0)
+    };
+    daemon::start(client, options).await.ok()
 }
 
 /// Drops each verb of rule `rule` of the role in `file` in turn; each must be refused.

@@ -15,7 +15,7 @@
 
 use crate::deploy::NAMESPACED_TEAMS;
 use crate::namespaced::{fixture_holding, overlay_rbac, write_config_for};
-use crate::rbac_rules::{drop_verb, each_verb_is_refused, until};
+use crate::rbac_rules::{drop_verb, each_verb_is_refused, start_beside_foreign_secret, until};
 use crate::support::cluster::{Fixture, password_in};
 
 use std::time::{Duration, Instant};
@@ -26,8 +26,6 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube_sim::Options;
 use serde_json::{Value, json};
-
-use pullsecretd::daemon::{self, DaemonOptions};
 
 const SENTINEL: &str = "SENTINEL-pw-rbac-rules-namespaced-7c41";
 const IMAGE_PULLERS: &str =
@@ -111,25 +109,11 @@ async fn exercise(fx: &Fixture, client: Client, refused: &dyn Fn() -> bool) {
         &NAMESPACED_TEAMS,
         IMAGE_PULLERS,
     );
-    // Someone else's Secret of the wanted name: the create meets it (a get shows whose it is)
-    // and a ForeignSecret Warning follows at every reconcile of team-b, which the daemon's one
-    // recorder turns into a series (a patch) the second time.
-    crate::support::seed::object(
-        &fx.server,
-        "",
-        "secrets",
-        json!({"metadata": {"name": "reg-pull", "namespace": "team-b"}, "type": "Opaque"}),
-    );
-    let started = daemon::start(
-        client,
-        DaemonOptions {
-            reload_debounce: Duration::from_millis(100),
-            ..fx.daemon_options(0)
-        },
-    )
-    .await;
-    // A start refused (the Lease, a probe list) has already met its 403.
-    let Ok(running) = started else { return };
+    // Someone else's Secret of the wanted name in team-b: the create meets it (a get shows
+    // whose it is), and its problem recurs at every reconcile of team-b.
+    let Some(running) = start_beside_foreign_secret(fx, client, "team-b").await else {
+        return;
+    };
     let step = Duration::from_secs(4);
     until(step, refused, || {
         fx.secret("team-a", "reg-pull").is_some() && linked(fx, "team-a") && binding(fx).is_some()
