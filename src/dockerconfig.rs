@@ -1352,9 +1352,13 @@ mod tests {
             if ty == SecretType::DockerConfigJson {
                 let file = parse_auth_file(AuthFileFormat::DockerConfig, &payload).expect("parses");
                 for cred in &creds {
+                    // Namespaced keys are not docker lookups: docker reduces `auths` keys to
+                    // host[:port], so `y.io/a` and `y.io/b` answer one login for `y.io`.
+                    if cred.registry.namespace().is_some() {
+                        continue;
+                    }
                     let Lookup::Found(found) = file.lookup(&cred.registry) else {
-                        // Namespaced keys are not docker lookups.
-                        prop_assert!(cred.registry.namespace().is_some());
+                        prop_assert!(false, "lost {:?}", cred.registry);
                         continue;
                     };
                     prop_assert!(found.same_login(cred));
