@@ -851,7 +851,7 @@ fn bait_in(fx: &cluster::Fixture, namespace: &str, name: &str, prefix: &str) {
                                 "pullsecretd.io/service-accounts": names.join(",")},
             },
             "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson": STANDARD.encode(r#"{"auths":{}}"#)},
+            "data": {".dockerconfigjson": STANDARD.encode(r#"{"auths":{"bait.example":{"auth":"eDp5"}}}"#)},
         }),
     );
 }
@@ -916,4 +916,68 @@ async fn baits_that_pass_the_proof_cost_a_bounded_number_of_reads() {
     assert!(baits.iter().any(|b| fx.secret("tenant", b).is_some()));
     running.stop();
     let _ = running.wait(Duration::from_secs(10)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cleanup_whose_accounts_were_crowded_out_waits_under_api_errors_with_no_dangling_reference()
+ {
+    // reg-pull in `a` is linked from `default` and `deployer`; then the config drops it, and
+    // two baits (120 recorded names sorting before `deployer`) fill the budget of recorded
+    // names, so `deployer` is not read: the Secret must stay while `deployer` may name it,
+    // whatever the API refuses, and go once the budget reaches `deployer`.
+    let fx = cluster::Fixture::start(Options::default()).await;
+    for ns in ["a", "b", "tenant"] {
+        fx.namespace(ns, json!({}));
+    }
+    seed::account(&fx.server, "a", "deployer", &[], &[]);
+    let other = "  - name: other-pull\n    registries: [reg]\n    projects: { names: [b] }\n\
+                 \x20   link: { default: [pull] }\n";
+    let both = fx.config(
+        SENTINEL,
+        &format!("    link: {{ default: [pull], deployer: [pull] }}\n{other}"),
+    );
+    assert!(fx.once(&both).await.converged());
+    assert_eq!(fx.account_lists("a", "deployer").0, ["reg-pull"]);
+    let path = fx.dir.path().join("config.yaml");
+    let yaml = std::fs::read_to_string(&path).expect("config");
+    let (head, _) = yaml.split_once("pullSecrets:\n").expect("pull secrets");
+    let fewer = format!("{head}pullSecrets:\n{other}");
+    let fewer = pullsecretd::config::Config::from_yaml(&fewer, &path).expect("valid config");
+    bait_in(&fx, "tenant", "bait-aa", "aa");
+    bait_in(&fx, "tenant", "bait-ab", "ab");
+
+    let sweeper = Sweeper::start(fx.server.reader(), Some("default"));
+    fx.server.set_faults(|faults| {
+        for (verb, resource) in [("update", "serviceaccounts"), ("delete", "secrets")] {
+            faults.rules.push(ErrorRule::new(
+                Some(verb),
+                Some(resource),
+                InjectedError::Unavailable,
+                Some(3),
+            ));
+        }
+    });
+    let first = fx.once(&fewer).await;
+    let unread = first
+        .projects
+        .iter()
+        .flat_map(|p| &p.problems)
+        .any(|p| p.reason == "UnreadServiceAccounts" && p.message.contains("reg-pull"));
+    assert!(unread, "{first:#?}");
+    assert!(
+        fx.secret("a", "reg-pull").is_some(),
+        "kept while deployer is unread"
+    );
+    let mut passes = 1;
+    while !fx.once(&fewer).await.converged() {
+        passes += 1;
+        assert!(passes < 8, "never converged");
+    }
+    assert!(fx.secret("a", "reg-pull").is_none(), "cleaned up at last");
+    assert!(fx.account_lists("a", "deployer").0.is_empty());
+    assert!(fx.account_lists("a", "default").0.is_empty());
+    assert_eq!(fx.account_lists("b", "default").0, ["other-pull"]);
+    sweeper
+        .finish()
+        .assert_clean("a crowded-out cleanup under API errors");
 }
