@@ -1556,19 +1556,27 @@ mod tests {
         observed
     }
 
-    #[test]
-    fn a_version_named_under_another_key_or_the_unkeyed_scheme_is_reused_without_a_write() {
-        // Another process (another key), or a release before names were keyed (a plain hash
-        // prefix), wrote the version of this very content: it is kept as it is, links and all.
-        let config = versioned_config(10, 2);
-        let planned = version_name(&config, "pw1");
+    /// The cluster holding the linked version of "pw1", named `name` instead of its planned name.
+    fn one_version_named(config: &Config, name: &str) -> ObservedProject {
         let one = [Version {
             password: "pw1",
             created: Some(0),
             linked: true,
         }];
+        renamed(
+            cluster_with(config, &one),
+            &version_name(config, "pw1"),
+            name,
+        )
+    }
+
+    #[test]
+    fn a_version_named_under_another_key_or_the_unkeyed_scheme_is_reused_without_a_write() {
+        // Another process (another key), or a release before names were keyed (a plain hash
+        // prefix), wrote the version of this very content: it is kept as it is, links and all.
+        let config = versioned_config(10, 2);
         for other in ["quay-pull-0123456789", "quay-pull-fedcba9876"] {
-            let observed = renamed(cluster_with(&config, &one), &planned, other);
+            let observed = one_version_named(&config, other);
             let plan = desired(&config, "pw1");
             let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(1)));
             assert!(diff.steps.is_empty(), "{other}: {:?}", names(&diff.steps));
@@ -1594,11 +1602,6 @@ mod tests {
     fn only_an_immutable_version_of_ours_with_the_same_content_is_reused() {
         let config = versioned_config(10, 2);
         let planned = version_name(&config, "pw1");
-        let one = [Version {
-            password: "pw1",
-            created: Some(0),
-            linked: true,
-        }];
         let other = "quay-pull-0123456789";
         type Spoil = fn(&mut Secret);
         let spoil: [(&str, Spoil); 5] = [
@@ -1624,7 +1627,7 @@ mod tests {
             ("not ours", |s| s.metadata.labels = None),
         ];
         for (why, change) in spoil {
-            let mut observed = renamed(cluster_with(&config, &one), &planned, other);
+            let mut observed = one_version_named(&config, other);
             change(&mut observed.secrets[0]);
             let diff = diff_project_at(
                 "a",

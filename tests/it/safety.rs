@@ -797,24 +797,7 @@ async fn a_bait_secret_recording_hundreds_of_accounts_is_not_trusted() {
     let fx = cluster::Fixture::start(Options::default()).await;
     fx.namespace("a", json!({}));
     fx.namespace("tenant", json!({}));
-    let names: Vec<String> = (0..400).map(|i| format!("bait-{i}")).collect();
-    seed::object(
-        &fx.server,
-        "",
-        "secrets",
-        json!({
-            "metadata": {
-                "name": "bait", "namespace": "tenant",
-                "labels": {"app.kubernetes.io/managed-by": "pullsecretd",
-                           "pullsecretd.io/instance": "default"},
-                "annotations": {"pullsecretd.io/pull-secret": "reg-pull",
-                                "pullsecretd.io/content-hash": "0000",
-                                "pullsecretd.io/service-accounts": names.join(",")},
-            },
-            "type": "kubernetes.io/dockerconfigjson",
-            "data": {".dockerconfigjson": STANDARD.encode(r#"{"auths":{}}"#)},
-        }),
-    );
+    bait_in(&fx, "tenant", "bait", "bait", 400);
     let config = fx.config(SENTINEL, "    link: { default: [pull] }\n");
     fx.server.reset_counts();
     let report = fx.once(&config).await;
@@ -834,9 +817,10 @@ async fn a_bait_secret_recording_hundreds_of_accounts_is_not_trusted() {
     assert!(reported.contains(&"UnprovenOwnership"), "{reported:?}");
 }
 
-/// A bait that passes the proof (60 valid names, `PREFIX-0`…) in `namespace`.
-fn bait_in(fx: &cluster::Fixture, namespace: &str, name: &str, prefix: &str) {
-    let names: Vec<String> = (0..60).map(|i| format!("{prefix}-{i}")).collect();
+/// A Secret with pullsecretd's marks in `namespace` recording `count` service accounts
+/// `PREFIX-0`…: it passes the ownership proof up to 64 names.
+fn bait_in(fx: &cluster::Fixture, namespace: &str, name: &str, prefix: &str, count: usize) {
+    let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i}")).collect();
     seed::object(
         &fx.server,
         "",
@@ -866,7 +850,7 @@ async fn baits_that_pass_the_proof_cost_a_bounded_number_of_reads() {
     fx.namespace("pullsecretd", json!({}));
     let baits = ["bait-a", "bait-b", "bait-c", "bait-d", "bait-e"];
     for (i, bait) in baits.iter().enumerate() {
-        bait_in(&fx, "tenant", bait, &format!("sa{i}"));
+        bait_in(&fx, "tenant", bait, &format!("sa{i}"), 60);
     }
     let config = fx.config(SENTINEL, "    link: { default: [pull] }\n");
     fx.server.reset_counts();
@@ -943,8 +927,8 @@ async fn a_cleanup_whose_accounts_were_crowded_out_waits_under_api_errors_with_n
     let (head, _) = yaml.split_once("pullSecrets:\n").expect("pull secrets");
     let fewer = format!("{head}pullSecrets:\n{other}");
     let fewer = pullsecretd::config::Config::from_yaml(&fewer, &path).expect("valid config");
-    bait_in(&fx, "tenant", "bait-aa", "aa");
-    bait_in(&fx, "tenant", "bait-ab", "ab");
+    bait_in(&fx, "tenant", "bait-aa", "aa", 60);
+    bait_in(&fx, "tenant", "bait-ab", "ab", 60);
 
     let sweeper = Sweeper::start(fx.server.reader(), Some("default"));
     fx.server.set_faults(|faults| {
