@@ -58,7 +58,7 @@ pub struct Context {
     /// Problems and held Secrets per namespace, behind the gauges.
     reported: Mutex<Reported>,
     /// The key of this process's versioned Secret names, drawn once at start.
-    pub version_key: VersionKey,
+    version_key: VersionKey,
 }
 
 /// Secrets prepared from one config and one snapshot generation.
@@ -348,8 +348,8 @@ fn report_of(found: &[crate::plan::Problem], held: &[crate::diff::Held]) -> Name
     }
 }
 
-/// The service accounts to watch: the configured ones and those this instance's Secrets in
-/// selected namespaces say they are linked from ([`view::account_names`]).
+/// The service accounts to watch: the configured ones and, within the budget of recorded
+/// names, those this instance's Secrets say they are linked from ([`view::account_names`]).
 pub fn recorded_accounts(caches: &Caches, config: &Config) -> BTreeSet<String> {
     let secrets = caches.secrets();
     view::account_names(config, secrets.iter().map(|s| &**s), &caches.namespaces())
