@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::model::credential::RegistryKey;
-pub use crate::model::desired::{LinkKind, PullerSubject, SecretType};
+pub use crate::model::desired::{Heal, LinkKind, PullerSubject, SecretType};
 use crate::regular_file;
 use crate::selector::LabelSelector;
 
@@ -244,6 +244,9 @@ pub struct PullSecretConfig {
     pub rotation: Rotation,
     /// Take over an existing Secret of the same name that pullsecretd did not create.
     pub adopt: bool,
+    /// What to do about pods stuck pulling because they were created before the link
+    /// (docs/healing.md).
+    pub heal: Heal,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

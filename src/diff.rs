@@ -746,7 +746,7 @@ mod tests {
     use super::*;
     use crate::config::Config;
     use crate::config::{
-        Layout, ProjectSelection, PullSecretConfig, RegistryConfig, Rotation, SecretType,
+        Heal, Layout, ProjectSelection, PullSecretConfig, RegistryConfig, Rotation, SecretType,
         SourceConfig,
     };
     use crate::model::credential::{Credential, RegistryKey};
@@ -778,6 +778,7 @@ mod tests {
             ]),
             rotation: Rotation::default(),
             adopt: false,
+            heal: Heal::default(),
         }
     }
 
@@ -1651,7 +1652,7 @@ mod safety_tests {
     //! or what someone else owns).
     use super::*;
     use crate::config::{
-        Config, Layout, ProjectSelection, PullSecretConfig, RegistryConfig, Rotation,
+        Config, Heal, Layout, ProjectSelection, PullSecretConfig, RegistryConfig, Rotation,
         RotationStrategy, SecretType, SourceConfig,
     };
     use crate::model::credential::Resolved;
@@ -1686,6 +1687,7 @@ mod safety_tests {
                     ..Rotation::default()
                 },
                 adopt: false,
+                heal: Heal::default(),
             }],
             image_pullers: vec![],
             namespaces: None,

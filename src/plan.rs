@@ -467,7 +467,7 @@ mod tests {
 
     use super::*;
     use crate::config::LinkKind;
-    use crate::config::{ProjectSelection, RegistryConfig, Rotation, SourceConfig};
+    use crate::config::{Heal, ProjectSelection, RegistryConfig, Rotation, SourceConfig};
     use crate::model::credential::RegistryKey;
     use crate::model::credential::Secret;
     use crate::selector::LabelSelector;
@@ -504,6 +504,7 @@ mod tests {
             ]),
             rotation: Rotation::default(),
             adopt: false,
+            heal: Heal::default(),
         }
     }
 

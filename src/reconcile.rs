@@ -15,13 +15,19 @@ use k8s_openapi::api::core::v1::ServiceAccount;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
-use crate::cluster::{self, ApiError, ApplyOptions, ClusterView, ProjectOutcome, Throttle};
-use crate::config::Config;
+use crate::cluster::pods::Healer;
+use crate::cluster::{
+    self, ApiError, ApplyOptions, Change, ClusterView, ProjectOutcome, Throttle, Verb,
+};
+use crate::config::{Config, Heal, LinkKind};
 use crate::diff::{DiffPolicy, Mode, ObservedProject, ProjectDiff, Step, diff_project_at};
 use crate::model::credential::Resolved;
+use crate::model::heal::HealTarget;
 use crate::model::managed::{CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION};
 pub use crate::model::outcome::Report;
-use crate::plan::{self, DesiredState, PlanInputs, PreparedSecrets, ProjectPlan, VersionKey};
+use crate::plan::{
+    self, DesiredState, PlanInputs, PreparedSecrets, Problem, ProjectPlan, VersionKey,
+};
 
 /// What one reconcile works from, besides the cluster.
 #[derive(Clone, Copy)]
@@ -45,6 +51,8 @@ pub struct NamespaceWork {
     pub accounts: Vec<ServiceAccount>,
     /// Secret writes in the diff that replace an older credential of the same pull secret.
     pub rotations: u64,
+    /// The planned Secrets whose pull secret heals pods, for after the writes.
+    pub heal: Vec<HealTarget>,
 }
 
 impl NamespaceWork {
@@ -94,7 +102,62 @@ fn diff_planned(
         diff,
         accounts: observed.service_accounts,
         rotations,
+        heal: heal_targets(inputs.config, &plan),
     }
+}
+
+/// One target per planned Secret whose pull secret does not have `heal: off`.
+fn heal_targets(config: &Config, plan: &ProjectPlan) -> Vec<HealTarget> {
+    plan.secrets
+        .iter()
+        .filter_map(|secret| {
+            let heal = config
+                .pull_secrets
+                .iter()
+                .find(|p| p.name == secret.pull_secret)?
+                .heal;
+            let accounts = plan
+                .links
+                .iter()
+                .filter(|l| l.kind == LinkKind::Pull && l.secret == secret.name)
+                .map(|l| l.service_account.clone())
+                .collect();
+            (heal != Heal::Off).then(|| HealTarget {
+                pull_secret: secret.pull_secret.clone(),
+                heal,
+                secret: secret.name.clone(),
+                servers: secret.servers.clone(),
+                accounts,
+            })
+        })
+        .collect()
+}
+
+/// The targets this outcome's changes call for, each with the Secret name written or linked
+/// for pull: a created, updated or recreated Secret (a rotation), or a new pull link.
+fn triggered_heals(targets: &[HealTarget], outcome: &ProjectOutcome) -> Vec<(HealTarget, String)> {
+    let mut names: BTreeSet<&str> = BTreeSet::new();
+    for change in &outcome.changes {
+        match change {
+            Change::Secret { verb, name } if *verb != Verb::Delete => {
+                names.insert(name);
+            }
+            Change::Links { added, .. } => names.extend(
+                added
+                    .iter()
+                    .filter(|(kind, _)| *kind == LinkKind::Pull)
+                    .map(|(_, name)| name.as_str()),
+            ),
+            _ => {}
+        }
+    }
+    let mut triggered = Vec::new();
+    for name in names {
+        if let Some(target) = targets.iter().find(|t| t.names(name)) {
+            triggered.push((target.clone(), name.to_string()));
+        }
+    }
+    triggered
 }
 
 /// Secret writes whose content replaces an older version of the same pull secret.
@@ -248,7 +311,62 @@ pub async fn apply_namespace(
         cluster::apply_project_from(client, throttle, options, name, work.diff, work.accounts)
             .await;
     outcome.rotations = work.rotations;
+    let targets = triggered_heals(&work.heal, &outcome);
+    if !targets.is_empty() {
+        heal_namespace(client, throttle, options, name, &targets, &mut outcome).await;
+    }
     outcome
+}
+
+/// Heals `name`'s pods for `targets` (triggered by this pass or left to look at again),
+/// recording what was done in `outcome`. In add-only mode pods are only reported.
+pub async fn heal_namespace(
+    client: &Client,
+    throttle: &Throttle,
+    options: &ApplyOptions,
+    name: &str,
+    targets: &[(HealTarget, String)],
+    outcome: &mut ProjectOutcome,
+) {
+    let targets: Vec<(HealTarget, String)> = targets
+        .iter()
+        .cloned()
+        .map(|(mut target, secret)| {
+            if options.mode == Mode::AddOnly && target.heal == Heal::Restart {
+                target.heal = Heal::Report;
+            }
+            (target, secret)
+        })
+        .collect();
+    let recorder = options.recorder.clone().or_else(|| {
+        options
+            .events
+            .then(|| cluster::apply::recorder(client, &options.instance))
+    });
+    let healer = Healer {
+        client,
+        throttle,
+        recorder: recorder.as_ref(),
+        budget: &options.heal_budget,
+    };
+    match healer.heal(name, &targets).await {
+        Ok(healed) => outcome.heal = healed,
+        Err(error) if error.status_code() == Some(403) => {
+            // Healing is a courtesy: without the right to list pods it is off, not a failure.
+            outcome.problems.push(Problem {
+                reason: "HealForbidden",
+                message: format!(
+                    "project {name}: pullsecretd may not list pods here, so stuck pods are not \
+                     looked for ({error}); grant list on pods, or set heal: off"
+                ),
+            });
+        }
+        Err(error) => {
+            tracing::warn!(namespace = name, %error, "Could not look for stuck pods.");
+            outcome.failures.push(error.to_failure());
+            outcome.heal.recheck = targets;
+        }
+    }
 }
 
 /// Applies a computed pass, up to `concurrency` namespaces at a time. One namespace's failure

@@ -364,6 +364,14 @@ pub fn once_summary(report: &Report) -> String {
         for skipped in &project.skipped {
             let _ = writeln!(out, "  SKIPPED {skipped}");
         }
+        for (secret, pods) in &project.kept_in_use {
+            let _ = writeln!(
+                out,
+                "  KEPT secret {secret}: pods still name it ({})",
+                pods.join(", ")
+            );
+        }
+        write_heal(&mut out, &project.heal);
         for problem in &project.problems {
             let _ = writeln!(out, "  {}: {}", problem.reason, problem.message);
         }
@@ -382,6 +390,24 @@ pub fn once_summary(report: &Report) -> String {
         }
     );
     out
+}
+
+/// What healing did in a project, one line per pod.
+fn write_heal(out: &mut String, heal: &crate::model::heal::HealOutcome) {
+    let lines = [
+        ("restarted stuck pod", &heal.restarted),
+        ("stuck pod (reported in an Event)", &heal.reported),
+        (
+            "stuck pod without a controller (reported, not deleted)",
+            &heal.bare,
+        ),
+        ("stuck pod not restarted yet (rate limit)", &heal.deferred),
+    ];
+    for (what, pods) in lines {
+        for pod in pods {
+            let _ = writeln!(out, "  {what} {pod}");
+        }
+    }
 }
 
 /// The plan (and, for `plan --cluster`, the changes) as JSON for scripts and pipelines:

@@ -47,6 +47,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// What was done about a stuck pod: `reported`, `restarted`, `bare`, `deferred`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActionLabel {
+    pub action: &'static str,
+}
+
 /// Source reads by registry and result (`changed`, `unchanged`, `error`).
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadLabels {
@@ -69,6 +75,8 @@ pub const PROBLEM_REASONS: &[&str] = &[
     "NotRendered",
     "ProjectNotFound",
     "NotOpenShift",
+    "UnreadServiceAccounts",
+    "HealForbidden",
 ];
 
 /// Every metric the daemon exports.
@@ -88,6 +96,11 @@ pub struct Metrics {
     pub problems: Family<ReasonLabel, Gauge>,
     /// Secrets held as they are (their source failed, or they could not be rendered).
     pub held_secrets: Gauge,
+    /// Replaced Secrets kept past their time because pods still name them.
+    pub versions_in_use: Gauge,
+    /// Pods found stuck pulling without a Secret pullsecretd linked, by what was done
+    /// (`reported`, `restarted`, `bare`, `deferred`).
+    pub stuck_pods: Family<ActionLabel, Counter>,
     pub rotations: Counter,
     pub last_sync: Gauge<f64, AtomicU64>,
     pub reconcile_duration: Histogram,
@@ -157,6 +170,18 @@ impl Metrics {
             "Secrets kept as they are because their source failed or they could not be rendered",
             held_secrets.clone(),
         );
+        let versions_in_use = Gauge::default();
+        registry.register(
+            "versions_in_use",
+            "Replaced Secrets not deleted because a pod still names them in imagePullSecrets",
+            versions_in_use.clone(),
+        );
+        let stuck_pods = Family::<ActionLabel, Counter>::default();
+        registry.register(
+            "stuck_pods",
+            "Pods found stuck pulling without a Secret pullsecretd linked, by action taken",
+            stuck_pods.clone(),
+        );
         let rotations = Counter::default();
         registry.register(
             "rotations",
@@ -192,6 +217,8 @@ impl Metrics {
             credential_expiry,
             problems,
             held_secrets,
+            versions_in_use,
+            stuck_pods,
             rotations,
             last_sync,
             reconcile_duration,
@@ -229,6 +256,11 @@ impl Metrics {
         for reason in PROBLEM_REASONS {
             self.problems
                 .get_or_create(&ReasonLabel { reason })
+                .inc_by(0);
+        }
+        for action in ["reported", "restarted", "bare", "deferred"] {
+            self.stuck_pods
+                .get_or_create(&ActionLabel { action })
                 .inc_by(0);
         }
     }

@@ -18,6 +18,7 @@
 //! namespace), with a reason and object names, never data.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::{ObjectReference, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
@@ -25,12 +26,14 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
+use super::pods::{HealBudget, pod_summaries};
 use super::{ApiError, Throttle};
 use crate::config::LinkKind;
 use crate::diff::{
     Delete, Mode, ProjectDiff, Recreate, ServiceAccountEdit, Step, edit_service_account,
     foreign_secret,
 };
+use crate::model::heal::{self, PodSummary};
 use crate::model::managed::{self, Ownership};
 use crate::model::manifest::{role_binding_manifest, secret_manifest};
 pub use crate::model::outcome::{Change, Failure, ProjectOutcome, Verb};
@@ -59,6 +62,8 @@ pub struct ApplyOptions {
     /// The Event recorder to use (`None`: one per project, made here when `events` is on). A
     /// long-lived process shares one, so a recurring Event becomes a series, not a new Event.
     pub recorder: Option<Recorder>,
+    /// The rate limit of pod restarts by healing, shared by every namespace of the process.
+    pub heal_budget: Arc<HealBudget>,
 }
 
 impl ApplyOptions {
@@ -70,8 +75,20 @@ impl ApplyOptions {
             instance: instance.to_string(),
             mode: Mode::Full,
             recorder: None,
+            heal_budget: Arc::default(),
         }
     }
+}
+
+/// An Event recorder reporting as pullsecretd `instance`.
+pub fn recorder(client: &Client, instance: &str) -> Recorder {
+    Recorder::new(
+        client.clone(),
+        Reporter {
+            controller: CONTROLLER_NAME.into(),
+            instance: Some(instance.to_string()),
+        },
+    )
 }
 
 /// Carries out `diff` in `project`.
@@ -101,17 +118,10 @@ pub async fn apply_project_from(
         throttle,
         options,
         project,
-        recorder: options.recorder.clone().or_else(|| {
-            options.events.then(|| {
-                Recorder::new(
-                    client.clone(),
-                    Reporter {
-                        controller: CONTROLLER_NAME.into(),
-                        instance: Some(options.instance.clone()),
-                    },
-                )
-            })
-        }),
+        recorder: options
+            .recorder
+            .clone()
+            .or_else(|| options.events.then(|| recorder(client, &options.instance))),
         outcome: ProjectOutcome {
             project: project.to_string(),
             problems: diff.problems,
@@ -120,6 +130,7 @@ pub async fn apply_project_from(
         },
         unlinkable: BTreeSet::new(),
         undeletable: BTreeSet::new(),
+        pods: None,
         known_accounts: accounts
             .into_iter()
             .filter(|sa| sa.metadata.resource_version.is_some())
@@ -147,6 +158,8 @@ struct ProjectRun<'a> {
     undeletable: BTreeSet<String>,
     /// Service accounts as last seen, by name: each used once, for a first attempt.
     known_accounts: BTreeMap<String, ServiceAccount>,
+    /// The namespace's pods, read before the first delete (after every link edit).
+    pods: Option<Vec<PodSummary>>,
 }
 
 /// How a guarded delete ended.
@@ -570,6 +583,24 @@ impl ProjectRun<'_> {
             ));
             return;
         }
+        match self.pods_naming(&delete.name).await {
+            Ok(pods) if !pods.is_empty() => {
+                tracing::info!(
+                    namespace = self.project,
+                    secret = %delete.name,
+                    pods = %pods.join(", "),
+                    "Secret kept: pods still name it."
+                );
+                self.outcome.kept_in_use.push((delete.name.clone(), pods));
+                return;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                // Whether a pod still needs it is unknown: it stays.
+                self.fail_on_namespace("DeleteFailed", error).await;
+                return;
+            }
+        }
         match self.delete_guarded_secret(delete).await {
             Deleted::Gone => {}
             Deleted::Kept(why) => self
@@ -578,6 +609,20 @@ impl ProjectRun<'_> {
                 .push(format!("delete secret {}: not deleted: {why}", delete.name)),
             Deleted::Failed(error) => self.fail_on_namespace("DeleteFailed", error).await,
         }
+    }
+
+    /// The pods that may still pull with `secret` (their `imagePullSecrets` name it). Read once
+    /// per run, at the first delete: every link edit is done by then, so a pod created after
+    /// the read got its account's new list and cannot name a Secret being deleted.
+    async fn pods_naming(&mut self, secret: &str) -> Result<Vec<String>, ApiError> {
+        if self.pods.is_none() {
+            self.pods = Some(pod_summaries(self.client, self.throttle, self.project).await?);
+        }
+        let pods = self.pods.as_deref().unwrap_or_default();
+        Ok(heal::pods_using(pods, secret)
+            .into_iter()
+            .map(str::to_string)
+            .collect())
     }
 
     /// Deletes the Secret `delete` names, if it is still the one read (uid and resourceVersion

@@ -9,6 +9,7 @@
 pub mod apply;
 pub mod cache;
 pub mod lease;
+pub mod pods;
 pub mod snapshot;
 pub mod view;
 

@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use super::yaml::{Entry, FieldPath, Mark, Node, NodeKind, ScalarKind, quoted};
 use super::{
-    Config, ImagePullerConfig, Layout, LinkKind, ProjectSelection, PullSecretConfig, PullerSubject,
-    RegistryConfig, Rotation, RotationStrategy, SecretType, SourceConfig,
+    Config, Heal, ImagePullerConfig, Layout, LinkKind, ProjectSelection, PullSecretConfig,
+    PullerSubject, RegistryConfig, Rotation, RotationStrategy, SecretType, SourceConfig,
 };
 use crate::model::credential::{KeyError, RegistryKey};
 use crate::names::{dns1123_label_problem, dns1123_subdomain_problem};
@@ -73,6 +73,7 @@ const PULL_SECRET_FIELDS: &[&str] = &[
     "link",
     "rotation",
     "adopt",
+    "heal",
 ];
 const PROJECTS_FIELDS: &[&str] = &["names", "selector", "exclude"];
 const ROTATION_FIELDS: &[&str] = &["refresh", "strategy", "grace", "keep"];
@@ -629,6 +630,18 @@ fn decode_pull_secret(
         Some(node) => expect_bool(node, &path.key("adopt"))?,
         None => false,
     };
+    let heal = match fields.get("heal") {
+        Some(node) => expect_choice(
+            node,
+            &path.key("heal"),
+            &[
+                ("report", Heal::Report),
+                ("restart", Heal::Restart),
+                ("off", Heal::Off),
+            ],
+        )?,
+        None => Heal::default(),
+    };
     let secret = PullSecretConfig {
         name,
         secret_type,
@@ -638,6 +651,7 @@ fn decode_pull_secret(
         links,
         rotation,
         adopt,
+        heal,
     };
     Ok((secret, name_node.mark))
 }

@@ -20,17 +20,28 @@ use crate::cluster::ClusterView as _;
 use crate::cluster::apply::CONTROLLER_NAME;
 use crate::cluster::cache::Caches;
 use crate::cluster::lease::Leadership;
+use crate::cluster::pods::HealBudget;
 use crate::cluster::view;
 use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle};
 use crate::config::Config;
 use crate::diff::{DiffPolicy, ProjectDiff, until};
+use crate::model::heal::HealTarget;
 use crate::plan::{self, PreparedSecrets, VersionKey};
 use crate::reconcile::{self, Inputs};
 use crate::source::service::Snapshot;
-use crate::telemetry::{Metrics, ReasonLabel, ResultLabel, WriteLabels};
+use crate::telemetry::{ActionLabel, Metrics, ReasonLabel, ResultLabel, WriteLabels};
 
 /// Longest wait before a failed namespace is tried again.
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+
+/// How soon a namespace whose replaced Secret pods still name is looked at again (no pod watch
+/// tells when they are gone).
+const IN_USE_RECHECK: Duration = Duration::from_secs(15);
+
+/// How soon, and how many times, pods still being created (or restarts the rate limit put off)
+/// are looked at again after a link.
+const HEAL_RECHECK: Duration = Duration::from_secs(3);
+const HEAL_RECHECKS: u32 = 10;
 
 /// The channels a controller follows.
 pub struct Channels {
@@ -59,6 +70,17 @@ pub struct Context {
     reported: Mutex<Reported>,
     /// The key of this process's versioned Secret names, drawn once at start.
     version_key: VersionKey,
+    /// The rate limit of healing's pod restarts, for the whole process.
+    heal_budget: Arc<HealBudget>,
+    /// Heal targets to look at again per namespace, with the looks left.
+    heal_rechecks: Mutex<HashMap<String, HealRecheck>>,
+}
+
+/// Heal targets (each with the Secret just linked or written) to look at again, and how many
+/// more looks they get.
+struct HealRecheck {
+    targets: Vec<(HealTarget, String)>,
+    looks_left: u32,
 }
 
 /// Secrets prepared from one config and one snapshot generation.
@@ -102,6 +124,49 @@ impl Context {
             prepared: Mutex::default(),
             reported: Mutex::default(),
             version_key: reconcile::fresh_version_key(),
+            heal_budget: Arc::default(),
+            heal_rechecks: Mutex::default(),
+        }
+    }
+
+    /// Takes `namespace`'s pending heal recheck, if it has one.
+    fn take_heal_recheck(&self, namespace: &str) -> Option<HealRecheck> {
+        self.heal_rechecks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(namespace)
+    }
+
+    /// Remembers `targets` for another look, unless `looks_left` is spent.
+    fn keep_heal_recheck(
+        &self,
+        namespace: &str,
+        targets: Vec<(HealTarget, String)>,
+        looks_left: u32,
+    ) {
+        if targets.is_empty() || looks_left == 0 {
+            return;
+        }
+        self.heal_rechecks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(
+                namespace.to_string(),
+                HealRecheck {
+                    targets,
+                    looks_left,
+                },
+            );
+    }
+
+    /// The apply options of this process: its recorder (or none with `--no-events`) and its
+    /// restart budget.
+    fn apply_options(&self, config: &Config) -> ApplyOptions {
+        ApplyOptions {
+            events: self.recorder.is_some(),
+            recorder: self.recorder.clone(),
+            heal_budget: Arc::clone(&self.heal_budget),
+            ..ApplyOptions::for_instance(config.instance_name())
         }
     }
 
@@ -174,23 +239,45 @@ pub async fn reconcile(
             tracing::warn!(reason = problem.reason, "{}", problem.message);
         }
         let reported_problems = work.diff.problems.len();
+        let options = context.apply_options(&config);
+        let recheck = context.take_heal_recheck(&name);
         if !needs_apply(&work.diff) {
             tracing::debug!("Namespace already up to date.");
+            let mut revisit = revisit;
+            if let Some(HealRecheck {
+                targets,
+                looks_left,
+            }) = recheck
+            {
+                let mut outcome = ProjectOutcome::default();
+                reconcile::heal_namespace(
+                    &context.client,
+                    &context.throttle,
+                    &options,
+                    &name,
+                    &targets,
+                    &mut outcome,
+                )
+                .await;
+                revisit = earliest(
+                    revisit,
+                    after_heal(&context, &name, &outcome, looks_left.saturating_sub(1)),
+                );
+            }
             return Ok(finish(&context, &name, started, revisit));
         }
         if !context.leadership.is_leading() || *context.stopping.borrow() {
             return Ok(Action::await_change());
         }
-        // The process's one recorder, or none at all with `--no-events` (apply would otherwise
-        // make one per namespace).
-        let options = ApplyOptions {
-            events: context.recorder.is_some(),
-            recorder: context.recorder.clone(),
-            ..ApplyOptions::for_instance(config.instance_name())
-        };
         let outcome =
             reconcile::apply_namespace(&context.client, &context.throttle, &options, &name, work)
                 .await;
+        let looks_left = recheck.map_or(HEAL_RECHECKS, |r| r.looks_left.saturating_sub(1));
+        let revisit = earliest(revisit, after_heal(&context, &name, &outcome, looks_left));
+        let revisit = earliest(
+            revisit,
+            (!outcome.kept_in_use.is_empty()).then_some(IN_USE_RECHECK),
+        );
         context.metrics.rotations.inc_by(outcome.rotations);
         record_writes(&context.metrics, &outcome);
         // Applying can find more (a create meeting someone else's Secret): report those too.
@@ -218,6 +305,40 @@ pub async fn reconcile(
     }
     .instrument(span)
     .await
+}
+
+/// Records what healing did and keeps what it must look at again; the wait before that look.
+fn after_heal(
+    context: &Context,
+    name: &str,
+    outcome: &ProjectOutcome,
+    looks_left: u32,
+) -> Option<Duration> {
+    let heal = &outcome.heal;
+    for (action, pods) in [
+        ("reported", &heal.reported),
+        ("restarted", &heal.restarted),
+        ("bare", &heal.bare),
+        ("deferred", &heal.deferred),
+    ] {
+        context
+            .metrics
+            .stuck_pods
+            .get_or_create(&ActionLabel { action })
+            .inc_by(pods.len() as u64);
+    }
+    if heal.recheck.is_empty() || looks_left == 0 {
+        return None;
+    }
+    context.keep_heal_recheck(name, heal.recheck.clone(), looks_left);
+    Some(HEAL_RECHECK)
+}
+
+fn earliest(a: Option<Duration>, b: Option<Duration>) -> Option<Duration> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
 }
 
 /// Something to write, a held Secret to report, or a problem worth an Event. A missing
@@ -303,6 +424,8 @@ struct Reported {
 struct NamespaceReport {
     problems: BTreeMap<&'static str, i64>,
     held: i64,
+    /// Replaced Secrets kept because pods name them.
+    in_use: i64,
 }
 
 impl Reported {
@@ -322,6 +445,7 @@ impl Reported {
                 .inc_by(*count);
         }
         metrics.held_secrets.inc_by(report.held - old.held);
+        metrics.versions_in_use.inc_by(report.in_use - old.in_use);
         if report != NamespaceReport::default() {
             self.by_namespace.insert(namespace.to_string(), report);
         }
@@ -333,7 +457,10 @@ fn namespace_report(diff: &ProjectDiff) -> NamespaceReport {
 }
 
 fn outcome_report(outcome: &ProjectOutcome) -> NamespaceReport {
-    report_of(&outcome.problems, &outcome.held)
+    NamespaceReport {
+        in_use: i64::try_from(outcome.kept_in_use.len()).unwrap_or(i64::MAX),
+        ..report_of(&outcome.problems, &outcome.held)
+    }
 }
 
 fn report_of(found: &[crate::plan::Problem], held: &[crate::diff::Held]) -> NamespaceReport {
@@ -345,6 +472,7 @@ fn report_of(found: &[crate::plan::Problem], held: &[crate::diff::Held]) -> Name
     NamespaceReport {
         problems,
         held: i64::try_from(held).unwrap_or(i64::MAX),
+        in_use: 0,
     }
 }
 

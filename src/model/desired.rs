@@ -40,6 +40,20 @@ impl SecretType {
     }
 }
 
+/// Pods whose `imagePullSecrets` were copied from their service account before pullsecretd
+/// linked the Secret never get it; after a link or rotation pullsecretd can tell or fix that.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Heal {
+    /// Read no pods for this pull secret.
+    Off,
+    /// A Warning Event on each stuck pod naming the Secret and the fix.
+    #[default]
+    Report,
+    /// Delete each stuck pod a controller owns (it comes back with the account's current
+    /// secrets), rate-limited; a bare pod only gets the Event.
+    Restart,
+}
+
 /// `oc secrets link --for=pull|mount` (docs/service-accounts.md).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum LinkKind {

@@ -6,6 +6,7 @@
 use std::fmt;
 
 use crate::model::desired::{HeldSecret, LinkKind, Problem};
+use crate::model::heal::HealOutcome;
 
 /// What a write did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -133,6 +134,10 @@ pub struct ProjectOutcome {
     pub held: Vec<Held>,
     /// Secret writes that replaced an older credential of the same pull secret.
     pub rotations: u64,
+    /// Secrets not deleted because pods still name them, with those pods: looked at again later.
+    pub kept_in_use: Vec<(String, Vec<String>)>,
+    /// What healing found and did after this pass's links and rotations.
+    pub heal: HealOutcome,
 }
 
 impl ProjectOutcome {

@@ -6,8 +6,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use pullsecretd::config::{
-    Config, ConfigError, ImagePullerConfig, Layout, LinkKind, ProjectSelection, PullSecretConfig,
-    PullerSubject, RegistryConfig, Rotation, RotationStrategy, SecretType, SourceConfig,
+    Config, ConfigError, Heal, ImagePullerConfig, Layout, LinkKind, ProjectSelection,
+    PullSecretConfig, PullerSubject, RegistryConfig, Rotation, RotationStrategy, SecretType,
+    SourceConfig,
 };
 use pullsecretd::model::credential::RegistryKey;
 use pullsecretd::selector::LabelSelector;
@@ -121,6 +122,7 @@ fn full_config_decodes_into_the_expected_types() {
             ..Rotation::default()
         },
         adopt: true,
+        heal: Heal::Report,
     };
     let second = PullSecretConfig {
         name: "ecr.pull".into(),
@@ -135,6 +137,7 @@ fn full_config_decodes_into_the_expected_types() {
         links: BTreeMap::new(),
         rotation: Rotation::default(),
         adopt: false,
+        heal: Heal::Report,
     };
     let pullers = vec![ImagePullerConfig {
         project: "project-b".into(),

@@ -304,7 +304,7 @@ fn the_rules_cover_exactly_what_each_test_below_drops() {
     };
     assert_eq!(
         rules("rbac.yaml"),
-        7,
+        8,
         "a rule was added or removed: add or remove its test"
     );
     assert_eq!(
@@ -347,6 +347,11 @@ async fn bind_on_system_image_puller_is_needed() {
 #[tokio::test]
 async fn events_create_and_patch_are_needed() {
     each_verb_is_needed("rbac.yaml", 6).await;
+}
+
+#[tokio::test]
+async fn pods_list_is_needed() {
+    each_verb_is_needed("rbac.yaml", 7).await;
 }
 
 #[tokio::test]

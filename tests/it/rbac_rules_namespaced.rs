@@ -189,7 +189,7 @@ async fn each_verb_is_needed(rule: usize) {
 fn the_rules_cover_exactly_what_each_namespaced_test_below_drops() {
     assert_eq!(
         team_rules().len(),
-        6,
+        7,
         "a rule was added to or removed from the namespaced overlay's Role: add or remove its \
          test"
     );
@@ -223,6 +223,11 @@ async fn bind_on_system_image_puller_is_needed_in_namespaced_mode() {
 #[tokio::test]
 async fn events_create_and_patch_are_needed_in_namespaced_mode() {
     each_verb_is_needed(5).await;
+}
+
+#[tokio::test]
+async fn pods_list_is_needed_in_namespaced_mode() {
+    each_verb_is_needed(6).await;
 }
 
 /// The oracle's other half: with every rule of the overlay in place the same drive is refused
