@@ -74,7 +74,7 @@ fn pull_list(fx: &Fixture, namespace: &str, account: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
+pub(crate) async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     let response = reqwest::Client::builder()
         .no_proxy()
         .build()
@@ -87,7 +87,7 @@ async fn http_get(address: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, response.text().await.expect("body"))
 }
 
-fn metric(text: &str, prefix: &str) -> Option<f64> {
+pub(crate) fn metric(text: &str, prefix: &str) -> Option<f64> {
     text.lines()
         .find(|line| line.starts_with(prefix))
         .and_then(|line| line.rsplit(' ').next())

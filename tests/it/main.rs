@@ -24,6 +24,7 @@ mod namespaced;
 mod once;
 mod openshift;
 mod pipeline;
+mod pods;
 mod properties;
 mod rbac_rules;
 mod rbac_rules_namespaced;
