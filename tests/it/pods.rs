@@ -541,7 +541,7 @@ async fn a_version_a_pod_still_names_is_kept_past_grace_and_goes_with_the_pod() 
         metric(&text, "pullsecretd_versions_in_use ")
     };
     assert_eq!(in_use().await, Some(1.0));
-    assert_eq!(pull_list(&fx, "web"), [second_version.clone()]);
+    assert_eq!(pull_list(&fx, "web"), std::slice::from_ref(&second_version));
 
     // The old pod pulls again (a new image for its container) with its own, old version.
     let api: Api<Pod> = Api::namespaced(fx.client.clone(), "web");
