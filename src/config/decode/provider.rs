@@ -1,0 +1,69 @@
+//! Config stage, schema layer for `credentialProvider:` (pure): how the kubelet may cache the
+//! provider's answers and, in service-account mode, which Vault role a pod's token logs in as.
+
+use super::vault::decode_auth_mount;
+use super::{Fields, Result, decode_duration, expect_choice, expect_string, problem};
+use crate::config::VaultConfig;
+use crate::config::provider::{
+    CacheKeyType, CredentialProviderConfig, RoleTemplate, ServiceAccountLogin,
+};
+use crate::config::yaml::{FieldPath, Node};
+
+const PROVIDER_FIELDS: &[&str] = &["cacheKeyType", "cacheDuration", "serviceAccounts"];
+const SERVICE_ACCOUNT_FIELDS: &[&str] = &["role", "mount"];
+
+/// `credentialProvider: { cacheKeyType, cacheDuration, serviceAccounts: { role, mount } }`.
+/// Service-account mode needs the `vault:` block: the pod's token is exchanged there.
+pub fn decode_credential_provider(
+    node: &Node,
+    path: &FieldPath,
+    vault: Option<&VaultConfig>,
+) -> Result<CredentialProviderConfig> {
+    let fields = Fields::read(node, path, PROVIDER_FIELDS)?;
+    let cache_key_type = match fields.get("cacheKeyType") {
+        Some(node) => expect_choice(
+            node,
+            &path.key("cacheKeyType"),
+            &[
+                ("Image", CacheKeyType::Image),
+                ("Registry", CacheKeyType::Registry),
+                ("Global", CacheKeyType::Global),
+            ],
+        )?,
+        None => CacheKeyType::default(),
+    };
+    let cache_duration = match fields.get("cacheDuration") {
+        Some(node) => Some(decode_duration(node, &path.key("cacheDuration"))?),
+        None => None,
+    };
+    let service_accounts = match fields.get("serviceAccounts") {
+        Some(node) => {
+            let path = path.key("serviceAccounts");
+            if vault.is_none() {
+                return Err(problem(
+                    node.mark,
+                    &path,
+                    "service-account mode logs in to Vault with the pod's token: add a vault: \
+                     block",
+                ));
+            }
+            Some(decode_service_accounts(node, &path)?)
+        }
+        None => None,
+    };
+    Ok(CredentialProviderConfig {
+        cache_key_type,
+        cache_duration,
+        service_accounts,
+    })
+}
+
+fn decode_service_accounts(node: &Node, path: &FieldPath) -> Result<ServiceAccountLogin> {
+    let fields = Fields::read(node, path, SERVICE_ACCOUNT_FIELDS)?;
+    let role_node = fields.required("role")?;
+    let role_path = path.key("role");
+    let role = RoleTemplate::parse(expect_string(role_node, &role_path)?)
+        .map_err(|message| problem(role_node.mark, &role_path, message))?;
+    let mount = decode_auth_mount(&fields, path, "kubernetes")?;
+    Ok(ServiceAccountLogin { mount, role })
+}
