@@ -7,7 +7,8 @@
 //! - service-account mode (`credentialProvider.serviceAccounts`): a Vault session of this
 //!   process alone, logged in with the pod's token under the role named from its account, so
 //!   Vault's policy decides; nothing is shared across accounts (the kubelet caches per
-//!   account);
+//!   account). A read the policy denies is answered with no credentials (a decision the
+//!   kubelet may cache), any other failure with an error;
 //! - otherwise the running agent when its socket answers (one Vault read per registry per
 //!   agent cache period, however many pulls), else the config's sources read here.
 use std::io::{Read as _, Write as _};
@@ -23,7 +24,8 @@ use pullsecretd::credhelper::protocol;
 use pullsecretd::credprovider::{self, Answer, MAX_REQUEST_BYTES, Request};
 use pullsecretd::model::credential::Credential;
 use pullsecretd::source::service::CredentialService;
-use pullsecretd::source::{SourceContext, VaultSession};
+use pullsecretd::source::vault::Outcome;
+use pullsecretd::source::{Error as SourceError, SourceContext, VaultError, VaultSession};
 
 use crate::cli::{error_chain, source_context};
 
@@ -187,13 +189,32 @@ async fn read_as_service_account(
         vault: Some(Arc::new(session)),
         ..SourceContext::default()
     };
-    CredentialService::new(Some(config.clone()), context, None)
-        .get(&registry.server)
-        .await
-        .map_err(|e| {
-            format!(
-                "service account {}/{}: {}",
-                subject.namespace, subject.name, e.0
-            )
-        })
+    match pullsecretd::source::resolve(registry, &context).await {
+        Ok(resolved) => Ok(Some(resolved.credential)),
+        // Vault's policy says no: that is this account's answer, not a fault. Answered with
+        // no credentials, the kubelet caches it like any answer (per account), so a pod that
+        // may not pull from here costs one login per cache period, not one per retry.
+        Err(SourceError::Vault(error)) if is_policy_denial(&error) => {
+            eprintln!(
+                "service account {}/{}: Vault's policy does not let it read registry {}; \
+                 answering with no credentials",
+                subject.namespace, subject.name, registry.name
+            );
+            Ok(None)
+        }
+        Err(error) => Err(format!(
+            "service account {}/{}: {error}",
+            subject.namespace, subject.name
+        )),
+    }
+}
+
+fn is_policy_denial(error: &VaultError) -> bool {
+    matches!(
+        error,
+        VaultError::Read {
+            outcome: Outcome::PermissionDenied,
+            ..
+        }
+    )
 }
