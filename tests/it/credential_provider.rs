@@ -390,3 +390,228 @@ async fn bad_input_and_faults_exit_non_zero_and_unserved_registries_get_an_empty
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Vault logins through `auth/kubernetes/login` that succeeded, per service-account
+/// namespace, from the audit log's response entries.
+fn logins_by_namespace(bao: &OpenBao) -> std::collections::BTreeMap<String, usize> {
+    let text = std::fs::read_to_string(bao.audit_log()).unwrap_or_default();
+    let mut logins = std::collections::BTreeMap::new();
+    for entry in text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+    {
+        if entry["type"] != "response" || entry["request"]["path"] != "auth/kubernetes/login" {
+            continue;
+        }
+        if let Some(namespace) = entry["auth"]["metadata"]["service_account_namespace"].as_str() {
+            *logins.entry(namespace.to_string()).or_insert(0) += 1;
+        }
+    }
+    logins
+}
+
+/// A token of `namespace/name` from kube-sim's TokenRequest, through the real kubectl.
+async fn create_token(kube: &Handle, files: &Files, namespace: &str, name: &str) -> String {
+    let kubeconfig = files.path("admin.kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let out = tokio::process::Command::new("kubectl")
+        .args(["create", "token", name, "-n", namespace, "--kubeconfig"])
+        .arg(&kubeconfig)
+        .arg("--cache-dir")
+        .arg(files.path("kube-cache"))
+        .env("HOME", files.dir.path())
+        .env_remove("KUBECONFIG")
+        .output()
+        .await
+        .expect("kubectl must be installed and on PATH");
+    assert!(
+        out.status.success(),
+        "kubectl create token: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// OpenBao's Kubernetes auth reviewing tokens at kube-sim (a reviewer account of its own,
+/// bound to system:auth-delegator), and one role per team namespace granting its own path.
+async fn kubernetes_auth(bao: &OpenBao, kube: &Handle, files: &Files, teams: &[&str]) {
+    create_namespace(kube, "vault");
+    kube.create(
+        "",
+        "serviceaccounts",
+        json!({"metadata": {"name": "reviewer", "namespace": "vault"}}),
+    )
+    .expect("reviewer account");
+    kube.create(
+        "rbac.authorization.k8s.io",
+        "clusterrolebindings",
+        json!({
+            "metadata": {"name": "vault-reviewer"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "system:auth-delegator"},
+            "subjects": [{"kind": "ServiceAccount", "namespace": "vault", "name": "reviewer"}]
+        }),
+    )
+    .expect("binding");
+    let reviewer = create_token(kube, files, "vault", "reviewer").await;
+    bao.api(
+        "POST",
+        "sys/auth/kubernetes",
+        Some(json!({"type": "kubernetes"})),
+    )
+    .await;
+    bao.api(
+        "POST",
+        "auth/kubernetes/config",
+        Some(json!({
+            "kubernetes_host": kube.url(),
+            "kubernetes_ca_cert": kube.ca_pem().expect("kube-sim serves HTTPS"),
+            "token_reviewer_jwt": reviewer,
+            "disable_local_ca_jwt": true
+        })),
+    )
+    .await;
+    for team in teams {
+        bao.put_policy(
+            &format!("pull-{team}"),
+            &format!("path \"secret/data/registries/{team}\" {{ capabilities = [\"read\"] }}\n"),
+        )
+        .await;
+        bao.api(
+            "POST",
+            &format!("auth/kubernetes/role/pull-team-{team}"),
+            Some(json!({
+                "bound_service_account_names": ["default"],
+                "bound_service_account_namespaces": [format!("team-{team}")],
+                "audience": "vault",
+                "token_policies": [format!("pull-{team}")],
+                "token_ttl": "10m"
+            })),
+        )
+        .await;
+    }
+}
+
+async fn failing(kube: &Handle, namespace: &str, name: &str) -> Value {
+    eventually(&format!("{namespace}/{name} failing to pull"), || {
+        kube.get("", "pods", namespace, name).filter(|pod| {
+            matches!(
+                waiting_reason(pod).as_str(),
+                "ErrImagePull" | "ImagePullBackOff"
+            )
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_accounts_pull_only_what_their_vault_policy_allows() {
+    let files = Files::new();
+    let registry_a = registry_with_image(&files, "robot-a", SENTINEL);
+    let registry_b = registry_with_image(&files, "robot-b", SENTINEL_B);
+    let bao = OpenBao::start().await;
+    for (team, user, password) in [("a", "robot-a", SENTINEL), ("b", "robot-b", SENTINEL_B)] {
+        bao.kv2_put(
+            "secret",
+            &format!("registries/{team}"),
+            json!({"username": user, "password": password}),
+        )
+        .await;
+    }
+    let config = files.config(
+        &bao,
+        &format!(
+            "registries:\n\
+             \x20 a:\n    server: {}\n    from: {{ vault: {{ path: registries/a }} }}\n\
+             \x20 b:\n    server: {}\n    from: {{ vault: {{ path: registries/b }} }}\n\
+             credentialProvider:\n  serviceAccounts:\n    role: \"pull-{{namespace}}\"\n",
+            registry_a.host, registry_b.host
+        ),
+    );
+    let token_attributes = "  tokenAttributes:\n    serviceAccountTokenAudience: vault\n    \
+                            cacheType: ServiceAccount\n    requireServiceAccount: true\n";
+    let kube = cluster(
+        &files,
+        &config,
+        &[&registry_a.host, &registry_b.host],
+        token_attributes,
+    )
+    .await;
+    kubernetes_auth(&bao, &kube, &files, &["a", "b"]).await;
+    for team in ["team-a", "team-b"] {
+        create_namespace(&kube, team);
+        eventually(&format!("{team}/default account"), || {
+            kube.get("", "serviceaccounts", team, "default")
+        })
+        .await;
+    }
+    let image_a = format!("{}/{REPO}:v1", registry_a.host);
+    let image_b = format!("{}/{REPO}:v1", registry_b.host);
+
+    // Each team pulls its own registry's image, and not the other's.
+    create_pod(&kube, "team-a", "own", &image_a);
+    create_pod(&kube, "team-b", "own", &image_b);
+    create_pod(&kube, "team-a", "other", &image_b);
+    create_pod(&kube, "team-b", "other", &image_a);
+    running(&kube, "team-a", "own").await;
+    running(&kube, "team-b", "own").await;
+    for team in ["team-a", "team-b"] {
+        failing(&kube, team, "other").await;
+        let events = events(&kube, team, "other");
+        assert!(
+            events
+                .iter()
+                .any(|(reason, message)| reason == "Failed"
+                    && message.contains("Failed to pull image")),
+            "{team}/other: {events:?}"
+        );
+    }
+    let attempts = kube.pull_attempts();
+    for attempt in attempts.iter().filter(|a| a.pod == "own") {
+        assert_eq!(attempt.provider.as_deref(), Some(PROVIDER), "{attempt:?}");
+        assert!(attempt.result.is_ok(), "{attempt:?}");
+    }
+    let denied: Vec<_> = attempts.iter().filter(|a| a.pod == "other").collect();
+    assert!(!denied.is_empty());
+    for attempt in &denied {
+        // No credential was handed out: the pull went on anonymously and was refused.
+        assert_eq!(attempt.username, None, "{attempt:?}");
+        assert!(attempt.result.is_err(), "{attempt:?}");
+    }
+    let calls = kube.provider_calls();
+    for call in &calls {
+        let outcome = call.outcome.as_ref().expect("every run answered");
+        let account = call.service_account.as_deref().expect("token mode");
+        let own = (account == "team-a/default") == call.image.starts_with(&registry_a.host);
+        assert_eq!(outcome.auth_keys.len(), usize::from(own), "{call:?}");
+    }
+
+    // More pods and the kubelet's retries of the refused ones: no new Vault login within the
+    // cache period, for either account.
+    let logins = logins_by_namespace(&bao);
+    // Per account: one login for its own registry, and two for the other one (the session
+    // logs in afresh once on a 403 before taking it as the policy's answer).
+    let expected =
+        std::collections::BTreeMap::from([("team-a".to_string(), 3), ("team-b".to_string(), 3)]);
+    assert_eq!(logins, expected, "logins per account");
+    // One provider run per account and registry: the kubelet caches per account.
+    assert_eq!(calls.len(), 4, "{calls:?}");
+    let runs = kube.provider_calls().len();
+    create_pod(&kube, "team-a", "own-2", &image_a);
+    create_pod(&kube, "team-b", "own-2", &image_b);
+    running(&kube, "team-a", "own-2").await;
+    running(&kube, "team-b", "own-2").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let retries = kube
+        .pull_attempts()
+        .iter()
+        .filter(|a| a.pod == "other")
+        .count();
+    assert!(retries > denied.len(), "the refused pods were retried");
+    assert_eq!(logins_by_namespace(&bao), logins, "logins per account");
+    assert_eq!(kube.provider_calls().len(), runs, "provider runs");
+    // Each path: one read by its own account, two refused reads by the other.
+    assert_eq!(data_reads(&bao, "registries/a"), 3);
+    assert_eq!(data_reads(&bao, "registries/b"), 3);
+    assert_no_secret_holds(&kube, "robot-a", SENTINEL);
+    assert_no_secret_holds(&kube, "robot-b", SENTINEL_B);
+}
