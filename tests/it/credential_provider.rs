@@ -615,3 +615,104 @@ async fn service_accounts_pull_only_what_their_vault_policy_allows() {
     assert_no_secret_holds(&kube, "robot-a", SENTINEL);
     assert_no_secret_holds(&kube, "robot-b", SENTINEL_B);
 }
+
+/// `pullsecretd workstation` serving the agent socket; killed on drop.
+struct Agent(std::process::Child);
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// One provider run with `stdin`, started now and answered later (tokio's child, so 200 can
+/// be in flight at once).
+async fn provide_async(home: &Path, config: &Path, socket: &Path, stdin: &[u8]) -> Output {
+    use tokio::io::AsyncWriteExt as _;
+    let mut child = tokio::process::Command::new(home.join("bin").join(PROVIDER))
+        .arg("--config")
+        .arg(config)
+        .env("HOME", home)
+        .env("PULLSECRETD_AGENT_SOCKET", socket)
+        .env_remove("RUST_LOG")
+        .env_remove("VAULT_TOKEN")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the provider runs");
+    let mut input = child.stdin.take().expect("stdin");
+    input.write_all(stdin).await.expect("request written");
+    drop(input);
+    child
+        .wait_with_output()
+        .await
+        .expect("the provider finishes")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_concurrent_runs_with_the_agent_cost_one_vault_read() {
+    const RUNS: usize = 200;
+    let files = Files::new();
+    let bao = OpenBao::start().await;
+    bao.kv2_put(
+        "secret",
+        "registries/app",
+        json!({"username": "robot", "password": SENTINEL}),
+    )
+    .await;
+    let config = files.config(
+        &bao,
+        "registries:\n  app:\n    server: 127.0.0.1:5999\n    from: { vault: { path: registries/app } }\n",
+    );
+    // The node agent: `workstation` against a kube-sim (it needs a cluster to sync into).
+    let kube = Server::start(Options::default().tls())
+        .await
+        .expect("kube-sim starts");
+    let kubeconfig = files.path("kubeconfig");
+    kube.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    let socket = files.path("run/agent.sock");
+    let agent = Agent(
+        Command::new(env!("CARGO_BIN_EXE_pullsecretd"))
+            .args(["workstation", "--config"])
+            .arg(&config)
+            .env("HOME", files.dir.path())
+            .env("KUBECONFIG", &kubeconfig)
+            .env("PULLSECRETD_AGENT_SOCKET", &socket)
+            .env_remove("RUST_LOG")
+            .env_remove("VAULT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("workstation starts"),
+    );
+    eventually("the agent socket", || socket.exists().then_some(())).await;
+
+    let request = request(V1, "127.0.0.1:5999/team/app");
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..RUNS {
+        let (home, config, socket, request) = (
+            files.dir.path().to_path_buf(),
+            config.clone(),
+            socket.clone(),
+            request.clone(),
+        );
+        runs.spawn(async move { provide_async(&home, &config, &socket, &request).await });
+    }
+    let mut answered = 0;
+    while let Some(out) = runs.join_next().await {
+        let out = out.expect("the run's task");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "{stderr}");
+        assert!(!stderr.contains(SENTINEL));
+        let response: Value = serde_json::from_slice(&out.stdout).expect("a JSON response");
+        assert_eq!(response["auth"]["127.0.0.1:5999"]["username"], "robot");
+        answered += 1;
+    }
+    assert_eq!(answered, RUNS);
+    // The agent read the secret once (its first pass, or the first run's lookup).
+    assert_eq!(data_reads(&bao, "registries/app"), 1);
+    drop(agent);
+}
