@@ -716,3 +716,35 @@ async fn two_hundred_concurrent_runs_with_the_agent_cost_one_vault_read() {
     assert_eq!(data_reads(&bao, "registries/app"), 1);
     drop(agent);
 }
+
+/// deploy/credential-provider: both kubelet configs load in kube-sim's kubelet, which decodes
+/// and validates them as the kubelet does (an error stops it from starting), and the
+/// pullsecretd config there is valid.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_credential_provider_examples_are_valid() {
+    let files = Files::new();
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/credential-provider");
+    for name in [
+        "credential-provider-config.yaml",
+        "credential-provider-config-node.yaml",
+    ] {
+        let kubelet = KubeletOptions {
+            image_credential_provider_config: Some(deploy.join(name)),
+            image_credential_provider_bin_dir: Some(files.bin()),
+            ..KubeletOptions::default()
+        };
+        let started = Server::start(Options::default().kubelet(kubelet)).await;
+        assert!(started.is_ok(), "{name}: {:?}", started.err());
+    }
+    let config = pullsecretd::config::Config::load(&deploy.join("config.yaml"))
+        .unwrap_or_else(|e| panic!("deploy/credential-provider/config.yaml: {e}"));
+    let login = config
+        .credential_provider
+        .service_accounts
+        .expect("the example shows service-account mode");
+    assert_eq!(login.mount, "kubernetes");
+    assert_eq!(
+        login.role.render("team-a", "default", &Default::default()),
+        Ok("pull-team-a".to_string())
+    );
+}
