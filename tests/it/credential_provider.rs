@@ -7,6 +7,7 @@
 
 use pullsecretd_testkit::openbao;
 use pullsecretd_testkit::registry;
+use pullsecretd_testkit::token_server::TokenServer;
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ use kube_sim::{Handle, KubeletOptions, Options, Server};
 use serde_json::{Value, json};
 
 use openbao::{OpenBao, ROOT_TOKEN, audit_requests};
-use registry::Registry;
+use registry::{Registry, TokenAuth};
 
 const SENTINEL: &str = "SENTINEL-provider-pw-41c7";
 const SENTINEL_B: &str = "SENTINEL-provider-pw-b-93e0";
@@ -747,4 +748,68 @@ async fn the_shipped_credential_provider_examples_are_valid() {
         login.role.render("team-a", "default", &Default::default()),
         Ok("pull-team-a".to_string())
     );
+}
+
+/// The token-auth pair: the registry sends the kubelet to a token server on another loopback
+/// port, and the credential the provider returned for the registry host is what the kubelet
+/// presents there (clients choose credentials by the image host, docs/delegated-auth.md).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_auth_registry_pulls_with_the_registry_credential_from_openbao() {
+    let files = Files::new();
+    let tokens = TokenServer::start(&[("robot", SENTINEL)]);
+    let registry = Registry::start_token(&TokenAuth {
+        realm: &tokens.realm,
+        service: &tokens.service,
+        issuer: &tokens.issuer,
+        rootcertbundle: tokens.root_cert_path(),
+    });
+    let authfile = files.path("push.json");
+    let auth = STANDARD.encode(format!("robot:{SENTINEL}"));
+    std::fs::write(
+        &authfile,
+        json!({"auths": {registry.host.clone(): {"auth": auth}}}).to_string(),
+    )
+    .expect("push authfile");
+    let pushed = registry.push(&authfile, REPO, "v1");
+    assert!(
+        pushed.status.success(),
+        "skopeo push: {}",
+        String::from_utf8_lossy(&pushed.stderr)
+    );
+    let bao = OpenBao::start().await;
+    bao.kv2_put(
+        "secret",
+        "registries/app",
+        json!({"username": "robot", "password": SENTINEL}),
+    )
+    .await;
+    let config = files.config(
+        &bao,
+        &format!(
+            "registries:\n  app:\n    server: {}\n    from: {{ vault: {{ path: registries/app }} }}\n",
+            registry.host
+        ),
+    );
+    let kube = cluster(&files, &config, &[&registry.host], "").await;
+    let before = tokens.requests().len();
+    create_namespace(&kube, "team-a");
+    create_pod(
+        &kube,
+        "team-a",
+        "app",
+        &format!("{}/{REPO}:v1", registry.host),
+    );
+
+    running(&kube, "team-a", "app").await;
+    let pulls: Vec<_> = tokens.requests().into_iter().skip(before).collect();
+    assert!(
+        pulls.iter().any(|r| r.granted
+            && r.username.as_deref() == Some("robot")
+            && r.scopes
+                .iter()
+                .any(|s| s == &format!("repository:{REPO}:pull"))),
+        "{pulls:?}"
+    );
+    assert!(kube.list("", "secrets", Some("team-a")).is_empty());
+    assert_no_secret_holds(&kube, "robot", SENTINEL);
 }

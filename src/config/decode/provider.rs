@@ -67,3 +67,65 @@ fn decode_service_accounts(node: &Node, path: &FieldPath) -> Result<ServiceAccou
     let mount = decode_auth_mount(&fields, path, "kubernetes")?;
     Ok(ServiceAccountLogin { mount, role })
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{CacheKeyType, Config, ConfigError};
+    use std::path::Path;
+    use std::time::Duration;
+
+    const VAULT: &str = "vault:\n  address: http://127.0.0.1:8200\n  auth: { method: token }\n";
+
+    fn load(text: &str) -> Result<Config, ConfigError> {
+        Config::from_yaml(text, Path::new("/nonexistent/config.yaml"))
+    }
+
+    fn error(text: &str) -> String {
+        load(text).expect_err("invalid").to_string()
+    }
+
+    #[test]
+    fn the_block_is_decoded_with_its_defaults() {
+        let config = load("registries: {}\n").expect("valid");
+        assert_eq!(config.credential_provider, Default::default());
+        let text = format!(
+            "{VAULT}credentialProvider:\n  cacheKeyType: Global\n  cacheDuration: 90s\n  \
+             serviceAccounts: {{ role: \"pull-{{name}}\" }}\n"
+        );
+        let provider = load(&text).expect("valid").credential_provider;
+        assert_eq!(provider.cache_key_type, CacheKeyType::Global);
+        assert_eq!(provider.cache_duration, Some(Duration::from_secs(90)));
+        let login = provider.service_accounts.expect("service-account mode");
+        assert_eq!(login.mount, "kubernetes");
+    }
+
+    #[test]
+    fn mistakes_name_the_field() {
+        assert!(
+            error("credentialProvider: { cacheKeyType: registry }\n").contains(
+                "credentialProvider.cacheKeyType: expected one of Image, Registry, Global"
+            )
+        );
+        assert!(
+            error("credentialProvider: { cacheDuration: 0s }\n")
+                .contains("credentialProvider.cacheDuration: must be longer than zero")
+        );
+        assert!(
+            error("credentialProvider: { serviceAccounts: { role: r } }\n").contains(
+                "credentialProvider.serviceAccounts: service-account mode logs in to Vault"
+            )
+        );
+        let text = format!(
+            "{VAULT}credentialProvider: {{ serviceAccounts: {{ role: \"x-{{team}}\" }} }}\n"
+        );
+        assert!(
+            error(&text).contains("credentialProvider.serviceAccounts.role: unknown placeholder")
+        );
+        let text = format!("{VAULT}credentialProvider: {{ serviceAccounts: {{ mount: k }} }}\n");
+        assert!(
+            error(&text)
+                .contains("credentialProvider.serviceAccounts.role: required field is missing")
+        );
+        assert!(error("credentialProvider: { cacheKey: Image }\n").contains("unknown field"));
+    }
+}
