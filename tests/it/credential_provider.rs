@@ -337,6 +337,33 @@ async fn bad_input_and_faults_exit_non_zero_and_unserved_registries_get_an_empty
         );
     }
 
+    // The same as a subcommand of the binary.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pullsecretd"))
+        .args(["credential-provider", "--config"])
+        .arg(&config)
+        .env("PULLSECRETD_AGENT_SOCKET", files.path("no-agent.sock"))
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("pullsecretd credential-provider runs");
+    let written = child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(&request(V1, image));
+    written.expect("request written");
+    let out = child.wait_with_output().expect("it finishes");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let response: Value = serde_json::from_slice(&out.stdout).expect("one JSON response");
+    assert_eq!(response["auth"]["127.0.0.1:5999"]["username"], "robot");
+
     // An image of a registry the config does not serve: a valid, empty answer.
     let out = files.provide(&config, &request(V1, "127.0.0.1:6000/other/app:v2"), &[]);
     assert_eq!(
