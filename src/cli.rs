@@ -115,6 +115,14 @@ pub(crate) enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// The kubelet's exec image credential provider (also run as
+    /// `pullsecretd-credential-provider`): one CredentialProviderRequest on stdin, one
+    /// CredentialProviderResponse on stdout; errors on stderr with exit 1.
+    CredentialProvider {
+        /// Config to serve from ($PULLSECRETD_CONFIG, else ~/.config/pullsecretd/config.yaml).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `pullsecretd workstation`.

@@ -12,6 +12,7 @@
 //! The walk reports the first problem it finds: outside-in, in schema order.
 
 mod decode;
+pub mod provider;
 mod yaml;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,7 @@ use crate::model::credential::RegistryKey;
 pub use crate::model::desired::{Heal, LinkKind, PullerSubject, SecretType};
 use crate::regular_file;
 use crate::selector::LabelSelector;
+pub use provider::{CacheKeyType, CredentialProviderConfig};
 
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +46,8 @@ pub struct Config {
     /// inside it (the config stage checks this) and no label selector is used, since namespace
     /// labels are not read.
     pub namespaces: Option<Vec<String>>,
+    /// `credentialProvider:`: what only `pullsecretd credential-provider` reads.
+    pub credential_provider: CredentialProviderConfig,
 }
 
 impl Config {

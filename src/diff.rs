@@ -791,6 +791,7 @@ mod tests {
         Config {
             instance: None,
             vault: None,
+            credential_provider: Default::default(),
             registries: BTreeMap::from([("quay".into(), registry)]),
             pull_secrets,
             image_pullers: vec![],
@@ -1671,6 +1672,7 @@ mod safety_tests {
         Config {
             instance: instance.map(String::from),
             vault: None,
+            credential_provider: Default::default(),
             registries: BTreeMap::from([("quay".into(), registry)]),
             pull_secrets: vec![PullSecretConfig {
                 name: "priv".into(),

@@ -36,6 +36,7 @@
 pub mod cluster;
 pub mod config;
 pub mod credhelper;
+pub mod credprovider;
 pub mod daemon;
 pub mod diff;
 pub mod dockerconfig;

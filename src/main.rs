@@ -13,8 +13,10 @@ use std::process::ExitCode;
 use clap::Parser as _;
 
 use cli::{Cli, Command, error_chain, init_helper_logging, init_logging};
+use commands::credential_provider::{config_from_args, credential_provider};
 use commands::helper::credential_helper;
 use pullsecretd::credhelper::protocol::HELPER_NAME;
+use pullsecretd::credprovider::PROVIDER_NAME;
 use pullsecretd::source::helper::HELPER_PREFIX;
 use pullsecretd::telemetry;
 
@@ -25,6 +27,18 @@ fn main() -> ExitCode {
     let name = program
         .file_name()
         .map(|n| n.to_string_lossy().into_owned());
+    // Run as `pullsecretd-credential-provider [--config FILE]`: the kubelet's provider.
+    if name.as_deref() == Some(PROVIDER_NAME) {
+        init_helper_logging();
+        let words: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
+        return match config_from_args(&words) {
+            Ok(config) => credential_provider(config),
+            Err(usage) => {
+                eprintln!("{usage}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Some(name) = name.filter(|n| n.starts_with(HELPER_PREFIX)) {
         init_helper_logging();
         let words: Vec<String> = args.map(|a| a.to_string_lossy().into_owned()).collect();
@@ -47,7 +61,9 @@ fn main() -> ExitCode {
             args.log_format.format(),
             "warn,pullsecretd::workstation=info,pullsecretd::commands=info,kube_client=off,vaultrs=off,rustify=off",
         ),
-        Command::CredentialHelper { .. } => init_helper_logging(),
+        Command::CredentialHelper { .. } | Command::CredentialProvider { .. } => {
+            init_helper_logging()
+        }
         _ => init_logging(),
     }
     let outcome = match cli.command {
@@ -82,6 +98,7 @@ fn main() -> ExitCode {
         } => commands::once::run_once(&sources, &kube, &writes),
         Command::Run(args) => commands::run::run_daemon(&args),
         Command::Workstation(args) => commands::workstation::run_workstation(args),
+        Command::CredentialProvider { config } => return credential_provider(config),
         Command::CredentialHelper { action, config } => {
             return credential_helper(
                 &format!("{HELPER_PREFIX}{HELPER_NAME}"),

@@ -515,6 +515,7 @@ mod tests {
         Config {
             instance: None,
             vault: None,
+            credential_provider: Default::default(),
             registries: [
                 registry("private", "privateregistry.example.com"),
                 registry("sso", "sso.redhat.com"),

@@ -4,6 +4,7 @@
 //! statuses for held Secrets.
 
 pub(crate) mod check;
+pub(crate) mod credential_provider;
 pub(crate) mod docs;
 pub(crate) mod helper;
 pub(crate) mod once;

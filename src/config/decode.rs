@@ -19,6 +19,7 @@ use crate::model::credential::{KeyError, RegistryKey};
 use crate::names::{dns1123_label_problem, dns1123_subdomain_problem};
 use crate::selector::LabelSelector;
 
+mod provider;
 mod vault;
 
 /// What a problem is and where: the caller adds the file name.
@@ -55,6 +56,7 @@ const TOP_FIELDS: &[&str] = &[
     "registries",
     "pullSecrets",
     "imagePullers",
+    "credentialProvider",
 ];
 const REGISTRY_FIELDS: &[&str] = &["server", "from"];
 const SOURCE_FIELDS: &[&str] = &[
@@ -111,9 +113,18 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         Some(node) => decode_image_pullers(node, &path.key("imagePullers"), &pull_secrets, scope)?,
         None => Vec::new(),
     };
+    let credential_provider = match fields.get("credentialProvider") {
+        Some(node) => provider::decode_credential_provider(
+            node,
+            &path.key("credentialProvider"),
+            vault.as_ref(),
+        )?,
+        None => super::CredentialProviderConfig::default(),
+    };
     Ok(Config {
         instance,
         vault,
+        credential_provider,
         registries: registries.by_name,
         pull_secrets,
         image_pullers,

@@ -424,6 +424,9 @@ pub struct VaultSession {
     environment: TokenEnvironment,
     retry: RetryPolicy,
     login_backoff: LoginBackoff,
+    /// Kubernetes auth with a token handed in rather than read from `token_file` (the
+    /// credential provider's service-account mode: the pod's token from the kubelet).
+    presented_token: Option<SecretString>,
     login: tokio::sync::Mutex<Option<Login>>,
     /// The last failed login, held off (see [`LoginBackoff`]).
     login_hold: std::sync::Mutex<Option<LoginHold>>,
@@ -494,6 +497,7 @@ impl VaultSession {
             environment,
             retry: RetryPolicy::default(),
             login_backoff: LoginBackoff::default(),
+            presented_token: None,
             login: tokio::sync::Mutex::new(None),
             login_hold: std::sync::Mutex::new(None),
             metadata_denied: std::sync::Mutex::new(BTreeSet::new()),
@@ -514,6 +518,15 @@ impl VaultSession {
     #[must_use]
     pub fn with_login_backoff(mut self, backoff: LoginBackoff) -> Self {
         self.login_backoff = backoff;
+        self
+    }
+
+    /// With Kubernetes auth, logs in with `token` instead of reading the configured token
+    /// file: the credential provider passes the pod's service-account token this way, so it
+    /// is never written anywhere.
+    #[must_use]
+    pub fn with_presented_token(mut self, token: SecretString) -> Self {
+        self.presented_token = Some(token);
         self
     }
 
@@ -805,9 +818,10 @@ impl VaultSession {
             VaultAuth::AppRole { secret_id_file, .. } => {
                 read_secret_file("AppRole secret ID", secret_id_file)
             }
-            VaultAuth::Kubernetes { token_file, .. } => {
-                read_secret_file("service-account token", token_file)
-            }
+            VaultAuth::Kubernetes { token_file, .. } => match &self.presented_token {
+                Some(token) => Ok(token.clone()),
+                None => read_secret_file("service-account token", token_file),
+            },
         }
     }
 

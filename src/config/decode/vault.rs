@@ -262,7 +262,11 @@ fn decode_kubernetes_auth(node: &Node, path: &FieldPath, context: &Context) -> R
     })
 }
 
-fn decode_auth_mount(fields: &Fields<'_>, path: &FieldPath, default: &str) -> Result<String> {
+pub(super) fn decode_auth_mount(
+    fields: &Fields<'_>,
+    path: &FieldPath,
+    default: &str,
+) -> Result<String> {
     match fields.get("mount") {
         Some(node) => decode_vault_path(node, &path.key("mount"), "auth mount"),
         None => Ok(default.to_string()),
