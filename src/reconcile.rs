@@ -53,6 +53,8 @@ pub struct NamespaceWork {
     pub rotations: u64,
     /// The planned Secrets whose pull secret heals pods, for after the writes.
     pub heal: Vec<HealTarget>,
+    /// Heal targets an earlier pass left to look at again: looked at after the writes too.
+    pub heal_again: Vec<(HealTarget, String)>,
 }
 
 impl NamespaceWork {
@@ -103,6 +105,7 @@ fn diff_planned(
         accounts: observed.service_accounts,
         rotations,
         heal: heal_targets(inputs.config, &plan),
+        heal_again: Vec::new(),
     }
 }
 
@@ -311,7 +314,15 @@ pub async fn apply_namespace(
         cluster::apply_project_from(client, throttle, options, name, work.diff, work.accounts)
             .await;
     outcome.rotations = work.rotations;
-    let targets = triggered_heals(&work.heal, &outcome);
+    let mut targets = triggered_heals(&work.heal, &outcome);
+    for again in work.heal_again {
+        if !targets
+            .iter()
+            .any(|(t, _)| t.pull_secret == again.0.pull_secret)
+        {
+            targets.push(again);
+        }
+    }
     if !targets.is_empty() {
         heal_namespace(client, throttle, options, name, &targets, &mut outcome).await;
     }

@@ -225,7 +225,7 @@ pub async fn reconcile(
             policy: &policy,
             now: Some(now),
         };
-        let work = reconcile::namespace(&context.caches, inputs, &name);
+        let mut work = reconcile::namespace(&context.caches, inputs, &name);
         context
             .reported
             .lock()
@@ -269,10 +269,16 @@ pub async fn reconcile(
         if !context.leadership.is_leading() || *context.stopping.borrow() {
             return Ok(Action::await_change());
         }
+        let looks_left = match recheck {
+            Some(recheck) => {
+                work.heal_again = recheck.targets;
+                recheck.looks_left.saturating_sub(1)
+            }
+            None => HEAL_RECHECKS,
+        };
         let outcome =
             reconcile::apply_namespace(&context.client, &context.throttle, &options, &name, work)
                 .await;
-        let looks_left = recheck.map_or(HEAL_RECHECKS, |r| r.looks_left.saturating_sub(1));
         let revisit = earliest(revisit, after_heal(&context, &name, &outcome, looks_left));
         let revisit = earliest(
             revisit,

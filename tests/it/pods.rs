@@ -581,3 +581,146 @@ async fn a_version_a_pod_still_names_is_kept_past_grace_and_goes_with_the_pod() 
     assert_eq!(in_use().await, Some(0.0));
     running.stop();
 }
+
+/// Every (namespace, pod, secret) where a pod that may still pull names a missing Secret.
+fn pods_naming_missing_secrets(fx: &Fixture) -> Vec<(String, String, String)> {
+    let mut missing = Vec::new();
+    for pod in fx.server.list("", "pods", None) {
+        if matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        ) {
+            continue;
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        for reference in pod["spec"]["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = reference["name"].as_str().unwrap_or_default();
+            if fx.server.get("", "secrets", ns, name).is_none() {
+                missing.push((ns.to_string(), name_of(&pod), name.to_string()));
+            }
+        }
+    }
+    missing
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_pod_reads_and_deletes_never_cost_a_named_version_or_a_bare_pod() {
+    use kube_sim::{ErrorRule, InjectedError};
+    let fx = cluster_with_kubelet().await;
+    let new_user = "robot-2";
+    let new_password = "SENTINEL-pods-pw-4-0e6f";
+    let registry =
+        registry_with_images(fx.dir.path(), &[(USER, PASSWORD), (new_user, new_password)]);
+    let bao = OpenBao::start().await;
+    put_credential(&bao, "registries/reg", USER, PASSWORD).await;
+    fx.namespace("web", json!({}));
+    let image = format!("{}/{REPO}:v1", registry.host);
+    create_deployment(&fx, "web", "web", &image);
+    create_bare_pod(&fx, "web", "bare", &image);
+    let stuck = one_pod(&fx, "web", "web-", "the web pod stuck", in_back_off).await;
+    let bare = one_pod(&fx, "web", "bare", "the bare pod stuck", in_back_off).await;
+
+    // Pods can be neither listed nor deleted.
+    let fault =
+        |verb: &str| ErrorRule::new(Some(verb), Some("pods"), InjectedError::Internal, None);
+    fx.server.set_faults(|f| {
+        f.rules.push(fault("list"));
+        f.rules.push(fault("delete"));
+    });
+    let sweeper = crate::support::invariants::Sweeper::start(fx.server.reader(), Some("default"));
+    let path = write_config(
+        &fx,
+        &bao,
+        &format!(
+            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
+             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
+             \x20   heal: restart\n\
+             \x20   rotation: {{ refresh: 200ms, strategy: versioned, grace: 1s, keep: 0 }}\n",
+            registry.host
+        ),
+    );
+    let running = start_daemon(&fx, &path).await;
+    eventually(WAIT, "a first version linked", || {
+        pull_list(&fx, "web").len() == 1
+    })
+    .await;
+    let first_version = pull_list(&fx, "web")[0].clone();
+    // A pod created now names the first version.
+    create_bare_pod(&fx, "web", "user", &image);
+    one_pod(&fx, "web", "user", "the user pod running", is_running).await;
+
+    // Rotate while pods cannot be listed: past grace, the first version is unlinked but stays.
+    put_credential(&bao, "registries/reg", new_user, new_password).await;
+    eventually(WAIT, "the second version linked", || {
+        pull_list(&fx, "web")
+            .first()
+            .is_some_and(|n| *n != first_version)
+    })
+    .await;
+    let mut problems = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        problems.extend(pods_naming_missing_secrets(&fx));
+    }
+    assert!(
+        fx.secret("web", &first_version).is_some(),
+        "kept while pods are unreadable"
+    );
+    let unchanged = |pod: &Value| {
+        fx.server
+            .get("", "pods", "web", &name_of(pod))
+            .is_some_and(|p| p["metadata"]["uid"] == pod["metadata"]["uid"])
+    };
+    assert!(
+        unchanged(&stuck) && unchanged(&bare),
+        "no pod deleted without a read"
+    );
+
+    // Pods readable again, deletes still failing: the named version stays, the stuck pod stays.
+    fx.server
+        .set_faults(|f| f.rules.retain(|r| r.verb.as_deref() != Some("list")));
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        problems.extend(pods_naming_missing_secrets(&fx));
+    }
+    assert!(
+        fx.secret("web", &first_version).is_some(),
+        "the user pod still names it"
+    );
+    assert!(unchanged(&stuck) && unchanged(&bare));
+
+    // Deletes work again: the Deployment's pod is replaced (the bare pod never is), and once
+    // the user pod is gone its version goes too.
+    fx.server.set_faults(|f| f.rules.clear());
+    let healed = one_pod(
+        &fx,
+        "web",
+        "web-",
+        "the web pod replaced and running",
+        is_running,
+    )
+    .await;
+    assert_ne!(name_of(&healed), name_of(&stuck));
+    assert!(unchanged(&bare), "a bare pod is never deleted");
+    let api: Api<Pod> = Api::namespaced(fx.client.clone(), "web");
+    api.delete("user", &DeleteParams::default())
+        .await
+        .expect("user pod deleted");
+    eventually(WAIT, "the first version deleted", || {
+        problems.extend(pods_naming_missing_secrets(&fx));
+        fx.secret("web", &first_version).is_none()
+    })
+    .await;
+    assert!(
+        problems.is_empty(),
+        "pods named missing Secrets: {problems:?}"
+    );
+    sweeper
+        .finish()
+        .assert_clean("pod list and delete failures during healing and a versioned rotation");
+    running.stop();
+}
