@@ -363,14 +363,18 @@ pub async fn heal_namespace(
     match healer.heal(name, &targets).await {
         Ok(healed) => outcome.heal = healed,
         Err(error) if error.status_code() == Some(403) => {
-            // Healing is a courtesy: without the right to list pods it is off, not a failure.
+            // Healing is a courtesy: a missing right is a problem to fix, not a failed pass.
+            // Looked at again a few times, so a right granted now takes effect.
+            let fix = if error.verb == "delete" {
+                "add deploy/components/heal-restart (delete on pods), or set heal: report"
+            } else {
+                "grant list on pods, or set heal: off"
+            };
             outcome.problems.push(Problem {
                 reason: "HealForbidden",
-                message: format!(
-                    "project {name}: pullsecretd may not list pods here, so stuck pods are not \
-                     looked for ({error}); grant list on pods, or set heal: off"
-                ),
+                message: format!("project {name}: healing stuck pods was refused ({error}); {fix}"),
             });
+            outcome.heal.recheck = targets;
         }
         Err(error) => {
             tracing::warn!(namespace = name, %error, "Could not look for stuck pods.");

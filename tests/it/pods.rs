@@ -98,6 +98,10 @@ fn write_config(fx: &Fixture, bao: &OpenBao, body: &str) -> PathBuf {
 }
 
 async fn start_daemon(fx: &Fixture, path: &Path) -> Running {
+    start_daemon_as(fx, path, fx.client.clone()).await
+}
+
+async fn start_daemon_as(fx: &Fixture, path: &Path, client: kube::Client) -> Running {
     // The Lease's namespace.
     fx.namespace("pullsecretd", json!({}));
     let config = Config::load(path).expect("config");
@@ -124,9 +128,7 @@ async fn start_daemon(fx: &Fixture, path: &Path) -> Running {
         listen: Some("127.0.0.1:0".parse().expect("address")),
         ..fx.daemon_options(4)
     };
-    daemon::start(fx.client.clone(), options)
-        .await
-        .expect("daemon starts")
+    daemon::start(client, options).await.expect("daemon starts")
 }
 
 fn deployment(name: &str, image: &str) -> Value {
@@ -317,6 +319,18 @@ async fn deployments_pull_with_pullsecretd_and_back_off_without_it() {
         .filter(|l| l.contains(&format!("/v2/{REPO}/manifests/v1")))
         .count();
     assert!(authorized >= 3, "{}", registry.app_log());
+    // Pods are read only where pullsecretd changed something, and never watched.
+    let counts = fx.server.counts();
+    assert_eq!(counts.count("watch", "pods"), 0, "{counts:#?}");
+    assert_eq!(counts.count_in("list", "pods", "other"), 0, "{counts:#?}");
+    assert_eq!(
+        counts.count_in("list", "pods", ""),
+        0,
+        "no cluster-wide pod list"
+    );
+    for ns in selected {
+        assert!(counts.count_in("list", "pods", ns) >= 1, "{counts:#?}");
+    }
     assert!(!registry.access_log_text().contains(PASSWORD));
     assert!(!registry.app_log().contains(PASSWORD));
     running.stop();
@@ -722,5 +736,74 @@ async fn failing_pod_reads_and_deletes_never_cost_a_named_version_or_a_bare_pod(
     sweeper
         .finish()
         .assert_clean("pod list and delete failures during healing and a versioned rotation");
+    running.stop();
+}
+
+/// deploy/components/heal-restart's objects.
+fn heal_restart_rbac() -> Vec<Value> {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/components/heal-restart/rbac.yaml");
+    let yaml = std::fs::read_to_string(file).expect("component file");
+    serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML document"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heal_restart_needs_the_heal_restart_component_and_nothing_more() {
+    const TOKEN: &str = "pullsecretd-sa-token";
+    let mut options = Options::default().kubelet(fast_kubelet()).identity(
+        TOKEN,
+        kube_sim::UserInfo::service_account("pullsecretd", "pullsecretd"),
+    );
+    options.rbac = true;
+    let fx = Fixture::start(options).await;
+    crate::support::seed::rbac_objects(&fx.server, crate::daemon_rbac::shipped_rbac());
+    let registry = registry_with_images(fx.dir.path(), &[(USER, PASSWORD)]);
+    let bao = OpenBao::start().await;
+    put_credential(&bao, "registries/reg", USER, PASSWORD).await;
+    fx.namespace("web", json!({}));
+    create_deployment(&fx, "web", "web", &format!("{}/{REPO}:v1", registry.host));
+    let stuck = one_pod(&fx, "web", "web-", "the web pod stuck", in_back_off).await;
+    let path = write_config(
+        &fx,
+        &bao,
+        &format!(
+            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
+             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
+             \x20   heal: restart\n",
+            registry.host
+        ),
+    );
+    let client = fx.client_as(TOKEN).await;
+    let running = start_daemon_as(&fx, &path, client).await;
+    eventually(WAIT, "linked", || pull_list(&fx, "web") == ["reg-pull"]).await;
+
+    // The base lists pods but may not delete them: the stuck pod stays, the refusal is the
+    // delete of that pod.
+    let delete_pods = ("delete".to_string(), "pods".to_string());
+    eventually(WAIT, "the pod delete refused", || {
+        fx.server.counts().forbidden.contains_key(&delete_pods)
+    })
+    .await;
+    let forbidden = fx.server.counts().forbidden;
+    assert!(forbidden.keys().all(|k| *k == delete_pods), "{forbidden:?}");
+    assert!(
+        fx.server
+            .get("", "pods", "web", &name_of(&stuck))
+            .is_some_and(|p| p["metadata"]["uid"] == stuck["metadata"]["uid"])
+    );
+
+    // With the component, the next look replaces the pod.
+    crate::support::seed::rbac_objects(&fx.server, heal_restart_rbac());
+    let healed = one_pod(
+        &fx,
+        "web",
+        "web-",
+        "the web pod replaced and running",
+        is_running,
+    )
+    .await;
+    assert_ne!(name_of(&healed), name_of(&stuck));
     running.stop();
 }
