@@ -825,20 +825,30 @@ impl ProjectRun<'_> {
         note: &str,
         reference: ObjectReference,
     ) {
-        let Some(recorder) = &self.recorder else {
-            return;
-        };
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = recorder.publish(&event, &reference).await {
-            // An Event is a courtesy: failing to publish one never fails the change itself.
-            tracing::debug!(%error, "Could not publish an Event.");
+        if let Some(recorder) = &self.recorder {
+            publish_event(recorder, type_, reason, note, &reference).await;
         }
+    }
+}
+
+/// Publishes an Event about `reference` (the note cut to 1,000 characters). An Event is a
+/// courtesy: failing to publish one never fails the change itself.
+pub async fn publish_event(
+    recorder: &Recorder,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+    reference: &ObjectReference,
+) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: reason.into(),
+        secondary: None,
+    };
+    if let Err(error) = recorder.publish(&event, reference).await {
+        tracing::debug!(%error, "Could not publish an Event.");
     }
 }
 

@@ -501,17 +501,27 @@ async fn an_in_place_rotation_reaches_a_restarted_pod() {
     running.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_a_pod_still_names_is_kept_past_grace_and_goes_with_the_pod() {
+/// The second robot account of the versioned tests.
+const NEW_USER: &str = "robot-2";
+
+/// A cluster with namespace `web`, a registry accepting both [`USER`] and [`NEW_USER`] (the old
+/// and the new credential are both valid during a versioned switch), and OpenBao holding the
+/// first.
+async fn two_credentials(new_password: &str) -> (Fixture, Registry, OpenBao) {
     let fx = cluster_with_kubelet().await;
-    // The old and the new credential are both valid during the switch (two robot accounts).
-    let new_user = "robot-2";
-    let new_password = "SENTINEL-pods-pw-3-77de";
     let registry =
-        registry_with_images(fx.dir.path(), &[(USER, PASSWORD), (new_user, new_password)]);
+        registry_with_images(fx.dir.path(), &[(USER, PASSWORD), (NEW_USER, new_password)]);
     let bao = OpenBao::start().await;
     put_credential(&bao, "registries/reg", USER, PASSWORD).await;
     fx.namespace("web", json!({}));
+    (fx, registry, bao)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_a_pod_still_names_is_kept_past_grace_and_goes_with_the_pod() {
+    let new_password = "SENTINEL-pods-pw-3-77de";
+    let (fx, registry, bao) = two_credentials(new_password).await;
+    let new_user = NEW_USER;
     let path = write_config(
         &fx,
         &bao,
@@ -624,14 +634,9 @@ fn pods_naming_missing_secrets(fx: &Fixture) -> Vec<(String, String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_pod_reads_and_deletes_never_cost_a_named_version_or_a_bare_pod() {
     use kube_sim::{ErrorRule, InjectedError};
-    let fx = cluster_with_kubelet().await;
-    let new_user = "robot-2";
     let new_password = "SENTINEL-pods-pw-4-0e6f";
-    let registry =
-        registry_with_images(fx.dir.path(), &[(USER, PASSWORD), (new_user, new_password)]);
-    let bao = OpenBao::start().await;
-    put_credential(&bao, "registries/reg", USER, PASSWORD).await;
-    fx.namespace("web", json!({}));
+    let (fx, registry, bao) = two_credentials(new_password).await;
+    let new_user = NEW_USER;
     let image = format!("{}/{REPO}:v1", registry.host);
     create_deployment(&fx, "web", "web", &image);
     create_bare_pod(&fx, "web", "bare", &image);
