@@ -24,8 +24,9 @@ use k8s_openapi::api::core::v1::{ObjectReference, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 
+use super::events::publish_event;
 use super::pods::{HealBudget, pod_summaries};
 use super::{ApiError, Throttle};
 use crate::config::LinkKind;
@@ -828,27 +829,6 @@ impl ProjectRun<'_> {
         if let Some(recorder) = &self.recorder {
             publish_event(recorder, type_, reason, note, &reference).await;
         }
-    }
-}
-
-/// Publishes an Event about `reference` (the note cut to 1,000 characters). An Event is a
-/// courtesy: failing to publish one never fails the change itself.
-pub async fn publish_event(
-    recorder: &Recorder,
-    type_: EventType,
-    reason: &str,
-    note: &str,
-    reference: &ObjectReference,
-) {
-    let event = Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: reason.into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, reference).await {
-        tracing::debug!(%error, "Could not publish an Event.");
     }
 }
 

@@ -18,7 +18,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectList, Preconditions};
 use kube::runtime::events::{EventType, Recorder};
 
-use super::apply::publish_event;
+use super::events::publish_event;
 use super::{ApiError, Throttle};
 use crate::model::heal::{self, HealAction, HealOutcome, HealTarget, PodSummary, StuckPod};
 
