@@ -60,6 +60,13 @@ pub struct ReadLabels {
     pub result: &'static str,
 }
 
+/// `verify:` checks by registry and result (`accepted`, `rejected`, `unreachable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub registry: String,
+    pub result: &'static str,
+}
+
 /// Every reason a plan or diff reports a problem with (the `reason` label of
 /// `pullsecretd_problems`).
 pub const PROBLEM_REASONS: &[&str] = &[
@@ -77,6 +84,7 @@ pub const PROBLEM_REASONS: &[&str] = &[
     "NotOpenShift",
     "UnreadServiceAccounts",
     "HealForbidden",
+    "CredentialRejected",
 ];
 
 /// Every metric the daemon exports.
@@ -86,6 +94,8 @@ pub struct Metrics {
     pub api_writes: Family<WriteLabels, Counter>,
     pub source_reads: Family<ReadLabels, Counter>,
     pub source_errors: Family<RegistryLabel, Counter>,
+    /// `verify:` checks of changed credentials against their registries.
+    pub credential_checks: Family<CheckLabels, Counter>,
     /// Seconds since each registry's last good read; set by the daemon before each scrape.
     pub credential_age: Family<RegistryLabel, Gauge<f64, AtomicU64>>,
     /// Each registry's configured refresh interval (alerts compare the age with it).
@@ -139,6 +149,12 @@ impl Metrics {
             "source_errors",
             "Credential source read errors by registry",
             source_errors.clone(),
+        );
+        let credential_checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "credential_checks",
+            "Checks of changed credentials against their registry (verify:), by result",
+            credential_checks.clone(),
         );
         let credential_age = Family::<RegistryLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -212,6 +228,7 @@ impl Metrics {
             api_writes,
             source_reads,
             source_errors,
+            credential_checks,
             credential_age,
             credential_refresh,
             credential_expiry,

@@ -226,6 +226,9 @@ pub async fn reconcile(
             now: Some(now),
         };
         let mut work = reconcile::namespace(&context.caches, inputs, &name);
+        work.diff
+            .problems
+            .extend(rejection_problems(&snapshot, &work.registries));
         context
             .reported
             .lock()
@@ -311,6 +314,23 @@ pub async fn reconcile(
     }
     .instrument(span)
     .await
+}
+
+/// A `CredentialRejected` problem (a Warning Event on the namespace) for each registry of
+/// this namespace's Secrets whose newest credential the registry refused (`verify:`).
+fn rejection_problems(
+    snapshot: &Snapshot,
+    registries: &BTreeSet<String>,
+) -> Vec<crate::plan::Problem> {
+    snapshot
+        .rejected
+        .iter()
+        .filter(|(registry, _)| registries.contains(*registry))
+        .map(|(_, why)| crate::plan::Problem {
+            reason: "CredentialRejected",
+            message: format!("{why}; its Secrets keep the previous credential"),
+        })
+        .collect()
 }
 
 /// Records what healing did and keeps what it must look at again; the wait before that look.

@@ -136,6 +136,8 @@ pub async fn run_sources(
             schedule.after_read(&current, &due, &failed, tokio::time::Instant::now());
             count_reads(&metrics, &report);
             changed.extend(report.changed.iter().cloned());
+            // A refused credential changes nothing published, but its namespaces are told.
+            changed.extend(report.newly_rejected.iter().cloned());
             for name in report.changed.iter().chain(&report.unchanged) {
                 failures.remove(name);
             }
@@ -154,6 +156,7 @@ pub async fn run_sources(
                 let mut updated =
                     snapshot_of(&inventory, &current, BTreeSet::new(), snapshot.generation);
                 updated.credentials = snapshot.credentials.clone();
+                updated.rejected = snapshot.rejected.clone();
                 updated.failures = failures.clone();
                 *snapshot = Arc::new(updated);
             });
@@ -182,6 +185,7 @@ fn count_reads(metrics: &Metrics, report: &crate::source::RefreshReport) {
                 .inc();
         }
     }
+    crate::source::verify::count_checks(metrics, &report.checks);
     for failure in &report.failures {
         tracing::warn!(
             registry = %failure.registry,
@@ -225,6 +229,7 @@ fn snapshot_of(
         credentials,
         read_at,
         failures: BTreeMap::new(),
+        rejected: inventory.rejected(),
         changed,
         complete,
         generation,

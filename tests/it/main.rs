@@ -39,5 +39,6 @@ mod trace_leaks;
 mod vault;
 mod vault_kubernetes;
 mod vault_tls;
+mod verified_rotation;
 mod version_names;
 mod workstation;
