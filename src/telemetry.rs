@@ -67,6 +67,12 @@ pub struct CheckLabels {
     pub result: &'static str,
 }
 
+/// Another writer's field manager (bounded: see `daemon::writers::MAX_MANAGER_LABELS`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ManagerLabel {
+    pub manager: String,
+}
+
 /// Every reason a plan or diff reports a problem with (the `reason` label of
 /// `pullsecretd_problems`).
 pub const PROBLEM_REASONS: &[&str] = &[
@@ -96,6 +102,8 @@ pub struct Metrics {
     pub source_errors: Family<RegistryLabel, Counter>,
     /// `verify:` checks of changed credentials against their registries.
     pub credential_checks: Family<CheckLabels, Counter>,
+    /// Repeated repairs of links another writer removed, by that writer's field manager.
+    pub write_conflicts: Family<ManagerLabel, Counter>,
     /// Seconds since each registry's last good read; set by the daemon before each scrape.
     pub credential_age: Family<RegistryLabel, Gauge<f64, AtomicU64>>,
     /// Each registry's configured refresh interval (alerts compare the age with it).
@@ -155,6 +163,12 @@ impl Metrics {
             "credential_checks",
             "Checks of changed credentials against their registry (verify:), by result",
             credential_checks.clone(),
+        );
+        let write_conflicts = Family::<ManagerLabel, Counter>::default();
+        registry.register(
+            "write_conflicts",
+            "Links re-added again after another writer removed them, by that writer's field manager",
+            write_conflicts.clone(),
         );
         let credential_age = Family::<RegistryLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -229,6 +243,7 @@ impl Metrics {
             source_reads,
             source_errors,
             credential_checks,
+            write_conflicts,
             credential_age,
             credential_refresh,
             credential_expiry,

@@ -24,6 +24,7 @@ mod hardening_files;
 mod namespaced;
 mod once;
 mod openshift;
+mod other_writers;
 mod pipeline;
 mod pods;
 mod properties;
