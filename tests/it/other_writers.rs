@@ -4,6 +4,9 @@
 //! daemon notices the repeated repairs, spaces them exponentially instead of rewriting at full
 //! speed, names the writer's field manager (from `managedFields`) in a `WriteConflict` Event
 //! on the account, and counts the flaps in `pullsecretd_write_conflicts_total{manager}`.
+//! And on OpenShift, what its controllers own on the same accounts (the
+//! `openshift.io/internal-registry-pull-secret-ref` annotation, the managed `*-dockercfg-*`
+//! entries and Secrets) is never changed by pullsecretd's links and rotations.
 
 use crate::daemon::{http_get, metric};
 use crate::support::cluster::Fixture;
@@ -14,7 +17,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ServiceAccount;
 use kube::api::{Api, Patch, PatchParams};
 use kube_sim::Options;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use pullsecretd::daemon;
 
@@ -132,4 +135,131 @@ async fn a_writer_undoing_the_link_every_second_is_named_and_repaired_ever_more_
     );
     assert!(!text.contains("SENTINEL"), "no secret in the metrics");
     running.stop();
+}
+
+/// What OpenShift owns on a project's accounts and managed pull secrets: each account's
+/// annotations and its `*-dockercfg-*` list entries, and each `*-dockercfg-*` Secret's
+/// metadata (annotations, labels, finalizers, ownerReferences), type and data.
+fn openshift_state(fx: &Fixture, namespace: &str) -> Value {
+    let mut state = serde_json::Map::new();
+    for account in ["default", "builder"] {
+        let sa = fx
+            .server
+            .get("", "serviceaccounts", namespace, account)
+            .expect("account");
+        let (pull, mount) = fx.account_lists(namespace, account);
+        let managed = |list: Vec<String>| -> Vec<String> {
+            list.into_iter()
+                .filter(|name| name.contains("-dockercfg-"))
+                .collect()
+        };
+        state.insert(
+            format!("sa/{account}"),
+            json!({
+                "annotations": sa["metadata"]["annotations"],
+                "imagePullSecrets": managed(pull),
+                "secrets": managed(mount),
+            }),
+        );
+    }
+    for secret in fx.server.list("", "secrets", Some(namespace)) {
+        let name = secret["metadata"]["name"].as_str().unwrap_or_default();
+        if name.contains("-dockercfg-") {
+            let meta = &secret["metadata"];
+            state.insert(
+                format!("secret/{name}"),
+                json!({
+                    "annotations": meta["annotations"],
+                    "labels": meta["labels"],
+                    "finalizers": meta["finalizers"],
+                    "ownerReferences": meta["ownerReferences"],
+                    "type": secret["type"],
+                    "data": secret["data"],
+                }),
+            );
+        }
+    }
+    Value::Object(state)
+}
+
+/// On OpenShift (kube-sim `--openshift`: the 4.16+ managed `<sa>-dockercfg-<rand>` Secrets and
+/// the `openshift.io/internal-registry-pull-secret-ref` annotation), pullsecretd links, rotates
+/// (versioned: link the new Secret, unlink and delete the old) and never touches what OpenShift
+/// owns: the annotation, the managed entries in both lists, the managed Secrets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn openshift_annotations_and_managed_pull_secrets_survive_links_and_rotations() {
+    let fx = Fixture::start(Options::default().openshift()).await;
+    fx.namespace("pullsecretd", json!({}));
+    fx.namespace("a", json!({}));
+    eventually(
+        Duration::from_secs(10),
+        "OpenShift's managed pull secrets",
+        || {
+            ["default", "builder"].iter().all(|sa| {
+                fx.account_lists("a", sa)
+                    .0
+                    .iter()
+                    .any(|n| n.starts_with(&format!("{sa}-dockercfg-")))
+            })
+        },
+    )
+    .await;
+    let before = openshift_state(&fx, "a");
+    for account in ["default", "builder"] {
+        let annotation = &before[format!("sa/{account}")]["annotations"]["openshift.io/internal-registry-pull-secret-ref"];
+        assert!(annotation.is_string(), "{before:#}");
+    }
+    let extra = "    link: { default: [pull, mount], builder: [pull, mount] }\n\
+                 \x20   rotation: { refresh: 200ms, strategy: versioned, grace: 1s, keep: 0 }\n";
+    fx.config("SENTINEL-openshift-pw-1", extra);
+    let running = daemon::start(fx.client.clone(), fx.daemon_options(4))
+        .await
+        .expect("daemon starts");
+    let ours = |fx: &Fixture, account: &str| -> (Vec<String>, Vec<String>) {
+        let (pull, mount) = fx.account_lists("a", account);
+        let mine = |list: Vec<String>| -> Vec<String> {
+            list.into_iter()
+                .filter(|n| n.starts_with("reg-pull-"))
+                .collect()
+        };
+        (mine(pull), mine(mount))
+    };
+    eventually(Duration::from_secs(30), "linked in both lists", || {
+        ["default", "builder"].iter().all(|sa| {
+            let (pull, mount) = ours(&fx, sa);
+            pull.len() == 1 && mount.len() == 1
+        })
+    })
+    .await;
+    let first = ours(&fx, "default").0[0].clone();
+    assert!(fx.secret("a", &first).is_some(), "{first} was written");
+
+    // A rotation: the new version is linked, the old one unlinked and, after grace, deleted.
+    fx.config("SENTINEL-openshift-pw-2", extra);
+    eventually(
+        Duration::from_secs(30),
+        "rotated and the old one gone",
+        || {
+            ["default", "builder"].iter().all(|sa| {
+                let (pull, mount) = ours(&fx, sa);
+                pull.len() == 1 && mount.len() == 1 && pull[0] != first
+            }) && fx.secret("a", &first).is_none()
+        },
+    )
+    .await;
+    running.stop();
+
+    let after = openshift_state(&fx, "a");
+    assert_eq!(after, before, "what OpenShift owns is as it was");
+    // OpenShift's entries stay first in both lists, ahead of pullsecretd's.
+    for account in ["default", "builder"] {
+        let (pull, mount) = fx.account_lists("a", account);
+        for list in [pull, mount] {
+            assert!(
+                list.first()
+                    .is_some_and(|n| n.starts_with(&format!("{account}-dockercfg-"))),
+                "{account}: {list:?}"
+            );
+        }
+    }
 }
