@@ -231,8 +231,17 @@ async fn basic_auth_a_correct_password_is_published_and_a_wrong_one_held() {
     pulls_with_secret(&fx, &registry, "after-wrong.json");
 
     // Fixed in Vault (the published password again): the rejection is over.
+    let address = running.address.expect("listener");
+    let rejected_problems = async || {
+        let (_, text) = http_get(address, "/metrics").await;
+        metric(&text, "pullsecretd_problems{reason=\"CredentialRejected\"}").unwrap_or(0.0)
+    };
+    assert_eq!(rejected_problems().await, 1.0, "one namespace reports it");
     put_credential(&bao, USER, SECOND).await;
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    pullsecretd_testkit::poll::eventually_async(WAIT, "the rejection is over", async || {
+        rejected_problems().await == 0.0
+    })
+    .await;
     assert_eq!(password_of(&fx).as_deref(), Some(SECOND));
     for text in [registry.access_log_text(), registry.app_log()] {
         for password in [FIRST, SECOND, WRONG] {
