@@ -392,16 +392,14 @@ async fn report_repair(context: &Context, repair: &Repair) {
         uid: account.and_then(|a| a.metadata.uid),
         ..Default::default()
     };
-    let event = kube::runtime::events::Event {
-        type_: kube::runtime::events::EventType::Warning,
-        reason: "WriteConflict".into(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Relink".into(),
-        secondary: None,
-    };
-    if let Err(error) = recorder.publish(&event, &reference).await {
-        tracing::debug!(%error, "Could not publish an Event.");
-    }
+    crate::cluster::apply::publish_event(
+        recorder,
+        kube::runtime::events::EventType::Warning,
+        "WriteConflict",
+        &note,
+        &reference,
+    )
+    .await;
 }
 
 /// A `CredentialRejected` problem (a Warning Event on the namespace) for each registry of
