@@ -55,6 +55,9 @@ pub struct NamespaceWork {
     pub heal: Vec<HealTarget>,
     /// Heal targets an earlier pass left to look at again: looked at after the writes too.
     pub heal_again: Vec<(HealTarget, String)>,
+    /// The registries the planned Secrets carry (whose refused credentials concern this
+    /// namespace).
+    pub registries: BTreeSet<String>,
 }
 
 impl NamespaceWork {
@@ -106,6 +109,11 @@ fn diff_planned(
         rotations,
         heal: heal_targets(inputs.config, &plan),
         heal_again: Vec::new(),
+        registries: plan
+            .secrets
+            .iter()
+            .flat_map(|secret| secret.registries.iter().cloned())
+            .collect(),
     }
 }
 

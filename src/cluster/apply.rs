@@ -49,6 +49,15 @@ static POST: PostParams = PostParams {
 /// The name pullsecretd reports as, in Events and field managers.
 pub const CONTROLLER_NAME: &str = "pullsecretd";
 
+/// ServiceAccount link edits carry pullsecretd's field manager, so `managedFields` tell its
+/// entries from another writer's (and GitOps tools can be told to ignore what it manages).
+fn link_params() -> PostParams {
+    PostParams {
+        dry_run: false,
+        field_manager: Some(CONTROLLER_NAME.to_string()),
+    }
+}
+
 /// How `apply_project` behaves.
 #[derive(Clone)]
 pub struct ApplyOptions {
@@ -534,9 +543,10 @@ impl ProjectRun<'_> {
             let Some(updated) = edit_service_account(&current, edit) else {
                 return Ok(());
             };
+            let params = link_params();
             match self
                 .throttle
-                .call(|| api.replace(&edit.name, &POST, &updated))
+                .call(|| api.replace(&edit.name, &params, &updated))
                 .await
             {
                 Ok(_) => {

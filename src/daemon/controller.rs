@@ -3,7 +3,7 @@
 //! (as leader) [`crate::reconcile::apply_namespace`]. Records what each reconcile found and did
 //! as metrics: writes, rotations, current problems and held Secrets.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::ReconcileError;
+use super::writers::{self, Repair, WriterFlaps};
 use crate::cluster::ClusterView as _;
 use crate::cluster::apply::CONTROLLER_NAME;
 use crate::cluster::cache::Caches;
@@ -74,6 +75,10 @@ pub struct Context {
     heal_budget: Arc<HealBudget>,
     /// Heal targets to look at again per namespace, with the looks left.
     heal_rechecks: Mutex<HashMap<String, HealRecheck>>,
+    /// Links this process added and its repairs, per ServiceAccount (other writers).
+    flaps: Mutex<WriterFlaps>,
+    /// The field managers named in `pullsecretd_write_conflicts_total` so far.
+    manager_labels: Mutex<HashSet<String>>,
 }
 
 /// Heal targets (each with the Secret just linked or written) to look at again, and how many
@@ -126,6 +131,8 @@ impl Context {
             version_key: reconcile::fresh_version_key(),
             heal_budget: Arc::default(),
             heal_rechecks: Mutex::default(),
+            flaps: Mutex::default(),
+            manager_labels: Mutex::default(),
         }
     }
 
@@ -226,15 +233,24 @@ pub async fn reconcile(
             now: Some(now),
         };
         let mut work = reconcile::namespace(&context.caches, inputs, &name);
+        work.diff
+            .problems
+            .extend(rejection_problems(&snapshot, &work.registries));
         context
             .reported
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .update(&context.metrics, &name, namespace_report(&work.diff));
+        let gated = context
+            .flaps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .gate(&name, &mut work.diff.steps, Instant::now());
         let revisit = work
             .diff
             .revisit_at
             .map(|at| until(now, at) + Duration::from_secs(1));
+        let revisit = earliest(revisit, gated.wait);
         for problem in &work.diff.problems {
             tracing::warn!(reason = problem.reason, "{}", problem.message);
         }
@@ -268,6 +284,9 @@ pub async fn reconcile(
         }
         if !context.leadership.is_leading() || *context.stopping.borrow() {
             return Ok(Action::await_change());
+        }
+        for repair in &gated.repairs {
+            report_repair(&context, repair).await;
         }
         let looks_left = match recheck {
             Some(recheck) => {
@@ -311,6 +330,93 @@ pub async fn reconcile(
     }
     .instrument(span)
     .await
+}
+
+/// Reports a repeated repair: names the other writer from the account's `managedFields` (a
+/// GET: the caches drop them), counts it, logs it, and puts a Warning Event on the account.
+async fn report_repair(context: &Context, repair: &Repair) {
+    let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(context.client.clone(), &repair.namespace);
+    let account = context
+        .throttle
+        .call(|| api.get(&repair.account))
+        .await
+        .ok();
+    let manager = account
+        .as_ref()
+        .and_then(|account| writers::other_manager(account, CONTROLLER_NAME));
+    let label = writers::manager_label(
+        manager.as_deref(),
+        &mut context
+            .manager_labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    context
+        .metrics
+        .write_conflicts
+        .get_or_create(&crate::telemetry::ManagerLabel { manager: label })
+        .inc();
+    let links: Vec<String> = repair
+        .links
+        .iter()
+        .map(|(kind, secret)| format!("{secret} ({})", kind.field()))
+        .collect();
+    let writer = manager.map_or_else(
+        || "a writer that left no field manager".to_string(),
+        |m| format!("field manager {m:?}"),
+    );
+    let note = format!(
+        "service account {}: the link to {} was removed again ({} repairs in {}), last written \
+         by {writer}; re-adding it, and waiting at least {} before the next repair. Tell that \
+         writer to leave imagePullSecrets/secrets to pullsecretd (README: Other writers)",
+        repair.account,
+        links.join(", "),
+        repair.count,
+        humantime::format_duration(writers::WINDOW),
+        humantime::format_duration(repair.next_gap),
+    );
+    tracing::warn!(
+        account = %repair.account,
+        repairs = repair.count,
+        "{note}"
+    );
+    let Some(recorder) = &context.recorder else {
+        return;
+    };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ServiceAccount".into()),
+        name: Some(repair.account.clone()),
+        namespace: Some(repair.namespace.clone()),
+        uid: account.and_then(|a| a.metadata.uid),
+        ..Default::default()
+    };
+    crate::cluster::apply::publish_event(
+        recorder,
+        kube::runtime::events::EventType::Warning,
+        "WriteConflict",
+        &note,
+        &reference,
+    )
+    .await;
+}
+
+/// A `CredentialRejected` problem (a Warning Event on the namespace) for each registry of
+/// this namespace's Secrets whose newest credential the registry refused (`verify:`).
+fn rejection_problems(
+    snapshot: &Snapshot,
+    registries: &BTreeSet<String>,
+) -> Vec<crate::plan::Problem> {
+    snapshot
+        .rejected
+        .iter()
+        .filter(|(registry, _)| registries.contains(*registry))
+        .map(|(_, why)| crate::plan::Problem {
+            reason: "CredentialRejected",
+            message: format!("{why}; its Secrets keep the previous credential"),
+        })
+        .collect()
 }
 
 /// Records what healing did and keeps what it must look at again; the wait before that look.

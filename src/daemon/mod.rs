@@ -37,6 +37,7 @@
 mod controller;
 mod dispatch;
 mod sources;
+pub mod writers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

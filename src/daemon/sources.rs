@@ -130,12 +130,22 @@ pub async fn run_sources(
         let mut read_any = false;
         if !due.is_empty() {
             read_any = true;
+            let rejected_before = inventory.rejected();
             let report = inventory.refresh_only(&current, &context, &due).await;
             let failed: BTreeSet<String> =
                 report.failures.iter().map(|f| f.registry.clone()).collect();
             schedule.after_read(&current, &due, &failed, tokio::time::Instant::now());
             count_reads(&metrics, &report);
             changed.extend(report.changed.iter().cloned());
+            // A refused credential changes nothing published, but its namespaces are told (and
+            // told again when the refusal is over).
+            changed.extend(report.newly_rejected.iter().cloned());
+            let rejected_now = inventory.rejected();
+            changed.extend(
+                rejected_before
+                    .into_keys()
+                    .filter(|name| !rejected_now.contains_key(name)),
+            );
             for name in report.changed.iter().chain(&report.unchanged) {
                 failures.remove(name);
             }
@@ -154,6 +164,7 @@ pub async fn run_sources(
                 let mut updated =
                     snapshot_of(&inventory, &current, BTreeSet::new(), snapshot.generation);
                 updated.credentials = snapshot.credentials.clone();
+                updated.rejected = snapshot.rejected.clone();
                 updated.failures = failures.clone();
                 *snapshot = Arc::new(updated);
             });
@@ -182,6 +193,7 @@ fn count_reads(metrics: &Metrics, report: &crate::source::RefreshReport) {
                 .inc();
         }
     }
+    crate::source::verify::count_checks(metrics, &report.checks);
     for failure in &report.failures {
         tracing::warn!(
             registry = %failure.registry,
@@ -225,6 +237,7 @@ fn snapshot_of(
         credentials,
         read_at,
         failures: BTreeMap::new(),
+        rejected: inventory.rejected(),
         changed,
         complete,
         generation,

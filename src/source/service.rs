@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub read_at: BTreeMap<String, StdInstant>,
     /// The last read's error per registry that failed (texts without values).
     pub failures: BTreeMap<String, String>,
+    /// `verify:` registries whose newest credential the registry refused, and why (no value):
+    /// their Secrets keep the previous credential and their namespaces get an Event.
+    pub rejected: BTreeMap<String, String>,
     /// Registries whose credential changed in the refresh that published this snapshot.
     pub changed: BTreeSet<String>,
     /// True once every configured registry has a credential.
