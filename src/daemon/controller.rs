@@ -392,7 +392,7 @@ async fn report_repair(context: &Context, repair: &Repair) {
         uid: account.and_then(|a| a.metadata.uid),
         ..Default::default()
     };
-    crate::cluster::apply::publish_event(
+    crate::cluster::events::publish_event(
         recorder,
         kube::runtime::events::EventType::Warning,
         "WriteConflict",
