@@ -1339,15 +1339,19 @@ mod tests {
             ],
         );
         let plan = desired(&config, "pw2");
-        let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(39)));
+        // Grace counts from the replacement, plus the second creationTimestamp may have cut off.
+        let end = at(40)
+            .checked_add(rotation::TIMESTAMP_RESOLUTION)
+            .expect("in range");
+        let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(40)));
         assert!(diff.steps.is_empty(), "{:?}", names(&diff.steps));
         assert_eq!(
             diff.revisit_at,
-            Some(at(40)),
+            Some(end),
             "grace counts from the replacement"
         );
 
-        let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(40)));
+        let diff = diff_project_at("a", &plan, &observed, &policy(), Some(end));
         assert_eq!(names(&diff.steps), [format!("delete {v1}")]);
         assert_eq!(diff.revisit_at, None, "nothing left to wait for");
         assert!(!deleted(&diff).contains(&v2));
@@ -1426,8 +1430,10 @@ mod tests {
         let plan = desired(&config, "pw4");
         let diff = diff_project_at("a", &plan, &observed, &policy(), Some(at(31)));
         assert_eq!(deleted(&diff), [v[0].clone()], "only the oldest goes");
-        // v2 was replaced (by v3) at minute 20: the earliest deadline of those kept.
-        assert_eq!(diff.revisit_at, Some(at(20 + 24 * 60)));
+        // v2 was replaced (by v3) at minute 20: the earliest deadline of those kept (plus the
+        // second a creationTimestamp may have cut off).
+        let deadline = at(20 + 24 * 60).checked_add(rotation::TIMESTAMP_RESOLUTION);
+        assert_eq!(diff.revisit_at, deadline.ok());
 
         let none_kept = versioned_config(24 * 60, 0);
         let plan_none_kept = desired(&none_kept, "pw4");
@@ -1448,7 +1454,8 @@ mod tests {
         let mut expected = vec![v[0].clone(), v[1].clone()];
         expected.sort();
         assert_eq!(gone, expected);
-        assert_eq!(diff.revisit_at, Some(at(45)));
+        let deadline = at(45).checked_add(rotation::TIMESTAMP_RESOLUTION);
+        assert_eq!(diff.revisit_at, deadline.ok());
     }
 
     #[test]
@@ -1486,11 +1493,14 @@ mod tests {
             [v[0].clone()],
             "no creation time sorts as oldest"
         );
-        assert_eq!(diff.revisit_at, Some(at(30)));
+        let end = at(30)
+            .checked_add(rotation::TIMESTAMP_RESOLUTION)
+            .expect("in range");
+        assert_eq!(diff.revisit_at, Some(end));
         // The same answer whenever it is computed: `now` is the only time it looks at.
-        let later = diff_project_at("a", &plan, &observed, &policy(), Some(at(29)));
+        let later = diff_project_at("a", &plan, &observed, &policy(), Some(at(30)));
         assert_eq!(deleted(&later), [v[0].clone()]);
-        let past = diff_project_at("a", &plan, &observed, &policy(), Some(at(30)));
+        let past = diff_project_at("a", &plan, &observed, &policy(), Some(end));
         let mut gone = deleted(&past);
         gone.sort();
         let mut expected = vec![v[0].clone(), v[1].clone()];

@@ -81,7 +81,8 @@ pub struct Kept<'a> {
 /// older versions of `desired` — same pull secret, same base name — that are kept: newest
 /// first, version *i* was replaced when version *i-1* (or `current`, the desired one as it
 /// exists) was created; it is kept while fewer than `keep` newer old versions exist and its
-/// grace period, counted from that moment, has not run out. Without a clock (`now: None`)
+/// grace period, counted from that moment (read back from a `creationTimestamp`: plus
+/// [`TIMESTAMP_RESOLUTION`]), has not run out. Without a clock (`now: None`)
 /// nothing is old enough to go, and `keep` alone decides.
 pub fn retained_versions<'a>(
     desired: &DesiredSecret,
@@ -105,7 +106,10 @@ pub fn retained_versions<'a>(
         .collect();
     // Newest first; unknown creation times sort as oldest.
     older.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(b.0)));
-    let mut replaced_at = current.and_then(created_at).or(now);
+    // A creation time read back is rounded down to the second: the replacement may have come
+    // up to a second later, and grace never ends early.
+    let read_back = |at: Timestamp| at.checked_add(TIMESTAMP_RESOLUTION).ok();
+    let mut replaced_at = current.and_then(created_at).and_then(read_back).or(now);
     for (index, (name, created)) in older.into_iter().enumerate() {
         let deadline = replaced_at.and_then(|at| at.checked_add(policy.grace).ok());
         let within_grace = match (now, deadline) {
@@ -119,10 +123,15 @@ pub fn retained_versions<'a>(
                 kept.revisit_at = Some(kept.revisit_at.map_or(deadline, |d| d.min(deadline)));
             }
         }
-        replaced_at = created;
+        replaced_at = created.and_then(read_back);
     }
     kept
 }
+
+/// `creationTimestamp` is in whole seconds (RFC 3339 without fractions, as the API server
+/// writes it), so a version created at 12:00:00.9 reads 12:00:00: a grace period counted from it
+/// gets this much more, and never ends early.
+pub const TIMESTAMP_RESOLUTION: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn created_at(secret: &Secret) -> Option<Timestamp> {
     secret.metadata.creation_timestamp.as_ref().map(|t| t.0)
