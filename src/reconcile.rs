@@ -16,9 +16,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 
 use crate::cluster::pods::Healer;
-use crate::cluster::{
-    self, ApiError, ApplyOptions, Change, ClusterView, ProjectOutcome, Throttle, Verb,
-};
+use crate::cluster::{self, ApiError, ApplyOptions, Change, ClusterView, ProjectOutcome, Throttle};
 use crate::config::{Config, Heal, LinkKind};
 use crate::diff::{DiffPolicy, Mode, ObservedProject, ProjectDiff, Step, diff_project_at};
 use crate::model::credential::Resolved;
@@ -144,22 +142,21 @@ fn heal_targets(config: &Config, plan: &ProjectPlan) -> Vec<HealTarget> {
         .collect()
 }
 
-/// The targets this outcome's changes call for, each with the Secret name written or linked
-/// for pull: a created, updated or recreated Secret (a rotation), or a new pull link.
+/// The targets this outcome's changes call for, each with the Secret name newly linked for
+/// pull: a first link, or a versioned rotation's new version. Only a pod created before such a
+/// link can lack the Secret; a Secret rewritten in place (or recreated under its name) reaches
+/// every pod naming it at the kubelet's next attempt, and pods that do not name it were looked
+/// at when it was linked.
 fn triggered_heals(targets: &[HealTarget], outcome: &ProjectOutcome) -> Vec<(HealTarget, String)> {
     let mut names: BTreeSet<&str> = BTreeSet::new();
     for change in &outcome.changes {
-        match change {
-            Change::Secret { verb, name } if *verb != Verb::Delete => {
-                names.insert(name);
-            }
-            Change::Links { added, .. } => names.extend(
+        if let Change::Links { added, .. } = change {
+            names.extend(
                 added
                     .iter()
                     .filter(|(kind, _)| *kind == LinkKind::Pull)
                     .map(|(_, name)| name.as_str()),
-            ),
-            _ => {}
+            );
         }
     }
     let mut triggered = Vec::new();

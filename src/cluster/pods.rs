@@ -57,8 +57,28 @@ pub async fn pod_summaries(
     throttle: &Throttle,
     namespace: &str,
 ) -> Result<Vec<PodSummary>, ApiError> {
+    list_summaries(client, throttle, namespace, ListParams::default()).await
+}
+
+/// The pods of `namespace` that can be stuck pulling: phase `Pending` (a pod whose image never
+/// arrived never leaves it), selected by the server, so running pods cost nothing.
+pub async fn pending_pod_summaries(
+    client: &Client,
+    throttle: &Throttle,
+    namespace: &str,
+) -> Result<Vec<PodSummary>, ApiError> {
+    let pending = ListParams::default().fields("status.phase=Pending");
+    list_summaries(client, throttle, namespace, pending).await
+}
+
+async fn list_summaries(
+    client: &Client,
+    throttle: &Throttle,
+    namespace: &str,
+    params: ListParams,
+) -> Result<Vec<PodSummary>, ApiError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let mut params = ListParams::default().limit(PAGE_SIZE);
+    let mut params = params.limit(PAGE_SIZE);
     let mut summaries = Vec::new();
     loop {
         let page: ObjectList<Pod> = throttle
@@ -89,7 +109,7 @@ impl Healer<'_> {
         namespace: &str,
         targets: &[(HealTarget, String)],
     ) -> Result<HealOutcome, ApiError> {
-        let pods = pod_summaries(self.client, self.throttle, namespace).await?;
+        let pods = pending_pod_summaries(self.client, self.throttle, namespace).await?;
         let pairs: Vec<(&HealTarget, &str)> =
             targets.iter().map(|(t, s)| (t, s.as_str())).collect();
         let scan = heal::scan(&pods, &pairs);
