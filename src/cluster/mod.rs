@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cache;
 pub mod lease;
 pub mod pods;
+pub mod slim;
 pub mod snapshot;
 pub mod view;
 
