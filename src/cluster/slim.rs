@@ -311,9 +311,13 @@ impl<K: Slim> SlimStore<K> {
         let state = self.lock();
         let mut names: BTreeSet<String> =
             state.by_namespace.keys().map(|n| n.to_string()).collect();
-        names.extend(state.recent.iter().filter_map(|((ns, _), recent)| {
-            matches!(recent, Recent::Written(_)).then(|| ns.to_string())
-        }));
+        names.extend(
+            state
+                .recent
+                .iter()
+                .filter(|(_, recent)| matches!(recent, Recent::Written(_)))
+                .map(|((ns, _), _)| ns.to_string()),
+        );
         names
     }
 
