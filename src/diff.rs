@@ -25,7 +25,7 @@ use k8s_openapi::jiff::Timestamp;
 use crate::config::LinkKind;
 pub use crate::model::links::{ServiceAccountEdit, edit_service_account, linked_names};
 use crate::model::managed::{self, Ownership};
-use crate::model::manifest::role_binding_manifest;
+use crate::model::manifest::{DataDigest, payload_digest, role_binding_manifest};
 pub use crate::model::outcome::Held;
 use crate::model::rotation;
 use crate::plan::{DesiredRoleBinding, DesiredSecret, HeldSecret, Problem, ProjectPlan};
@@ -45,6 +45,10 @@ pub struct ObservedProject {
     /// are unknown, [`crate::cluster::view::unread_accounts`]): a Secret recording one is
     /// never deleted, since one of them may still name it.
     pub unread_accounts: BTreeSet<String>,
+    /// Secrets whose data the view keeps only as a digest (the daemon's caches: a payload is
+    /// never held twice), by name; their `data` is `None`. A Secret with `data` is compared
+    /// byte for byte and needs no entry here.
+    pub data_digests: BTreeMap<String, DataDigest>,
 }
 
 /// How far a diff may go.
@@ -169,6 +173,8 @@ pub fn diff_project(
 struct Existing<'a> {
     secret: &'a Secret,
     ownership: Ownership,
+    /// The digest of its data when the view holds only that ([`ObservedProject::data_digests`]).
+    digest: Option<&'a DataDigest>,
 }
 
 /// Computes the actions for one project. `now` (passed in: this stage reads no clock) decides
@@ -192,6 +198,7 @@ pub fn diff_project_at(
                 Existing {
                     secret: s,
                     ownership,
+                    digest: observed.data_digests.get(name),
                 },
             ))
         })
@@ -341,7 +348,7 @@ fn existing_version_with_content<'a>(
                 && managed::recorded_content_hash(secret) == Some(desired.content_hash.as_str())
                 && secret.type_.as_deref() == Some(desired.secret_type.type_name())
                 && secret.immutable == Some(true)
-                && secret_data_matches(desired, secret)
+                && secret_data_matches(desired, secret, current.digest)
         })
         .max_by(|a, b| {
             let created = |e: &Existing<'_>| e.secret.metadata.creation_timestamp.clone();
@@ -507,9 +514,10 @@ fn secret_action(
         }
         Ownership::Foreign => return SecretDecision::LeftAlone(foreign_secret(project, desired)),
     }
+    let digest = current.digest;
     let current = current.secret;
     let type_matches = current.type_.as_deref() == Some(desired.secret_type.type_name());
-    let data_matches = secret_data_matches(desired, current);
+    let data_matches = secret_data_matches(desired, current, digest);
     let frozen = current.immutable == Some(true);
     if !type_matches || (frozen && !data_matches) || frozen != desired.immutable {
         if mode == Mode::AddOnly {
@@ -550,15 +558,25 @@ pub fn foreign_secret(project: &str, desired: &DesiredSecret) -> Problem {
     }
 }
 
-/// Exactly one data key, holding exactly the desired payload.
-fn secret_data_matches(desired: &DesiredSecret, current: &Secret) -> bool {
-    let Some(data) = &current.data else {
-        return false;
-    };
-    data.len() == 1
-        && data
-            .get(desired.secret_type.data_key())
-            .is_some_and(|value| value.0 == desired.payload.expose())
+/// Exactly one data key, holding exactly the desired payload: compared byte for byte, or (a
+/// view that keeps only digests) digest for digest, which covers the keys as well.
+fn secret_data_matches(
+    desired: &DesiredSecret,
+    current: &Secret,
+    digest: Option<&DataDigest>,
+) -> bool {
+    match (&current.data, digest) {
+        (Some(data), _) => {
+            data.len() == 1
+                && data
+                    .get(desired.secret_type.data_key())
+                    .is_some_and(|value| value.0 == desired.payload.expose())
+        }
+        (None, Some(digest)) => {
+            *digest == payload_digest(desired.secret_type.data_key(), desired.payload.expose())
+        }
+        (None, None) => false,
+    }
 }
 
 /// Every label and annotation pullsecretd sets is present with its value; others may exist.
@@ -881,6 +899,7 @@ mod tests {
             service_accounts: vec![default, builder],
             role_bindings: vec![],
             unread_accounts: BTreeSet::new(),
+            data_digests: BTreeMap::new(),
         }
     }
 
@@ -971,6 +990,50 @@ mod tests {
         );
     }
 
+    /// A cache keeps data only as a digest: the same content is up to date, an edited payload
+    /// or an extra key is repaired, and no digest at all is no match.
+    #[test]
+    fn data_held_as_a_digest_is_compared_by_digest() {
+        let config = config(vec![pull_secret("quay-pull", "quay")]);
+        let plan = desired(&config, "pw1");
+        let as_cached = |observed: &ObservedProject| {
+            let mut cached = observed.clone();
+            for secret in &mut cached.secrets {
+                if let Some(data) = secret.data.take() {
+                    let name = secret.metadata.name.clone().unwrap_or_default();
+                    cached
+                        .data_digests
+                        .insert(name, crate::model::manifest::data_digest(&data));
+                }
+            }
+            cached
+        };
+        let steps = |observed: &ObservedProject| {
+            names(&diff_project("a", &plan, observed, &policy()).steps)
+        };
+        let observed = converged(&plan);
+        assert!(steps(&as_cached(&observed)).is_empty());
+
+        let mut edited = observed.clone();
+        if let Some(data) = edited.secrets[0].data.as_mut() {
+            data.insert(
+                ".dockerconfigjson".into(),
+                k8s_openapi::ByteString(b"{}".to_vec()),
+            );
+        }
+        assert_eq!(steps(&as_cached(&edited)), ["update quay-pull"]);
+
+        let mut extra_key = observed.clone();
+        if let Some(data) = extra_key.secrets[0].data.as_mut() {
+            data.insert("extra".into(), k8s_openapi::ByteString(b"x".to_vec()));
+        }
+        assert_eq!(steps(&as_cached(&extra_key)), ["update quay-pull"]);
+
+        let mut no_digest = as_cached(&observed);
+        no_digest.data_digests.clear();
+        assert_eq!(steps(&no_digest), ["update quay-pull"]);
+    }
+
     #[test]
     fn type_change_recreates() {
         let mut legacy = pull_secret("quay-pull", "quay");
@@ -1003,6 +1066,7 @@ mod tests {
             service_accounts: vec![account("default", &[], &[]), account("builder", &[], &[])],
             role_bindings: vec![],
             unread_accounts: BTreeSet::new(),
+            data_digests: BTreeMap::new(),
         };
         let diff = diff_project("a", &plan, &observed, &policy());
         assert!(diff.steps.is_empty(), "{:?}", names(&diff.steps));
@@ -1271,6 +1335,7 @@ mod tests {
             service_accounts: vec![default, builder],
             role_bindings: vec![],
             unread_accounts: BTreeSet::new(),
+            data_digests: BTreeMap::new(),
         }
     }
 
@@ -1771,6 +1836,7 @@ mod safety_tests {
             service_accounts: vec![account(&["default-dockercfg-x", &n2])],
             role_bindings: vec![],
             unread_accounts: BTreeSet::new(),
+            data_digests: BTreeMap::new(),
         };
         for hold in [None, Some("")] {
             // Source failed (no credential), or not rendered (an empty-username token).
@@ -1809,6 +1875,7 @@ mod safety_tests {
             service_accounts: vec![account(&[&name])],
             role_bindings: vec![],
             unread_accounts: BTreeSet::new(),
+            data_digests: BTreeMap::new(),
         };
         // Team B wants nothing here: nothing is unlinked or deleted.
         let team_b = config(Some("team-b"), RotationStrategy::InPlace);
@@ -1861,6 +1928,7 @@ mod safety_tests {
             service_accounts: vec![account(&[&name])],
             role_bindings: vec![],
             unread_accounts: BTreeSet::new(),
+            data_digests: BTreeMap::new(),
         };
         let plan = planned(&config, Some("pw1"));
         let diff = diff_project("a", &plan, &observed, &DiffPolicy::full("default"));
@@ -1895,6 +1963,7 @@ mod safety_tests {
             service_accounts: vec![account(&[&name, &stale_name])],
             role_bindings: vec![],
             unread_accounts: BTreeSet::new(),
+            data_digests: BTreeMap::new(),
         };
         let now = config(Some("workstation"), RotationStrategy::InPlace);
         let add_only = DiffPolicy {

@@ -395,6 +395,7 @@ mod tests {
                 ],
                 role_bindings: vec![],
                 unread_accounts: BTreeSet::new(),
+                data_digests: BTreeMap::new(),
             },
         )]);
         let events = [
@@ -471,6 +472,7 @@ mod tests {
                 service_accounts: vec![account("default", &["quay"], &[])],
                 role_bindings: vec![],
                 unread_accounts: BTreeSet::new(),
+                data_digests: BTreeMap::new(),
             },
         )]);
         let report = status(&observed, &inputs(&[]), &[]);

@@ -26,6 +26,7 @@ use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
 use kube::runtime::events::{EventType, Recorder, Reporter};
 
+use super::cache::WriteLog;
 use super::events::publish_event;
 use super::pods::{HealBudget, pod_summaries};
 use super::{ApiError, Throttle};
@@ -74,6 +75,9 @@ pub struct ApplyOptions {
     pub recorder: Option<Recorder>,
     /// The rate limit of pod restarts by healing, shared by every namespace of the process.
     pub heal_budget: Arc<HealBudget>,
+    /// Told every object written or deleted, with the server's answer (the daemon's caches:
+    /// they remember it until the watch delivers it). `None` for one-shot passes.
+    pub write_log: Option<Arc<dyn WriteLog>>,
 }
 
 impl ApplyOptions {
@@ -86,6 +90,7 @@ impl ApplyOptions {
             mode: Mode::Full,
             recorder: None,
             heal_budget: Arc::default(),
+            write_log: None,
         }
     }
 }
@@ -325,7 +330,10 @@ impl ProjectRun<'_> {
         let manifest = secret_manifest(self.project, secret);
         let api = self.secrets();
         match self.throttle.call(|| api.create(&POST, &manifest)).await {
-            Ok(_) => {
+            Ok(created) => {
+                if let Some(log) = &self.options.write_log {
+                    log.secret_written(None, created);
+                }
                 self.changed(Change::Secret {
                     verb: Verb::Create,
                     name: secret.name.clone(),
@@ -387,7 +395,10 @@ impl ProjectRun<'_> {
                 .call(|| api.replace(&secret.name, &POST, &manifest))
                 .await
             {
-                Ok(_) => {
+                Ok(updated) => {
+                    if let Some(log) = &self.options.write_log {
+                        log.secret_written(manifest.metadata.resource_version.as_deref(), updated);
+                    }
                     self.changed(Change::Secret {
                         verb: Verb::Update,
                         name: secret.name.clone(),
@@ -549,7 +560,10 @@ impl ProjectRun<'_> {
                 .call(|| api.replace(&edit.name, &params, &updated))
                 .await
             {
-                Ok(_) => {
+                Ok(written) => {
+                    if let Some(log) = &self.options.write_log {
+                        log.account_written(current.metadata.resource_version.as_deref(), written);
+                    }
                     let change = applied_links(&current, edit);
                     self.changed(change).await;
                     return Ok(());
@@ -650,6 +664,13 @@ impl ProjectRun<'_> {
                 .await
             {
                 Ok(_) => {
+                    if let Some(log) = &self.options.write_log {
+                        log.secret_deleted(
+                            self.project,
+                            &guard.name,
+                            guard.resource_version.as_deref(),
+                        );
+                    }
                     self.changed(Change::Secret {
                         verb: Verb::Delete,
                         name: delete.name.clone(),
@@ -693,7 +714,10 @@ impl ProjectRun<'_> {
         let api = self.bindings();
         let manifest = role_binding_manifest(self.project, binding);
         match self.throttle.call(|| api.create(&POST, &manifest)).await {
-            Ok(_) => {
+            Ok(created) => {
+                if let Some(log) = &self.options.write_log {
+                    log.role_binding_written(None, created);
+                }
                 self.changed(Change::RoleBinding {
                     verb: Verb::Create,
                     name: binding.name.clone(),
@@ -739,7 +763,13 @@ impl ProjectRun<'_> {
             .call(|| api.replace(&binding.name, &POST, &manifest))
             .await
         {
-            Ok(_) => {
+            Ok(updated) => {
+                if let Some(log) = &self.options.write_log {
+                    log.role_binding_written(
+                        manifest.metadata.resource_version.as_deref(),
+                        updated,
+                    );
+                }
                 self.changed(Change::RoleBinding {
                     verb: Verb::Update,
                     name: binding.name.clone(),
@@ -759,6 +789,13 @@ impl ProjectRun<'_> {
             .await
         {
             Ok(_) => {
+                if let Some(log) = &self.options.write_log {
+                    log.role_binding_deleted(
+                        self.project,
+                        &delete.name,
+                        delete.resource_version.as_deref(),
+                    );
+                }
                 self.changed(Change::RoleBinding {
                     verb: Verb::Delete,
                     name: delete.name.clone(),

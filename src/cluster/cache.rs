@@ -1,40 +1,43 @@
-//! Watch caches (kube I/O, read-only): kube-runtime reflectors over namespaces, managed Secrets,
-//! the linked service accounts (one watch per account name) and managed RoleBindings, and the
+//! Watch caches (kube I/O, read-only): watches of namespaces, managed Secrets, the linked
+//! service accounts (one watch per account name) and managed RoleBindings, and the
 //! per-namespace view of them that `diff` needs.
 //!
 //! After the initial list each cache is kept current by its watch (resumed from the last
 //! resourceVersion or bookmark; re-listed only after 410 Expired), so reading a namespace's
 //! objects costs no request. Every change is reported as the name of the namespace it touches,
-//! including objects that vanished while a watch was re-listing. Must not write anything.
+//! including objects that vanished while a watch was re-listing. Must not write anything; what
+//! this daemon wrote is remembered by the stores until the watch delivers it ([`WriteLog`]).
+//!
+//! Secrets, service accounts and RoleBindings live in slim stores ([`super::slim`]): per object
+//! only its identity, the rest shared between equal objects, a Secret's payload as a digest.
+//! Namespaces stay in a kube-runtime reflector store (the controller's applier looks requests
+//! up there), stripped to name, labels and phase. A deleted namespace's objects leave the
+//! stores with their delete events.
 //!
 //! Namespaced mode (`namespaces:` in the config) watches nothing cluster-wide and needs only a
-//! Role per namespace: one reflector per namespace per kind (per account name for service
-//! accounts), in a map namespace → store. One store cannot serve several watch streams,
-//! because each stream's re-list (`Init` … `InitDone`) replaces the whole store and would drop
-//! the other namespaces' objects. There is no namespace watch: the namespace store is filled
-//! once from the config, labels empty, and the config's namespaces are fixed for the daemon's
-//! life (a reload that changes them is rejected; see `daemon`).
-//!
-//! Secrets and RoleBindings are also indexed by namespace, so a reconcile reads its own
-//! namespace's objects without scanning every namespace's (at 10,000 namespaces a full scan
-//! per reconcile made a cold start quadratic).
+//! Role per namespace: one watch per namespace per kind (per account name for service
+//! accounts), each re-list replacing only what its stream covers. There is no namespace watch:
+//! the namespace store is filled once from the config, labels empty, and the config's
+//! namespaces are fixed for the daemon's life (a reload that changes them is rejected; see
+//! `daemon`).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, NamespaceStatus, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::Api;
+use kube::api::{Api, ObjectMeta};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher::{self, Event};
 use kube::runtime::{WatchStreamExt as _, reflector as reflect, watcher as watch};
-use kube::{Client, Resource, ResourceExt as _};
+use kube::{Client, ResourceExt as _};
 use serde::de::DeserializeOwned;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as signal};
 
+use super::slim::{Coverage, Relist, Slim, SlimStore};
 use super::view::{self, ClusterView, namespace_info};
 use crate::diff::ObservedProject;
 use crate::model::managed::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
@@ -43,128 +46,46 @@ use crate::plan::NamespaceInfo;
 /// Names of namespaces whose objects changed; the controller reconciles them.
 pub type Touched = mpsc::UnboundedSender<String>;
 
-/// Names of a store's objects by namespace, kept by the task that reports changes: updated
-/// before the namespace is reported, so the reconcile that follows sees the object.
-#[derive(Clone, Default)]
-struct NamespaceIndex(Arc<Mutex<HashMap<String, BTreeSet<String>>>>);
+/// A watch stopped before its initial list was in (the daemon is stopping).
+#[derive(Debug, thiserror::Error)]
+#[error("a watch stopped before its initial list")]
+pub struct WatchStopped;
 
-impl NamespaceIndex {
-    fn insert(&self, namespace: String, name: String) {
-        self.lock().entry(namespace).or_default().insert(name);
-    }
-
-    fn remove(&self, namespace: &str, name: &str) {
-        let mut index = self.lock();
-        if let Some(names) = index.get_mut(namespace) {
-            names.remove(name);
-            if names.is_empty() {
-                index.remove(namespace);
-            }
-        }
-    }
-
-    fn namespaces(&self) -> BTreeSet<String> {
-        self.lock().keys().cloned().collect()
-    }
-
-    fn names(&self, namespace: &str) -> Vec<String> {
-        self.lock()
-            .get(namespace)
-            .map(|names| names.iter().cloned().collect())
-            .unwrap_or_default()
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, BTreeSet<String>>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-/// One kind's reflector stores: one across all namespaces, or one per namespace (namespaced
-/// mode).
+/// Whether one watch stream has had its initial list.
 #[derive(Clone)]
-enum Stores<K: Resource<DynamicType = ()> + Clone + 'static> {
-    Cluster(Store<K>),
-    Namespaces(BTreeMap<String, Store<K>>),
-}
+struct Synced(signal::Receiver<bool>);
 
-impl<K> Stores<K>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    /// Starts the watch(es) of `K` with `config`: across all namespaces, or in each of
-    /// `namespaces`.
-    fn spawn(
-        client: &Client,
-        namespaces: Option<&[String]>,
-        config: &watcher::Config,
-        touched: &Touched,
-        index: Option<&NamespaceIndex>,
-    ) -> Self {
-        let start = |api: Api<K>| {
-            spawn_reflector(
-                api,
-                config.clone(),
-                touched.clone(),
-                namespace_of,
-                index.cloned(),
-            )
-        };
-        match namespaces {
-            None => Self::Cluster(start(Api::all(client.clone()))),
-            Some(names) => Self::Namespaces(
-                names
-                    .iter()
-                    .map(|ns| (ns.clone(), start(Api::namespaced(client.clone(), ns))))
-                    .collect(),
-            ),
-        }
-    }
-
-    fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        let key = ObjectRef::new(name).within(namespace);
-        match self {
-            Self::Cluster(store) => store.get(&key),
-            Self::Namespaces(stores) => stores.get(namespace)?.get(&key),
-        }
-    }
-
-    fn state(&self) -> Vec<Arc<K>> {
-        match self {
-            Self::Cluster(store) => store.state(),
-            Self::Namespaces(stores) => stores.values().flat_map(Store::state).collect(),
-        }
-    }
-
-    async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        match self {
-            Self::Cluster(store) => store.wait_until_ready().await,
-            Self::Namespaces(stores) => {
-                for store in stores.values() {
-                    store.wait_until_ready().await?;
-                }
-                Ok(())
-            }
-        }
+impl Synced {
+    async fn wait(&self) -> Result<(), WatchStopped> {
+        let mut synced = self.0.clone();
+        synced
+            .wait_for(|done| *done)
+            .await
+            .map(|_| ())
+            .map_err(|_| WatchStopped)
     }
 }
 
-/// The reflector stores the daemon plans and diffs from.
+async fn wait_all(streams: &[Synced]) -> Result<(), WatchStopped> {
+    for stream in streams {
+        stream.wait().await?;
+    }
+    Ok(())
+}
+
+/// The caches the daemon plans and diffs from.
 #[derive(Clone)]
 pub struct Caches {
     /// Watched, or (namespaced mode) the configured namespaces, filled once.
     pub namespaces: Store<Namespace>,
-    secrets: Stores<Secret>,
-    role_bindings: Stores<RoleBinding>,
-    secrets_by_namespace: NamespaceIndex,
-    role_bindings_by_namespace: NamespaceIndex,
-    /// One store (or, namespaced, one per namespace) per watched service-account name.
-    accounts: Arc<Mutex<BTreeMap<String, Stores<ServiceAccount>>>>,
+    secrets: SlimStore<Secret>,
+    role_bindings: SlimStore<RoleBinding>,
+    /// Every watched service-account name's accounts.
+    accounts: SlimStore<ServiceAccount>,
+    /// The namespace, Secret and RoleBinding streams.
+    synced: Vec<Synced>,
+    /// The streams of each watched service-account name.
+    account_names: Arc<Mutex<BTreeMap<String, Vec<Synced>>>>,
     /// Namespaced mode: the only namespaces watched.
     scope: Option<Vec<String>>,
     client: Client,
@@ -186,39 +107,33 @@ impl Caches {
     ) -> Self {
         let managed =
             watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGED_BY_VALUE}"));
-        let namespaces = match scope {
-            None => spawn_reflector(
-                Api::<Namespace>::all(client.clone()),
-                watcher::Config::default(),
-                touched.clone(),
-                |ns: &Namespace| ns.name_any(),
-                None,
-            ),
-            Some(names) => fixed_namespaces(names),
+        let (namespaces, mut synced) = match scope {
+            None => {
+                let (store, synced) = spawn_namespace_watch(client, touched.clone());
+                (store, vec![synced])
+            }
+            Some(names) => (fixed_namespaces(names), Vec::new()),
         };
-        let secrets_by_namespace = NamespaceIndex::default();
-        let secrets = Stores::spawn(
+        let secrets = SlimStore::default();
+        synced.extend(spawn_watches(
+            client, scope, &managed, None, &secrets, &touched,
+        ));
+        let role_bindings = SlimStore::default();
+        synced.extend(spawn_watches(
             client,
             scope,
             &managed,
+            None,
+            &role_bindings,
             &touched,
-            Some(&secrets_by_namespace),
-        );
-        let role_bindings_by_namespace = NamespaceIndex::default();
-        let role_bindings = Stores::spawn(
-            client,
-            scope,
-            &managed,
-            &touched,
-            Some(&role_bindings_by_namespace),
-        );
+        ));
         let caches = Self {
             namespaces,
             secrets,
             role_bindings,
-            secrets_by_namespace,
-            role_bindings_by_namespace,
-            accounts: Arc::default(),
+            accounts: SlimStore::default(),
+            synced,
+            account_names: Arc::default(),
             scope: scope.map(<[String]>::to_vec),
             client: client.clone(),
             touched,
@@ -228,62 +143,124 @@ impl Caches {
         caches
     }
 
-    /// Every cached managed Secret.
-    pub fn secrets(&self) -> Vec<Arc<Secret>> {
-        self.secrets.state()
+    /// Every cached managed Secret (rebuilt; data only as digests).
+    pub fn secrets(&self) -> Vec<Secret> {
+        self.secrets.all()
+    }
+
+    /// Where the daemon's writes are remembered until the watches deliver them.
+    pub fn write_log(&self) -> Arc<dyn WriteLog> {
+        Arc::new(StoreWriteLog {
+            secrets: self.secrets.clone(),
+            accounts: self.accounts.clone(),
+            role_bindings: self.role_bindings.clone(),
+        })
     }
 
     /// Adds a watch for each service-account name not watched yet (returned, to wait for).
     /// Names are never dropped: an account the config stopped linking must still be seen to
     /// be unlinked.
     pub fn watch_accounts(&self, names: &BTreeSet<String>) -> Vec<AccountWatch> {
-        let mut accounts = self.accounts.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut watched = self
+            .account_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut added = Vec::new();
         for name in names {
-            if accounts.contains_key(name) {
+            if watched.contains_key(name) {
                 continue;
             }
-            let stores = Stores::spawn(
+            let synced = spawn_watches(
                 &self.client,
                 self.scope.as_deref(),
                 &watcher::Config::default().fields(&format!("metadata.name={name}")),
+                Some(name),
+                &self.accounts,
                 &self.touched,
-                None,
             );
-            accounts.insert(name.clone(), stores.clone());
-            added.push(AccountWatch(stores));
+            watched.insert(name.clone(), synced.clone());
+            added.push(AccountWatch(synced));
         }
         added
     }
 
-    fn account_stores(&self) -> Vec<(String, Stores<ServiceAccount>)> {
-        self.accounts
+    fn watched_account_names(&self) -> BTreeSet<String> {
+        self.account_names
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .iter()
-            .map(|(name, store)| (name.clone(), store.clone()))
+            .keys()
+            .cloned()
             .collect()
     }
 
-    /// Waits until every store has had its initial list.
-    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.namespaces.wait_until_ready().await?;
-        self.secrets.wait_until_ready().await?;
-        self.role_bindings.wait_until_ready().await?;
-        for (_, stores) in self.account_stores() {
-            stores.wait_until_ready().await?;
-        }
-        Ok(())
+    /// Waits until every watch has had its initial list.
+    pub async fn wait_until_ready(&self) -> Result<(), WatchStopped> {
+        wait_all(&self.synced).await?;
+        let accounts: Vec<Synced> = self
+            .account_names
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .flatten()
+            .cloned()
+            .collect();
+        wait_all(&accounts).await
     }
 }
 
-/// A newly started service-account watch (all its namespaces' stores).
-pub struct AccountWatch(Stores<ServiceAccount>);
+/// A newly started service-account watch (all its namespaces' streams).
+pub struct AccountWatch(Vec<Synced>);
 
 impl AccountWatch {
     /// Waits until its initial list(s) are in.
-    pub async fn wait_until_ready(&self) -> Result<(), reflector::store::WriterDropped> {
-        self.0.wait_until_ready().await
+    pub async fn wait_until_ready(&self) -> Result<(), WatchStopped> {
+        wait_all(&self.0).await
+    }
+}
+
+/// What apply tells the caches it wrote, so a namespace reconciled again before the watch
+/// delivers those writes diffs against them ([`super::slim`]).
+pub trait WriteLog: Send + Sync {
+    /// A Secret the server answered a create (`before` = `None`) or an update against
+    /// `before` with.
+    fn secret_written(&self, before: Option<&str>, written: Secret);
+    /// A Secret deleted at `resource_version`.
+    fn secret_deleted(&self, namespace: &str, name: &str, resource_version: Option<&str>);
+    /// A service account the server answered an update against `before` with.
+    fn account_written(&self, before: Option<&str>, written: ServiceAccount);
+    /// A RoleBinding the server answered a create or an update against `before` with.
+    fn role_binding_written(&self, before: Option<&str>, written: RoleBinding);
+    /// A RoleBinding deleted at `resource_version`.
+    fn role_binding_deleted(&self, namespace: &str, name: &str, resource_version: Option<&str>);
+}
+
+struct StoreWriteLog {
+    secrets: SlimStore<Secret>,
+    accounts: SlimStore<ServiceAccount>,
+    role_bindings: SlimStore<RoleBinding>,
+}
+
+impl WriteLog for StoreWriteLog {
+    fn secret_written(&self, before: Option<&str>, written: Secret) {
+        self.secrets.remember_written(before, written);
+    }
+
+    fn secret_deleted(&self, namespace: &str, name: &str, resource_version: Option<&str>) {
+        self.secrets
+            .remember_deleted(namespace, name, resource_version);
+    }
+
+    fn account_written(&self, before: Option<&str>, written: ServiceAccount) {
+        self.accounts.remember_written(before, written);
+    }
+
+    fn role_binding_written(&self, before: Option<&str>, written: RoleBinding) {
+        self.role_bindings.remember_written(before, written);
+    }
+
+    fn role_binding_deleted(&self, namespace: &str, name: &str, resource_version: Option<&str>) {
+        self.role_bindings
+            .remember_deleted(namespace, name, resource_version);
     }
 }
 
@@ -294,9 +271,9 @@ fn fixed_namespaces(names: &[String]) -> Store<Namespace> {
     writer.apply_watcher_event(&Event::Init);
     for name in names {
         let namespace = Namespace {
-            metadata: kube::api::ObjectMeta {
+            metadata: ObjectMeta {
                 name: Some(name.clone()),
-                ..kube::api::ObjectMeta::default()
+                ..ObjectMeta::default()
             },
             ..Namespace::default()
         };
@@ -327,38 +304,23 @@ impl ClusterView for Caches {
         self.openshift
     }
 
-    /// From the caches: no request, no scan of other namespaces.
+    /// From the caches (and this daemon's writes they have not seen yet): no request, no scan
+    /// of other namespaces.
     fn observed(&self, namespace: &str) -> ObservedProject {
-        let secrets: Vec<Secret> = self
-            .secrets_by_namespace
-            .names(namespace)
-            .iter()
-            .filter_map(|name| self.secrets.get(namespace, name))
-            .map(|s| Secret::clone(&s))
-            .collect();
-        let stores = self.account_stores();
-        let watched: BTreeSet<String> = stores.iter().map(|(name, _)| name.clone()).collect();
+        let (secrets, data_digests) = self.secrets.objects(namespace);
+        let watched = self.watched_account_names();
         ObservedProject {
             unread_accounts: view::unread_accounts(&secrets, &watched),
             secrets,
-            service_accounts: stores
-                .iter()
-                .filter_map(|(name, stores)| stores.get(namespace, name))
-                .map(|sa| ServiceAccount::clone(&sa))
-                .collect(),
-            role_bindings: self
-                .role_bindings_by_namespace
-                .names(namespace)
-                .iter()
-                .filter_map(|name| self.role_bindings.get(namespace, name))
-                .map(|b| RoleBinding::clone(&b))
-                .collect(),
+            service_accounts: self.accounts.objects(namespace).0,
+            role_bindings: self.role_bindings.objects(namespace).0,
+            data_digests,
         }
     }
 
     fn namespaces_with_objects(&self) -> BTreeSet<String> {
-        let mut names = self.secrets_by_namespace.namespaces();
-        names.extend(self.role_bindings_by_namespace.namespaces());
+        let mut names = self.secrets.namespaces();
+        names.extend(self.role_bindings.namespaces());
         names
     }
 }
@@ -370,78 +332,146 @@ fn cache_namespace_info(namespace: &Namespace) -> Option<NamespaceInfo> {
     )
 }
 
-fn namespace_of<K: Resource>(object: &K) -> String {
-    object.meta().namespace.clone().unwrap_or_default()
+/// A namespace as cached: its name, labels and phase, nothing else.
+fn strip_namespace(namespace: &mut Namespace) {
+    let meta = std::mem::take(&mut namespace.metadata);
+    namespace.metadata = ObjectMeta {
+        name: meta.name,
+        labels: meta.labels,
+        ..ObjectMeta::default()
+    };
+    namespace.spec = None;
+    namespace.status = namespace.status.take().map(|status| NamespaceStatus {
+        phase: status.phase,
+        conditions: None,
+    });
 }
 
-/// Runs a reflector in its own task, reporting the namespace of every object it sees change
-/// (and keeping `index` current when given).
-fn spawn_reflector<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    touched: Touched,
-    namespace: fn(&K) -> String,
-    index: Option<NamespaceIndex>,
-) -> Store<K>
-where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
-{
+/// The namespace watch, into a reflector store (stripped), reporting each namespace that
+/// changes (and, after a re-list, each that vanished).
+fn spawn_namespace_watch(client: &Client, touched: Touched) -> (Store<Namespace>, Synced) {
     let (reader, writer) = reflector::store();
-    // managedFields are never read here and are often the bulk of an object: not cached.
     let events = reflect(
         writer,
-        watch(api, config)
-            .default_backoff()
-            .modify(|object: &mut K| object.meta_mut().managed_fields = None),
+        watch(
+            Api::<Namespace>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .default_backoff()
+        .modify(strip_namespace),
     );
-    let store = reader.clone();
-    tokio::spawn(report_changes(events, reader, touched, namespace, index));
-    store
+    let (synced_tx, synced_rx) = signal::channel(false);
+    tokio::spawn(report_namespaces(
+        events,
+        reader.clone(),
+        touched,
+        synced_tx,
+    ));
+    (reader, Synced(synced_rx))
 }
 
-/// Sends the namespace of each applied or deleted object. After a re-list (a fresh start or a
-/// 410 Expired), objects that were cached before and are gone now count as deleted.
-async fn report_changes<K>(
-    events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
-    store: Store<K>,
+async fn report_namespaces(
+    events: impl Stream<Item = Result<Event<Namespace>, watcher::Error>>,
+    store: Store<Namespace>,
     touched: Touched,
-    namespace: fn(&K) -> String,
-    index: Option<NamespaceIndex>,
-) where
-    K: Resource<DynamicType = ()> + Clone + Send + Sync + 'static,
-{
+    synced: signal::Sender<bool>,
+) {
     let mut events = std::pin::pin!(events);
-    let mut before_relist: Vec<Arc<K>> = Vec::new();
+    let mut before_relist: Vec<String> = Vec::new();
     while let Some(event) = events.next().await {
         let sent = match event {
-            Ok(Event::Apply(object) | Event::InitApply(object)) => {
-                if let Some(index) = &index {
-                    index.insert(namespace(&object), object.name_any());
-                }
-                touched.send(namespace(&object))
-            }
-            Ok(Event::Delete(object)) => {
-                if let Some(index) = &index {
-                    index.remove(&namespace(&object), &object.name_any());
-                }
-                touched.send(namespace(&object))
+            Ok(Event::Apply(ns) | Event::InitApply(ns) | Event::Delete(ns)) => {
+                touched.send(ns.name_any())
             }
             Ok(Event::Init) => {
-                before_relist = store.state();
+                before_relist = store.state().iter().map(|ns| ns.name_any()).collect();
                 Ok(())
             }
             Ok(Event::InitDone) => {
-                let gone: BTreeSet<String> = before_relist
+                synced.send_replace(true);
+                before_relist
                     .drain(..)
-                    .filter(|old| store.get(&ObjectRef::from_obj(old.as_ref())).is_none())
-                    .map(|old| {
-                        if let Some(index) = &index {
-                            index.remove(&namespace(&old), &old.name_any());
-                        }
-                        namespace(&old)
-                    })
-                    .collect();
-                gone.into_iter().try_for_each(|ns| touched.send(ns))
+                    .filter(|name| store.get(&ObjectRef::new(name)).is_none())
+                    .try_for_each(|name| touched.send(name))
+            }
+            Err(error) => {
+                tracing::warn!(error = %watch_error(&error), "Watch failed; retrying with backoff.");
+                Ok(())
+            }
+        };
+        if sent.is_err() {
+            // The controller is gone: the daemon is stopping.
+            return;
+        }
+    }
+}
+
+/// Starts the watch(es) of `K` with `config` into `store`: across all namespaces, or in each
+/// of `namespaces`; `name` when `config` selects one object name.
+fn spawn_watches<K>(
+    client: &Client,
+    namespaces: Option<&[String]>,
+    config: &watcher::Config,
+    name: Option<&String>,
+    store: &SlimStore<K>,
+    touched: &Touched,
+) -> Vec<Synced>
+where
+    K: Slim + kube::Resource<Scope = NamespaceResourceScope> + DeserializeOwned + Debug,
+{
+    let start = |api: Api<K>, namespace: Option<&String>| {
+        let coverage = Coverage {
+            namespace: namespace.cloned(),
+            name: name.cloned(),
+        };
+        let (synced_tx, synced_rx) = signal::channel(false);
+        let events = watch(api, config.clone()).default_backoff();
+        tokio::spawn(feed_store(
+            events,
+            store.clone(),
+            coverage,
+            touched.clone(),
+            synced_tx,
+        ));
+        Synced(synced_rx)
+    };
+    match namespaces {
+        None => vec![start(Api::all(client.clone()), None)],
+        Some(names) => names
+            .iter()
+            .map(|ns| start(Api::namespaced(client.clone(), ns), Some(ns)))
+            .collect(),
+    }
+}
+
+/// Applies one watch stream's events to `store`, sending the namespace of every object that
+/// changed. A re-list (a fresh start or a 410 Expired) is collected and replaces what the
+/// stream covers at its end; objects gone by then count as changed too.
+async fn feed_store<K: Slim>(
+    events: impl Stream<Item = Result<Event<K>, watcher::Error>>,
+    store: SlimStore<K>,
+    coverage: Coverage,
+    touched: Touched,
+    synced: signal::Sender<bool>,
+) {
+    let mut events = std::pin::pin!(events);
+    let mut relist = Relist::default();
+    while let Some(event) = events.next().await {
+        let sent = match event {
+            Ok(Event::Apply(object)) => touched.send(store.apply(object)),
+            Ok(Event::Delete(object)) => touched.send(store.delete(&object)),
+            Ok(Event::Init) => {
+                relist = Relist::default();
+                Ok(())
+            }
+            Ok(Event::InitApply(object)) => {
+                store.add_to_relist(&mut relist, object);
+                Ok(())
+            }
+            Ok(Event::InitDone) => {
+                let changed = store.replace(&coverage, std::mem::take(&mut relist));
+                synced.send_replace(true);
+                changed.into_iter().try_for_each(|ns| touched.send(ns))
             }
             Err(error) => {
                 tracing::warn!(error = %watch_error(&error), "Watch failed; retrying with backoff.");

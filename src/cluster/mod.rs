@@ -11,6 +11,7 @@ pub mod cache;
 pub mod events;
 pub mod lease;
 pub mod pods;
+pub mod slim;
 pub mod snapshot;
 pub mod view;
 

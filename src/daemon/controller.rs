@@ -173,6 +173,7 @@ impl Context {
             events: self.recorder.is_some(),
             recorder: self.recorder.clone(),
             heal_budget: Arc::clone(&self.heal_budget),
+            write_log: Some(self.caches.write_log()),
             ..ApplyOptions::for_instance(config.instance_name())
         }
     }
@@ -592,5 +593,5 @@ fn report_of(found: &[crate::plan::Problem], held: &[crate::diff::Held]) -> Name
 /// names, those this instance's Secrets say they are linked from ([`view::account_names`]).
 pub fn recorded_accounts(caches: &Caches, config: &Config) -> BTreeSet<String> {
     let secrets = caches.secrets();
-    view::account_names(config, secrets.iter().map(|s| &**s), &caches.namespaces())
+    view::account_names(config, &secrets, &caches.namespaces())
 }

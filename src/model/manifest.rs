@@ -14,6 +14,36 @@ use crate::model::managed::{self, IMAGE_PULLER_ROLE};
 
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
+/// SHA-256 over a Secret's data map (each key and value, length-prefixed, in key order): what
+/// a cache keeps instead of the payload, still enough to see an edited payload.
+pub type DataDigest = [u8; 32];
+
+/// The [`DataDigest`] of a Secret's `data`.
+pub fn data_digest(data: &BTreeMap<String, ByteString>) -> DataDigest {
+    digest_entries(
+        data.iter()
+            .map(|(key, value)| (key.as_str(), value.0.as_slice())),
+    )
+}
+
+/// The [`DataDigest`] of data holding exactly `key` → `payload` (what [`secret_manifest`]
+/// writes).
+pub fn payload_digest(key: &str, payload: &[u8]) -> DataDigest {
+    digest_entries([(key, payload)])
+}
+
+fn digest_entries<'a>(entries: impl IntoIterator<Item = (&'a str, &'a [u8])>) -> DataDigest {
+    use sha2::{Digest as _, Sha256};
+    let mut hasher = Sha256::new();
+    for (key, value) in entries {
+        hasher.update((key.len() as u64).to_le_bytes());
+        hasher.update(key.as_bytes());
+        hasher.update((value.len() as u64).to_le_bytes());
+        hasher.update(value);
+    }
+    hasher.finalize().into()
+}
+
 /// The Secret manifest for `secret` in `namespace`, payload included.
 pub fn secret_manifest(namespace: &str, secret: &DesiredSecret) -> Secret {
     let data = BTreeMap::from([(

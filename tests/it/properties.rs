@@ -234,6 +234,7 @@ proptest! {
                 service_accounts: accounts,
                 role_bindings: vec![binding],
                 unread_accounts: Default::default(),
+                data_digests: Default::default(),
             },
         )]);
         let inputs = StatusInputs {

@@ -1,0 +1,519 @@
+//! Slim object stores (read-only caches, no I/O): what the daemon keeps of each watched Secret,
+//! service account and RoleBinding, and of the objects it just wrote.
+//!
+//! Why not kube-runtime's reflector store: it keeps every object whole, one allocation tree
+//! each, about 2-3 KiB for a managed Secret; at 10,000 namespaces that was most of the daemon's
+//! memory. What the diff needs of an object is small, and mostly the same in every namespace:
+//! a Secret named `quay-pull` with the same labels, annotations, type and content is identical
+//! in 10,000 namespaces but for its namespace, uid, resourceVersion and creation time. So an
+//! entry here is those four (per object) and a [`Shape`] (everything else, shared by every
+//! object that has it, interned by a SHA-256 of its JSON). A Secret's payload is not kept at
+//! all: its shape holds a digest of the data ([`crate::model::manifest::data_digest`]), which
+//! still tells an edited payload from the desired one. Whole objects are rebuilt from an entry
+//! when a reconcile asks (`objects`), so the diff keeps its k8s-openapi inputs.
+//!
+//! The store also remembers what this daemon just wrote ([`SlimStore::remember_written`],
+//! [`SlimStore::remember_deleted`]) until the watch delivers it: a namespace reconciled again
+//! before its watch events arrive (its own Secret creates trigger that) must diff against its
+//! own writes, or it writes again against a stale resourceVersion (409, GET) for nothing. A
+//! write is remembered only if the store held exactly the version it was written against (so
+//! it is newer than anything cached); any later watch event about the object ends the memory,
+//! since it is that write or something newer (a delete of the object a recreate replaced is
+//! the one exception: it is older), and so does a re-list.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::rbac::v1::RoleBinding;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::Resource;
+use serde::Serialize;
+use sha2::{Digest as _, Sha256};
+
+use crate::model::manifest::{DataDigest, data_digest};
+
+/// A kind the slim store can hold: what of it is kept only as a digest.
+pub trait Slim: Resource<DynamicType = ()> + Clone + Serialize + Send + Sync + 'static {
+    /// Takes what is kept only as a digest out of `object` (a Secret's data) and returns that
+    /// digest; `None` for kinds kept whole.
+    fn take_digest(_object: &mut Self) -> Option<DataDigest> {
+        None
+    }
+}
+
+impl Slim for Secret {
+    fn take_digest(secret: &mut Self) -> Option<DataDigest> {
+        secret.string_data = None;
+        secret.data.take().map(|data| data_digest(&data))
+    }
+}
+
+impl Slim for ServiceAccount {}
+impl Slim for RoleBinding {}
+
+/// Everything of an object but its namespace, uid, resourceVersion and creation time (and
+/// managedFields, never read): shared by every object that has the same.
+struct Shape<K> {
+    object: K,
+    digest: Option<DataDigest>,
+}
+
+/// One cached object.
+struct Entry<K> {
+    uid: Option<Box<str>>,
+    resource_version: Option<Box<str>>,
+    created: Option<Time>,
+    shape: Arc<Shape<K>>,
+}
+
+impl<K: Slim> Entry<K> {
+    fn name(&self) -> &str {
+        self.shape.object.meta().name.as_deref().unwrap_or_default()
+    }
+
+    /// The object as read, rebuilt (data, for a Secret, only as its digest).
+    fn object(&self, namespace: &str) -> K {
+        let mut object = self.shape.object.clone();
+        let meta = object.meta_mut();
+        meta.namespace = Some(namespace.to_string());
+        meta.uid = self.uid.as_deref().map(str::to_string);
+        meta.resource_version = self.resource_version.as_deref().map(str::to_string);
+        meta.creation_timestamp.clone_from(&self.created);
+        object
+    }
+}
+
+/// What this daemon wrote last to one object, until the watch delivers it.
+enum Recent<K> {
+    Written(Entry<K>),
+    Deleted,
+}
+
+/// Shapes by the SHA-256 of their JSON. Shapes no entry uses any more are dropped whenever the
+/// table has doubled since the last sweep, so rotations do not pile up old shapes.
+struct Shapes<K> {
+    by_digest: HashMap<[u8; 32], Arc<Shape<K>>>,
+    after_sweep: usize,
+}
+
+impl<K: Slim> Shapes<K> {
+    fn intern(&mut self, shape: Shape<K>) -> Arc<Shape<K>> {
+        let key = shape_key(&shape);
+        if let Some(shared) = self.by_digest.get(&key) {
+            return Arc::clone(shared);
+        }
+        if self.by_digest.len() >= 2 * self.after_sweep.max(32) {
+            self.by_digest
+                .retain(|_, shape| Arc::strong_count(shape) > 1);
+            self.after_sweep = self.by_digest.len();
+        }
+        let shape = Arc::new(shape);
+        self.by_digest.insert(key, Arc::clone(&shape));
+        shape
+    }
+}
+
+fn shape_key<K: Serialize>(shape: &Shape<K>) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    // A k8s-openapi object always serializes; should it not, its shape is not shared.
+    match serde_json::to_vec(&shape.object) {
+        Ok(json) => hasher.update(json),
+        Err(_) => hasher.update(std::ptr::from_ref(shape).addr().to_le_bytes()),
+    }
+    if let Some(digest) = &shape.digest {
+        hasher.update(digest);
+    }
+    hasher.finalize().into()
+}
+
+/// The objects of a re-list in progress.
+pub struct Relist<K>(Vec<(Box<str>, Entry<K>)>);
+
+impl<K> Default for Relist<K> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+/// Which objects one watch stream covers: a re-list replaces exactly these.
+#[derive(Clone, Debug, Default)]
+pub struct Coverage {
+    /// One namespace (namespaced mode), or all.
+    pub namespace: Option<String>,
+    /// One object name (a service-account watch), or all.
+    pub name: Option<String>,
+}
+
+impl Coverage {
+    fn covers(&self, namespace: &str, name: &str) -> bool {
+        self.namespace.as_deref().is_none_or(|ns| ns == namespace)
+            && self.name.as_deref().is_none_or(|n| n == name)
+    }
+}
+
+struct State<K> {
+    by_namespace: HashMap<Box<str>, Vec<Entry<K>>>,
+    recent: HashMap<(Box<str>, Box<str>), Recent<K>>,
+    shapes: Shapes<K>,
+}
+
+/// One kind's cached objects across namespaces (any number of watch streams feed it).
+pub struct SlimStore<K>(Arc<Mutex<State<K>>>);
+
+impl<K> Clone for SlimStore<K> {
+    fn clone(&self) -> Self {
+        Self(Arc::clone(&self.0))
+    }
+}
+
+impl<K: Slim> Default for SlimStore<K> {
+    fn default() -> Self {
+        Self(Arc::new(Mutex::new(State {
+            by_namespace: HashMap::new(),
+            recent: HashMap::new(),
+            shapes: Shapes {
+                by_digest: HashMap::new(),
+                after_sweep: 0,
+            },
+        })))
+    }
+}
+
+impl<K: Slim> SlimStore<K> {
+    fn lock(&self) -> MutexGuard<'_, State<K>> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `object` from a watch: cached (replacing the entry of that name). Returns its namespace.
+    pub fn apply(&self, object: K) -> String {
+        let namespace = namespace_of(&object);
+        let mut state = self.lock();
+        let entry = slim(&mut state.shapes, object);
+        state.forget_recent(&namespace, entry.name(), entry.uid.as_deref(), false);
+        let entries = state
+            .by_namespace
+            .entry(namespace.as_str().into())
+            .or_default();
+        match entries.iter_mut().find(|e| e.name() == entry.name()) {
+            Some(slot) => *slot = entry,
+            None => entries.push(entry),
+        }
+        namespace
+    }
+
+    /// A delete from a watch. Returns the object's namespace.
+    pub fn delete(&self, object: &K) -> String {
+        let namespace = namespace_of(object);
+        let name = object.meta().name.as_deref().unwrap_or_default();
+        let mut state = self.lock();
+        state.forget_recent(&namespace, name, object.meta().uid.as_deref(), true);
+        state.remove(&namespace, name);
+        namespace
+    }
+
+    /// Adds `object` to `relist`, slimmed at once (a re-list of 10,000 namespaces is not held
+    /// whole).
+    pub fn add_to_relist(&self, relist: &mut Relist<K>, object: K) {
+        let namespace = namespace_of(&object).into_boxed_str();
+        let entry = slim(&mut self.lock().shapes, object);
+        relist.0.push((namespace, entry));
+    }
+
+    /// The end of a re-list of `coverage`: replaces every entry it covers. Returns the
+    /// namespaces whose objects it listed or that lost objects. Recent writes are forgotten:
+    /// the list is at least as new as the write (or the write is rediscovered by a 409).
+    pub fn replace(&self, coverage: &Coverage, relist: Relist<K>) -> BTreeSet<String> {
+        let mut state = self.lock();
+        let mut touched = BTreeSet::new();
+        for (namespace, entries) in &mut state.by_namespace {
+            let before = entries.len();
+            entries.retain(|e| !coverage.covers(namespace, e.name()));
+            if entries.len() != before {
+                touched.insert(namespace.to_string());
+            }
+        }
+        state.by_namespace.retain(|_, entries| !entries.is_empty());
+        state
+            .recent
+            .retain(|(namespace, name), _| !coverage.covers(namespace, name));
+        for (namespace, entry) in relist.0 {
+            touched.insert(namespace.to_string());
+            state.by_namespace.entry(namespace).or_default().push(entry);
+        }
+        touched
+    }
+
+    /// Remembers `written`, the server's answer to a create (`before` = `None`) or an update
+    /// against `before`, if the store holds exactly `before` now (otherwise it holds something
+    /// newer already, or the write was not against it).
+    pub fn remember_written(&self, before: Option<&str>, written: K) {
+        let namespace = namespace_of(&written);
+        let mut state = self.lock();
+        let entry = slim(&mut state.shapes, written);
+        let name = entry.name().to_string();
+        if state.current_version(&namespace, &name) != Some(before) {
+            return;
+        }
+        state
+            .recent
+            .insert((namespace.into(), name.into()), Recent::Written(entry));
+    }
+
+    /// Remembers that `namespace/name`, read at `resource_version`, was deleted, if the store
+    /// holds exactly that version now.
+    pub fn remember_deleted(&self, namespace: &str, name: &str, resource_version: Option<&str>) {
+        let mut state = self.lock();
+        if resource_version.is_none()
+            || state.current_version(namespace, name) != Some(resource_version)
+        {
+            return;
+        }
+        state
+            .recent
+            .insert((namespace.into(), name.into()), Recent::Deleted);
+    }
+
+    /// `namespace`'s objects, this daemon's recent writes included, rebuilt; with the data
+    /// digests of those kept as one (by name).
+    pub fn objects(&self, namespace: &str) -> (Vec<K>, BTreeMap<String, DataDigest>) {
+        let state = self.lock();
+        let mut objects = Vec::new();
+        let mut digests = BTreeMap::new();
+        let mut take = |entry: &Entry<K>| {
+            if let Some(digest) = entry.shape.digest {
+                digests.insert(entry.name().to_string(), digest);
+            }
+            objects.push(entry.object(namespace));
+        };
+        let cached = state.by_namespace.get(namespace).map(Vec::as_slice);
+        for entry in cached.unwrap_or_default() {
+            match state.recent.get(&(namespace.into(), entry.name().into())) {
+                Some(Recent::Written(newer)) => take(newer),
+                Some(Recent::Deleted) => {}
+                None => take(entry),
+            }
+        }
+        for ((ns, name), recent) in &state.recent {
+            let Recent::Written(created) = recent else {
+                continue;
+            };
+            let cached_too = cached.is_some_and(|c| c.iter().any(|e| e.name() == &**name));
+            if &**ns == namespace && !cached_too {
+                take(created);
+            }
+        }
+        (objects, digests)
+    }
+
+    /// Every namespace holding an object (recent creates included).
+    pub fn namespaces(&self) -> BTreeSet<String> {
+        let state = self.lock();
+        let mut names: BTreeSet<String> =
+            state.by_namespace.keys().map(|n| n.to_string()).collect();
+        names.extend(
+            state
+                .recent
+                .iter()
+                .filter(|(_, recent)| matches!(recent, Recent::Written(_)))
+                .map(|((ns, _), _)| ns.to_string()),
+        );
+        names
+    }
+
+    /// Every namespace's objects, rebuilt (for the rare whole-cluster reads).
+    pub fn all(&self) -> Vec<K> {
+        let namespaces = self.namespaces();
+        namespaces
+            .iter()
+            .flat_map(|ns| self.objects(ns).0)
+            .collect()
+    }
+}
+
+impl<K: Slim> State<K> {
+    /// The resourceVersion this store shows for `namespace/name` (recent writes first):
+    /// `Some(None)` when it shows no such object, `Some(Some(rv))` when it does. (`None` is
+    /// never returned; the outer option only lets callers compare with `Some(before)`.)
+    fn current_version(&self, namespace: &str, name: &str) -> Option<Option<&str>> {
+        match self.recent.get(&(namespace.into(), name.into())) {
+            Some(Recent::Written(entry)) => return Some(entry.resource_version.as_deref()),
+            Some(Recent::Deleted) => return Some(None),
+            None => {}
+        }
+        let entry = self
+            .by_namespace
+            .get(namespace)
+            .and_then(|entries| entries.iter().find(|e| e.name() == name));
+        Some(entry.and_then(|e| e.resource_version.as_deref()))
+    }
+
+    /// A watch event about `namespace/name` (object `uid`) arrived: what was remembered of it
+    /// is that write or older now, except when the event deletes another object than the one
+    /// written (the old one a recreate replaced).
+    fn forget_recent(&mut self, namespace: &str, name: &str, uid: Option<&str>, deleted: bool) {
+        let key: (Box<str>, Box<str>) = (namespace.into(), name.into());
+        if let Some(Recent::Written(entry)) = self.recent.get(&key)
+            && deleted
+            && entry.uid.as_deref() != uid
+        {
+            return;
+        }
+        self.recent.remove(&key);
+    }
+
+    fn remove(&mut self, namespace: &str, name: &str) {
+        if let Some(entries) = self.by_namespace.get_mut(namespace) {
+            entries.retain(|e| e.name() != name);
+            if entries.is_empty() {
+                self.by_namespace.remove(namespace);
+            }
+        }
+    }
+}
+
+/// `object` as an entry: its identity kept, the rest interned.
+fn slim<K: Slim>(shapes: &mut Shapes<K>, mut object: K) -> Entry<K> {
+    let digest = K::take_digest(&mut object);
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    meta.namespace = None;
+    let uid = meta.uid.take().map(String::into_boxed_str);
+    let resource_version = meta.resource_version.take().map(String::into_boxed_str);
+    let created = meta.creation_timestamp.take();
+    Entry {
+        uid,
+        resource_version,
+        created,
+        shape: shapes.intern(Shape { object, digest }),
+    }
+}
+
+fn namespace_of<K: Resource>(object: &K) -> String {
+    object.meta().namespace.clone().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::ByteString;
+    use kube::api::ObjectMeta;
+
+    fn secret(namespace: &str, name: &str, rv: &str, payload: &str) -> Secret {
+        Secret {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                namespace: Some(namespace.into()),
+                uid: Some(format!("uid-{namespace}-{name}")),
+                resource_version: Some(rv.into()),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                ".dockerconfigjson".to_string(),
+                ByteString(payload.as_bytes().to_vec()),
+            )])),
+            ..Secret::default()
+        }
+    }
+
+    fn versions(store: &SlimStore<Secret>, namespace: &str) -> Vec<(String, String)> {
+        let mut found: Vec<(String, String)> = store
+            .objects(namespace)
+            .0
+            .into_iter()
+            .map(|s| {
+                (
+                    s.metadata.name.unwrap_or_default(),
+                    s.metadata.resource_version.unwrap_or_default(),
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    }
+
+    #[test]
+    fn equal_objects_share_one_shape_and_keep_their_identity_and_only_a_digest() {
+        let store = SlimStore::default();
+        store.apply(secret("a", "pull", "1", "same"));
+        store.apply(secret("b", "pull", "2", "same"));
+        store.apply(secret("c", "pull", "3", "edited"));
+        assert_eq!(store.lock().shapes.by_digest.len(), 2);
+        let (objects, digests) = store.objects("b");
+        assert_eq!(objects.len(), 1);
+        assert_eq!(objects[0].data, None, "no payload is kept");
+        assert_eq!(objects[0].metadata.uid.as_deref(), Some("uid-b-pull"));
+        assert_eq!(objects[0].metadata.namespace.as_deref(), Some("b"));
+        let expected = crate::model::manifest::payload_digest(".dockerconfigjson", b"same");
+        assert_eq!(digests.get("pull"), Some(&expected));
+        assert_ne!(store.objects("c").1.get("pull"), Some(&expected));
+    }
+
+    #[test]
+    fn a_write_is_seen_until_the_watch_delivers_it_or_something_newer() {
+        let store = SlimStore::default();
+        store.apply(secret("a", "pull", "1", "old"));
+        store.remember_written(Some("1"), secret("a", "pull", "2", "new"));
+        store.remember_written(None, secret("a", "extra", "3", "x"));
+        assert_eq!(
+            versions(&store, "a"),
+            [("extra".into(), "3".into()), ("pull".into(), "2".into())]
+        );
+        // Written against a version the store does not hold: not remembered.
+        store.remember_written(Some("7"), secret("a", "other", "8", "x"));
+        assert_eq!(versions(&store, "a").len(), 2);
+        // The watch delivers someone else's later write: that wins.
+        store.apply(secret("a", "pull", "5", "theirs"));
+        store.apply(secret("a", "extra", "3", "x"));
+        assert_eq!(
+            versions(&store, "a"),
+            [("extra".into(), "3".into()), ("pull".into(), "5".into())]
+        );
+        assert!(store.lock().recent.is_empty());
+    }
+
+    #[test]
+    fn a_delete_hides_the_object_until_the_watch_says_so_and_a_namespace_is_released() {
+        let store = SlimStore::default();
+        store.apply(secret("a", "pull", "1", "old"));
+        store.remember_deleted("a", "pull", Some("0"));
+        assert_eq!(versions(&store, "a").len(), 1, "not the version held");
+        store.remember_deleted("a", "pull", Some("1"));
+        assert!(versions(&store, "a").is_empty());
+        store.delete(&secret("a", "pull", "1", "old"));
+        let state = store.lock();
+        assert!(state.recent.is_empty() && state.by_namespace.is_empty());
+    }
+
+    #[test]
+    fn a_recreate_outlives_the_delete_event_of_the_object_it_replaced() {
+        let store = SlimStore::default();
+        let old = secret("a", "pull", "1", "old");
+        store.apply(old.clone());
+        store.remember_deleted("a", "pull", Some("1"));
+        let mut new = secret("a", "pull", "2", "new");
+        new.metadata.uid = Some("uid-new".into());
+        store.remember_written(None, new.clone());
+        store.delete(&old);
+        assert_eq!(versions(&store, "a"), [("pull".into(), "2".into())]);
+        store.apply(new);
+        assert!(store.lock().recent.is_empty());
+    }
+
+    #[test]
+    fn a_relist_replaces_only_what_its_stream_covers() {
+        let store: SlimStore<Secret> = SlimStore::default();
+        store.apply(secret("a", "pull", "1", "x"));
+        store.apply(secret("b", "pull", "1", "x"));
+        let coverage = Coverage {
+            namespace: Some("a".into()),
+            name: None,
+        };
+        let mut relist = Relist::default();
+        store.add_to_relist(&mut relist, secret("a", "new", "4", "x"));
+        let touched = store.replace(&coverage, relist);
+        assert_eq!(touched, BTreeSet::from(["a".to_string()]));
+        assert_eq!(versions(&store, "a"), [("new".into(), "4".into())]);
+        assert_eq!(versions(&store, "b"), [("pull".into(), "1".into())]);
+    }
+}
