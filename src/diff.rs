@@ -810,6 +810,8 @@ mod tests {
             Resolved {
                 credential,
                 version: password.into(),
+                expires_at: None,
+                lease: None,
             },
         )]);
         let key = plan::VersionKey::from_bytes([0; 32]);
@@ -1710,6 +1712,8 @@ mod safety_tests {
                     Resolved {
                         credential,
                         version: password.into(),
+                        expires_at: None,
+                        lease: None,
                     },
                 )
             })

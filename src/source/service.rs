@@ -182,6 +182,8 @@ impl CredentialService {
                         Resolved {
                             credential: resolved,
                             version: String::new(),
+                            expires_at: None,
+                            lease: None,
                         },
                     );
                 }
