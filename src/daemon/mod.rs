@@ -36,6 +36,7 @@
 
 mod controller;
 mod dispatch;
+mod leases;
 mod sources;
 
 use std::net::SocketAddr;
@@ -180,6 +181,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         None => (Leadership::always(), None),
     };
     let fitness = leadership.clone();
+    let expiries = snapshot_rx.clone();
     let health = Arc::new(Health {
         metrics: Arc::clone(&metrics),
         ready: false.into(),
@@ -187,8 +189,10 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
             sources::record_ages(metrics, &ages.borrow(), &scrape_config.borrow());
         }),
         unfit: Box::new(move || {
-            (!fitness.is_leading() && !fitness.lease_reachable())
-                .then(|| "a standby that cannot reach its Lease (see the log)".to_string())
+            if !fitness.is_leading() && !fitness.lease_reachable() {
+                return Some("a standby that cannot reach its Lease (see the log)".to_string());
+            }
+            expired_detail(&expiries.borrow())
         }),
     });
     let address = match options.listen {
@@ -233,11 +237,14 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         Arc::clone(&metrics),
     ));
 
+    let in_use_caches = context.caches.clone();
+    let in_use: sources::InUse = Arc::new(move || versions_in_use(&in_use_caches));
     let sources = tokio::spawn(sources::run_sources(
         config_rx.clone(),
         options.sources,
         snapshot_tx,
         Arc::clone(&metrics),
+        in_use,
         stop_rx.clone(),
     ));
     let elector_task = elector.map(|elector| tokio::spawn(elector.run(stop_rx.clone())));
@@ -274,6 +281,30 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         task,
         helpers,
     })
+}
+
+/// The `/readyz` detail while a credential has expired: it is no longer served, and the Secrets
+/// that need it are held until its source can be read again.
+fn expired_detail(snapshot: &Snapshot) -> Option<String> {
+    if snapshot.expired.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = snapshot.expired.iter().map(String::as_str).collect();
+    Some(format!(
+        "the credential of registry {} has expired and could not be renewed or read again \
+         (see the log); its Secrets are held",
+        names.join(", ")
+    ))
+}
+
+/// `(registry, version)` of every credential some cached managed Secret was rendered from: a
+/// replaced lease is revoked only when none carries it.
+fn versions_in_use(caches: &Caches) -> leases::VersionsInUse {
+    caches
+        .secrets()
+        .iter()
+        .flat_map(|secret| crate::model::managed::recorded_source_versions(secret))
+        .collect()
 }
 
 /// Waits for the caches, then runs the applier until the stop signal; in-flight reconciles

@@ -85,6 +85,24 @@ pub fn next_read_after(
         .min(refresh)
 }
 
+/// Time allowed for publishing a new credential and writing it into the Secrets.
+const PUBLISH_MARGIN: Duration = Duration::from_secs(1);
+
+/// When to read again a credential whose lease can no longer be renewed (max TTL reached, or
+/// renewals failing): as [`next_read_after`], but also early enough that the old lease outlives
+/// the switch by the rotation `grace` — Secrets and pods may still use it until then.
+pub fn lease_read_after(
+    refresh: Duration,
+    expires_at: SystemTime,
+    grace: Duration,
+    now: SystemTime,
+    jitter: f64,
+) -> Duration {
+    let by_fraction = next_read_after(refresh, Some(expires_at), now, jitter);
+    let latest = remaining(expires_at, now).saturating_sub(grace + PUBLISH_MARGIN);
+    by_fraction.min(latest.max(MIN_READ_GAP))
+}
+
 /// How long after a lease was granted (or renewed) for `ttl` it is renewed again.
 pub fn renew_after(ttl: Duration, jitter: f64) -> Duration {
     let fraction = RENEW_AT * (1.0 - READ_JITTER * jitter.clamp(0.0, 1.0));
@@ -204,6 +222,19 @@ mod tests {
             );
         let left = max_end - read;
         assert!(left >= Duration::from_millis(1500), "{read:?} leaves {left:?}");
+    }
+
+    #[test]
+    fn a_capped_lease_is_read_again_early_enough_for_the_grace() {
+        // 5 s left, 1 s grace: 2/3 of 5 s would leave 1.7 s; grace + margin need 2 s.
+        let wait = lease_read_after(HOUR, at(5), Duration::from_secs(1), at(0), 0.0);
+        assert_eq!(wait, Duration::from_secs(3));
+        // A long lease with the default grace: the fraction decides.
+        let wait = lease_read_after(HOUR, at(3000), Duration::from_secs(600), at(0), 0.0);
+        assert_eq!(wait, Duration::from_secs(2000));
+        // A grace longer than what is left: read as soon as the gap allows.
+        let wait = lease_read_after(HOUR, at(5), Duration::from_secs(600), at(0), 0.0);
+        assert_eq!(wait, MIN_READ_GAP);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub read_at: BTreeMap<String, StdInstant>,
     /// The last read's error per registry that failed (texts without values).
     pub failures: BTreeMap<String, String>,
+    /// When each registry's credential ends, where that is known (served or expired).
+    pub expires_at: BTreeMap<String, std::time::SystemTime>,
+    /// Registries whose last good credential has expired: not in `credentials`, never served.
+    pub expired: BTreeSet<String>,
     /// Registries whose credential changed in the refresh that published this snapshot.
     pub changed: BTreeSet<String>,
     /// True once every configured registry has a credential.
