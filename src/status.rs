@@ -17,8 +17,8 @@ use serde::Serialize;
 use crate::diff::ObservedProject;
 use crate::model::desired::LinkKind;
 use crate::model::managed::{
-    IMAGE_PULLER_BINDING, recorded_pull_secret,
-    recorded_service_accounts, role_binding_ownership, secret_ownership,
+    IMAGE_PULLER_BINDING, recorded_pull_secret, recorded_service_accounts, role_binding_ownership,
+    secret_ownership,
 };
 
 /// One project's status.

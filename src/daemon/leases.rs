@@ -233,8 +233,8 @@ async fn renew_one(session: &VaultSession, kept: &mut Kept, now: Instant) {
         Err(error) => {
             kept.failed_renewals = kept.failed_renewals.saturating_add(1);
             let left = expiry::remaining(kept.expires_at, SystemTime::now());
-            let backoff =
-                FIRST_RENEW_RETRY.saturating_mul(1 << kept.failed_renewals.saturating_sub(1).min(8));
+            let backoff = FIRST_RENEW_RETRY
+                .saturating_mul(1 << kept.failed_renewals.saturating_sub(1).min(8));
             let wait = backoff.min(left / 2).max(Duration::from_millis(200));
             kept.renew_at = now + wait;
             tracing::warn!(

@@ -379,12 +379,15 @@ pub fn record_ages(metrics: &Metrics, snapshot: &Snapshot, config: &Config) {
             .credential_refresh
             .get_or_create(&label)
             .set(refresh_interval(config, registry).as_secs_f64());
-        let until_expiry = snapshot.expires_at.get(registry).map_or(f64::INFINITY, |at| {
-            match at.duration_since(SystemTime::now()) {
-                Ok(left) => left.as_secs_f64(),
-                Err(past) => -past.duration().as_secs_f64(),
-            }
-        });
+        let until_expiry = snapshot
+            .expires_at
+            .get(registry)
+            .map_or(f64::INFINITY, |at| {
+                match at.duration_since(SystemTime::now()) {
+                    Ok(left) => left.as_secs_f64(),
+                    Err(past) => -past.duration().as_secs_f64(),
+                }
+            });
         metrics
             .credential_expiry
             .get_or_create(&label)

@@ -213,15 +213,12 @@ mod tests {
             }
         }
         assert_eq!(expires, max_end);
-        let read = now
-            + next_read_after(
-                HOUR,
-                Some(at(0) + (expires - now)),
-                at(0),
-                0.999,
-            );
+        let read = now + next_read_after(HOUR, Some(at(0) + (expires - now)), at(0), 0.999);
         let left = max_end - read;
-        assert!(left >= Duration::from_millis(1500), "{read:?} leaves {left:?}");
+        assert!(
+            left >= Duration::from_millis(1500),
+            "{read:?} leaves {left:?}"
+        );
     }
 
     #[test]
@@ -249,7 +246,10 @@ mod tests {
     #[test]
     fn expiry_fields_are_read_or_ignored() {
         assert_eq!(parse_expires_at("2027-01-15T08:00:00Z"), Some(at(0)));
-        assert_eq!(parse_expires_at(" 2027-01-15T09:00:30+01:00 "), Some(at(30)));
+        assert_eq!(
+            parse_expires_at(" 2027-01-15T09:00:30+01:00 "),
+            Some(at(30))
+        );
         assert_eq!(parse_expires_at("tomorrow"), None);
         assert_eq!(parse_expires_at(""), None);
 

@@ -305,7 +305,11 @@ fn is_dynamic(fields: &Fields<'_>, path: &FieldPath) -> Result<bool> {
     let Some(node) = fields.get("engine") else {
         return Ok(false);
     };
-    expect_choice(node, &path.key("engine"), &[("kv", false), ("dynamic", true)])
+    expect_choice(
+        node,
+        &path.key("engine"),
+        &[("kv", false), ("dynamic", true)],
+    )
 }
 
 /// `engine: dynamic`: `path` is the whole API path of a secrets engine that issues a leased
