@@ -369,6 +369,28 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// How often `registry` is read: the shortest `rotation.refresh` of the pull secrets using
+    /// it (5 minutes when none does).
+    pub fn refresh_interval(&self, registry: &str) -> Duration {
+        self.pull_secrets
+            .iter()
+            .filter(|p| p.registries.iter().any(|r| r == registry))
+            .map(|p| p.rotation.refresh)
+            .min()
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// How long a replaced credential of `registry` stays usable: the longest `rotation.grace`
+    /// of the pull secrets using it (zero when none does).
+    pub fn rotation_grace(&self, registry: &str) -> Duration {
+        self.pull_secrets
+            .iter()
+            .filter(|p| p.registries.iter().any(|r| r == registry))
+            .map(|p| p.rotation.grace)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Reads and validates a config file (at most [`MAX_CONFIG_BYTES`], UTF-8).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_config_text(path)?;

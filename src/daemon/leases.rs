@@ -127,8 +127,8 @@ impl LeaseKeeper {
                 for registry in kept.users.keys() {
                     round.new_expiry.insert(registry.clone(), kept.expires_at);
                     if kept.capped || kept.failed_renewals > 0 {
-                        let refresh = super::sources::refresh_interval(config, registry);
-                        let grace = grace_of(config, std::iter::once(registry));
+                        let refresh = config.refresh_interval(registry);
+                        let grace = config.rotation_grace(registry);
                         let wait = expiry::lease_read_after(
                             refresh,
                             kept.expires_at,
@@ -166,7 +166,12 @@ impl LeaseKeeper {
                 continue;
             }
             let unused_since = *kept.unused_since.get_or_insert(now);
-            let grace = grace_of(config, kept.users.keys());
+            let grace = kept
+                .users
+                .keys()
+                .map(|registry| config.rotation_grace(registry))
+                .max()
+                .unwrap_or_default();
             if !expiry::may_revoke(Some(unused_since), grace, now) {
                 continue;
             }
@@ -282,21 +287,6 @@ fn current_leases(inventory: &Inventory, config: &Config) -> BTreeMap<String, He
             .insert(name.clone(), resolved.version.clone());
     }
     current
-}
-
-/// The longest `rotation.grace` of the pull secrets using any of `registries`.
-fn grace_of<'a>(config: &Config, registries: impl Iterator<Item = &'a String> + Clone) -> Duration {
-    config
-        .pull_secrets
-        .iter()
-        .filter(|p| {
-            registries
-                .clone()
-                .any(|registry| p.registries.contains(registry))
-        })
-        .map(|p| p.rotation.grace)
-        .max()
-        .unwrap_or_default()
 }
 
 /// A number in `[0, 1)` for jitter; 0 when the system has no randomness to give.

@@ -26,13 +26,7 @@ pub type InUse = Arc<dyn Fn() -> VersionsInUse + Send + Sync>;
 
 /// How often each registry is read: the shortest `refresh` of the pull secrets using it.
 pub fn refresh_interval(config: &Config, registry: &str) -> Duration {
-    config
-        .pull_secrets
-        .iter()
-        .filter(|p| p.registries.iter().any(|r| r == registry))
-        .map(|p| p.rotation.refresh)
-        .min()
-        .unwrap_or(Duration::from_secs(300))
+    config.refresh_interval(registry)
 }
 
 /// When each registry is read next: every `refresh` after a good read; after a failed one,

@@ -33,7 +33,7 @@ const RENEWAL_SLACK: Duration = Duration::from_secs(1);
 /// The `expires_at` custom metadata of a KV v2 secret, if set and a valid RFC 3339 time.
 pub fn parse_expires_at(text: &str) -> Option<SystemTime> {
     let timestamp: k8s_openapi::jiff::Timestamp = text.trim().parse().ok()?;
-    SystemTime::try_from(timestamp).ok()
+    Some(SystemTime::from(timestamp))
 }
 
 /// The `exp` claim of `token` when it is a JWT (`header.payload.signature`, base64url JSON);
