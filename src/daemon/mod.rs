@@ -30,7 +30,8 @@
 //! Jobs, one module each: this one starts and stops everything (lifecycle); [`controller`]
 //! reconciles one namespace through [`crate::reconcile`]; [`dispatch`] turns new snapshots,
 //! reloads and leadership into namespace requests; [`sources`] reads each registry on its
-//! schedule and publishes snapshots.
+//! schedule (sooner when its credential expires) and publishes snapshots; [`leases`] renews the
+//! leases of dynamic Vault secrets and revokes replaced ones once no cached Secret carries them.
 //!
 //! Must not hold any state a restart cannot rebuild from the cluster and the sources.
 

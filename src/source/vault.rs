@@ -1,5 +1,7 @@
-//! Source stage (I/O): registry credentials from Vault/OpenBao KV v1/v2 secrets, through ONE
-//! session per process that logs in, renews and logs in again by itself.
+//! Source stage (I/O): registry credentials from Vault/OpenBao KV v1/v2 secrets and dynamic
+//! engines (`engine: dynamic`: a leased secret per read, with `sys/leases/renew` and `revoke`
+//! for the daemon's lease keeper), through ONE session per process that logs in, renews and
+//! logs in again by itself.
 //!
 //! Must not: talk to the cluster, keep more than one login per process, retry without bound,
 //! read an answer without bound (every request goes through [`transport`], which stops at 4 MiB),
