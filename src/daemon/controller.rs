@@ -25,6 +25,7 @@ use crate::cluster::view;
 use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle};
 use crate::config::Config;
 use crate::diff::{DiffPolicy, ProjectDiff, until};
+use crate::model::desired::HoldReason;
 use crate::model::heal::HealTarget;
 use crate::plan::{self, PreparedSecrets, VersionKey};
 use crate::reconcile::{self, Inputs};
@@ -197,6 +198,66 @@ impl Context {
     }
 }
 
+/// A Warning Event `CredentialExpired` on the namespace for each Secret held because a
+/// registry's credential expired (its lease could not be renewed, or its source read again):
+/// the `Held` Event says only that the source failed; this one says it expired, and when.
+async fn report_expired(
+    context: &Context,
+    namespace: &str,
+    diff: &ProjectDiff,
+    snapshot: &Snapshot,
+) {
+    let Some(recorder) = &context.recorder else {
+        return;
+    };
+    if snapshot.expired.is_empty() {
+        return;
+    }
+    for held in &diff.held {
+        let HoldReason::SourceFailed { registries } = &held.secret.reason else {
+            continue;
+        };
+        let expired: Vec<String> = registries
+            .iter()
+            .filter(|registry| snapshot.expired.contains(*registry))
+            .map(|registry| match snapshot.expires_at.get(registry) {
+                Some(at) => match Timestamp::try_from(*at) {
+                    Ok(at) => format!("{registry} (at {at})"),
+                    Err(_) => registry.clone(),
+                },
+                None => registry.clone(),
+            })
+            .collect();
+        if expired.is_empty() {
+            continue;
+        }
+        let note = format!(
+            "secret {} of pull secret {} is held: the credential of registry {} expired and \
+             could not be renewed or read again; it is not served until its source answers",
+            held.secret.name,
+            held.secret.pull_secret,
+            expired.join(", ")
+        );
+        let event = kube::runtime::events::Event {
+            type_: kube::runtime::events::EventType::Warning,
+            reason: "CredentialExpired".into(),
+            note: Some(note),
+            action: "Hold".into(),
+            secondary: None,
+        };
+        let reference = k8s_openapi::api::core::v1::ObjectReference {
+            api_version: Some("v1".into()),
+            kind: Some("Namespace".into()),
+            name: Some(namespace.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        };
+        if let Err(error) = recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "Could not publish an Event.");
+        }
+    }
+}
+
 /// One namespace: plan from the caches and the latest snapshot, diff, and (as leader) apply.
 pub async fn reconcile(
     namespace: Arc<Namespace>,
@@ -239,6 +300,7 @@ pub async fn reconcile(
             tracing::warn!(reason = problem.reason, "{}", problem.message);
         }
         let reported_problems = work.diff.problems.len();
+        report_expired(&context, &name, &work.diff, &snapshot).await;
         let options = context.apply_options(&config);
         let recheck = context.take_heal_recheck(&name);
         if !needs_apply(&work.diff) {

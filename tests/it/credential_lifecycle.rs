@@ -331,6 +331,16 @@ async fn a_leased_login_is_renewed_replaced_before_it_ends_and_revoked_after_the
         })
     })
     .await;
+    // And one that says it expired.
+    eventually_async(WAIT, "a CredentialExpired Event in web", async || {
+        fx.server.list("", "events", Some("web")).iter().any(|e| {
+            e["reason"] == "CredentialExpired"
+                && e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("the credential of registry db (at "))
+        })
+    })
+    .await;
     running.stop();
 }
 
