@@ -287,10 +287,20 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
 /// The `/readyz` detail while a credential has expired: it is no longer served, and the Secrets
 /// that need it are held until its source can be read again.
 fn expired_detail(snapshot: &Snapshot) -> Option<String> {
-    if snapshot.expired.is_empty() {
+    // Expiries are checked against the clock here too, as the metric is: the sources task
+    // takes the credential out a moment later, but readiness must not lag the metric.
+    let now = std::time::SystemTime::now();
+    let passed = snapshot
+        .expires_at
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(name, _)| name);
+    let names: std::collections::BTreeSet<&String> =
+        snapshot.expired.iter().chain(passed).collect();
+    if names.is_empty() {
         return None;
     }
-    let names: Vec<&str> = snapshot.expired.iter().map(String::as_str).collect();
+    let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
     Some(format!(
         "the credential of registry {} has expired and could not be renewed or read again \
          (see the log); its Secrets are held",
