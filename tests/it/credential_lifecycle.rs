@@ -446,3 +446,91 @@ async fn a_kv_secret_is_read_again_before_its_expiry_metadata_although_refresh_i
     assert!(shown > 3000.0, "{shown}");
     running.stop();
 }
+
+/// A JWT `{"exp": …}` with a dummy header and signature (the daemon never checks signatures:
+/// the expiry only decides when to read again).
+fn jwt_expiring_at(at: SystemTime, subject: &str) -> String {
+    use base64::Engine as _;
+    let url = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let exp = at
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs();
+    let claims = url.encode(json!({"sub": subject, "exp": exp}).to_string());
+    format!(
+        "{}.{claims}.{}",
+        url.encode(r#"{"alg":"none"}"#),
+        url.encode("sig")
+    )
+}
+
+fn write_docker_config(path: &Path, server: &str, password: &str) {
+    use base64::Engine as _;
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("robot:{password}"));
+    // Written whole and renamed: the daemon never sees half a file.
+    let partial = path.with_extension("partial");
+    std::fs::write(
+        &partial,
+        json!({"auths": {server: {"auth": auth}}}).to_string(),
+    )
+    .expect("docker config written");
+    std::fs::rename(&partial, path).expect("docker config renamed");
+}
+
+/// Any source: a password that is a JWT expiring in 6 s is read again before then, although
+/// `rotation.refresh` is an hour (here a docker config file, replaced meanwhile).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jwt_password_is_read_again_before_its_exp_although_refresh_is_an_hour() {
+    let fx = Fixture::start(Options::default()).await;
+    fx.namespace("web", json!({}));
+    let creds = fx.dir.path().join("creds");
+    std::fs::create_dir(&creds).expect("creds dir");
+    let file = creds.join("docker-config.json");
+    let expires_at = SystemTime::now() + Duration::from_secs(6);
+    let first = jwt_expiring_at(expires_at, "first");
+    write_docker_config(&file, SERVER, &first);
+    let yaml = format!(
+        "registries:\n  reg:\n    server: {SERVER}\n    from: {{ dockerConfig: {} }}\n\
+         pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
+         \x20   rotation: {{ refresh: 1h }}\n",
+        file.display()
+    );
+    std::fs::write(fx.dir.path().join("config.yaml"), yaml).expect("config written");
+    fx.namespace("pullsecretd", json!({}));
+    let options = daemon::DaemonOptions {
+        listen: Some("127.0.0.1:0".parse().expect("address")),
+        ..fx.daemon_options(4)
+    };
+    let running = daemon::start(fx.client.clone(), options)
+        .await
+        .expect("daemon starts");
+    let password = || {
+        fx.secret("web", "reg-pull")
+            .as_ref()
+            .and_then(login_in)
+            .map(|(_, password)| password)
+    };
+    eventually_async(WAIT, "the first token published", async || {
+        password().as_deref() == Some(first.as_str())
+    })
+    .await;
+    let (_, text) = http_get(running.address.expect("listener"), "/metrics").await;
+    let shown = metric(
+        &text,
+        "pullsecretd_credential_expiry_seconds{registry=\"reg\"}",
+    )
+    .expect("expiry metric");
+    assert!(shown > 0.0 && shown <= 6.0, "{shown}");
+
+    let second = jwt_expiring_at(SystemTime::now() + Duration::from_secs(3600), "second");
+    write_docker_config(&file, SERVER, &second);
+    eventually_async(WAIT, "the second token published", async || {
+        password().as_deref() == Some(second.as_str())
+    })
+    .await;
+    assert!(
+        SystemTime::now() < expires_at,
+        "the new token arrived only after the old one expired"
+    );
+    running.stop();
+}
