@@ -75,6 +75,41 @@ pub struct RegistryConfig {
     /// The registry host the credential is for, normalised as docker does.
     pub server: RegistryKey,
     pub from: SourceConfig,
+    /// `verify:`: check a changed credential against the registry before publishing it
+    /// (`None`: publish what the source says).
+    pub verify: Option<VerifyConfig>,
+}
+
+/// `registries.NAME.verify`: a changed credential is tried against the registry's `/v2/`
+/// endpoint before any Secret gets it; a rejected one is never published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyConfig {
+    /// What to do with a changed credential when the registry cannot be asked.
+    pub unreachable: UnreachablePolicy,
+    /// How long one check (ping, token request, authenticated ping) may take in all.
+    pub timeout: Duration,
+}
+
+/// A check that got no answer from the registry (or its token realm).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum UnreachablePolicy {
+    /// Keep the previous credential and try again (the source's failure backoff).
+    #[default]
+    Hold,
+    /// Publish the unchecked credential (reported all the same).
+    Publish,
+}
+
+/// Default time for one credential check.
+pub const DEFAULT_VERIFY_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl Default for VerifyConfig {
+    fn default() -> Self {
+        Self {
+            unreachable: UnreachablePolicy::default(),
+            timeout: DEFAULT_VERIFY_TIMEOUT,
+        }
+    }
 }
 
 /// Where a registry's credential comes from. Paths are absolute: `~` is expanded and relative

@@ -787,6 +787,7 @@ mod tests {
             name: "quay".into(),
             server: RegistryKey::from_docker("quay.io").expect("valid"),
             from: SourceConfig::Helper { name: "x".into() },
+            verify: None,
         };
         Config {
             instance: None,
@@ -1670,6 +1671,7 @@ mod safety_tests {
             name: "quay".into(),
             server: RegistryKey::from_docker("quay.io").expect("valid"),
             from: SourceConfig::Helper { name: "x".into() },
+            verify: None,
         };
         Config {
             instance: instance.map(String::from),

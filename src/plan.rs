@@ -485,6 +485,7 @@ mod tests {
             from: SourceConfig::DockerConfig {
                 path: PathBuf::from("/nonexistent/config.json"),
             },
+            verify: None,
         }
     }
 

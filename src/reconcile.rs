@@ -22,6 +22,7 @@ use crate::cluster::{
 use crate::config::{Config, Heal, LinkKind};
 use crate::diff::{DiffPolicy, Mode, ObservedProject, ProjectDiff, Step, diff_project_at};
 use crate::model::credential::Resolved;
+use crate::model::desired::HoldReason;
 use crate::model::heal::HealTarget;
 use crate::model::managed::{CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION};
 pub use crate::model::outcome::Report;
@@ -53,6 +54,11 @@ pub struct NamespaceWork {
     pub rotations: u64,
     /// The planned Secrets whose pull secret heals pods, for after the writes.
     pub heal: Vec<HealTarget>,
+    /// Heal targets an earlier pass left to look at again: looked at after the writes too.
+    pub heal_again: Vec<(HealTarget, String)>,
+    /// The registries the planned Secrets carry, and those a held Secret lacks (whose refused
+    /// or expired credentials concern this namespace).
+    pub registries: BTreeSet<String>,
 }
 
 impl NamespaceWork {
@@ -103,6 +109,16 @@ fn diff_planned(
         accounts: observed.service_accounts,
         rotations,
         heal: heal_targets(inputs.config, &plan),
+        heal_again: Vec::new(),
+        registries: plan
+            .secrets
+            .iter()
+            .flat_map(|secret| secret.registries.iter().cloned())
+            .chain(plan.held.iter().flat_map(|held| match &held.reason {
+                HoldReason::SourceFailed { registries } => registries.clone(),
+                HoldReason::NotRendered { .. } => Vec::new(),
+            }))
+            .collect(),
     }
 }
 
@@ -311,7 +327,15 @@ pub async fn apply_namespace(
         cluster::apply_project_from(client, throttle, options, name, work.diff, work.accounts)
             .await;
     outcome.rotations = work.rotations;
-    let targets = triggered_heals(&work.heal, &outcome);
+    let mut targets = triggered_heals(&work.heal, &outcome);
+    for again in work.heal_again {
+        if !targets
+            .iter()
+            .any(|(t, _)| t.pull_secret == again.0.pull_secret)
+        {
+            targets.push(again);
+        }
+    }
     if !targets.is_empty() {
         heal_namespace(client, throttle, options, name, &targets, &mut outcome).await;
     }
@@ -352,14 +376,18 @@ pub async fn heal_namespace(
     match healer.heal(name, &targets).await {
         Ok(healed) => outcome.heal = healed,
         Err(error) if error.status_code() == Some(403) => {
-            // Healing is a courtesy: without the right to list pods it is off, not a failure.
+            // Healing is a courtesy: a missing right is a problem to fix, not a failed pass.
+            // Looked at again a few times, so a right granted now takes effect.
+            let fix = if error.verb == "delete" {
+                "add deploy/components/heal-restart (delete on pods), or set heal: report"
+            } else {
+                "grant list on pods, or set heal: off"
+            };
             outcome.problems.push(Problem {
                 reason: "HealForbidden",
-                message: format!(
-                    "project {name}: pullsecretd may not list pods here, so stuck pods are not \
-                     looked for ({error}); grant list on pods, or set heal: off"
-                ),
+                message: format!("project {name}: healing stuck pods was refused ({error}); {fix}"),
             });
+            outcome.heal.recheck = targets;
         }
         Err(error) => {
             tracing::warn!(namespace = name, %error, "Could not look for stuck pods.");

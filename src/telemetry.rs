@@ -60,6 +60,19 @@ pub struct ReadLabels {
     pub result: &'static str,
 }
 
+/// `verify:` checks by registry and result (`accepted`, `rejected`, `unreachable`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CheckLabels {
+    pub registry: String,
+    pub result: &'static str,
+}
+
+/// Another writer's field manager (bounded: see `daemon::writers::MAX_MANAGER_LABELS`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ManagerLabel {
+    pub manager: String,
+}
+
 /// Every reason a plan or diff reports a problem with (the `reason` label of
 /// `pullsecretd_problems`).
 pub const PROBLEM_REASONS: &[&str] = &[
@@ -77,6 +90,8 @@ pub const PROBLEM_REASONS: &[&str] = &[
     "NotOpenShift",
     "UnreadServiceAccounts",
     "HealForbidden",
+    "CredentialRejected",
+    "CredentialExpired",
 ];
 
 /// Every metric the daemon exports.
@@ -86,6 +101,10 @@ pub struct Metrics {
     pub api_writes: Family<WriteLabels, Counter>,
     pub source_reads: Family<ReadLabels, Counter>,
     pub source_errors: Family<RegistryLabel, Counter>,
+    /// `verify:` checks of changed credentials against their registries.
+    pub credential_checks: Family<CheckLabels, Counter>,
+    /// Repeated repairs of links another writer removed, by that writer's field manager.
+    pub write_conflicts: Family<ManagerLabel, Counter>,
     /// Seconds since each registry's last good read; set by the daemon before each scrape.
     pub credential_age: Family<RegistryLabel, Gauge<f64, AtomicU64>>,
     /// Each registry's configured refresh interval (alerts compare the age with it).
@@ -139,6 +158,18 @@ impl Metrics {
             "source_errors",
             "Credential source read errors by registry",
             source_errors.clone(),
+        );
+        let credential_checks = Family::<CheckLabels, Counter>::default();
+        registry.register(
+            "credential_checks",
+            "Checks of changed credentials against their registry (verify:), by result",
+            credential_checks.clone(),
+        );
+        let write_conflicts = Family::<ManagerLabel, Counter>::default();
+        registry.register(
+            "write_conflicts",
+            "Links re-added again after another writer removed them, by that writer's field manager",
+            write_conflicts.clone(),
         );
         let credential_age = Family::<RegistryLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
@@ -212,6 +243,8 @@ impl Metrics {
             api_writes,
             source_reads,
             source_errors,
+            credential_checks,
+            write_conflicts,
             credential_age,
             credential_refresh,
             credential_expiry,

@@ -24,8 +24,9 @@ use k8s_openapi::api::core::v1::{ObjectReference, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::events::{EventType, Recorder, Reporter};
 
+use super::events::publish_event;
 use super::pods::{HealBudget, pod_summaries};
 use super::{ApiError, Throttle};
 use crate::config::LinkKind;
@@ -47,6 +48,15 @@ static POST: PostParams = PostParams {
 
 /// The name pullsecretd reports as, in Events and field managers.
 pub const CONTROLLER_NAME: &str = "pullsecretd";
+
+/// ServiceAccount link edits carry pullsecretd's field manager, so `managedFields` tell its
+/// entries from another writer's (and GitOps tools can be told to ignore what it manages).
+fn link_params() -> PostParams {
+    PostParams {
+        dry_run: false,
+        field_manager: Some(CONTROLLER_NAME.to_string()),
+    }
+}
 
 /// How `apply_project` behaves.
 #[derive(Clone)]
@@ -533,9 +543,10 @@ impl ProjectRun<'_> {
             let Some(updated) = edit_service_account(&current, edit) else {
                 return Ok(());
             };
+            let params = link_params();
             match self
                 .throttle
-                .call(|| api.replace(&edit.name, &POST, &updated))
+                .call(|| api.replace(&edit.name, &params, &updated))
                 .await
             {
                 Ok(_) => {
@@ -825,19 +836,8 @@ impl ProjectRun<'_> {
         note: &str,
         reference: ObjectReference,
     ) {
-        let Some(recorder) = &self.recorder else {
-            return;
-        };
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = recorder.publish(&event, &reference).await {
-            // An Event is a courtesy: failing to publish one never fails the change itself.
-            tracing::debug!(%error, "Could not publish an Event.");
+        if let Some(recorder) = &self.recorder {
+            publish_event(recorder, type_, reason, note, &reference).await;
         }
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod apply;
 pub mod cache;
+pub mod events;
 pub mod lease;
 pub mod pods;
 pub mod snapshot;

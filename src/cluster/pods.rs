@@ -16,8 +16,9 @@ use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Client;
 use kube::api::{Api, DeleteParams, ListParams, ObjectList, Preconditions};
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{EventType, Recorder};
 
+use super::events::publish_event;
 use super::{ApiError, Throttle};
 use crate::model::heal::{self, HealAction, HealOutcome, HealTarget, PodSummary, StuckPod};
 
@@ -196,16 +197,7 @@ impl Healer<'_> {
             uid: stuck.uid.clone(),
             ..ObjectReference::default()
         };
-        let event = Event {
-            type_,
-            reason: reason.into(),
-            note: Some(note.chars().take(1000).collect()),
-            action: reason.into(),
-            secondary: None,
-        };
-        if let Err(error) = recorder.publish(&event, &reference).await {
-            tracing::debug!(%error, "Could not publish an Event.");
-        }
+        publish_event(recorder, type_, reason, note, &reference).await;
     }
 }
 

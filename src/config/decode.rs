@@ -21,6 +21,7 @@ use crate::selector::LabelSelector;
 
 mod provider;
 mod vault;
+mod verify;
 
 /// What a problem is and where: the caller adds the file name.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -58,7 +59,7 @@ const TOP_FIELDS: &[&str] = &[
     "imagePullers",
     "credentialProvider",
 ];
-const REGISTRY_FIELDS: &[&str] = &["server", "from"];
+const REGISTRY_FIELDS: &[&str] = &["server", "from", "verify"];
 const SOURCE_FIELDS: &[&str] = &[
     "dockerConfig",
     "dockercfg",
@@ -435,10 +436,15 @@ fn decode_registry(
         context,
         has_vault,
     )?;
+    let verify = match fields.get("verify") {
+        Some(node) => verify::decode_verify(node, &path.key("verify"))?,
+        None => None,
+    };
     Ok(RegistryConfig {
         name: name.to_string(),
         server,
         from,
+        verify,
     })
 }
 

@@ -3,7 +3,7 @@
 //! (as leader) [`crate::reconcile::apply_namespace`]. Records what each reconcile found and did
 //! as metrics: writes, rotations, current problems and held Secrets.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tracing::Instrument as _;
 
 use super::ReconcileError;
+use super::writers::{self, Repair, WriterFlaps};
 use crate::cluster::ClusterView as _;
 use crate::cluster::apply::CONTROLLER_NAME;
 use crate::cluster::cache::Caches;
@@ -25,7 +26,6 @@ use crate::cluster::view;
 use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle};
 use crate::config::Config;
 use crate::diff::{DiffPolicy, ProjectDiff, until};
-use crate::model::desired::HoldReason;
 use crate::model::heal::HealTarget;
 use crate::plan::{self, PreparedSecrets, VersionKey};
 use crate::reconcile::{self, Inputs};
@@ -75,6 +75,10 @@ pub struct Context {
     heal_budget: Arc<HealBudget>,
     /// Heal targets to look at again per namespace, with the looks left.
     heal_rechecks: Mutex<HashMap<String, HealRecheck>>,
+    /// Links this process added and its repairs, per ServiceAccount (other writers).
+    flaps: Mutex<WriterFlaps>,
+    /// The field managers named in `pullsecretd_write_conflicts_total` so far.
+    manager_labels: Mutex<HashSet<String>>,
 }
 
 /// Heal targets (each with the Secret just linked or written) to look at again, and how many
@@ -127,6 +131,8 @@ impl Context {
             version_key: reconcile::fresh_version_key(),
             heal_budget: Arc::default(),
             heal_rechecks: Mutex::default(),
+            flaps: Mutex::default(),
+            manager_labels: Mutex::default(),
         }
     }
 
@@ -198,66 +204,6 @@ impl Context {
     }
 }
 
-/// A Warning Event `CredentialExpired` on the namespace for each Secret held because a
-/// registry's credential expired (its lease could not be renewed, or its source read again):
-/// the `Held` Event says only that the source failed; this one says it expired, and when.
-async fn report_expired(
-    context: &Context,
-    namespace: &str,
-    diff: &ProjectDiff,
-    snapshot: &Snapshot,
-) {
-    let Some(recorder) = &context.recorder else {
-        return;
-    };
-    if snapshot.expired.is_empty() {
-        return;
-    }
-    for held in &diff.held {
-        let HoldReason::SourceFailed { registries } = &held.secret.reason else {
-            continue;
-        };
-        let expired: Vec<String> = registries
-            .iter()
-            .filter(|registry| snapshot.expired.contains(*registry))
-            .map(|registry| match snapshot.expires_at.get(registry) {
-                Some(at) => match Timestamp::try_from(*at) {
-                    Ok(at) => format!("{registry} (at {at})"),
-                    Err(_) => registry.clone(),
-                },
-                None => registry.clone(),
-            })
-            .collect();
-        if expired.is_empty() {
-            continue;
-        }
-        let note = format!(
-            "secret {} of pull secret {} is held: the credential of registry {} expired and \
-             could not be renewed or read again; it is not served until its source answers",
-            held.secret.name,
-            held.secret.pull_secret,
-            expired.join(", ")
-        );
-        let event = kube::runtime::events::Event {
-            type_: kube::runtime::events::EventType::Warning,
-            reason: "CredentialExpired".into(),
-            note: Some(note),
-            action: "Hold".into(),
-            secondary: None,
-        };
-        let reference = k8s_openapi::api::core::v1::ObjectReference {
-            api_version: Some("v1".into()),
-            kind: Some("Namespace".into()),
-            name: Some(namespace.into()),
-            namespace: Some(namespace.into()),
-            ..Default::default()
-        };
-        if let Err(error) = recorder.publish(&event, &reference).await {
-            tracing::debug!(%error, "Could not publish an Event.");
-        }
-    }
-}
-
 /// One namespace: plan from the caches and the latest snapshot, diff, and (as leader) apply.
 pub async fn reconcile(
     namespace: Arc<Namespace>,
@@ -286,21 +232,32 @@ pub async fn reconcile(
             policy: &policy,
             now: Some(now),
         };
-        let work = reconcile::namespace(&context.caches, inputs, &name);
+        let mut work = reconcile::namespace(&context.caches, inputs, &name);
+        work.diff
+            .problems
+            .extend(rejection_problems(&snapshot, &work.registries));
+        work.diff
+            .problems
+            .extend(expiry_problems(&snapshot, &work.registries));
         context
             .reported
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .update(&context.metrics, &name, namespace_report(&work.diff));
+        let gated = context
+            .flaps
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .gate(&name, &mut work.diff.steps, Instant::now());
         let revisit = work
             .diff
             .revisit_at
             .map(|at| until(now, at) + Duration::from_secs(1));
+        let revisit = earliest(revisit, gated.wait);
         for problem in &work.diff.problems {
             tracing::warn!(reason = problem.reason, "{}", problem.message);
         }
         let reported_problems = work.diff.problems.len();
-        report_expired(&context, &name, &work.diff, &snapshot).await;
         let options = context.apply_options(&config);
         let recheck = context.take_heal_recheck(&name);
         if !needs_apply(&work.diff) {
@@ -331,10 +288,19 @@ pub async fn reconcile(
         if !context.leadership.is_leading() || *context.stopping.borrow() {
             return Ok(Action::await_change());
         }
+        for repair in &gated.repairs {
+            report_repair(&context, repair).await;
+        }
+        let looks_left = match recheck {
+            Some(recheck) => {
+                work.heal_again = recheck.targets;
+                recheck.looks_left.saturating_sub(1)
+            }
+            None => HEAL_RECHECKS,
+        };
         let outcome =
             reconcile::apply_namespace(&context.client, &context.throttle, &options, &name, work)
                 .await;
-        let looks_left = recheck.map_or(HEAL_RECHECKS, |r| r.looks_left.saturating_sub(1));
         let revisit = earliest(revisit, after_heal(&context, &name, &outcome, looks_left));
         let revisit = earliest(
             revisit,
@@ -367,6 +333,123 @@ pub async fn reconcile(
     }
     .instrument(span)
     .await
+}
+
+/// Reports a repeated repair: names the other writer from the account's `managedFields` (a
+/// GET: the caches drop them), counts it, logs it, and puts a Warning Event on the account.
+async fn report_repair(context: &Context, repair: &Repair) {
+    let api: kube::Api<k8s_openapi::api::core::v1::ServiceAccount> =
+        kube::Api::namespaced(context.client.clone(), &repair.namespace);
+    let account = context
+        .throttle
+        .call(|| api.get(&repair.account))
+        .await
+        .ok();
+    let manager = account
+        .as_ref()
+        .and_then(|account| writers::other_manager(account, CONTROLLER_NAME));
+    let label = writers::manager_label(
+        manager.as_deref(),
+        &mut context
+            .manager_labels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    context
+        .metrics
+        .write_conflicts
+        .get_or_create(&crate::telemetry::ManagerLabel { manager: label })
+        .inc();
+    let links: Vec<String> = repair
+        .links
+        .iter()
+        .map(|(kind, secret)| format!("{secret} ({})", kind.field()))
+        .collect();
+    let writer = manager.map_or_else(
+        || "a writer that left no field manager".to_string(),
+        |m| format!("field manager {m:?}"),
+    );
+    let note = format!(
+        "service account {}: the link to {} was removed again ({} repairs in {}), last written \
+         by {writer}; re-adding it, and waiting at least {} before the next repair. Tell that \
+         writer to leave imagePullSecrets/secrets to pullsecretd (README: Other writers)",
+        repair.account,
+        links.join(", "),
+        repair.count,
+        humantime::format_duration(writers::WINDOW),
+        humantime::format_duration(repair.next_gap),
+    );
+    tracing::warn!(
+        account = %repair.account,
+        repairs = repair.count,
+        "{note}"
+    );
+    let Some(recorder) = &context.recorder else {
+        return;
+    };
+    let reference = k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".into()),
+        kind: Some("ServiceAccount".into()),
+        name: Some(repair.account.clone()),
+        namespace: Some(repair.namespace.clone()),
+        uid: account.and_then(|a| a.metadata.uid),
+        ..Default::default()
+    };
+    crate::cluster::events::publish_event(
+        recorder,
+        kube::runtime::events::EventType::Warning,
+        "WriteConflict",
+        &note,
+        &reference,
+    )
+    .await;
+}
+
+/// A `CredentialExpired` problem (a Warning Event on the namespace) for each registry of this
+/// namespace's Secrets whose credential expired (its lease could not be renewed, or its source
+/// read again): the `Held` Event says only that the source failed; this one says it expired,
+/// and when.
+fn expiry_problems(
+    snapshot: &Snapshot,
+    registries: &BTreeSet<String>,
+) -> Vec<crate::plan::Problem> {
+    snapshot
+        .expired
+        .iter()
+        .filter(|registry| registries.contains(*registry))
+        .map(|registry| {
+            let at = snapshot
+                .expires_at
+                .get(registry)
+                .and_then(|at| Timestamp::try_from(*at).ok())
+                .map_or_else(String::new, |at| format!(" at {at}"));
+            crate::plan::Problem {
+                reason: "CredentialExpired",
+                message: format!(
+                    "the credential of registry {registry} expired{at} and could not be renewed \
+                     or read again; it is not served, and its Secrets are held until its source \
+                     answers"
+                ),
+            }
+        })
+        .collect()
+}
+
+/// A `CredentialRejected` problem (a Warning Event on the namespace) for each registry of
+/// this namespace's Secrets whose newest credential the registry refused (`verify:`).
+fn rejection_problems(
+    snapshot: &Snapshot,
+    registries: &BTreeSet<String>,
+) -> Vec<crate::plan::Problem> {
+    snapshot
+        .rejected
+        .iter()
+        .filter(|(registry, _)| registries.contains(*registry))
+        .map(|(_, why)| crate::plan::Problem {
+            reason: "CredentialRejected",
+            message: format!("{why}; its Secrets keep the previous credential"),
+        })
+        .collect()
 }
 
 /// Records what healing did and keeps what it must look at again; the wait before that look.

@@ -39,6 +39,7 @@ mod controller;
 mod dispatch;
 mod leases;
 mod sources;
+pub mod writers;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -148,6 +148,7 @@ pub async fn run_sources(
         let mut read_any = false;
         if !due.is_empty() {
             read_any = true;
+            let rejected_before = inventory.rejected();
             let report = inventory.refresh_only(&current, &context, &due).await;
             let mut failed: BTreeSet<String> =
                 report.failures.iter().map(|f| f.registry.clone()).collect();
@@ -158,6 +159,15 @@ pub async fn run_sources(
             schedule.after_read(&current, &due, &failed, &expiries, read_at);
             count_reads(&metrics, &report);
             changed.extend(report.changed.iter().cloned());
+            // A refused credential changes nothing published, but its namespaces are told (and
+            // told again when the refusal is over).
+            changed.extend(report.newly_rejected.iter().cloned());
+            let rejected_now = inventory.rejected();
+            changed.extend(
+                rejected_before
+                    .into_keys()
+                    .filter(|name| !rejected_now.contains_key(name)),
+            );
             for name in report.changed.iter().chain(&report.unchanged) {
                 failures.remove(name);
             }
@@ -203,6 +213,7 @@ pub async fn run_sources(
                 let mut updated =
                     snapshot_of(&inventory, &current, BTreeSet::new(), snapshot.generation);
                 updated.credentials = snapshot.credentials.clone();
+                updated.rejected = snapshot.rejected.clone();
                 updated.failures = failures.clone();
                 *snapshot = Arc::new(updated);
             });
@@ -287,6 +298,7 @@ fn count_reads(metrics: &Metrics, report: &crate::source::RefreshReport) {
                 .inc();
         }
     }
+    crate::source::verify::count_checks(metrics, &report.checks);
     for failure in &report.failures {
         tracing::warn!(
             registry = %failure.registry,
@@ -343,6 +355,7 @@ fn snapshot_of(
         failures: BTreeMap::new(),
         expires_at,
         expired,
+        rejected: inventory.rejected(),
         changed,
         complete,
         generation,

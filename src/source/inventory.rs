@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use super::verify::{self, CheckRecord, Gate, Rejection};
 use super::{Error, Resolved, SourceContext, resolve_all_since};
 use crate::config::{Config, RegistryConfig};
 
@@ -27,6 +28,8 @@ pub struct LastGood {
 #[derive(Debug, Default)]
 pub struct Inventory {
     entries: BTreeMap<String, LastGood>,
+    /// `verify:` registries whose newest credential the registry refused (not in `entries`).
+    rejected: BTreeMap<String, Rejection>,
 }
 
 /// What a refresh did.
@@ -36,8 +39,13 @@ pub struct RefreshReport {
     pub changed: Vec<String>,
     /// Registries read successfully with the version they already had.
     pub unchanged: Vec<String>,
-    /// Registries whose read failed; each keeps its last good credential, if any.
+    /// Registries whose read failed; each keeps its last good credential, if any. A changed
+    /// credential that `verify:` refused or could not check (and holds) is one of these.
     pub failures: Vec<RefreshFailure>,
+    /// The `verify:` checks made against registries.
+    pub checks: Vec<CheckRecord>,
+    /// Registries whose changed credential was refused in this refresh (not before).
+    pub newly_rejected: Vec<String>,
 }
 
 /// A registry whose read failed, and how old the credential it keeps is.
@@ -100,6 +108,8 @@ impl Inventory {
         for name in &stale {
             self.entries.remove(name);
         }
+        self.rejected
+            .retain(|name, _| config.registries.contains_key(name) && !stale.contains(name));
         stale
     }
 
@@ -116,8 +126,21 @@ impl Inventory {
                 .get(&name)
                 .is_some_and(|old| old.resolved.version == resolved.version);
             if same {
+                // Back to the published version (someone undid a refused change).
+                self.rejected.remove(&name);
                 report.unchanged.push(name.clone());
             } else {
+                if let Gate::Hold(error) = self.gate(&source, &resolved, &mut report).await {
+                    report.failures.push(RefreshFailure {
+                        registry: name.clone(),
+                        error,
+                        last_good_age: self
+                            .entries
+                            .get(&name)
+                            .map(|e| now.duration_since(e.read_at)),
+                    });
+                    continue;
+                }
                 report.changed.push(name.clone());
             }
             let read_at = now;
@@ -142,6 +165,42 @@ impl Inventory {
             });
         }
         report
+    }
+
+    /// Publish, or hold a changed credential of a `verify:` registry (see [`verify::gate`]).
+    async fn gate(
+        &mut self,
+        source: &RegistryConfig,
+        resolved: &Resolved,
+        report: &mut RefreshReport,
+    ) -> Gate {
+        let Some(policy) = &source.verify else {
+            return Gate::Publish;
+        };
+        let checks_before = report.checks.len();
+        let gate = verify::gate(
+            source,
+            policy,
+            resolved,
+            &mut self.rejected,
+            &mut report.checks,
+        )
+        .await;
+        let refused_now = report.checks[checks_before..]
+            .iter()
+            .any(|check| check.result == "rejected");
+        if refused_now {
+            report.newly_rejected.push(source.name.clone());
+        }
+        gate
+    }
+
+    /// Each `verify:` registry whose newest credential was refused, and why (no value).
+    pub fn rejected(&self) -> BTreeMap<String, String> {
+        self.rejected
+            .iter()
+            .map(|(name, rejection)| (name.clone(), rejection.describe(name)))
+            .collect()
     }
 
     /// The last good credential of each registry that has one.

@@ -8,6 +8,7 @@ pub mod helper;
 pub mod inventory;
 pub mod service;
 pub mod vault;
+pub mod verify;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -94,6 +95,19 @@ pub enum Error {
     Vault(Arc<VaultError>),
     #[error("registry {registry} reads from Vault, but no Vault session was set up")]
     NoVaultSession { registry: String },
+    /// `verify:` — the registry (or its token realm) refused the changed credential.
+    #[error(
+        "registry {registry}: {by} refused the new credential (HTTP {status}); it is not \
+         published"
+    )]
+    CredentialRejected {
+        registry: String,
+        status: u16,
+        by: &'static str,
+    },
+    /// `verify: { unreachable: hold }` — the changed credential could not be checked.
+    #[error("registry {registry}: the new credential could not be checked ({reason}); it is held")]
+    VerifyUnreachable { registry: String, reason: String },
 }
 
 fn named_in(path: Option<&Path>) -> String {

@@ -36,6 +36,9 @@ pub struct Snapshot {
     pub expires_at: BTreeMap<String, std::time::SystemTime>,
     /// Registries whose last good credential has expired: not in `credentials`, never served.
     pub expired: BTreeSet<String>,
+    /// `verify:` registries whose newest credential the registry refused, and why (no value):
+    /// their Secrets keep the previous credential and their namespaces get an Event.
+    pub rejected: BTreeMap<String, String>,
     /// Registries whose credential changed in the refresh that published this snapshot.
     pub changed: BTreeSet<String>,
     /// True once every configured registry has a credential.

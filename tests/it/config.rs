@@ -65,6 +65,7 @@ fn full_config_decodes_into_the_expected_types() {
                 from: SourceConfig::DockerConfig {
                     path: home().join(".docker/config.json"),
                 },
+                verify: None,
             },
         ),
         (
@@ -75,6 +76,7 @@ fn full_config_decodes_into_the_expected_types() {
                 from: SourceConfig::ContainersAuth {
                     path: fixtures_dir().join("auth/auth.json"),
                 },
+                verify: None,
             },
         ),
         (
@@ -85,6 +87,7 @@ fn full_config_decodes_into_the_expected_types() {
                 from: SourceConfig::Dockercfg {
                     path: PathBuf::from("/etc/pullsecretd/.dockercfg"),
                 },
+                verify: None,
             },
         ),
         (
@@ -95,6 +98,7 @@ fn full_config_decodes_into_the_expected_types() {
                 from: SourceConfig::Helper {
                     name: "ecr-login".into(),
                 },
+                verify: None,
             },
         ),
     ]);
@@ -413,7 +417,7 @@ fn every_error_class_names_line_column_and_field() {
         (
             "registries:\n  quay:\n    server: quay.io\n    from:\n    helper: q\n".into(),
             "config/x.yaml:5:5: registries.quay.helper: unknown field (expected one of: server, \
-             from); from: on line 4 has no value: if helper belongs under it, indent it further",
+             from, verify); from: on line 4 has no value: if helper belongs under it, indent it further",
         ),
         (
             "imagePullers:\n  - project: b\n    allowProjectsOf: [nope]\n".into(),

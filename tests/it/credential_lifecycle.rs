@@ -337,7 +337,7 @@ async fn a_leased_login_is_renewed_replaced_before_it_ends_and_revoked_after_the
             e["reason"] == "CredentialExpired"
                 && e["message"]
                     .as_str()
-                    .is_some_and(|m| m.contains("the credential of registry db (at "))
+                    .is_some_and(|m| m.contains("the credential of registry db expired at "))
         })
     })
     .await;

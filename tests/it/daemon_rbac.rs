@@ -26,7 +26,7 @@ const TOKEN: &str = "pullsecretd-sa-token";
 const HOME: &str = "pullsecretd";
 
 /// Every RBAC object (and the ServiceAccount) deploy/base ships, as JSON values.
-fn shipped_rbac() -> Vec<Value> {
+pub(crate) fn shipped_rbac() -> Vec<Value> {
     let base = Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/base");
     ["rbac.yaml", "leader-election.yaml"]
         .iter()

@@ -98,6 +98,10 @@ fn write_config(fx: &Fixture, bao: &OpenBao, body: &str) -> PathBuf {
 }
 
 async fn start_daemon(fx: &Fixture, path: &Path) -> Running {
+    start_daemon_as(fx, path, fx.client.clone()).await
+}
+
+async fn start_daemon_as(fx: &Fixture, path: &Path, client: kube::Client) -> Running {
     // The Lease's namespace.
     fx.namespace("pullsecretd", json!({}));
     let config = Config::load(path).expect("config");
@@ -124,9 +128,7 @@ async fn start_daemon(fx: &Fixture, path: &Path) -> Running {
         listen: Some("127.0.0.1:0".parse().expect("address")),
         ..fx.daemon_options(4)
     };
-    daemon::start(fx.client.clone(), options)
-        .await
-        .expect("daemon starts")
+    daemon::start(client, options).await.expect("daemon starts")
 }
 
 fn deployment(name: &str, image: &str) -> Value {
@@ -317,6 +319,18 @@ async fn deployments_pull_with_pullsecretd_and_back_off_without_it() {
         .filter(|l| l.contains(&format!("/v2/{REPO}/manifests/v1")))
         .count();
     assert!(authorized >= 3, "{}", registry.app_log());
+    // Pods are read only where pullsecretd changed something, and never watched.
+    let counts = fx.server.counts();
+    assert_eq!(counts.count("watch", "pods"), 0, "{counts:#?}");
+    assert_eq!(counts.count_in("list", "pods", "other"), 0, "{counts:#?}");
+    assert_eq!(
+        counts.count_in("list", "pods", ""),
+        0,
+        "no cluster-wide pod list"
+    );
+    for ns in selected {
+        assert!(counts.count_in("list", "pods", ns) >= 1, "{counts:#?}");
+    }
     assert!(!registry.access_log_text().contains(PASSWORD));
     assert!(!registry.app_log().contains(PASSWORD));
     running.stop();
@@ -487,17 +501,27 @@ async fn an_in_place_rotation_reaches_a_restarted_pod() {
     running.stop();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_version_a_pod_still_names_is_kept_past_grace_and_goes_with_the_pod() {
+/// The second robot account of the versioned tests.
+const NEW_USER: &str = "robot-2";
+
+/// A cluster with namespace `web`, a registry accepting both [`USER`] and [`NEW_USER`] (the old
+/// and the new credential are both valid during a versioned switch), and OpenBao holding the
+/// first.
+async fn two_credentials(new_password: &str) -> (Fixture, Registry, OpenBao) {
     let fx = cluster_with_kubelet().await;
-    // The old and the new credential are both valid during the switch (two robot accounts).
-    let new_user = "robot-2";
-    let new_password = "SENTINEL-pods-pw-3-77de";
     let registry =
-        registry_with_images(fx.dir.path(), &[(USER, PASSWORD), (new_user, new_password)]);
+        registry_with_images(fx.dir.path(), &[(USER, PASSWORD), (NEW_USER, new_password)]);
     let bao = OpenBao::start().await;
     put_credential(&bao, "registries/reg", USER, PASSWORD).await;
     fx.namespace("web", json!({}));
+    (fx, registry, bao)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_a_pod_still_names_is_kept_past_grace_and_goes_with_the_pod() {
+    let new_password = "SENTINEL-pods-pw-3-77de";
+    let (fx, registry, bao) = two_credentials(new_password).await;
+    let new_user = NEW_USER;
     let path = write_config(
         &fx,
         &bao,
@@ -579,5 +603,212 @@ async fn a_version_a_pod_still_names_is_kept_past_grace_and_goes_with_the_pod() 
     .await;
     assert!(fx.secret("web", &second_version).is_some());
     assert_eq!(in_use().await, Some(0.0));
+    running.stop();
+}
+
+/// Every (namespace, pod, secret) where a pod that may still pull names a missing Secret.
+fn pods_naming_missing_secrets(fx: &Fixture) -> Vec<(String, String, String)> {
+    let mut missing = Vec::new();
+    for pod in fx.server.list("", "pods", None) {
+        if matches!(
+            pod["status"]["phase"].as_str(),
+            Some("Succeeded" | "Failed")
+        ) {
+            continue;
+        }
+        let ns = pod["metadata"]["namespace"].as_str().unwrap_or_default();
+        for reference in pod["spec"]["imagePullSecrets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let name = reference["name"].as_str().unwrap_or_default();
+            if fx.server.get("", "secrets", ns, name).is_none() {
+                missing.push((ns.to_string(), name_of(&pod), name.to_string()));
+            }
+        }
+    }
+    missing
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_pod_reads_and_deletes_never_cost_a_named_version_or_a_bare_pod() {
+    use kube_sim::{ErrorRule, InjectedError};
+    let new_password = "SENTINEL-pods-pw-4-0e6f";
+    let (fx, registry, bao) = two_credentials(new_password).await;
+    let new_user = NEW_USER;
+    let image = format!("{}/{REPO}:v1", registry.host);
+    create_deployment(&fx, "web", "web", &image);
+    create_bare_pod(&fx, "web", "bare", &image);
+    let stuck = one_pod(&fx, "web", "web-", "the web pod stuck", in_back_off).await;
+    let bare = one_pod(&fx, "web", "bare", "the bare pod stuck", in_back_off).await;
+
+    // Pods can be neither listed nor deleted.
+    let fault =
+        |verb: &str| ErrorRule::new(Some(verb), Some("pods"), InjectedError::Internal, None);
+    fx.server.set_faults(|f| {
+        f.rules.push(fault("list"));
+        f.rules.push(fault("delete"));
+    });
+    let sweeper = crate::support::invariants::Sweeper::start(fx.server.reader(), Some("default"));
+    let path = write_config(
+        &fx,
+        &bao,
+        &format!(
+            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
+             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
+             \x20   heal: restart\n\
+             \x20   rotation: {{ refresh: 200ms, strategy: versioned, grace: 1s, keep: 0 }}\n",
+            registry.host
+        ),
+    );
+    let running = start_daemon(&fx, &path).await;
+    eventually(WAIT, "a first version linked", || {
+        pull_list(&fx, "web").len() == 1
+    })
+    .await;
+    let first_version = pull_list(&fx, "web")[0].clone();
+    // A pod created now names the first version.
+    create_bare_pod(&fx, "web", "user", &image);
+    one_pod(&fx, "web", "user", "the user pod running", is_running).await;
+
+    // Rotate while pods cannot be listed: past grace, the first version is unlinked but stays.
+    put_credential(&bao, "registries/reg", new_user, new_password).await;
+    eventually(WAIT, "the second version linked", || {
+        pull_list(&fx, "web")
+            .first()
+            .is_some_and(|n| *n != first_version)
+    })
+    .await;
+    let mut problems = Vec::new();
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        problems.extend(pods_naming_missing_secrets(&fx));
+    }
+    assert!(
+        fx.secret("web", &first_version).is_some(),
+        "kept while pods are unreadable"
+    );
+    let unchanged = |pod: &Value| {
+        fx.server
+            .get("", "pods", "web", &name_of(pod))
+            .is_some_and(|p| p["metadata"]["uid"] == pod["metadata"]["uid"])
+    };
+    assert!(
+        unchanged(&stuck) && unchanged(&bare),
+        "no pod deleted without a read"
+    );
+
+    // Pods readable again, deletes still failing: the named version stays, the stuck pod stays.
+    fx.server
+        .set_faults(|f| f.rules.retain(|r| r.verb.as_deref() != Some("list")));
+    for _ in 0..40 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        problems.extend(pods_naming_missing_secrets(&fx));
+    }
+    assert!(
+        fx.secret("web", &first_version).is_some(),
+        "the user pod still names it"
+    );
+    assert!(unchanged(&stuck) && unchanged(&bare));
+
+    // Deletes work again: the Deployment's pod is replaced (the bare pod never is), and once
+    // the user pod is gone its version goes too.
+    fx.server.set_faults(|f| f.rules.clear());
+    let healed = one_pod(
+        &fx,
+        "web",
+        "web-",
+        "the web pod replaced and running",
+        is_running,
+    )
+    .await;
+    assert_ne!(name_of(&healed), name_of(&stuck));
+    assert!(unchanged(&bare), "a bare pod is never deleted");
+    let api: Api<Pod> = Api::namespaced(fx.client.clone(), "web");
+    api.delete("user", &DeleteParams::default())
+        .await
+        .expect("user pod deleted");
+    eventually(WAIT, "the first version deleted", || {
+        problems.extend(pods_naming_missing_secrets(&fx));
+        fx.secret("web", &first_version).is_none()
+    })
+    .await;
+    assert!(
+        problems.is_empty(),
+        "pods named missing Secrets: {problems:?}"
+    );
+    sweeper
+        .finish()
+        .assert_clean("pod list and delete failures during healing and a versioned rotation");
+    running.stop();
+}
+
+/// deploy/components/heal-restart's objects.
+fn heal_restart_rbac() -> Vec<Value> {
+    let file =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/components/heal-restart/rbac.yaml");
+    let yaml = std::fs::read_to_string(file).expect("component file");
+    serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|doc| serde::Deserialize::deserialize(doc).expect("a YAML document"))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heal_restart_needs_the_heal_restart_component_and_nothing_more() {
+    const TOKEN: &str = "pullsecretd-sa-token";
+    let mut options = Options::default().kubelet(fast_kubelet()).identity(
+        TOKEN,
+        kube_sim::UserInfo::service_account("pullsecretd", "pullsecretd"),
+    );
+    options.rbac = true;
+    let fx = Fixture::start(options).await;
+    crate::support::seed::rbac_objects(&fx.server, crate::daemon_rbac::shipped_rbac());
+    let registry = registry_with_images(fx.dir.path(), &[(USER, PASSWORD)]);
+    let bao = OpenBao::start().await;
+    put_credential(&bao, "registries/reg", USER, PASSWORD).await;
+    fx.namespace("web", json!({}));
+    create_deployment(&fx, "web", "web", &format!("{}/{REPO}:v1", registry.host));
+    let stuck = one_pod(&fx, "web", "web-", "the web pod stuck", in_back_off).await;
+    let path = write_config(
+        &fx,
+        &bao,
+        &format!(
+            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
+             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
+             \x20   heal: restart\n",
+            registry.host
+        ),
+    );
+    let client = fx.client_as(TOKEN).await;
+    let running = start_daemon_as(&fx, &path, client).await;
+    eventually(WAIT, "linked", || pull_list(&fx, "web") == ["reg-pull"]).await;
+
+    // The base lists pods but may not delete them: the stuck pod stays, the refusal is the
+    // delete of that pod.
+    let delete_pods = ("delete".to_string(), "pods".to_string());
+    eventually(WAIT, "the pod delete refused", || {
+        fx.server.counts().forbidden.contains_key(&delete_pods)
+    })
+    .await;
+    let forbidden = fx.server.counts().forbidden;
+    assert!(forbidden.keys().all(|k| *k == delete_pods), "{forbidden:?}");
+    assert!(
+        fx.server
+            .get("", "pods", "web", &name_of(&stuck))
+            .is_some_and(|p| p["metadata"]["uid"] == stuck["metadata"]["uid"])
+    );
+
+    // With the component, the next look replaces the pod.
+    crate::support::seed::rbac_objects(&fx.server, heal_restart_rbac());
+    let healed = one_pod(
+        &fx,
+        "web",
+        "web-",
+        "the web pod replaced and running",
+        is_running,
+    )
+    .await;
+    assert_ne!(name_of(&healed), name_of(&stuck));
     running.stop();
 }

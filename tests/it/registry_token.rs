@@ -38,6 +38,10 @@ struct World {
 
 impl World {
     async fn start() -> Self {
+        Self::start_with(Options::default()).await
+    }
+
+    async fn start_with(options: Options) -> Self {
         // The SSO host knows both accounts: were the SSO entry ever sent to the realm with its
         // right password, it would be accepted.
         let tokens =
@@ -48,7 +52,7 @@ impl World {
             issuer: &tokens.issuer,
             rootcertbundle: tokens.root_cert_path(),
         });
-        let fx = Fixture::start(Options::default()).await;
+        let fx = Fixture::start(options).await;
         fx.namespace("a", json!({}));
         fx.account("a", "builder", &[], &[]).await;
         Self {
@@ -243,4 +247,90 @@ async fn combined_secret_for_registry_and_sso_host_pulls_through_a_token_server(
 #[tokio::test]
 async fn split_secrets_for_registry_and_sso_host_pull_through_a_token_server() {
     delegated_pair_pulls_through_the_token_server("split").await;
+}
+
+/// The pair through kube-sim's kubelet: a pod created after `once` gets the account's Secrets
+/// (one or two) from admission, the kubelet merges their entries into one keyring, picks the
+/// image host's credential and sends it to the realm the registry names. A wrong password in the
+/// SSO host's entry changes nothing; the pod runs, and only the registry host's user reached
+/// the realm.
+async fn delegated_pair_pulls_through_the_kubelet(layout: &str) {
+    let kubelet = kube_sim::KubeletOptions {
+        image_backoff_initial: std::time::Duration::from_millis(300),
+        image_backoff_max: std::time::Duration::from_millis(1200),
+        sync_after_failure: std::time::Duration::from_millis(50),
+        ..kube_sim::KubeletOptions::default()
+    };
+    let world = World::start_with(Options::default().kubelet(kubelet)).await;
+    let good = world
+        .render(layout, REGISTRY_PASSWORD, SSO_PASSWORD, "good.json")
+        .await;
+    ok(
+        &world
+            .registry
+            .push(std::path::Path::new(&good), "team/app", "v1"),
+        "push",
+    );
+    // The SSO host's password is wrong now: it must not matter.
+    world
+        .render(layout, REGISTRY_PASSWORD, WRONG, "sso-wrong.json")
+        .await;
+    let before = world.tokens.requests().len();
+    let image = format!("{}/team/app:v1", world.registry.host);
+    world
+        .fx
+        .server
+        .create(
+            "",
+            "pods",
+            json!({"metadata": {"name": "app", "namespace": "a"},
+                "spec": {"containers": [{"name": "app", "image": image, "imagePullPolicy": "Always"}]}}),
+        )
+        .expect("pod created");
+    pullsecretd_testkit::poll::eventually(
+        std::time::Duration::from_secs(30),
+        "the pod running",
+        || {
+            world
+                .fx
+                .server
+                .get("", "pods", "a", "app")
+                .is_some_and(|p| p["status"]["phase"] == "Running")
+        },
+    )
+    .await;
+    let pod = world.fx.server.get("", "pods", "a", "app").expect("pod");
+    let named: Vec<&str> = pod["spec"]["imagePullSecrets"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| r["name"].as_str())
+        .collect();
+    let expected: &[&str] = match layout {
+        "combined" => &["private-registry"],
+        _ => &["private-registry", "redhat-connect-sso"],
+    };
+    for name in expected {
+        assert!(named.contains(name), "{name} in {named:?}");
+    }
+    let attempts = world.fx.server.pull_attempts();
+    let pulled = attempts
+        .iter()
+        .find(|a| a.pod == "app" && a.result.is_ok())
+        .unwrap_or_else(|| panic!("a successful pull: {attempts:?}"));
+    assert_eq!(pulled.username.as_deref(), Some(REGISTRY_USER));
+    assert_eq!(pulled.secret.as_deref(), Some("private-registry"));
+    let users = world.realm_users_since(before);
+    assert!(!users.is_empty(), "the pull went through the token server");
+    assert!(users.iter().all(|u| u == REGISTRY_USER), "{users:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn combined_pair_pulls_through_the_kubelet() {
+    delegated_pair_pulls_through_the_kubelet("combined").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn split_pair_pulls_through_the_kubelet_as_merged_from_the_pod_s_secrets() {
+    delegated_pair_pulls_through_the_kubelet("split").await;
 }

@@ -33,6 +33,7 @@ fn registry(server: &str, from: SourceConfig) -> RegistryConfig {
         name: "test".into(),
         server: docker(server),
         from,
+        verify: None,
     }
 }
 
