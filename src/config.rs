@@ -201,19 +201,27 @@ pub struct VaultLocation {
     pub kv: KvVersion,
 }
 
-/// The KV engine version.
+/// The kind of secrets engine: a KV version, or a dynamic engine.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum KvVersion {
     /// KV v1: unversioned; change detection hashes the content.
     V1,
     /// KV v2: `pinned` reads that version; `None` reads the current one.
     V2 { pinned: Option<u64> },
+    /// `engine: dynamic`, not KV: each read of the path (the whole path, `mount` is empty)
+    /// issues a new secret with a lease (the database engine's `database/creds/ROLE`), which
+    /// the daemon renews and revokes (docs in the README's "Dynamic secrets").
+    Dynamic,
 }
 
 impl std::fmt::Display for VaultLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.kv == KvVersion::Dynamic {
+            return write!(f, "{} (dynamic)", self.path);
+        }
         write!(f, "{}/{}", self.mount, self.path)?;
         match self.kv {
+            KvVersion::Dynamic => Ok(()),
             KvVersion::V1 => f.write_str(" (KV v1)"),
             KvVersion::V2 { pinned: None } => f.write_str(" (KV v2)"),
             KvVersion::V2 { pinned: Some(v) } => write!(f, " (KV v2, version {v})"),
@@ -396,6 +404,28 @@ pub enum ConfigError {
 }
 
 impl Config {
+    /// How often `registry` is read: the shortest `rotation.refresh` of the pull secrets using
+    /// it (5 minutes when none does).
+    pub fn refresh_interval(&self, registry: &str) -> Duration {
+        self.pull_secrets
+            .iter()
+            .filter(|p| p.registries.iter().any(|r| r == registry))
+            .map(|p| p.rotation.refresh)
+            .min()
+            .unwrap_or(Duration::from_secs(300))
+    }
+
+    /// How long a replaced credential of `registry` stays usable: the longest `rotation.grace`
+    /// of the pull secrets using it (zero when none does).
+    pub fn rotation_grace(&self, registry: &str) -> Duration {
+        self.pull_secrets
+            .iter()
+            .filter(|p| p.registries.iter().any(|r| r == registry))
+            .map(|p| p.rotation.grace)
+            .max()
+            .unwrap_or_default()
+    }
+
     /// Reads and validates a config file (at most [`MAX_CONFIG_BYTES`], UTF-8).
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = read_config_text(path)?;

@@ -829,6 +829,8 @@ mod tests {
             Resolved {
                 credential,
                 version: password.into(),
+                expires_at: None,
+                lease: None,
             },
         )]);
         let key = plan::VersionKey::from_bytes([0; 32]);
@@ -1787,6 +1789,8 @@ mod safety_tests {
                     Resolved {
                         credential,
                         version: password.into(),
+                        expires_at: None,
+                        lease: None,
                     },
                 )
             })

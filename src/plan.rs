@@ -535,6 +535,8 @@ mod tests {
         Resolved {
             credential: Credential::with_password(key(server), "developer", password),
             version: format!("v-{password}"),
+            expires_at: None,
+            lease: None,
         }
     }
 
@@ -709,6 +711,8 @@ mod tests {
                     email: None,
                 },
                 version: "v1".into(),
+                expires_at: None,
+                lease: None,
             },
         );
         let state = run(&config, &credentials, &namespaces(&["a"]));

@@ -20,6 +20,7 @@ use crate::cluster::{self, ApiError, ApplyOptions, Change, ClusterView, ProjectO
 use crate::config::{Config, Heal, LinkKind};
 use crate::diff::{DiffPolicy, Mode, ObservedProject, ProjectDiff, Step, diff_project_at};
 use crate::model::credential::Resolved;
+use crate::model::desired::HoldReason;
 use crate::model::heal::HealTarget;
 use crate::model::managed::{CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION};
 pub use crate::model::outcome::Report;
@@ -53,8 +54,8 @@ pub struct NamespaceWork {
     pub heal: Vec<HealTarget>,
     /// Heal targets an earlier pass left to look at again: looked at after the writes too.
     pub heal_again: Vec<(HealTarget, String)>,
-    /// The registries the planned Secrets carry (whose refused credentials concern this
-    /// namespace).
+    /// The registries the planned Secrets carry, and those a held Secret lacks (whose refused
+    /// or expired credentials concern this namespace).
     pub registries: BTreeSet<String>,
 }
 
@@ -111,6 +112,10 @@ fn diff_planned(
             .secrets
             .iter()
             .flat_map(|secret| secret.registries.iter().cloned())
+            .chain(plan.held.iter().flat_map(|held| match &held.reason {
+                HoldReason::SourceFailed { registries } => registries.clone(),
+                HoldReason::NotRendered { .. } => Vec::new(),
+            }))
             .collect(),
     }
 }

@@ -17,8 +17,8 @@ use serde::Serialize;
 use crate::diff::ObservedProject;
 use crate::model::desired::LinkKind;
 use crate::model::managed::{
-    IMAGE_PULLER_BINDING, SOURCE_VERSION_ANNOTATION, recorded_pull_secret,
-    recorded_service_accounts, role_binding_ownership, secret_ownership,
+    IMAGE_PULLER_BINDING, recorded_pull_secret, recorded_service_accounts, role_binding_ownership,
+    secret_ownership,
 };
 
 /// One project's status.
@@ -264,18 +264,8 @@ fn secret_status(secret: &Secret, accounts: &[ServiceAccount], now: Timestamp) -
     }
 }
 
-/// The `registry=version,…` annotation as a map.
 fn source_versions(secret: &Secret) -> BTreeMap<String, String> {
-    secret
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(SOURCE_VERSION_ANNOTATION))
-        .into_iter()
-        .flat_map(|list| list.split(','))
-        .filter_map(|pair| pair.split_once('='))
-        .map(|(registry, version)| (registry.trim().to_string(), version.trim().to_string()))
-        .collect()
+    crate::model::managed::recorded_source_versions(secret)
 }
 
 /// When an Event (or its series) was last observed.
@@ -303,7 +293,8 @@ fn event_count(event: &Event) -> u32 {
 mod tests {
     use super::*;
     use crate::model::managed::{
-        CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION, SERVICE_ACCOUNTS_ANNOTATION, labels,
+        CONTENT_HASH_ANNOTATION, PULL_SECRET_ANNOTATION, SERVICE_ACCOUNTS_ANNOTATION,
+        SOURCE_VERSION_ANNOTATION, labels,
     };
     use k8s_openapi::api::core::v1::{LocalObjectReference, ObjectReference};
     use k8s_openapi::api::events::v1::EventSeries;

@@ -91,6 +91,7 @@ pub const PROBLEM_REASONS: &[&str] = &[
     "UnreadServiceAccounts",
     "HealForbidden",
     "CredentialRejected",
+    "CredentialExpired",
 ];
 
 /// Every metric the daemon exports.

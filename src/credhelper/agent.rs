@@ -496,6 +496,8 @@ mod tests {
                 Resolved {
                     credential,
                     version: "v1".into(),
+                    expires_at: None,
+                    lease: None,
                 },
             );
             // A receiver keeps the last value after its sender is gone.

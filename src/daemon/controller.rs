@@ -237,6 +237,9 @@ pub async fn reconcile(
         work.diff
             .problems
             .extend(rejection_problems(&snapshot, &work.registries));
+        work.diff
+            .problems
+            .extend(expiry_problems(&snapshot, &work.registries));
         context
             .reported
             .lock()
@@ -401,6 +404,36 @@ async fn report_repair(context: &Context, repair: &Repair) {
         &reference,
     )
     .await;
+}
+
+/// A `CredentialExpired` problem (a Warning Event on the namespace) for each registry of this
+/// namespace's Secrets whose credential expired (its lease could not be renewed, or its source
+/// read again): the `Held` Event says only that the source failed; this one says it expired,
+/// and when.
+fn expiry_problems(
+    snapshot: &Snapshot,
+    registries: &BTreeSet<String>,
+) -> Vec<crate::plan::Problem> {
+    snapshot
+        .expired
+        .iter()
+        .filter(|registry| registries.contains(*registry))
+        .map(|registry| {
+            let at = snapshot
+                .expires_at
+                .get(registry)
+                .and_then(|at| Timestamp::try_from(*at).ok())
+                .map_or_else(String::new, |at| format!(" at {at}"));
+            crate::plan::Problem {
+                reason: "CredentialExpired",
+                message: format!(
+                    "the credential of registry {registry} expired{at} and could not be renewed \
+                     or read again; it is not served, and its Secrets are held until its source \
+                     answers"
+                ),
+            }
+        })
+        .collect()
 }
 
 /// A `CredentialRejected` problem (a Warning Event on the namespace) for each registry of

@@ -30,12 +30,14 @@
 //! Jobs, one module each: this one starts and stops everything (lifecycle); [`controller`]
 //! reconciles one namespace through [`crate::reconcile`]; [`dispatch`] turns new snapshots,
 //! reloads and leadership into namespace requests; [`sources`] reads each registry on its
-//! schedule and publishes snapshots.
+//! schedule (sooner when its credential expires) and publishes snapshots; [`leases`] renews the
+//! leases of dynamic Vault secrets and revokes replaced ones once no cached Secret carries them.
 //!
 //! Must not hold any state a restart cannot rebuild from the cluster and the sources.
 
 mod controller;
 mod dispatch;
+mod leases;
 mod sources;
 pub mod writers;
 
@@ -181,6 +183,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         None => (Leadership::always(), None),
     };
     let fitness = leadership.clone();
+    let expiries = snapshot_rx.clone();
     let health = Arc::new(Health {
         metrics: Arc::clone(&metrics),
         ready: false.into(),
@@ -188,8 +191,10 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
             sources::record_ages(metrics, &ages.borrow(), &scrape_config.borrow());
         }),
         unfit: Box::new(move || {
-            (!fitness.is_leading() && !fitness.lease_reachable())
-                .then(|| "a standby that cannot reach its Lease (see the log)".to_string())
+            if !fitness.is_leading() && !fitness.lease_reachable() {
+                return Some("a standby that cannot reach its Lease (see the log)".to_string());
+            }
+            expired_detail(&expiries.borrow())
         }),
     });
     let address = match options.listen {
@@ -234,11 +239,14 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         Arc::clone(&metrics),
     ));
 
+    let in_use_caches = context.caches.clone();
+    let in_use: sources::InUse = Arc::new(move || versions_in_use(&in_use_caches));
     let sources = tokio::spawn(sources::run_sources(
         config_rx.clone(),
         options.sources,
         snapshot_tx,
         Arc::clone(&metrics),
+        in_use,
         stop_rx.clone(),
     ));
     let elector_task = elector.map(|elector| tokio::spawn(elector.run(stop_rx.clone())));
@@ -275,6 +283,40 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
         task,
         helpers,
     })
+}
+
+/// The `/readyz` detail while a credential has expired: it is no longer served, and the Secrets
+/// that need it are held until its source can be read again.
+fn expired_detail(snapshot: &Snapshot) -> Option<String> {
+    // Expiries are checked against the clock here too, as the metric is: the sources task
+    // takes the credential out a moment later, but readiness must not lag the metric.
+    let now = std::time::SystemTime::now();
+    let passed = snapshot
+        .expires_at
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(name, _)| name);
+    let names: std::collections::BTreeSet<&String> =
+        snapshot.expired.iter().chain(passed).collect();
+    if names.is_empty() {
+        return None;
+    }
+    let names: Vec<&str> = names.into_iter().map(String::as_str).collect();
+    Some(format!(
+        "the credential of registry {} has expired and could not be renewed or read again \
+         (see the log); its Secrets are held",
+        names.join(", ")
+    ))
+}
+
+/// `(registry, version)` of every credential some cached managed Secret was rendered from: a
+/// replaced lease is revoked only when none carries it.
+fn versions_in_use(caches: &Caches) -> leases::VersionsInUse {
+    caches
+        .secrets()
+        .iter()
+        .flat_map(|secret| crate::model::managed::recorded_source_versions(secret))
+        .collect()
 }
 
 /// Waits for the caches, then runs the applier until the stop signal; in-flight reconciles

@@ -1,29 +1,32 @@
 //! The daemon's source schedule (source I/O): reads each registry when it is due — every
-//! `refresh`, sooner after a failure (jittered backoff from one second) or a reload that changed
-//! its source — and publishes a [`Snapshot`] after every read that changed something. A
-//! reconcile never reads a source; the agent of `run --agent` answers from the same snapshots.
+//! `refresh`, sooner when its credential expires (a lease nearing its end, KV `expires_at`
+//! metadata, a JWT `exp`: [`crate::model::expiry`]), after a failure (jittered backoff from one
+//! second) or a reload that changed its source — and publishes a [`Snapshot`] after every read
+//! that changed something. A reconcile never reads a source; the agent of `run --agent` answers
+//! from the same snapshots. Leases of dynamic Vault secrets are kept by [`super::leases`] in the
+//! same task. A credential past its expiry is taken out of the snapshot (and reported) at that
+//! moment, whether or not its source could be read: it is never served expired.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::watch;
 
+use super::leases::{LeaseKeeper, VersionsInUse, jitter};
 use super::stopped;
 use crate::config::Config;
+use crate::model::expiry;
 use crate::source::service::Snapshot;
 use crate::source::{Inventory, SourceContext};
 use crate::telemetry::{Metrics, ReadLabels, RegistryLabel};
 
+/// Which credential versions the cluster's Secrets carry now (from the watch caches).
+pub type InUse = Arc<dyn Fn() -> VersionsInUse + Send + Sync>;
+
 /// How often each registry is read: the shortest `refresh` of the pull secrets using it.
 pub fn refresh_interval(config: &Config, registry: &str) -> Duration {
-    config
-        .pull_secrets
-        .iter()
-        .filter(|p| p.registries.iter().any(|r| r == registry))
-        .map(|p| p.rotation.refresh)
-        .min()
-        .unwrap_or(Duration::from_secs(300))
+    config.refresh_interval(registry)
 }
 
 /// When each registry is read next: every `refresh` after a good read; after a failed one,
@@ -66,13 +69,15 @@ impl SourceSchedule {
             .collect()
     }
 
-    /// Schedules the registries just read: good ones at their refresh, failed ones at their
-    /// next backoff step (never later than the refresh).
+    /// Schedules the registries just read: good ones at their refresh or before their
+    /// credential's expiry (`expiries`), whichever is sooner; failed ones at their next backoff
+    /// step (never later than the refresh).
     fn after_read(
         &mut self,
         config: &Config,
         read: &BTreeSet<String>,
         failed: &BTreeSet<String>,
+        expiries: &BTreeMap<String, SystemTime>,
         now: tokio::time::Instant,
     ) {
         use backon::BackoffBuilder as _;
@@ -90,9 +95,19 @@ impl SourceSchedule {
                 backoff.next().unwrap_or(refresh).min(refresh)
             } else {
                 self.failing.remove(name);
-                refresh
+                let expires_at = expiries.get(name).copied();
+                expiry::next_read_after(refresh, expires_at, SystemTime::now(), jitter())
             };
             self.next_due.insert(name.clone(), now + wait);
+        }
+    }
+
+    /// Moves `registry`'s next read to `at` when that is sooner (its lease is ending).
+    fn read_by(&mut self, registry: &str, at: tokio::time::Instant) {
+        if let Some(due) = self.next_due.get_mut(registry)
+            && at < *due
+        {
+            *due = at;
         }
     }
 
@@ -113,12 +128,15 @@ pub async fn run_sources(
     context: SourceContext,
     publish: watch::Sender<Arc<Snapshot>>,
     metrics: Arc<Metrics>,
+    in_use: InUse,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut inventory = Inventory::new();
     let mut schedule = SourceSchedule::default();
+    let mut leases = LeaseKeeper::default();
     // The last read's error of each registry whose read failed (texts without values).
     let mut failures: BTreeMap<String, String> = BTreeMap::new();
+    let mut expired: BTreeSet<String> = BTreeSet::new();
     let mut generation = 0u64;
     loop {
         let current = Arc::clone(&config.borrow_and_update());
@@ -132,9 +150,13 @@ pub async fn run_sources(
             read_any = true;
             let rejected_before = inventory.rejected();
             let report = inventory.refresh_only(&current, &context, &due).await;
-            let failed: BTreeSet<String> =
+            let mut failed: BTreeSet<String> =
                 report.failures.iter().map(|f| f.registry.clone()).collect();
-            schedule.after_read(&current, &due, &failed, tokio::time::Instant::now());
+            // A credential that is expired as read is retried on the failure backoff.
+            failed.extend(expired_registries(&inventory, &due, SystemTime::now()));
+            let expiries = read_deadlines(&inventory, &due);
+            let read_at = tokio::time::Instant::now();
+            schedule.after_read(&current, &due, &failed, &expiries, read_at);
             count_reads(&metrics, &report);
             changed.extend(report.changed.iter().cloned());
             // A refused credential changes nothing published, but its namespaces are told (and
@@ -153,13 +175,40 @@ pub async fn run_sources(
                 failures.insert(failure.registry.clone(), failure.to_string());
             }
         }
+        if let Some(session) = &context.vault {
+            leases.track(&inventory, &current, now);
+            let round = leases.renew_due(session, &current, now).await;
+            read_any |= !round.new_expiry.is_empty();
+            for (registry, expires_at) in round.new_expiry {
+                inventory.set_expiry(&registry, expires_at);
+            }
+            for (registry, at) in round.read_by {
+                schedule.read_by(&registry, at);
+            }
+            if leases.has_replaced() {
+                leases.revoke_unused(session, &current, &in_use()).await;
+            }
+        }
+        let all: BTreeSet<String> = current.registries.keys().cloned().collect();
+        let expired_now = expired_registries(&inventory, &all, SystemTime::now());
+        for registry in expired_now.symmetric_difference(&expired) {
+            changed.insert(registry.clone());
+            if expired_now.contains(registry) {
+                tracing::error!(
+                    %registry,
+                    "The registry's credential has expired and could not be renewed or read \
+                     again; it is no longer served and its Secrets are held."
+                );
+            }
+        }
+        expired = expired_now;
         if (read_any && generation == 0) || !changed.is_empty() {
             generation += 1;
             let mut snapshot = snapshot_of(&inventory, &current, changed, generation);
             snapshot.failures = failures.clone();
             publish.send_replace(Arc::new(snapshot));
         } else if read_any {
-            // Ages still move on: keep read times current for the metric.
+            // Ages (and renewed expiries) still move on: keep them current for the metrics.
             publish.send_modify(|snapshot| {
                 let mut updated =
                     snapshot_of(&inventory, &current, BTreeSet::new(), snapshot.generation);
@@ -169,13 +218,69 @@ pub async fn run_sources(
                 *snapshot = Arc::new(updated);
             });
         }
-        let wake = schedule.next_wake(now);
+        let wake = [
+            Some(schedule.next_wake(now)),
+            leases.next_wake(),
+            next_expiry(&inventory, &expired),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(now + Duration::from_secs(300));
         tokio::select! {
             () = tokio::time::sleep_until(wake) => {}
             changed = config.changed() => if changed.is_err() { return },
             () = stopped(&mut stop) => return,
         }
     }
+}
+
+/// Of `registries`, those whose last good credential has expired by `now`.
+fn expired_registries(
+    inventory: &Inventory,
+    registries: &BTreeSet<String>,
+    now: SystemTime,
+) -> BTreeSet<String> {
+    registries
+        .iter()
+        .filter(|name| {
+            inventory
+                .get(name)
+                .and_then(|last_good| last_good.resolved.expires_at)
+                .is_some_and(|expires_at| expires_at <= now)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The expiries that decide when `registries` are read next. A renewable lease's end is left
+/// out: the lease keeper renews it and asks for a read when renewing stops working.
+fn read_deadlines(
+    inventory: &Inventory,
+    registries: &BTreeSet<String>,
+) -> BTreeMap<String, SystemTime> {
+    registries
+        .iter()
+        .filter_map(|name| {
+            let resolved = &inventory.get(name)?.resolved;
+            if resolved.lease.as_ref().is_some_and(|lease| lease.renewable) {
+                return None;
+            }
+            Some((name.clone(), resolved.expires_at?))
+        })
+        .collect()
+}
+
+/// When the next credential still served expires, as an instant to wake at.
+fn next_expiry(inventory: &Inventory, expired: &BTreeSet<String>) -> Option<tokio::time::Instant> {
+    let now = SystemTime::now();
+    inventory
+        .credentials()
+        .into_iter()
+        .filter(|(name, _)| !expired.contains(name))
+        .filter_map(|(_, resolved)| resolved.expires_at)
+        .min()
+        .map(|at| tokio::time::Instant::now() + expiry::remaining(at, now))
 }
 
 fn count_reads(metrics: &Metrics, report: &crate::source::RefreshReport) {
@@ -223,7 +328,18 @@ fn snapshot_of(
     changed: BTreeSet<String>,
     generation: u64,
 ) -> Snapshot {
-    let credentials = inventory.credentials();
+    let now = SystemTime::now();
+    let mut credentials = inventory.credentials();
+    let expires_at: BTreeMap<String, SystemTime> = credentials
+        .iter()
+        .filter_map(|(name, resolved)| Some((name.clone(), resolved.expires_at?)))
+        .collect();
+    let expired: BTreeSet<String> = expires_at
+        .iter()
+        .filter(|(_, at)| **at <= now)
+        .map(|(name, _)| name.clone())
+        .collect();
+    credentials.retain(|name, _| !expired.contains(name));
     let complete = config
         .registries
         .keys()
@@ -237,6 +353,8 @@ fn snapshot_of(
         credentials,
         read_at,
         failures: BTreeMap::new(),
+        expires_at,
+        expired,
         rejected: inventory.rejected(),
         changed,
         complete,
@@ -268,10 +386,19 @@ pub fn record_ages(metrics: &Metrics, snapshot: &Snapshot, config: &Config) {
             .credential_refresh
             .get_or_create(&label)
             .set(refresh_interval(config, registry).as_secs_f64());
+        let until_expiry = snapshot
+            .expires_at
+            .get(registry)
+            .map_or(f64::INFINITY, |at| {
+                match at.duration_since(SystemTime::now()) {
+                    Ok(left) => left.as_secs_f64(),
+                    Err(past) => -past.duration().as_secs_f64(),
+                }
+            });
         metrics
             .credential_expiry
             .get_or_create(&label)
-            .set(f64::INFINITY);
+            .set(until_expiry);
     }
 }
 
@@ -306,7 +433,7 @@ mod tests {
         let mut waits = Vec::new();
         let mut now = start;
         for _ in 0..12 {
-            schedule.after_read(&config, &reg, &reg, now);
+            schedule.after_read(&config, &reg, &reg, &BTreeMap::new(), now);
             let next = schedule.next_due["reg"];
             waits.push(next - now);
             now = next;
@@ -325,10 +452,34 @@ mod tests {
 
         // A good read resets it: the next read is one refresh away, and a later failure starts
         // over at about a second.
-        schedule.after_read(&config, &reg, &BTreeSet::new(), now);
+        schedule.after_read(&config, &reg, &BTreeSet::new(), &BTreeMap::new(), now);
         assert_eq!(schedule.next_due["reg"] - now, Duration::from_secs(60));
-        schedule.after_read(&config, &reg, &reg, now);
+        schedule.after_read(&config, &reg, &reg, &BTreeMap::new(), now);
         assert!(schedule.next_due["reg"] - now <= 2 * FIRST_RETRY);
+    }
+
+    #[test]
+    fn a_credential_expiring_in_three_seconds_is_read_before_it_although_refresh_is_an_hour() {
+        let config = config_with_refresh(Duration::from_secs(3600));
+        let start = tokio::time::Instant::now();
+        let mut schedule = SourceSchedule::default();
+        schedule.follow(&config, &[], start);
+        let reg = BTreeSet::from(["reg".to_string()]);
+        let expiries = BTreeMap::from([(
+            "reg".to_string(),
+            SystemTime::now() + Duration::from_secs(3),
+        )]);
+        schedule.after_read(&config, &reg, &BTreeSet::new(), &expiries, start);
+        let wait = schedule.next_due["reg"] - start;
+        assert!(
+            wait >= Duration::from_millis(1600) && wait <= Duration::from_secs(2),
+            "{wait:?}"
+        );
+        // A lease ending sooner moves the read earlier, never later.
+        schedule.read_by("reg", start + Duration::from_millis(500));
+        assert_eq!(schedule.next_due["reg"] - start, Duration::from_millis(500));
+        schedule.read_by("reg", start + Duration::from_secs(60));
+        assert_eq!(schedule.next_due["reg"] - start, Duration::from_millis(500));
     }
 
     #[test]
@@ -338,7 +489,7 @@ mod tests {
         let mut schedule = SourceSchedule::default();
         schedule.follow(&config, &[], start);
         let reg = BTreeSet::from(["reg".to_string()]);
-        schedule.after_read(&config, &reg, &BTreeSet::new(), start);
+        schedule.after_read(&config, &reg, &BTreeSet::new(), &BTreeMap::new(), start);
         let later = start + Duration::from_secs(5);
         assert!(schedule.due(later).is_empty(), "next read in an hour");
         schedule.follow(&config, &["reg".to_string()], later);

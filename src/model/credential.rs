@@ -319,6 +319,43 @@ pub struct Resolved {
     /// Changes whenever the credential changes (a content hash for files and helpers); never
     /// derived reversibly from the secret.
     pub version: String,
+    /// When the credential stops working, where the source says so (a lease, KV metadata, a
+    /// JWT `exp`); `None` when nothing is known. The daemon never serves it past this.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// The lease a dynamic Vault secret came with: renewed while in use, revoked after.
+    pub lease: Option<LeaseGrant>,
+}
+
+impl Resolved {
+    /// A credential with no known expiry and no lease.
+    pub fn new(credential: Credential, version: String) -> Self {
+        Self {
+            credential,
+            version,
+            expires_at: None,
+            lease: None,
+        }
+    }
+}
+
+/// A Vault lease as granted (or last renewed). Its id is not the credential, but it lets anyone
+/// with `sys/leases` rights renew or revoke it, so `Debug` never shows it and it is never logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct LeaseGrant {
+    pub id: String,
+    /// The TTL granted by the read or the last renewal.
+    pub ttl: std::time::Duration,
+    pub renewable: bool,
+}
+
+impl fmt::Debug for LeaseGrant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LeaseGrant")
+            .field("id", &"[REDACTED]")
+            .field("ttl", &self.ttl)
+            .field("renewable", &self.renewable)
+            .finish()
+    }
 }
 
 #[cfg(test)]

@@ -49,6 +49,21 @@ pub const IMAGE_PULLER_BINDING: &str = "pullsecretd-image-puller";
 pub const PULL_SECRET_TYPES: [&str; 2] =
     ["kubernetes.io/dockerconfigjson", "kubernetes.io/dockercfg"];
 
+/// The `registry=version,…` annotation ([`SOURCE_VERSION_ANNOTATION`]) as a map: which
+/// credential version of each registry a Secret was rendered from.
+pub fn recorded_source_versions(secret: &Secret) -> BTreeMap<String, String> {
+    secret
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(SOURCE_VERSION_ANNOTATION))
+        .into_iter()
+        .flat_map(|list| list.split(','))
+        .filter_map(|pair| pair.split_once('='))
+        .map(|(registry, version)| (registry.trim().to_string(), version.trim().to_string()))
+        .collect()
+}
+
 /// Labels every object of `instance` carries.
 pub fn labels(instance: &str) -> BTreeMap<String, String> {
     BTreeMap::from([

@@ -5,6 +5,7 @@
 //!   credential with its version).
 //! - [`desired`]: desired Secrets, links and RoleBindings, held Secrets and problems; the
 //!   pull-secret types and link kinds they are made of.
+//! - [`expiry`]: credential lifetimes: expiry fields, when to read, renew and revoke.
 //! - [`heal`]: pods stuck for want of a Secret pullsecretd linked, and Secrets pods still name.
 //! - [`links`]: service-account list editing and its order.
 //! - [`managed`]: the labels and annotations pullsecretd writes, instance identity and the proof
@@ -15,6 +16,7 @@
 
 pub mod credential;
 pub mod desired;
+pub mod expiry;
 pub mod heal;
 pub mod links;
 pub mod managed;

@@ -211,6 +211,13 @@ impl Inventory {
             .collect()
     }
 
+    /// Records that `registry`'s credential now ends at `expires_at` (its lease was renewed).
+    pub fn set_expiry(&mut self, registry: &str, expires_at: std::time::SystemTime) {
+        if let Some(entry) = self.entries.get_mut(registry) {
+            entry.resolved.expires_at = Some(expires_at);
+        }
+    }
+
     pub fn get(&self, registry: &str) -> Option<&LastGood> {
         self.entries.get(registry)
     }

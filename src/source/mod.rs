@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use crate::config::{Config, KvVersion, RegistryConfig, SourceConfig, VaultLocation, VaultSource};
 use crate::dockerconfig::{AuthFileFormat, ParseError};
 use crate::model::credential::{Credential, RegistryKey, Secret};
+use crate::model::expiry;
 
 pub use helper::HelperError;
 pub use inventory::{Inventory, RefreshFailure, RefreshReport};
@@ -164,14 +165,18 @@ pub async fn resolve_all_since(
     for registry in config.registries.values() {
         let outcome = match &registry.from {
             SourceConfig::Vault(source) => match vault_reads.get(&source.location) {
-                Some(VaultRead::Unchanged) => {
-                    previous
-                        .get(&registry.name)
-                        .cloned()
-                        .ok_or_else(|| Error::NoVaultSession {
-                            registry: registry.name.clone(),
-                        })
-                }
+                Some(VaultRead::Unchanged { expires_at }) => previous
+                    .get(&registry.name)
+                    .cloned()
+                    .map(|mut resolved| {
+                        // The expiry metadata is the secret's: it may move without a version.
+                        resolved.expires_at =
+                            expiry::earliest(*expires_at, password_expiry(&resolved.credential));
+                        resolved
+                    })
+                    .ok_or_else(|| Error::NoVaultSession {
+                        registry: registry.name.clone(),
+                    }),
                 Some(VaultRead::Read(read)) => from_vault_read(registry, source, read),
                 None => Err(Error::NoVaultSession {
                     registry: registry.name.clone(),
@@ -196,8 +201,10 @@ pub async fn resolve_all_since(
 /// What one refresh got for one Vault secret.
 enum VaultRead {
     Read(Result<vault::SecretData, Arc<VaultError>>),
-    /// Its metadata names the version its registries already have.
-    Unchanged,
+    /// Its metadata names the version its registries already have (and this expiry).
+    Unchanged {
+        expires_at: Option<std::time::SystemTime>,
+    },
 }
 
 /// Each distinct Vault location the config uses, read (or version-polled) once. Without a
@@ -230,7 +237,11 @@ async fn read_vault_secret(
 ) -> VaultRead {
     if let Some(known) = known_kv2_version(config, location, previous) {
         match session.current_version(location).await {
-            Ok(Some(current)) if format!("v{current}") == known => return VaultRead::Unchanged,
+            Ok(Some(current)) if format!("v{}", current.version) == known => {
+                return VaultRead::Unchanged {
+                    expires_at: current.expires_at,
+                };
+            }
             Ok(_) => {}
             Err(error) => return VaultRead::Read(Err(Arc::new(error))),
         }
@@ -280,8 +291,10 @@ fn from_vault_read(
             .map_err(|e| vault_error(Arc::new(e)))?;
     credential.registry = registry.server.clone();
     Ok(Resolved {
+        expires_at: expiry::earliest(secret.expires_at, password_expiry(&credential)),
         credential,
         version: secret.version.clone(),
+        lease: secret.lease.clone(),
     })
 }
 
@@ -305,9 +318,20 @@ pub async fn resolve(registry: &RegistryConfig, ctx: &SourceContext) -> Result<R
     credential.registry = server.clone();
     let version = credential_version(&credential);
     Ok(Resolved {
+        expires_at: password_expiry(&credential),
         credential,
         version,
+        lease: None,
     })
+}
+
+/// The `exp` of a password or token that is a JWT (identity tokens, cloud registry tokens).
+fn password_expiry(credential: &Credential) -> Option<std::time::SystemTime> {
+    match &credential.secret {
+        Secret::Password(secret) | Secret::IdentityToken(secret) => {
+            expiry::jwt_expiry(secret.expose_secret())
+        }
+    }
 }
 
 /// One Vault registry on its own (no sharing of reads; [`resolve_all`] shares them).

@@ -32,6 +32,10 @@ pub struct Snapshot {
     pub read_at: BTreeMap<String, StdInstant>,
     /// The last read's error per registry that failed (texts without values).
     pub failures: BTreeMap<String, String>,
+    /// When each registry's credential ends, where that is known (served or expired).
+    pub expires_at: BTreeMap<String, std::time::SystemTime>,
+    /// Registries whose last good credential has expired: not in `credentials`, never served.
+    pub expired: BTreeSet<String>,
     /// `verify:` registries whose newest credential the registry refused, and why (no value):
     /// their Secrets keep the previous credential and their namespaces get an Event.
     pub rejected: BTreeMap<String, String>,
@@ -185,6 +189,8 @@ impl CredentialService {
                         Resolved {
                             credential: resolved,
                             version: String::new(),
+                            expires_at: None,
+                            lease: None,
                         },
                     );
                 }

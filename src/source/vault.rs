@@ -1,5 +1,7 @@
-//! Source stage (I/O): registry credentials from Vault/OpenBao KV v1/v2 secrets, through ONE
-//! session per process that logs in, renews and logs in again by itself.
+//! Source stage (I/O): registry credentials from Vault/OpenBao KV v1/v2 secrets and dynamic
+//! engines (`engine: dynamic`: a leased secret per read, with `sys/leases/renew` and `revoke`
+//! for the daemon's lease keeper), through ONE session per process that logs in, renews and
+//! logs in again by itself.
 //!
 //! Must not: talk to the cluster, keep more than one login per process, retry without bound,
 //! read an answer without bound (every request goes through [`transport`], which stops at 4 MiB),
@@ -45,9 +47,11 @@ use crate::config::{
     FieldMapping, KvVersion, OptionalField, VaultAuth, VaultConfig, VaultLocation, VaultMapping,
 };
 use crate::dockerconfig::{AuthFileFormat, Lookup, ParseError, parse_auth_file};
-use crate::model::credential::{Credential, RegistryKey, Secret};
+use crate::model::credential::{Credential, LeaseGrant, RegistryKey, Secret};
+use crate::model::expiry;
 use crate::regular_file;
 
+mod lease;
 mod transport;
 use transport::{MAX_RESPONSE_BYTES, VaultApi, is_too_large, read_bounded};
 
@@ -91,6 +95,16 @@ pub enum VaultError {
     },
     #[error("Vault read {location}: {outcome}")]
     Read {
+        location: VaultLocation,
+        outcome: Outcome,
+    },
+    #[error("Vault lease renewal of {location}: {outcome}")]
+    RenewLease {
+        location: VaultLocation,
+        outcome: Outcome,
+    },
+    #[error("Vault lease revocation of {location}: {outcome}")]
+    RevokeLease {
         location: VaultLocation,
         outcome: Outcome,
     },
@@ -451,8 +465,12 @@ impl fmt::Debug for VaultSession {
 /// A read secret: its fields and the version that identifies this content.
 pub struct SecretData {
     fields: BTreeMap<String, FieldValue>,
-    /// `v<N>` for KV v2; a content hash for KV v1.
+    /// `v<N>` for KV v2; a content hash for KV v1 and dynamic secrets.
     pub version: String,
+    /// KV v2: the `custom_metadata` [`expiry::EXPIRES_AT_KEY`]; dynamic: the lease's end.
+    pub expires_at: Option<std::time::SystemTime>,
+    /// Dynamic secrets: the lease they were issued with.
+    pub lease: Option<LeaseGrant>,
 }
 
 impl fmt::Debug for SecretData {
@@ -460,8 +478,27 @@ impl fmt::Debug for SecretData {
         f.debug_struct("SecretData")
             .field("fields", &self.fields.keys().collect::<Vec<_>>())
             .field("version", &self.version)
+            .field("expires_at", &self.expires_at)
+            .field("lease", &self.lease)
             .finish()
     }
+}
+
+/// What a KV v2 metadata poll says: the current version and the expiry metadata (which is the
+/// secret's, not a version's, so it can move without a new version).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CurrentVersion {
+    pub version: u64,
+    pub expires_at: Option<std::time::SystemTime>,
+}
+
+/// The expiry a KV v2 `custom_metadata` map names, if any and valid.
+fn metadata_expiry(
+    custom: Option<&std::collections::HashMap<String, String>>,
+) -> Option<std::time::SystemTime> {
+    custom?
+        .get(expiry::EXPIRES_AT_KEY)
+        .and_then(|text| expiry::parse_expires_at(text))
 }
 
 /// One field's value; JSON objects are kept as their JSON text (for docker config fields).
@@ -578,16 +615,51 @@ impl VaultSession {
                     .call(fail, |client| read_kv2(client, location, pinned))
                     .await?;
                 let version = format!("v{}", response.metadata.version);
+                let expires_at = metadata_expiry(response.metadata.custom_metadata.as_ref());
                 let fields =
                     secret_fields(response.data).ok_or_else(|| fail(Outcome::BadResponse))?;
-                Ok(SecretData { fields, version })
+                Ok(SecretData {
+                    fields,
+                    version,
+                    expires_at,
+                    lease: None,
+                })
             }
             KvVersion::V1 => {
                 let response = self.call(fail, |client| read_kv1(client, location)).await?;
                 let fields =
                     secret_fields(response.data).ok_or_else(|| fail(Outcome::BadResponse))?;
                 let version = content_hash(&fields);
-                Ok(SecretData { fields, version })
+                Ok(SecretData {
+                    fields,
+                    version,
+                    expires_at: None,
+                    lease: None,
+                })
+            }
+            KvVersion::Dynamic => {
+                let response = self
+                    .call(fail, |client| read_dynamic(client, location))
+                    .await?;
+                let fields =
+                    secret_fields(response.data).ok_or_else(|| fail(Outcome::BadResponse))?;
+                // Each read issues a new secret: its content is its version.
+                let version = content_hash(&fields);
+                let lease = (!response.lease_id.is_empty()).then(|| LeaseGrant {
+                    id: response.lease_id,
+                    ttl: Duration::from_secs(response.lease_duration),
+                    renewable: response.renewable,
+                });
+                let expires_at = lease
+                    .as_ref()
+                    .filter(|lease| !lease.ttl.is_zero())
+                    .map(|lease| std::time::SystemTime::now() + lease.ttl);
+                Ok(SecretData {
+                    fields,
+                    version,
+                    expires_at,
+                    lease,
+                })
             }
         }
     }
@@ -598,7 +670,7 @@ impl VaultSession {
     pub async fn current_version(
         &self,
         location: &VaultLocation,
-    ) -> Result<Option<u64>, VaultError> {
+    ) -> Result<Option<CurrentVersion>, VaultError> {
         if self.metadata_is_denied(location) {
             return Ok(None);
         }
@@ -607,7 +679,10 @@ impl VaultSession {
             .attempt(&client, &|c| read_kv2_metadata(c, location))
             .await;
         match read {
-            Ok(metadata) => Ok(Some(metadata.current_version)),
+            Ok(metadata) => Ok(Some(CurrentVersion {
+                version: metadata.current_version,
+                expires_at: metadata_expiry(metadata.custom_metadata.as_ref()),
+            })),
             Err(Outcome::PermissionDenied) => {
                 if let Ok(mut denied) = self.metadata_denied.lock() {
                     denied.insert(location.clone());
@@ -619,6 +694,53 @@ impl VaultSession {
                 outcome,
             }),
         }
+    }
+
+    /// Renews `lease` (read from `location`) for `increment`: the TTL Vault granted, which is
+    /// less than asked for once the lease reaches its max TTL.
+    pub async fn renew_lease(
+        &self,
+        location: &VaultLocation,
+        lease: &LeaseGrant,
+        increment: Duration,
+    ) -> Result<LeaseGrant, VaultError> {
+        let fail = |outcome| VaultError::RenewLease {
+            location: location.clone(),
+            outcome,
+        };
+        let renewed = self
+            .call(fail, |client| {
+                let endpoint = lease::RenewLease {
+                    lease_id: lease.id.clone(),
+                    increment_seconds: increment.as_secs(),
+                };
+                async move { client.whole(endpoint).await }
+            })
+            .await?;
+        Ok(LeaseGrant {
+            id: lease.id.clone(),
+            ttl: Duration::from_secs(renewed.lease_duration),
+            renewable: renewed.renewable,
+        })
+    }
+
+    /// Revokes `lease` (read from `location`): the engine deletes the credential at once.
+    pub async fn revoke_lease(
+        &self,
+        location: &VaultLocation,
+        lease: &LeaseGrant,
+    ) -> Result<(), VaultError> {
+        let fail = |outcome| VaultError::RevokeLease {
+            location: location.clone(),
+            outcome,
+        };
+        self.call(fail, |client| {
+            let endpoint = lease::RevokeLease {
+                lease_id: lease.id.clone(),
+            };
+            async move { client.empty(endpoint).await }
+        })
+        .await
     }
 
     fn metadata_is_denied(&self, location: &VaultLocation) -> bool {
@@ -981,6 +1103,16 @@ async fn read_kv2(
     client.data(endpoint).await
 }
 
+async fn read_dynamic(
+    client: Arc<VaultApi>,
+    location: &VaultLocation,
+) -> Result<lease::DynamicSecret, ClientError> {
+    let endpoint = lease::ReadDynamic {
+        path: location.path.clone(),
+    };
+    client.whole(endpoint).await
+}
+
 async fn read_kv2_metadata(
     client: Arc<VaultApi>,
     location: &VaultLocation,
@@ -1270,6 +1402,8 @@ mod tests {
         SecretData {
             version: content_hash(&fields),
             fields,
+            expires_at: None,
+            lease: None,
         }
     }
 
@@ -1417,7 +1551,7 @@ mod tests {
                 let Some(parsed) = secret_fields(serde_json::Value::Object(fields.into_iter().collect())) else {
                     return Ok(());
                 };
-                let data = SecretData { version: content_hash(&parsed), fields: parsed };
+                let data = SecretData { version: content_hash(&parsed), fields: parsed, expires_at: None, lease: None };
                 let mapping = if docker_config {
                     VaultMapping::DockerConfig { field: "config".into() }
                 } else {

@@ -12,6 +12,7 @@ mod cli_cluster;
 mod config;
 mod config_vault;
 mod credential_helper;
+mod credential_lifecycle;
 mod credential_provider;
 mod daemon;
 mod daemon_rbac;

@@ -26,6 +26,7 @@ const TOKEN_AUTH_FIELDS: &[&str] = &["method", "file"];
 const APPROLE_AUTH_FIELDS: &[&str] = &["method", "roleId", "secretIdFile", "mount"];
 const KUBERNETES_AUTH_FIELDS: &[&str] = &["method", "role", "mount", "tokenFile"];
 const SOURCE_FIELDS: &[&str] = &[
+    "engine",
     "mount",
     "path",
     "kv",
@@ -279,6 +280,9 @@ pub(super) fn decode_auth_mount(
 /// `from: { vault: { mount, path, kv, version, fields | dockerConfigField } }`.
 pub fn decode_vault_source(node: &Node, path: &FieldPath) -> Result<VaultSource> {
     let fields = Fields::read(node, path, SOURCE_FIELDS)?;
+    if is_dynamic(&fields, path)? {
+        return decode_dynamic_source(&fields, path);
+    }
     let mount = match fields.get("mount") {
         Some(node) => decode_vault_path(node, &path.key("mount"), "mount")?,
         None => DEFAULT_KV_MOUNT.to_string(),
@@ -293,6 +297,45 @@ pub fn decode_vault_source(node: &Node, path: &FieldPath) -> Result<VaultSource>
             kv,
         },
         mapping,
+    })
+}
+
+/// `engine: kv` (the default) or `engine: dynamic`.
+fn is_dynamic(fields: &Fields<'_>, path: &FieldPath) -> Result<bool> {
+    let Some(node) = fields.get("engine") else {
+        return Ok(false);
+    };
+    expect_choice(
+        node,
+        &path.key("engine"),
+        &[("kv", false), ("dynamic", true)],
+    )
+}
+
+/// `engine: dynamic`: `path` is the whole API path of a secrets engine that issues a leased
+/// secret on each read (`database/creds/app`); KV's mount, engine version and pinned version
+/// mean nothing there and are refused rather than ignored.
+fn decode_dynamic_source(fields: &Fields<'_>, path: &FieldPath) -> Result<VaultSource> {
+    for key in ["mount", "kv", "version"] {
+        if let Some(node) = fields.get(key) {
+            return Err(problem(
+                node.mark,
+                &path.key(key),
+                format!(
+                    "{key} is for KV secrets; with engine: dynamic, path is the whole path \
+                     (e.g. database/creds/app)"
+                ),
+            ));
+        }
+    }
+    let secret_path = decode_vault_path(fields.required("path")?, &path.key("path"), "path")?;
+    Ok(VaultSource {
+        location: VaultLocation {
+            mount: String::new(),
+            path: secret_path,
+            kv: KvVersion::Dynamic,
+        },
+        mapping: decode_mapping(fields, path)?,
     })
 }
 

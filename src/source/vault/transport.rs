@@ -168,6 +168,16 @@ impl VaultApi {
             .map_err(ClientError::from)
     }
 
+    /// An endpoint whose answer has no body to read (`204 No Content`).
+    pub async fn empty<E: Endpoint>(&self, endpoint: E) -> Result<(), ClientError> {
+        endpoint
+            .with_middleware(&self.middle)
+            .exec(&self.http)
+            .await
+            .map(|_| ())
+            .map_err(api_error)
+    }
+
     /// A login or renewal: the answer's `auth` (vaultrs' `api::auth`).
     pub async fn auth<E: Endpoint<Response = ()>>(
         &self,
