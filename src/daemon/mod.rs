@@ -315,7 +315,7 @@ fn versions_in_use(caches: &Caches) -> leases::VersionsInUse {
     caches
         .secrets()
         .iter()
-        .flat_map(|secret| crate::model::managed::recorded_source_versions(secret))
+        .flat_map(crate::model::managed::recorded_source_versions)
         .collect()
 }
 
