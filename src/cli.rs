@@ -184,8 +184,13 @@ pub(crate) struct RunArgs {
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub(crate) retry_period: Duration,
     /// Do not elect a leader: this replica always writes (run exactly one).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "shards")]
     pub(crate) no_leader_election: bool,
+    /// Split the namespaces into N shards, one Lease each (NAME-shard-I): replicas share the
+    /// writing, and a replica that dies has its shards taken over (docs/sharding.md). Every
+    /// replica must be given the same N.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) shards: u32,
     /// How long to wait at start for the API server to answer before giving up (exit 2).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub(crate) start_timeout: Duration,

@@ -124,6 +124,7 @@ pub struct Metrics {
     pub last_sync: Gauge<f64, AtomicU64>,
     pub reconcile_duration: Histogram,
     pub leader: Gauge,
+    pub shards_led: Gauge,
 }
 
 impl Default for Metrics {
@@ -234,8 +235,14 @@ impl Metrics {
         let leader = Gauge::default();
         registry.register(
             "leader",
-            "1 while this replica holds the Lease and may write",
+            "1 while this replica holds a Lease (a shard's, with shards) and may write",
             leader.clone(),
+        );
+        let shards_led = Gauge::default();
+        registry.register(
+            "shards_led",
+            "Shards whose Lease this replica holds (1 without shards while leading)",
+            shards_led.clone(),
         );
         Self {
             registry,
@@ -256,6 +263,7 @@ impl Metrics {
             last_sync,
             reconcile_duration,
             leader,
+            shards_led,
         }
     }
 

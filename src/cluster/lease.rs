@@ -1,15 +1,18 @@
-//! Leader election (kube I/O): one `coordination.k8s.io/v1` Lease decides which replica writes.
+//! Leader election (kube I/O): `coordination.k8s.io/v1` Leases decide which replica writes
+//! which namespaces — one Lease, or one per shard with `shards > 1` (docs/sharding.md).
 //!
-//! The client-go algorithm, small enough to own (kube-runtime has none; the third-party crates
-//! pin other kube versions): a standby takes the Lease only after watching its record stay
-//! unchanged for `lease_duration` on its own monotonic clock; the leader renews every
-//! `retry_period` and counts itself leader only until `renew_deadline` (< `lease_duration`)
+//! The client-go algorithm per Lease, small enough to own (kube-runtime has none; the
+//! third-party crates pin other kube versions): a standby takes the Lease only after watching
+//! its record stay unchanged for `lease_duration` on its own monotonic clock; the leader renews
+//! every `retry_period` and counts itself leader only until `renew_deadline` (< `lease_duration`)
 //! after its last successful renewal began. So a leader that cannot renew stops writing before
 //! any standby may start, without asking anyone. On shutdown the leader releases the Lease
 //! (empty holder) so a standby takes over at its next try. Renewals PUT the last object read
 //! (guarded by its resourceVersion); only a standby reads the Lease, once per `retry_period`.
-//! Must not touch anything but its one Lease.
+//! With shards, [`crate::model::shard`] decides when a free shard is taken, asked for or given
+//! up, so replicas spread over the shards. Must not touch anything but its Leases.
 
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -22,10 +25,18 @@ use kube::api::{Api, ObjectMeta, PostParams};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-/// Where the Lease is and how it is timed.
+use crate::model::shard::{self, Seen, Timing};
+
+/// The annotation by which a replica asks a shard's holder for it (its identity).
+pub const WANTED_BY_ANNOTATION: &str = "pullsecretd.io/wanted-by";
+/// The annotation recording the shard count a Lease was written under.
+pub const SHARDS_ANNOTATION: &str = "pullsecretd.io/shards";
+
+/// Where the Leases are and how they are timed.
 #[derive(Clone, Debug)]
 pub struct LeaseConfig {
     pub namespace: String,
+    /// The Lease's name; with shards, shard `i`'s Lease is `NAME-shard-i`.
     pub name: String,
     /// This replica's identity in `holderIdentity` (the pod name).
     pub identity: String,
@@ -35,6 +46,27 @@ pub struct LeaseConfig {
     pub renew_deadline: Duration,
     /// Time between renewals (leader) or attempts (standby).
     pub retry_period: Duration,
+    /// How many shards the namespaces are split into (1: plain leader election).
+    pub shards: u32,
+}
+
+impl LeaseConfig {
+    /// The name of shard `index`'s Lease.
+    pub fn lease_name(&self, index: u32) -> String {
+        if self.shards <= 1 {
+            self.name.clone()
+        } else {
+            format!("{}-shard-{index}", self.name)
+        }
+    }
+
+    fn timing(&self) -> Timing {
+        Timing {
+            lease_duration: self.lease_duration,
+            renew_deadline: self.renew_deadline,
+            retry_period: self.retry_period,
+        }
+    }
 }
 
 /// Why the Lease cannot be used at all: a start-up error, named for the operator.
@@ -62,93 +94,216 @@ pub enum LeaseError {
     },
 }
 
-/// Whether this replica may write now. Cheap to clone and to ask.
+/// One shard's gate: until when this replica may write it, and whether its Lease answers.
+struct Gate {
+    /// None: always (no election).
+    valid_until: Mutex<Option<Instant>>,
+    /// The last Lease request succeeded: a standby that can reach its Lease is a healthy one.
+    reachable: AtomicBool,
+}
+
+impl Gate {
+    fn open_until(&self) -> Option<Instant> {
+        *self
+            .valid_until
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Which shards this replica may write now. Cheap to clone and to ask.
 #[derive(Clone)]
 pub struct Leadership {
-    valid_until: Arc<Mutex<Option<Instant>>>,
-    changes: watch::Receiver<bool>,
-    /// The last Lease request succeeded: a standby that can reach its Lease is a healthy one.
-    reachable: Arc<AtomicBool>,
+    gates: Arc<[Gate]>,
+    /// Per shard: whether this replica leads it.
+    changes: watch::Receiver<Vec<bool>>,
 }
 
 impl Leadership {
     /// A replica that always leads (no election configured).
     pub fn always() -> Self {
-        let (_, changes) = watch::channel(true);
+        let (_, changes) = watch::channel(vec![true]);
         Self {
-            valid_until: Arc::new(Mutex::new(None)),
+            gates: Arc::new([Gate {
+                valid_until: Mutex::new(None),
+                reachable: AtomicBool::new(true),
+            }]),
             changes,
-            reachable: Arc::new(AtomicBool::new(true)),
         }
     }
 
-    /// The last Lease request succeeded (always true without an election).
+    /// How many shards the namespaces are split into.
+    pub fn shards(&self) -> u32 {
+        u32::try_from(self.gates.len()).unwrap_or(1)
+    }
+
+    /// Some Lease request succeeded last time (always true without an election).
     pub fn lease_reachable(&self) -> bool {
-        self.reachable.load(Ordering::Relaxed)
+        self.gates
+            .iter()
+            .any(|gate| gate.reachable.load(Ordering::Relaxed))
     }
 
-    /// True while the Lease is held and its last renewal is recent enough.
+    /// True while this replica leads at least one shard.
     pub fn is_leading(&self) -> bool {
-        if !*self.changes.borrow() {
-            return false;
-        }
-        match *self
-            .valid_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-        {
-            Some(until) => Instant::now() < until,
-            None => true,
-        }
+        (0..self.shards()).any(|index| self.leads(index))
     }
 
-    /// Leadership changes (true: became leader).
-    pub fn changes(&self) -> watch::Receiver<bool> {
+    /// True while shard `index`'s Lease is held and its last renewal is recent enough.
+    pub fn leads(&self, index: u32) -> bool {
+        let flagged = self
+            .changes
+            .borrow()
+            .get(usize::try_from(index).unwrap_or(usize::MAX))
+            .copied()
+            .unwrap_or(false);
+        let Some(gate) = self.gates.get(usize::try_from(index).unwrap_or(usize::MAX)) else {
+            return false;
+        };
+        flagged && gate.open_until().is_none_or(|until| Instant::now() < until)
+    }
+
+    /// True while this replica may write `namespace` (it leads the namespace's shard).
+    pub fn owns(&self, namespace: &str) -> bool {
+        self.leads(shard::shard_of(namespace, self.shards()))
+    }
+
+    /// The shards this replica leads now.
+    pub fn led(&self) -> Vec<u32> {
+        (0..self.shards())
+            .filter(|index| self.leads(*index))
+            .collect()
+    }
+
+    /// Leadership changes: per shard, whether this replica leads it.
+    pub fn changes(&self) -> watch::Receiver<Vec<bool>> {
         self.changes.clone()
     }
 }
 
-/// The election loop's state.
-pub struct Elector {
+/// What one replica's electors share: who leads what, as each of them last saw it.
+struct Replica {
+    leading: watch::Sender<Vec<bool>>,
+    /// Per shard, the live holder its elector last saw (None: free, expired or unknown).
+    holders: Mutex<BTreeMap<u32, String>>,
+}
+
+impl Replica {
+    /// How many shards other than `except` this replica leads.
+    fn leads_besides(&self, except: u32) -> usize {
+        self.leading
+            .borrow()
+            .iter()
+            .enumerate()
+            .filter(|(index, leading)| **leading && u32::try_from(*index).ok() != Some(except))
+            .count()
+    }
+
+    /// How many shards `identity` holds, as this replica's electors last saw them.
+    fn held_by(&self, identity: &str) -> usize {
+        self.holders
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+            .filter(|holder| holder.as_str() == identity)
+            .count()
+    }
+
+    fn saw(&self, index: u32, live_holder: Option<&str>) {
+        let mut holders = self.holders.lock().unwrap_or_else(PoisonError::into_inner);
+        match live_holder {
+            Some(holder) => holders.insert(index, holder.to_string()),
+            None => holders.remove(&index),
+        };
+    }
+}
+
+/// Every shard's elector of one replica.
+pub struct Electors {
+    electors: Vec<Elector>,
+}
+
+impl Electors {
+    pub fn new(client: &Client, config: &LeaseConfig) -> (Self, Leadership) {
+        let shards = config.shards.max(1);
+        let (leading, changes) = watch::channel(vec![false; shards as usize]);
+        let replica = Arc::new(Replica {
+            leading,
+            holders: Mutex::default(),
+        });
+        let gates: Arc<[Gate]> = (0..shards)
+            .map(|_| Gate {
+                valid_until: Mutex::new(Some(Instant::now())),
+                reachable: AtomicBool::new(false),
+            })
+            .collect();
+        let gates_for_all = Arc::clone(&gates);
+        // Tried from this replica's first choice on, so replicas starting together spread out.
+        let first = shard::first_choice(&config.identity, shards);
+        let electors = (0..shards)
+            .map(|offset| (first + offset) % shards)
+            .map(|index| Elector {
+                api: Api::namespaced(client.clone(), &config.namespace),
+                lease_name: config.lease_name(index),
+                index,
+                config: LeaseConfig {
+                    shards,
+                    ..config.clone()
+                },
+                gates: Arc::clone(&gates_for_all),
+                replica: Arc::clone(&replica),
+                observed: None,
+                missing_since: None,
+            })
+            .collect();
+        (Self { electors }, Leadership { gates, changes })
+    }
+
+    /// The first acquire-or-renew of every shard, one after another: a Lease that cannot be
+    /// used at all — its namespace missing, access forbidden — is an error to stop on, not to
+    /// retry forever.
+    pub async fn first_attempt(&mut self) -> Result<(), LeaseError> {
+        for elector in &mut self.electors {
+            elector.first_attempt().await?;
+        }
+        Ok(())
+    }
+
+    /// Runs every shard's elector until `stop` fires; each releases its Lease if held.
+    pub async fn run(self, stop: watch::Receiver<bool>) {
+        futures::future::join_all(
+            self.electors
+                .into_iter()
+                .map(|elector| elector.run(stop.clone())),
+        )
+        .await;
+    }
+}
+
+/// One shard's election loop.
+struct Elector {
     api: Api<Lease>,
+    lease_name: String,
+    index: u32,
     config: LeaseConfig,
-    valid_until: Arc<Mutex<Option<Instant>>>,
-    leading: watch::Sender<bool>,
-    reachable: Arc<AtomicBool>,
+    gates: Arc<[Gate]>,
+    replica: Arc<Replica>,
     /// The last Lease read or written, and when its record was first seen as it is.
     observed: Option<(Lease, Instant)>,
+    /// Since when the Lease has been seen not to exist.
+    missing_since: Option<Instant>,
 }
 
 impl Elector {
-    pub fn new(client: &Client, config: LeaseConfig) -> (Self, Leadership) {
-        let (leading, changes) = watch::channel(false);
-        let valid_until = Arc::new(Mutex::new(Some(Instant::now())));
-        let reachable = Arc::new(AtomicBool::new(false));
-        let elector = Self {
-            api: Api::namespaced(client.clone(), &config.namespace),
-            config,
-            valid_until: Arc::clone(&valid_until),
-            leading,
-            reachable: Arc::clone(&reachable),
-            observed: None,
-        };
-        (
-            elector,
-            Leadership {
-                valid_until,
-                changes,
-                reachable,
-            },
-        )
+    fn gate(&self) -> &Gate {
+        &self.gates[self.index as usize]
     }
 
-    /// The first acquire-or-renew, at start: a Lease that cannot be used at all — its
-    /// namespace missing, access forbidden — is an error to stop on, not to retry forever.
-    pub async fn first_attempt(&mut self) -> Result<(), LeaseError> {
+    async fn first_attempt(&mut self) -> Result<(), LeaseError> {
         let started = Instant::now();
         match self.try_acquire_or_renew(started).await {
             Ok(leading) => {
-                self.reachable.store(true, Ordering::Relaxed);
+                self.gate().reachable.store(true, Ordering::Relaxed);
                 self.set_leading(leading.then_some(started + self.config.renew_deadline));
                 Ok(())
             }
@@ -158,7 +313,7 @@ impl Elector {
 
     fn lease_error(&self, error: &kube::Error) -> LeaseError {
         let namespace = self.config.namespace.clone();
-        let name = self.config.name.clone();
+        let name = self.lease_name.clone();
         match error {
             kube::Error::Api(status)
                 if status.code == 404
@@ -184,11 +339,13 @@ impl Elector {
 
     /// Tries to acquire or renew every `retry_period` until `stop` fires, then releases the
     /// Lease if held.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) {
         loop {
             let started = Instant::now();
             let attempt = self.try_acquire_or_renew(started).await;
-            self.reachable.store(attempt.is_ok(), Ordering::Relaxed);
+            self.gate()
+                .reachable
+                .store(attempt.is_ok(), Ordering::Relaxed);
             match attempt {
                 Ok(true) => self.set_leading(Some(started + self.config.renew_deadline)),
                 Ok(false) => self.set_leading(None),
@@ -212,30 +369,38 @@ impl Elector {
     }
 
     fn is_valid(&self) -> bool {
-        self.valid_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.gate()
+            .open_until()
             .is_some_and(|until| Instant::now() < until)
     }
 
     fn set_leading(&self, until: Option<Instant>) {
         let now_leading = until.is_some();
         *self
+            .gate()
             .valid_until
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = Some(until.unwrap_or_else(Instant::now));
-        self.leading.send_if_modified(|leading| {
-            let changed = *leading != now_leading;
+        let index = self.index as usize;
+        self.replica.leading.send_if_modified(|leading| {
+            let Some(slot) = leading.get_mut(index) else {
+                return false;
+            };
+            let changed = *slot != now_leading;
             if changed {
                 tracing::info!(
                     identity = %self.config.identity,
+                    lease = %self.lease_name,
                     leading = now_leading,
                     "Leadership changed."
                 );
             }
-            *leading = now_leading;
+            *slot = now_leading;
             changed
         });
+        if now_leading {
+            self.replica.saw(self.index, Some(&self.config.identity));
+        }
     }
 
     /// True when this replica holds the Lease after the attempt.
@@ -249,7 +414,7 @@ impl Elector {
             let renewed = self.stamped(lease.clone(), false);
             match self
                 .api
-                .replace(&self.config.name, &PostParams::default(), &renewed)
+                .replace(&self.lease_name, &PostParams::default(), &renewed)
                 .await
             {
                 Ok(written) => {
@@ -257,15 +422,15 @@ impl Elector {
                     return Ok(true);
                 }
                 Err(kube::Error::Api(status)) if status.code == 409 => {
-                    // Someone else wrote it: read below and see.
+                    // Someone else wrote it (took it, or asked for it): read below and see.
                 }
                 Err(error) => return Err(error),
             }
         }
-        let current = match self.api.get_opt(&self.config.name).await? {
-            Some(current) => current,
-            None => return self.create(started).await,
+        let Some(current) = self.api.get_opt(&self.lease_name).await? else {
+            return self.create_when_due(started).await;
         };
+        self.missing_since = None;
         let changed = self
             .observed
             .as_ref()
@@ -275,16 +440,35 @@ impl Elector {
             _ => started,
         };
         self.observed = Some((current.clone(), seen_since));
-        let free = holder(&current).is_none_or(str::is_empty);
-        let mine = holder(&current) == Some(self.config.identity.as_str());
-        let expired = started.duration_since(seen_since) >= self.config.lease_duration;
-        if !(free || mine || expired) {
+        let me = self.config.identity.as_str();
+        let held = self.replica.leads_besides(self.index);
+        let seen = Seen {
+            holder: holder(&current).filter(|h| !h.is_empty()),
+            wanted_by: wanted_by(&current),
+        };
+        let unchanged_for = started.duration_since(seen_since);
+        let live_holder = seen
+            .holder
+            .filter(|h| *h == me || unchanged_for < self.config.lease_duration);
+        self.replica.saw(self.index, live_holder);
+        if seen.holder == Some(me) && shard::should_give_up(seen, me, held + 1) {
+            self.give_up().await;
             return Ok(false);
         }
+        if let Some(other) = live_holder.filter(|h| *h != me) {
+            if seen.wanted_by.is_none() && shard::should_ask(held, self.replica.held_by(other)) {
+                self.ask_for(current).await?;
+            }
+            return Ok(false);
+        }
+        if unchanged_for < shard::patience(seen, me, held, self.config.timing()) {
+            return Ok(false);
+        }
+        let mine = seen.holder == Some(me);
         let taken = self.stamped(current, !mine);
         match self
             .api
-            .replace(&self.config.name, &PostParams::default(), &taken)
+            .replace(&self.lease_name, &PostParams::default(), &taken)
             .await
         {
             Ok(written) => {
@@ -296,10 +480,22 @@ impl Elector {
         }
     }
 
-    async fn create(&mut self, started: Instant) -> Result<bool, kube::Error> {
+    /// Creates the missing Lease once it has been missing for this replica's patience.
+    async fn create_when_due(&mut self, started: Instant) -> Result<bool, kube::Error> {
+        let since = *self.missing_since.get_or_insert(started);
+        self.replica.saw(self.index, None);
+        let seen = Seen {
+            holder: None,
+            wanted_by: None,
+        };
+        let held = self.replica.leads_besides(self.index);
+        let patience = shard::patience(seen, &self.config.identity, held, self.config.timing());
+        if started.duration_since(since) < patience {
+            return Ok(false);
+        }
         let lease = Lease {
             metadata: ObjectMeta {
-                name: Some(self.config.name.clone()),
+                name: Some(self.lease_name.clone()),
                 namespace: Some(self.config.namespace.clone()),
                 ..ObjectMeta::default()
             },
@@ -308,6 +504,7 @@ impl Elector {
         let lease = self.stamped(lease, true);
         match self.api.create(&PostParams::default(), &lease).await {
             Ok(written) => {
+                self.missing_since = None;
                 self.observed = Some((written, started));
                 Ok(true)
             }
@@ -316,10 +513,51 @@ impl Elector {
         }
     }
 
-    /// `lease` held by this replica, renewed now; `acquire` also stamps the acquire time and
-    /// counts a transition.
+    /// Asks the holder for this shard: the `wanted-by` annotation, guarded by the
+    /// resourceVersion read (the holder's next renewal then conflicts and reads it).
+    async fn ask_for(&mut self, mut lease: Lease) -> Result<(), kube::Error> {
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(
+                WANTED_BY_ANNOTATION.to_string(),
+                self.config.identity.clone(),
+            );
+        match self
+            .api
+            .replace(&self.lease_name, &PostParams::default(), &lease)
+            .await
+        {
+            Ok(written) => {
+                tracing::info!(lease = %self.lease_name, "Asked for a shard another replica leads more of.");
+                let since = self
+                    .observed
+                    .as_ref()
+                    .map_or_else(Instant::now, |(_, s)| *s);
+                self.observed = Some((written, since));
+                Ok(())
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 => Ok(()),
+            Err(error) => Err(error),
+        }
+    }
+
+    /// `lease` held by this replica, renewed now; `acquire` also stamps the acquire time,
+    /// counts a transition and clears a request for it.
     fn stamped(&self, mut lease: Lease, acquire: bool) -> Lease {
         let now = MicroTime(Timestamp::now());
+        if acquire && let Some(annotations) = lease.metadata.annotations.as_mut() {
+            annotations.remove(WANTED_BY_ANNOTATION);
+        }
+        lease
+            .metadata
+            .annotations
+            .get_or_insert_with(BTreeMap::new)
+            .insert(
+                SHARDS_ANNOTATION.to_string(),
+                self.config.shards.to_string(),
+            );
         let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
         if acquire {
             spec.acquire_time = Some(now.clone());
@@ -332,13 +570,22 @@ impl Elector {
         lease
     }
 
+    /// Gives the shard up for the replica that asked: stop writing first, then free the Lease
+    /// (the asker waits out the lost-leader gap before it writes).
+    async fn give_up(&mut self) {
+        tracing::info!(lease = %self.lease_name, "Giving a shard up for a replica that leads fewer.");
+        self.release().await;
+    }
+
     /// Gives the Lease up (empty holder) if this replica holds it, so a standby need not wait.
     async fn release(&mut self) {
         self.set_leading(None);
-        let Some((lease, _)) = self.observed.take() else {
+        self.replica.saw(self.index, None);
+        let Some((lease, since)) = self.observed.take() else {
             return;
         };
         if holder(&lease) != Some(self.config.identity.as_str()) {
+            self.observed = Some((lease, since));
             return;
         }
         let mut released = lease;
@@ -350,10 +597,13 @@ impl Elector {
         }
         match self
             .api
-            .replace(&self.config.name, &PostParams::default(), &released)
+            .replace(&self.lease_name, &PostParams::default(), &released)
             .await
         {
-            Ok(_) => tracing::info!(lease = %self.config.name, "Released the Lease."),
+            Ok(written) => {
+                tracing::info!(lease = %self.lease_name, "Released the Lease.");
+                self.observed = Some((written, Instant::now()));
+            }
             Err(error) => tracing::warn!(
                 error = %super::describe(&error),
                 "Releasing the Lease failed; it expires."
@@ -364,4 +614,14 @@ impl Elector {
 
 fn holder(lease: &Lease) -> Option<&str> {
     lease.spec.as_ref()?.holder_identity.as_deref()
+}
+
+fn wanted_by(lease: &Lease) -> Option<&str> {
+    lease
+        .metadata
+        .annotations
+        .as_ref()?
+        .get(WANTED_BY_ANNOTATION)
+        .map(String::as_str)
+        .filter(|asker| !asker.is_empty())
 }

@@ -50,6 +50,7 @@ pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
             lease_duration: args.lease_duration,
             renew_deadline: args.renew_deadline,
             retry_period: args.retry_period,
+            shards: args.shards,
         });
         let options = daemon::DaemonOptions {
             config_path: args.sources.config.clone(),

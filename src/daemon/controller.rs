@@ -213,7 +213,7 @@ pub async fn reconcile(
     let name = namespace.name_any();
     let span = tracing::info_span!("reconcile", namespace = %name);
     async move {
-        if *context.stopping.borrow() || !context.leadership.is_leading() {
+        if *context.stopping.borrow() || !context.leadership.owns(&name) {
             return Ok(Action::await_change());
         }
         let snapshot = Arc::clone(&context.snapshot.borrow());
@@ -286,7 +286,7 @@ pub async fn reconcile(
             }
             return Ok(finish(&context, &name, started, revisit));
         }
-        if !context.leadership.is_leading() || *context.stopping.borrow() {
+        if !context.leadership.owns(&name) || *context.stopping.borrow() {
             return Ok(Action::await_change());
         }
         for repair in &gated.repairs {

@@ -1,6 +1,7 @@
 //! The daemon's dispatcher (orchestration): turns new credential snapshots, config reloads and
 //! leadership gains into namespace reconcile requests — exactly the namespaces a changed
-//! credential concerns, every namespace after a reload or a new leadership. Writes nothing.
+//! credential concerns, every namespace after a reload, a shard's namespaces when this replica
+//! comes to lead it. Writes nothing.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use crate::cluster::ClusterView as _;
 use crate::cluster::cache::Caches;
 use crate::cluster::view;
 use crate::config::Config;
+use crate::model::shard;
 use crate::plan::{self, DesiredState, PlanInputs};
 use crate::source::service::Snapshot;
 
@@ -23,18 +25,25 @@ pub async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<Stri
     let mut leading = context.leadership.changes();
     let mut stopping = context.stopping.clone();
     let mut elected = true;
+    let mut led = leading.borrow().clone();
     // Snapshots also change when only read times moved (every refresh): act on new
     // generations only, or an idle daemon re-reconciles every namespace at every refresh.
     let mut seen_generation = 0u64;
     // Whatever arrived before the caches synced counts as new now.
     snapshot.mark_changed();
-    context
-        .metrics
-        .leader
-        .set(i64::from(context.leadership.is_leading()));
+    record_leadership(&context, &led);
     let send_all = |caches: &Caches| {
         for ns in caches.namespaces() {
             let _ = touched.send(ns.name);
+        }
+    };
+    // The namespaces of shards just gained (all of them without shards).
+    let send_shards = |caches: &Caches, gained: &BTreeSet<u32>| {
+        let shards = context.leadership.shards();
+        for ns in caches.namespaces() {
+            if gained.contains(&shard::shard_of(&ns.name, shards)) {
+                let _ = touched.send(ns.name);
+            }
         }
     };
     loop {
@@ -72,15 +81,36 @@ pub async fn dispatch(context: Arc<Context>, touched: mpsc::UnboundedSender<Stri
                     elected = false;
                     continue;
                 }
-                let now_leading = *leading.borrow_and_update();
-                context.metrics.leader.set(i64::from(now_leading));
-                if now_leading {
-                    send_all(&context.caches);
+                let now_leading = leading.borrow_and_update().clone();
+                record_leadership(&context, &now_leading);
+                let gained = gained_shards(&led, &now_leading);
+                led = now_leading;
+                if !gained.is_empty() {
+                    send_shards(&context.caches, &gained);
                 }
             }
             () = stopped(&mut stopping) => return,
         }
     }
+}
+
+/// The shards led in `now` and not in `before`.
+fn gained_shards(before: &[bool], now: &[bool]) -> BTreeSet<u32> {
+    now.iter()
+        .enumerate()
+        .filter(|(index, leading)| **leading && !before.get(*index).copied().unwrap_or(false))
+        .filter_map(|(index, _)| u32::try_from(index).ok())
+        .collect()
+}
+
+/// The leader gauge (any shard led) and the count of shards led.
+fn record_leadership(context: &Context, leading: &[bool]) {
+    let led = leading.iter().filter(|l| **l).count();
+    context.metrics.leader.set(i64::from(led > 0));
+    context
+        .metrics
+        .shards_led
+        .set(i64::try_from(led).unwrap_or(i64::MAX));
 }
 
 /// Namespaces planned to hold a Secret of a pull secret using a registry in

@@ -54,7 +54,7 @@ use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::cache::Caches;
-use crate::cluster::lease::{Elector, Leadership, LeaseConfig};
+use crate::cluster::lease::{Electors, Leadership, LeaseConfig};
 use crate::cluster::snapshot::readable_namespaces;
 use crate::cluster::{Throttle, view};
 use crate::config::{Config, ConfigError};
@@ -175,7 +175,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
     metrics.zero_series(config.registries.keys().map(String::as_str));
     let (leadership, elector) = match options.lease.clone() {
         Some(lease) => {
-            let (mut elector, leadership) = Elector::new(&client, lease);
+            let (mut elector, leadership) = Electors::new(&client, &lease);
             // A Lease that cannot be used at all stops the start, with its reason.
             elector.first_attempt().await?;
             (leadership, Some(elector))

@@ -13,6 +13,7 @@
 //! - [`manifest`]: desired objects as k8s-openapi Secrets and RoleBindings.
 //! - [`outcome`]: what a pass did, as data (changes, failures, held Secrets).
 //! - [`rotation`]: versioned Secret names (one suffix rule).
+//! - [`shard`]: a namespace's shard, and when a replica takes, asks for or gives up a shard.
 
 pub mod credential;
 pub mod desired;
@@ -23,3 +24,4 @@ pub mod managed;
 pub mod manifest;
 pub mod outcome;
 pub mod rotation;
+pub mod shard;

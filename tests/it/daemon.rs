@@ -507,6 +507,7 @@ fn lease(identity: &str) -> LeaseConfig {
         lease_duration: Duration::from_millis(1500),
         renew_deadline: Duration::from_millis(1000),
         retry_period: Duration::from_millis(200),
+        shards: 1,
     }
 }
 

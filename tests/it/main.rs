@@ -35,6 +35,7 @@ mod registry;
 mod registry_token;
 mod run_cli;
 mod safety;
+mod shards;
 mod sources;
 mod status;
 mod trace_leaks;

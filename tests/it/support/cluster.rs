@@ -116,6 +116,7 @@ impl Fixture {
                 lease_duration: Duration::from_secs(40),
                 renew_deadline: Duration::from_secs(30),
                 retry_period: Duration::from_secs(20),
+                shards: 1,
             }),
             listen: None,
             reload_debounce: Duration::from_millis(150),

@@ -127,6 +127,20 @@ pub struct RequestCounts {
     pub forbidden: BTreeMap<(String, String), u64>,
 }
 
+/// One authorized write request, as the write log keeps it (`Options::record_writes`): who
+/// wrote what, when, whatever the answer was.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRecord {
+    pub at: std::time::SystemTime,
+    /// The authenticated user's name.
+    pub user: String,
+    pub verb: String,
+    pub resource: String,
+    /// The namespace of the path ("" for cluster-scoped objects).
+    pub namespace: String,
+    pub name: String,
+}
+
 /// Verbs that change state.
 pub const WRITE_VERBS: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
 

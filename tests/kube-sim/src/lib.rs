@@ -52,7 +52,7 @@ mod util;
 mod watch;
 mod workloads;
 
-pub use faults::{ErrorRule, Faults, InjectedError, RequestCounts};
+pub use faults::{ErrorRule, Faults, InjectedError, RequestCounts, WriteRecord};
 pub use hooks::{OPENSHIFT_SA_MANAGER, PULL_SECRET_REF};
 pub use kubelet::credential_provider::{
     CacheKey, Cached, ProviderCall, ProviderSkip, ServiceAccountKey,
@@ -180,6 +180,9 @@ pub struct Options {
     /// Run a kubelet for one node that binds pods and really pulls their images (None: pods
     /// stay Pending, as on a cluster without nodes).
     pub kubelet: Option<KubeletOptions>,
+    /// Keep a log of every authorized write request ([`Handle::writes`]): who wrote which
+    /// namespace when (off by default: it grows with every write).
+    pub record_writes: bool,
 }
 
 impl Default for Options {
@@ -199,6 +202,7 @@ impl Default for Options {
             faults: Faults::default(),
             controllers: true,
             kubelet: None,
+            record_writes: false,
         }
     }
 }
@@ -434,6 +438,11 @@ impl Handle {
     /// Request counts so far.
     pub fn counts(&self) -> RequestCounts {
         self.shared.counts().clone()
+    }
+
+    /// The write log so far (empty unless `Options::record_writes`).
+    pub fn writes(&self) -> Vec<WriteRecord> {
+        self.shared.writes()
     }
 
     /// Resets the request counts (e.g. after test setup).

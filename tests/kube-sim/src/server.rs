@@ -28,6 +28,8 @@ pub struct Shared {
     store: Mutex<Store>,
     faults: Mutex<Faults>,
     counts: Mutex<RequestCounts>,
+    /// Authorized write requests, in arrival order (with `Options::record_writes`).
+    writes: Mutex<Vec<crate::faults::WriteRecord>>,
     /// Requests tests hold at the server (see `pause`).
     pub pauses: crate::pause::Pauses,
     /// "host:port" the server listens on.
@@ -78,6 +80,7 @@ impl Shared {
             store: Mutex::new(Store::new(history)),
             faults: Mutex::new(faults),
             counts: Mutex::new(RequestCounts::default()),
+            writes: Mutex::new(Vec::new()),
             pauses: crate::pause::Pauses::default(),
             address,
             tokens,
@@ -100,6 +103,11 @@ impl Shared {
 
     pub fn counts(&self) -> MutexGuard<'_, RequestCounts> {
         lock(&self.counts)
+    }
+
+    /// The write log so far (empty unless `Options::record_writes`).
+    pub fn writes(&self) -> Vec<crate::faults::WriteRecord> {
+        lock(&self.writes).clone()
     }
 
     pub fn count_watch_event(&self) {
@@ -326,6 +334,16 @@ pub async fn handle(
             .and_then(|v| v.pointer("/metadata/name")?.as_str().map(str::to_string))
             .unwrap_or_default()
     });
+    if shared.opts.record_writes && crate::faults::WRITE_VERBS.contains(&request.verb) {
+        lock(&shared.writes).push(crate::faults::WriteRecord {
+            at: std::time::SystemTime::now(),
+            user: request.user.username.clone(),
+            verb: request.verb.to_string(),
+            resource: request.rt.plural.to_string(),
+            namespace: request.namespace.clone().unwrap_or_default(),
+            name: object_name.clone(),
+        });
+    }
     let rt = request.rt;
     let verb = request.verb;
     let include = request.query.get("includeObject").cloned();
