@@ -57,8 +57,10 @@ async fn replica(fx: &Fixture, identity: &str) -> Running {
 }
 
 fn fixture_options() -> Options {
-    let mut options = Options::default();
-    options.record_writes = true;
+    let mut options = Options {
+        record_writes: true,
+        ..Options::default()
+    };
     for identity in ["replica-a", "replica-b", "replica-c"] {
         options = options.identity(identity, UserInfo::user(identity, &["system:masters"]));
     }
