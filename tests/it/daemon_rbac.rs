@@ -284,3 +284,97 @@ async fn run_converges_and_watches_under_exactly_the_shipped_rbac() {
     assert!(running.wait(Duration::from_secs(10)).await, "stopped");
     assert_eq!(lease_holder(&fx), None, "Lease released");
 }
+
+/// The `--shards` value of the sharded overlay's Deployment.
+fn rendered_shards(objects: &[Value]) -> u32 {
+    objects
+        .iter()
+        .filter(|o| o["kind"] == "Deployment")
+        .flat_map(|d| {
+            d["spec"]["template"]["spec"]["containers"][0]["args"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default()
+        })
+        .find_map(|arg| arg.as_str()?.strip_prefix("--shards=")?.parse().ok())
+        .expect("the sharded overlay passes --shards")
+}
+
+/// deploy/overlays/sharded under enforced RBAC: the Lease Role it renders lets one replica
+/// create, read and renew every shard's Lease (a lone replica ends up leading them all), and
+/// nothing about Leases is refused.
+#[tokio::test]
+async fn the_sharded_overlay_grants_every_shard_lease_and_only_those() {
+    let rendered = crate::deploy::render("deploy/overlays/sharded");
+    let shards = rendered_shards(&rendered);
+    let rbac: Vec<Value> = rendered
+        .iter()
+        .filter(|o| {
+            matches!(
+                o["kind"].as_str(),
+                Some(
+                    "ServiceAccount"
+                        | "ClusterRole"
+                        | "ClusterRoleBinding"
+                        | "Role"
+                        | "RoleBinding"
+                )
+            )
+        })
+        .cloned()
+        .collect();
+    let mut options =
+        Options::default().identity(TOKEN, kube_sim::UserInfo::service_account(HOME, HOME));
+    options.rbac = true;
+    let fx = Fixture::start(options).await;
+    fx.namespace(HOME, json!({}));
+    crate::support::seed::rbac_objects(&fx.server, rbac);
+    let client = fx.client_as(TOKEN).await;
+    fx.namespace("a", json!({}));
+    fx.config(SENTINEL, "");
+    let mut options = fx.daemon_options(2);
+    let lease = options.lease.as_mut().expect("a Lease");
+    lease.shards = shards;
+    lease.lease_duration = Duration::from_millis(1500);
+    lease.renew_deadline = Duration::from_millis(1000);
+    lease.retry_period = Duration::from_millis(200);
+    let running = daemon::start(client, options).await.expect("daemon starts");
+    let holders = || -> Vec<Option<String>> {
+        (0..shards)
+            .map(|i| {
+                fx.server
+                    .get(
+                        "coordination.k8s.io",
+                        "leases",
+                        HOME,
+                        &format!("pullsecretd-shard-{i}"),
+                    )
+                    .and_then(|l| l["spec"]["holderIdentity"].as_str().map(String::from))
+            })
+            .collect()
+    };
+    eventually(
+        Duration::from_secs(30),
+        "every shard led, a converged",
+        || {
+            holders().iter().all(|h| h.as_deref() == Some("replica-1"))
+                && fx.secret("a", "reg-pull").is_some()
+        },
+    )
+    .await;
+    assert_eq!(running.leadership.led().len(), shards as usize);
+    let counts = fx.server.counts();
+    assert_eq!(counts.forbidden("get", "leases"), 0);
+    assert_eq!(counts.forbidden("update", "leases"), 0);
+    assert_eq!(counts.forbidden("create", "leases"), 0);
+    // Only those: a Lease of another name is refused.
+    let leases: Api<k8s_openapi::api::coordination::v1::Lease> =
+        Api::namespaced(fx.client_as(TOKEN).await, HOME);
+    let other = leases
+        .get("pullsecretd-shard-99")
+        .await
+        .expect_err("not granted");
+    assert!(other.to_string().contains("forbidden"), "{other}");
+    running.stop();
+    assert!(running.wait(Duration::from_secs(5)).await);
+}

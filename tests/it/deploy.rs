@@ -33,7 +33,8 @@ const KUBERNETES: &str = "deploy";
 const MONITORING: &str = "deploy/overlays/monitoring";
 const OPENSHIFT: &str = "deploy/overlays/openshift";
 const NAMESPACED: &str = "deploy/overlays/namespaced";
-const ENTRY_POINTS: [&str; 4] = [KUBERNETES, MONITORING, OPENSHIFT, NAMESPACED];
+const SHARDED: &str = "deploy/overlays/sharded";
+const ENTRY_POINTS: [&str; 5] = [KUBERNETES, MONITORING, OPENSHIFT, NAMESPACED, SHARDED];
 /// The namespaces the namespaced overlay manages (and holds a Role and RoleBinding in).
 pub const NAMESPACED_TEAMS: [&str; 2] = ["team-a", "team-b"];
 
@@ -263,6 +264,11 @@ fn openshift_entry_point_applies_to_kube_sim_with_kubectl() {
 }
 
 #[test]
+fn sharded_entry_point_applies_to_kube_sim_with_kubectl() {
+    applies_to_kube_sim(SHARDED, Options::default());
+}
+
+#[test]
 fn namespaced_entry_point_applies_to_kube_sim_with_kubectl() {
     applies_to_kube_sim_with(NAMESPACED, Options::default(), &NAMESPACED_TEAMS);
 }
@@ -340,7 +346,9 @@ fn the_deployment_is_hardened_in_every_entry_point() {
     for entry in ENTRY_POINTS {
         let objects = render(entry);
         let deployment = only(&objects, "Deployment");
-        assert_eq!(deployment["spec"]["replicas"], 2, "{entry}");
+        // Leader and standby, or one replica per shard.
+        let replicas = if entry == SHARDED { 3 } else { 2 };
+        assert_eq!(deployment["spec"]["replicas"], replicas, "{entry}");
         let pod = pod_spec(&objects);
         let security = pod.security_context.clone().expect("pod securityContext");
         assert_eq!(security.run_as_non_root, Some(true), "{entry}");
