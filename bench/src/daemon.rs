@@ -29,12 +29,32 @@ impl Daemon {
         limits: &Limits,
         log: PathBuf,
     ) -> anyhow::Result<Self> {
+        Self::spawn_with(
+            binary,
+            config,
+            kubeconfig,
+            limits,
+            log,
+            &["--no-leader-election".to_string()],
+        )
+    }
+
+    /// `pullsecretd run` with `election` as its leader-election arguments
+    /// (`--no-leader-election`, or `--shards N --identity ID ...`).
+    pub fn spawn_with(
+        binary: &Path,
+        config: &Path,
+        kubeconfig: &Path,
+        limits: &Limits,
+        log: PathBuf,
+        election: &[String],
+    ) -> anyhow::Result<Self> {
         let stderr = std::fs::File::create(&log).context("daemon log file")?;
         let child = Command::new(binary)
             .args(["run", "--config"])
             .arg(config)
+            .args(election)
             .args([
-                "--no-leader-election",
                 "--no-events",
                 "--listen",
                 "127.0.0.1:0",
@@ -104,6 +124,12 @@ impl Daemon {
     /// Current resident set size (VmRSS), MiB.
     pub fn rss_mib(&self) -> f64 {
         status_kib(self.pid(), "VmRSS:") / 1024.0
+    }
+
+    /// SIGKILL: a replica dying without releasing its Leases.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// SIGTERM, then wait (SIGKILL after 20 s).

@@ -12,6 +12,7 @@
 mod bao;
 mod daemon;
 mod models;
+mod sharded;
 mod sim;
 
 use std::collections::BTreeMap;
@@ -76,6 +77,16 @@ struct Args {
     /// Where to write the JSON figures.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// Also run this many namespaces over `--shards` shards as separate processes (0: no
+    /// sharded run).
+    #[arg(long, default_value_t = 0)]
+    sharded: usize,
+    /// Shards of the sharded run.
+    #[arg(long, default_value_t = 3)]
+    shards: u32,
+    /// Replicas of the sharded run (default: one per shard).
+    #[arg(long)]
+    replicas: Option<usize>,
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -195,8 +206,11 @@ fn main() -> anyhow::Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let results = runtime.block_on(run(&args, &binary))?;
-    let table = markdown(&args, &results);
+    let (results, sharded) = runtime.block_on(run(&args, &binary))?;
+    let mut table = markdown(&args, &results);
+    if let Some(sharded) = &sharded {
+        table.push_str(&sharded::markdown(sharded, met));
+    }
     println!("{table}");
     if let Some(out) = &args.out {
         let document = json!({
@@ -208,6 +222,7 @@ fn main() -> anyhow::Result<()> {
                 "churn_seconds": args.churn.as_secs_f64(),
             },
             "results": results,
+            "sharded": sharded,
         });
         std::fs::write(out, serde_json::to_string_pretty(&document)?)
             .with_context(|| format!("writing {}", out.display()))?;
@@ -259,7 +274,10 @@ fn machine() -> Value {
     json!({ "cpus": cpus, "cpu": model })
 }
 
-async fn run(args: &Args, binary: &Path) -> anyhow::Result<Vec<SizeResult>> {
+async fn run(
+    args: &Args,
+    binary: &Path,
+) -> anyhow::Result<(Vec<SizeResult>, Option<sharded::Sharded>)> {
     let bao = OpenBao::start().await?;
     for (registry, _) in models::REGISTRIES {
         put_credential(&bao, registry, "v1").await?;
@@ -281,7 +299,30 @@ async fn run(args: &Args, binary: &Path) -> anyhow::Result<Vec<SizeResult>> {
         eprintln!("== {n} namespaces done in {:.0} s", result.wall_seconds);
         results.push(result);
     }
-    Ok(results)
+    let sharded = if args.sharded == 0 {
+        None
+    } else {
+        eprintln!("== {} namespaces over {} shards", args.sharded, args.shards);
+        Some(
+            sharded::run(sharded::Setup {
+                binary,
+                bao: &bao,
+                config_yaml: daemon_config(&bao.address, args.refresh),
+                limits: Limits {
+                    qps: args.qps,
+                    burst: args.burst,
+                    concurrency: args.concurrency,
+                },
+                latency: Duration::from_millis(args.latency_ms),
+                namespaces: args.sharded,
+                shards: args.shards,
+                replicas: args.replicas.unwrap_or(args.shards as usize),
+                writes_per_namespace: WRITES_PER_NAMESPACE,
+            })
+            .await?,
+        )
+    };
+    Ok((results, sharded))
 }
 
 /// Writes a new KV v2 version; returns its number.
