@@ -136,6 +136,14 @@ impl Context {
         }
     }
 
+    /// Drops what this replica reported about `namespace` (it no longer writes it).
+    fn forget(&self, namespace: &str) {
+        let mut reported = self.reported.lock().unwrap_or_else(PoisonError::into_inner);
+        if reported.by_namespace.contains_key(namespace) {
+            reported.update(&self.metrics, namespace, NamespaceReport::default());
+        }
+    }
+
     /// Takes `namespace`'s pending heal recheck, if it has one.
     fn take_heal_recheck(&self, namespace: &str) -> Option<HealRecheck> {
         self.heal_rechecks
@@ -214,6 +222,8 @@ pub async fn reconcile(
     let span = tracing::info_span!("reconcile", namespace = %name);
     async move {
         if *context.stopping.borrow() || !context.leadership.owns(&name) {
+            // Another replica (or none, for now) answers for it: its gauges are not ours.
+            context.forget(&name);
             return Ok(Action::await_change());
         }
         let snapshot = Arc::clone(&context.snapshot.borrow());
