@@ -154,7 +154,9 @@ impl Coverage {
 
 struct State<K> {
     by_namespace: HashMap<Box<str>, Vec<Entry<K>>>,
-    recent: HashMap<(Box<str>, Box<str>), Recent<K>>,
+    /// This daemon's writes the watch has not delivered yet, by namespace and name (so a
+    /// namespace's reconcile looks at its own, however many others are pending).
+    recent: HashMap<Box<str>, HashMap<Box<str>, Recent<K>>>,
     shapes: Shapes<K>,
 }
 
@@ -234,9 +236,10 @@ impl<K: Slim> SlimStore<K> {
             }
         }
         state.by_namespace.retain(|_, entries| !entries.is_empty());
-        state
-            .recent
-            .retain(|(namespace, name), _| !coverage.covers(namespace, name));
+        for (namespace, recent) in &mut state.recent {
+            recent.retain(|name, _| !coverage.covers(namespace, name));
+        }
+        state.recent.retain(|_, recent| !recent.is_empty());
         for (namespace, entry) in relist.0 {
             touched.insert(namespace.to_string());
             state.by_namespace.entry(namespace).or_default().push(entry);
@@ -255,9 +258,7 @@ impl<K: Slim> SlimStore<K> {
         if state.current_version(&namespace, &name) != Some(before) {
             return;
         }
-        state
-            .recent
-            .insert((namespace.into(), name.into()), Recent::Written(entry));
+        state.insert_recent(&namespace, &name, Recent::Written(entry));
     }
 
     /// Remembers that `namespace/name`, read at `resource_version`, was deleted, if the store
@@ -269,9 +270,7 @@ impl<K: Slim> SlimStore<K> {
         {
             return;
         }
-        state
-            .recent
-            .insert((namespace.into(), name.into()), Recent::Deleted);
+        state.insert_recent(namespace, name, Recent::Deleted);
     }
 
     /// `namespace`'s objects, this daemon's recent writes included, rebuilt; with the data
@@ -287,19 +286,20 @@ impl<K: Slim> SlimStore<K> {
             objects.push(entry.object(namespace));
         };
         let cached = state.by_namespace.get(namespace).map(Vec::as_slice);
+        let recent = state.recent.get(namespace);
         for entry in cached.unwrap_or_default() {
-            match state.recent.get(&(namespace.into(), entry.name().into())) {
+            match recent.and_then(|r| r.get(entry.name())) {
                 Some(Recent::Written(newer)) => take(newer),
                 Some(Recent::Deleted) => {}
                 None => take(entry),
             }
         }
-        for ((ns, name), recent) in &state.recent {
+        for (name, recent) in recent.into_iter().flatten() {
             let Recent::Written(created) = recent else {
                 continue;
             };
             let cached_too = cached.is_some_and(|c| c.iter().any(|e| e.name() == &**name));
-            if &**ns == namespace && !cached_too {
+            if !cached_too {
                 take(created);
             }
         }
@@ -315,8 +315,8 @@ impl<K: Slim> SlimStore<K> {
             state
                 .recent
                 .iter()
-                .filter(|(_, recent)| matches!(recent, Recent::Written(_)))
-                .map(|((ns, _), _)| ns.to_string()),
+                .filter(|(_, recent)| recent.values().any(|r| matches!(r, Recent::Written(_))))
+                .map(|(ns, _)| ns.to_string()),
         );
         names
     }
@@ -336,7 +336,7 @@ impl<K: Slim> State<K> {
     /// `Some(None)` when it shows no such object, `Some(Some(rv))` when it does. (`None` is
     /// never returned; the outer option only lets callers compare with `Some(before)`.)
     fn current_version(&self, namespace: &str, name: &str) -> Option<Option<&str>> {
-        match self.recent.get(&(namespace.into(), name.into())) {
+        match self.recent.get(namespace).and_then(|r| r.get(name)) {
             Some(Recent::Written(entry)) => return Some(entry.resource_version.as_deref()),
             Some(Recent::Deleted) => return Some(None),
             None => {}
@@ -352,14 +352,26 @@ impl<K: Slim> State<K> {
     /// is that write or older now, except when the event deletes another object than the one
     /// written (the old one a recreate replaced).
     fn forget_recent(&mut self, namespace: &str, name: &str, uid: Option<&str>, deleted: bool) {
-        let key: (Box<str>, Box<str>) = (namespace.into(), name.into());
-        if let Some(Recent::Written(entry)) = self.recent.get(&key)
+        let Some(recent) = self.recent.get_mut(namespace) else {
+            return;
+        };
+        if let Some(Recent::Written(entry)) = recent.get(name)
             && deleted
             && entry.uid.as_deref() != uid
         {
             return;
         }
-        self.recent.remove(&key);
+        recent.remove(name);
+        if recent.is_empty() {
+            self.recent.remove(namespace);
+        }
+    }
+
+    fn insert_recent(&mut self, namespace: &str, name: &str, recent: Recent<K>) {
+        self.recent
+            .entry(namespace.into())
+            .or_default()
+            .insert(name.into(), recent);
     }
 
     fn remove(&mut self, namespace: &str, name: &str) {

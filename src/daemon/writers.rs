@@ -27,6 +27,10 @@ pub const WINDOW: Duration = Duration::from_secs(600);
 pub const FIRST_GAP: Duration = Duration::from_secs(2);
 /// The longest wait between two repairs.
 pub const MAX_GAP: Duration = Duration::from_secs(300);
+/// How often the records of every account are pruned. Each gate prunes the accounts it looks
+/// at; a sweep of all of them on every gate would cost O(accounts) per reconcile (O(n²) over a
+/// cold start: found by the 30,000-namespace benchmark).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 /// Distinct field managers the metric names; the rest are counted as `other`.
 pub const MAX_MANAGER_LABELS: usize = 16;
 
@@ -56,6 +60,8 @@ pub struct Gated {
 #[derive(Default)]
 pub struct WriterFlaps {
     accounts: HashMap<(String, String), AccountRecord>,
+    /// When all accounts are pruned next.
+    next_sweep: Option<Instant>,
 }
 
 #[derive(Default)]
@@ -140,10 +146,13 @@ impl WriterFlaps {
             !matches!(step, Step::EditServiceAccount(edit)
                 if edit.add.is_empty() && edit.remove.is_empty())
         });
-        self.accounts.retain(|_, record| {
-            record.forget_before(cutoff);
-            !record.is_empty()
-        });
+        if self.next_sweep.is_none_or(|at| now >= at) {
+            self.accounts.retain(|_, record| {
+                record.forget_before(cutoff);
+                !record.is_empty()
+            });
+            self.next_sweep = Some(now + SWEEP_EVERY);
+        }
         gated
     }
 }
@@ -245,6 +254,33 @@ mod tests {
         };
         assert!(edit.add.is_empty() && edit.remove.len() == 1, "{edit:?}");
         assert_eq!(gated.wait, Some(FIRST_GAP));
+    }
+
+    /// Records of accounts nobody looks at again go at a sweep once the window has passed,
+    /// without every gate walking every account.
+    #[test]
+    fn records_are_swept_after_the_window_not_at_every_gate() {
+        let start = Instant::now();
+        let mut flaps = WriterFlaps::default();
+        for n in 0..100 {
+            flaps.gate(&format!("ns-{n}"), &mut link("default", "reg-pull"), start);
+        }
+        assert_eq!(flaps.accounts.len(), 100);
+        let later = start + WINDOW + Duration::from_secs(1);
+        flaps.gate("other", &mut link("default", "reg-pull"), later);
+        assert_eq!(
+            flaps.accounts.len(),
+            1,
+            "only the account just linked is left"
+        );
+        // Within SWEEP_EVERY of that sweep, records of old accounts are not walked again.
+        flaps.gate("ns-0", &mut link("default", "reg-pull"), later);
+        flaps.gate(
+            "ns-1",
+            &mut link("default", "reg-pull"),
+            later + SWEEP_EVERY / 2,
+        );
+        assert_eq!(flaps.accounts.len(), 3);
     }
 
     #[test]

@@ -154,7 +154,20 @@ async fn two_replicas_split_the_namespaces_and_take_over_and_hand_back_shards() 
     for name in names() {
         fx.namespace(&name, json!({"team": "web"}));
     }
-    fx.config("SENTINEL-shards-pw-9a1f", "");
+    // Cluster work that spans shards: a project in one shard lets an account of the other pull.
+    let in_shard = |shard: u32| {
+        names()
+            .into_iter()
+            .find(|ns| shard_of(ns, SHARDS) == shard)
+            .expect("a namespace in each shard")
+    };
+    let (puller, pulled) = (in_shard(0), in_shard(1));
+    fx.config(
+        "SENTINEL-shards-pw-9a1f",
+        &format!(
+            "imagePullers:\n  - project: {pulled}\n    allow: [serviceaccount:{puller}:default]\n"
+        ),
+    );
     let a = replica(&fx, "replica-a").await;
     let b = replica(&fx, "replica-b").await;
 
@@ -174,7 +187,22 @@ async fn two_replicas_split_the_namespaces_and_take_over_and_hand_back_shards() 
         2,
         "the two Leases have two holders: {holders:?}"
     );
-    // Each namespace was written by the holder of its shard, and by nobody else.
+    eventually(Duration::from_secs(30), "the image-puller binding", || {
+        fx.server
+            .get(
+                "rbac.authorization.k8s.io",
+                "rolebindings",
+                &pulled,
+                "pullsecretd-image-puller",
+            )
+            .is_some_and(|binding| {
+                binding["subjects"][0]["namespace"] == puller.as_str()
+                    && binding["subjects"][0]["name"] == "default"
+            })
+    })
+    .await;
+    // Each namespace was written by the holder of its shard, and by nobody else: the binding
+    // by the holder of the pulled project's shard, whoever leads the puller's.
     for write in namespace_writes(&fx) {
         let shard = shard_of(&write.namespace, SHARDS) as usize;
         assert_eq!(
