@@ -442,31 +442,10 @@ async fn pullsecretd_scenarios(
         target_seconds: target,
         ..ColdStart::default()
     };
-    loop {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        daemon.check_alive()?;
-        let counts = h.counts();
-        let linked =
-            counts.count("update", "serviceaccounts") + counts.count("patch", "serviceaccounts");
-        if counts.count("create", "secrets") >= 3 * n as u64 && linked >= 2 * n as u64 {
-            let at = started.elapsed().as_secs_f64();
-            let check = Arc::clone(&h);
-            let names = namespaces.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                names.iter().all(|ns| sim::provisioned(&check, ns))
-            })
-            .await?;
-            if done {
-                cold.seconds = at;
-                cold.converged = true;
-                break;
-            }
-        }
-        if started.elapsed() > limit {
-            cold.seconds = started.elapsed().as_secs_f64();
-            eprintln!("cold start did not converge within {limit:?}");
-            break;
-        }
+    (cold.seconds, cold.converged) =
+        sim::wait_provisioned(&h, &namespaces, started, limit, || daemon.check_alive()).await?;
+    if !cold.converged {
+        eprintln!("cold start did not converge within {limit:?}");
     }
     cold.requests = sim::by_verb(&h);
     cold.writes = sim::writes(&cold.requests);

@@ -186,33 +186,16 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<Sharded> {
         ..Sharded::default()
     };
     let limit = Duration::from_secs_f64((target * 5.0).max(90.0));
-    loop {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let alive = || -> anyhow::Result<()> {
         for daemon in daemons.iter_mut().flatten() {
             daemon.check_alive()?;
         }
-        let counts = h.counts();
-        let linked =
-            counts.count("update", "serviceaccounts") + counts.count("patch", "serviceaccounts");
-        if counts.count("create", "secrets") >= 3 * n as u64 && linked >= 2 * n as u64 {
-            let at = started.elapsed().as_secs_f64();
-            let check = Arc::clone(&h);
-            let names = namespaces.clone();
-            let done = tokio::task::spawn_blocking(move || {
-                names.iter().all(|ns| sim::provisioned(&check, ns))
-            })
-            .await?;
-            if done {
-                result.cold_seconds = at;
-                result.cold_converged = true;
-                break;
-            }
-        }
-        if started.elapsed() > limit {
-            result.cold_seconds = started.elapsed().as_secs_f64();
-            eprintln!("sharded cold start did not converge within {limit:?}");
-            break;
-        }
+        Ok(())
+    };
+    (result.cold_seconds, result.cold_converged) =
+        sim::wait_provisioned(&h, &namespaces, started, limit, alive).await?;
+    if !result.cold_converged {
+        eprintln!("sharded cold start did not converge within {limit:?}");
     }
     result.cold_requests = sim::by_verb(&h);
     result.cold_writes_by_replica = writes_by_replica(&h);

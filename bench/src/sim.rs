@@ -74,6 +74,40 @@ fn is(name: &str, wanted: &str) -> bool {
             .is_some_and(|rest| rest.len() == 11 && rest.starts_with('-'))
 }
 
+/// Waits until every one of `namespaces` is provisioned (the request counts first, the objects
+/// once the counts say it can be), calling `alive` at every poll so a dead daemon fails fast.
+/// Returns the seconds since `started` and whether they converged within `limit`.
+pub async fn wait_provisioned(
+    h: &std::sync::Arc<Handle>,
+    namespaces: &[String],
+    started: std::time::Instant,
+    limit: Duration,
+    mut alive: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<(f64, bool)> {
+    let n = namespaces.len() as u64;
+    loop {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        alive()?;
+        let counts = h.counts();
+        let linked =
+            counts.count("update", "serviceaccounts") + counts.count("patch", "serviceaccounts");
+        if counts.count("create", "secrets") >= 3 * n && linked >= 2 * n {
+            let at = started.elapsed().as_secs_f64();
+            let check = std::sync::Arc::clone(h);
+            let names = namespaces.to_vec();
+            let done =
+                tokio::task::spawn_blocking(move || names.iter().all(|ns| provisioned(&check, ns)))
+                    .await?;
+            if done {
+                return Ok((at, true));
+            }
+        }
+        if started.elapsed() > limit {
+            return Ok((started.elapsed().as_secs_f64(), false));
+        }
+    }
+}
+
 /// `default` pulls with, and `builder` mounts, all three Secrets, and they exist.
 pub fn provisioned(h: &Handle, namespace: &str) -> bool {
     let (Some(default), Some(builder)) = (

@@ -499,7 +499,7 @@ async fn vault_outage_keeps_secrets_ages_the_credential_and_recovers_without_res
 // ---------------------------------------------------------------------------------------------
 // Leader election, watch faults, config reload.
 
-fn lease(identity: &str) -> LeaseConfig {
+pub(crate) fn lease(identity: &str) -> LeaseConfig {
     LeaseConfig {
         namespace: "kube-system".into(),
         name: "pullsecretd".into(),

@@ -27,15 +27,11 @@ use pullsecretd::source::SourceContext;
 const SHARDS: u32 = 2;
 const NAMESPACES: usize = 24;
 
+/// The daemon tests' quick Lease timings, over two shards.
 fn lease(identity: &str) -> LeaseConfig {
     LeaseConfig {
-        namespace: "kube-system".into(),
-        name: "pullsecretd".into(),
-        identity: identity.into(),
-        lease_duration: Duration::from_millis(1500),
-        renew_deadline: Duration::from_millis(1000),
-        retry_period: Duration::from_millis(200),
         shards: SHARDS,
+        ..crate::daemon::lease(identity)
     }
 }
 
