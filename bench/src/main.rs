@@ -18,7 +18,6 @@ mod sim;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -514,24 +513,7 @@ async fn pullsecretd_scenarios(
     // 3. Rotation of `internal` (in place), with the dangling-reference checker running.
     h.reset_counts();
     audit.skip();
-    let stop = Arc::new(AtomicBool::new(false));
-    let checker = {
-        let h = Arc::clone(&h);
-        let names = namespaces.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut sweeps = 0u64;
-            let mut dangling = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                for ns in &names {
-                    dangling.extend(sim::dangling(&h, ns));
-                }
-                sweeps += 1;
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            (sweeps, dangling)
-        })
-    };
+    let sweeper = sim::DanglingSweeper::start(&h, &namespaces, Duration::from_millis(20));
     let version = put_credential(bao, "internal", &format!("rotated-{n}")).await?;
     let rotated_at = Instant::now();
     let wanted = format!("internal=v{version}");
@@ -560,10 +542,7 @@ async fn pullsecretd_scenarios(
         .await?
     };
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (sweeps, dangling) = checker
-        .join()
-        .map_err(|_| anyhow::anyhow!("checker panicked"))?;
+    let (sweeps, dangling) = sweeper.finish()?;
     let mut sorted = latencies.clone();
     let requests = sim::by_verb(&h);
     let rotation = Rotation {

@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use kube_sim::{Handle, Options, Server, UserInfo};
@@ -206,24 +205,7 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<Sharded> {
 
     // Rotation with a kill: the sweeper runs throughout.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let checker = {
-        let h = Arc::clone(&h);
-        let names = namespaces.clone();
-        let stop = Arc::clone(&stop);
-        std::thread::spawn(move || {
-            let mut sweeps = 0u64;
-            let mut dangling = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                for ns in &names {
-                    dangling.extend(sim::dangling(&h, ns));
-                }
-                sweeps += 1;
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            (sweeps, dangling)
-        })
-    };
+    let sweeper = sim::DanglingSweeper::start(&h, &namespaces, Duration::from_millis(50));
     let version = crate::put_credential(bao, "internal", &format!("sharded-{n}")).await?;
     let rotated_at = Instant::now();
     let wanted = format!("internal=v{version}");
@@ -307,10 +289,7 @@ pub async fn run(setup: Setup<'_>) -> anyhow::Result<Sharded> {
         result.rotation_seconds = rotated_at.elapsed().as_secs_f64();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    stop.store(true, Ordering::Relaxed);
-    let (sweeps, dangling) = checker
-        .join()
-        .map_err(|_| anyhow::anyhow!("checker panicked"))?;
+    let (sweeps, dangling) = sweeper.finish()?;
     result.invariant_sweeps = sweeps;
     result.dangling_references = dangling;
     result.double_writes = double_writes(&h);

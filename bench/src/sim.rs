@@ -125,6 +125,45 @@ pub fn provisioned(h: &Handle, namespace: &str) -> bool {
     })
 }
 
+/// A thread sweeping every namespace for references to missing Secrets until finished.
+pub struct DanglingSweeper {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<(u64, Vec<String>)>,
+}
+
+impl DanglingSweeper {
+    /// Sweeps `namespaces` of `h`, pausing `every` between sweeps.
+    pub fn start(h: &std::sync::Arc<Handle>, namespaces: &[String], every: Duration) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let h = std::sync::Arc::clone(h);
+            let names = namespaces.to_vec();
+            let stop = std::sync::Arc::clone(&stop);
+            std::thread::spawn(move || {
+                let mut sweeps = 0u64;
+                let mut dangling = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    for ns in &names {
+                        dangling.extend(self::dangling(&h, ns));
+                    }
+                    sweeps += 1;
+                    std::thread::sleep(every);
+                }
+                (sweeps, dangling)
+            })
+        };
+        Self { stop, thread }
+    }
+
+    /// Stops sweeping: the sweeps made and every dangling reference seen.
+    pub fn finish(self) -> anyhow::Result<(u64, Vec<String>)> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread
+            .join()
+            .map_err(|_| anyhow::anyhow!("the dangling-reference sweeper panicked"))
+    }
+}
+
 /// References from `default`/`builder` to Secrets that do not exist.
 pub fn dangling(h: &Handle, namespace: &str) -> Vec<String> {
     let mut missing = Vec::new();
