@@ -188,9 +188,9 @@ pub(crate) struct RunArgs {
     pub(crate) no_leader_election: bool,
     /// Split the namespaces into N shards, one Lease each (NAME-shard-I): replicas share the
     /// writing, and a replica that dies has its shards taken over (docs/sharding.md). Every
-    /// replica must be given the same N.
-    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1024))]
-    pub(crate) shards: u32,
+    /// replica must be given the same N. Overrides the config file's `shards:`; default 1.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) shards: Option<u32>,
     /// How long to wait at start for the API server to answer before giving up (exit 2).
     #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
     pub(crate) start_timeout: Duration,

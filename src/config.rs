@@ -25,6 +25,9 @@ use crate::regular_file;
 use crate::selector::LabelSelector;
 pub use provider::{CacheKeyType, CredentialProviderConfig};
 
+/// The most shards `run` accepts, from the config file or `--shards`.
+pub const MAX_SHARDS: u32 = 1024;
+
 /// A validated configuration.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
@@ -46,6 +49,9 @@ pub struct Config {
     /// inside it (the config stage checks this) and no label selector is used, since namespace
     /// labels are not read.
     pub namespaces: Option<Vec<String>>,
+    /// `shards:`: how many shards `run` splits the namespaces into (docs/sharding.md); `--shards`
+    /// overrides it. `None`: not set (one shard, unless the flag says otherwise).
+    pub shards: Option<u32>,
     /// `credentialProvider:`: what only `pullsecretd credential-provider` reads.
     pub credential_provider: CredentialProviderConfig,
 }

@@ -815,6 +815,7 @@ mod tests {
             pull_secrets,
             image_pullers: vec![],
             namespaces: None,
+            shards: None,
         }
     }
 
@@ -1772,6 +1773,7 @@ mod safety_tests {
             }],
             image_pullers: vec![],
             namespaces: None,
+            shards: None,
         }
     }
 

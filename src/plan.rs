@@ -528,6 +528,7 @@ mod tests {
             pull_secrets,
             image_pullers,
             namespaces: None,
+            shards: None,
         }
     }
 

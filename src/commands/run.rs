@@ -12,6 +12,20 @@ use pullsecretd::daemon;
 use super::ServedAgent;
 use crate::cli::{Failure, RunArgs, bad_input, kube_client_at, source_context};
 
+/// The shard count: `--shards`, else the config's `shards:`, else 1. A config asking for shards
+/// cannot run without leader election: the shards' Leases are the only thing keeping two
+/// replicas from writing one namespace.
+fn shards_to_run(args: &RunArgs, config: &Config) -> anyhow::Result<u32> {
+    let shards = args.shards.or(config.shards).unwrap_or(1);
+    if args.no_leader_election && shards > 1 {
+        anyhow::bail!(
+            "the config asks for {shards} shards, which needs leader election: drop \
+             --no-leader-election, or shards: from the config"
+        );
+    }
+    Ok(shards)
+}
+
 /// `run`: starts the daemon and stops it gracefully on SIGTERM/SIGINT.
 pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -21,6 +35,7 @@ pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
         .map_err(|error| Failure { status: 1, error })?;
     runtime.block_on(async {
         let config = Config::load(&args.sources.config).map_err(bad_input)?;
+        let shards = shards_to_run(args, &config).map_err(bad_input)?;
         let sources = source_context(&config, args.sources.helper_timeout).map_err(bad_input)?;
         let (client, url) = kube_client_at(&args.kube).await.map_err(bad_input)?;
         pullsecretd::cluster::wait_until_reachable(&client, &url, args.start_timeout)
@@ -50,7 +65,7 @@ pub(crate) fn run_daemon(args: &RunArgs) -> Result<(), Failure> {
             lease_duration: args.lease_duration,
             renew_deadline: args.renew_deadline,
             retry_period: args.retry_period,
-            shards: args.shards,
+            shards,
         });
         let options = daemon::DaemonOptions {
             config_path: args.sources.config.clone(),

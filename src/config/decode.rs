@@ -12,8 +12,9 @@ use std::time::Duration;
 
 use super::yaml::{Entry, FieldPath, Mark, Node, NodeKind, ScalarKind, quoted};
 use super::{
-    Config, Heal, ImagePullerConfig, Layout, LinkKind, ProjectSelection, PullSecretConfig,
-    PullerSubject, RegistryConfig, Rotation, RotationStrategy, SecretType, SourceConfig,
+    Config, Heal, ImagePullerConfig, Layout, LinkKind, MAX_SHARDS, ProjectSelection,
+    PullSecretConfig, PullerSubject, RegistryConfig, Rotation, RotationStrategy, SecretType,
+    SourceConfig,
 };
 use crate::model::credential::{KeyError, RegistryKey};
 use crate::names::{dns1123_label_problem, dns1123_subdomain_problem};
@@ -53,6 +54,7 @@ fn problem(node_mark: Mark, path: &FieldPath, message: impl Into<String>) -> Pro
 const TOP_FIELDS: &[&str] = &[
     "instance",
     "namespaces",
+    "shards",
     "vault",
     "registries",
     "pullSecrets",
@@ -97,6 +99,10 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         Some(node) => Some(decode_namespaces(node, &path.key("namespaces"))?),
         None => None,
     };
+    let shards = match fields.get("shards") {
+        Some(node) => Some(decode_shards(node, &path.key("shards"))?),
+        None => None,
+    };
     let scope = namespaces.as_deref();
     let vault = match fields.get("vault") {
         Some(node) => Some(vault::decode_vault(node, &path.key("vault"), context)?),
@@ -130,7 +136,17 @@ pub fn decode_config(root: &Node, context: &Context) -> Result<Config> {
         pull_secrets,
         image_pullers,
         namespaces,
+        shards,
     })
+}
+
+/// `shards:` of `run` (docs/sharding.md): the same bounds as `--shards`.
+fn decode_shards(node: &Node, path: &FieldPath) -> Result<u32> {
+    const WANTED: &str = "expected a whole number of shards from 1 to 1024";
+    node.scalar_text()
+        .and_then(|text| text.parse::<u32>().ok())
+        .filter(|n| (1..=MAX_SHARDS).contains(n))
+        .ok_or_else(|| problem(node.mark, path, WANTED))
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -21,7 +21,9 @@
 //!   answer a probe list at start (the others are logged, and planned as not found). The
 //!   watches are fixed for the daemon's life, so a reload that changes `namespaces:` is
 //!   rejected with "changing namespaces needs a restart" and the running config kept:
-//!   restarting is simpler and more honest than half-swapping a set of watches.
+//!   restarting is simpler and more honest than half-swapping a set of watches. A reload that
+//!   changes `shards:` is rejected the same way: replicas of different shard counts would
+//!   each own namespaces the other also owns (docs/sharding.md).
 //! - A reconcile costs its own namespace, not the cluster: it plans just that namespace from
 //!   Secrets prepared once per credential snapshot, and reads only that namespace's cached
 //!   objects (re-planning every namespace per reconcile made a 10,000-namespace cold start
@@ -434,6 +436,13 @@ fn watch_config_file(
                         path = %path.display(),
                         "New config rejected: changing namespaces needs a restart; keeping the \
                          running one."
+                    );
+                }
+                Ok(config) if publish.borrow().shards != config.shards => {
+                    tracing::error!(
+                        path = %path.display(),
+                        "New config rejected: changing shards needs every replica stopped first \
+                         (docs/sharding.md); keeping the running one."
                     );
                 }
                 Ok(config) => {

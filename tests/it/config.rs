@@ -639,3 +639,19 @@ fn namespaced_mode_refuses_what_it_cannot_do() {
         assert_eq!(error_for(&text), want, "for:\n{text}");
     }
 }
+
+#[test]
+fn shards_are_read_and_bounded_like_the_flag() {
+    let config = Config::from_yaml("shards: 3\nregistries: {}\n", Path::new("config/x.yaml"))
+        .expect("valid");
+    assert_eq!(config.shards, Some(3));
+    let unset = Config::from_yaml("registries: {}\n", Path::new("config/x.yaml")).expect("valid");
+    assert_eq!(unset.shards, None);
+    for text in ["0", "1025", "three", "-1", "[3]"] {
+        assert_eq!(
+            error_for(&format!("shards: {text}\nregistries: {{}}\n")),
+            "config/x.yaml:1:9: shards: expected a whole number of shards from 1 to 1024",
+            "for shards: {text}"
+        );
+    }
+}

@@ -659,3 +659,82 @@ fn run_with_no_events_publishes_none_and_without_it_one_per_change() {
         assert_eq!(events > 0, expect_events, "{flag:?}: {events} Events");
     }
 }
+
+#[test]
+fn shards_from_the_config_are_elected_and_overridden_by_the_flag() {
+    let cluster = Cluster::start(Options::default());
+    cluster.namespace("team-a");
+    cluster.namespace("ops");
+    let base = simple_config(&cluster);
+    let text = std::fs::read_to_string(&base).expect("config");
+    let config = cluster.file("sharded.yaml", &format!("shards: 2\n{text}"));
+    let kubeconfig = kubeconfig(&cluster, cluster.server.token(), "ops");
+    let lease = |name: &str| {
+        cluster
+            .server
+            .get("coordination.k8s.io", "leases", "ops", name)
+            .is_some()
+    };
+
+    // Without leader election nothing keeps two replicas apart: refused before any write.
+    let mut refused = spawn_run(
+        &cluster,
+        "shards-no-election",
+        &kubeconfig,
+        &["--config", path(&config), "--no-leader-election"],
+    );
+    assert_eq!(refused.wait(Duration::from_secs(30)).code(), Some(2));
+    let log = refused.log();
+    let error = assert_one_plain_error(&log);
+    for words in ["2 shards", "--no-leader-election", "shards:"] {
+        assert!(error.contains(words), "{words:?} not in {error:?}");
+    }
+    assert!(cluster.pull_list("team-a", "default").is_empty());
+
+    let mut daemon = spawn_run(
+        &cluster,
+        "shards-config",
+        &kubeconfig,
+        &["--config", path(&config)],
+    );
+    daemon.health_address(Duration::from_secs(30));
+    wait_until(Duration::from_secs(30), "both shard Leases", || {
+        lease("pullsecretd-shard-0") && lease("pullsecretd-shard-1")
+    });
+    wait_until(Duration::from_secs(30), "reg-pull linked on team-a", || {
+        cluster.pull_list("team-a", "default") == ["reg-pull"]
+    });
+    assert!(!lease("pullsecretd"), "no single Lease beside the shards'");
+    // A reload may not change the count: refused, the running config kept.
+    std::fs::write(&config, format!("shards: 3\n{text}")).expect("rewrite the config");
+    wait_until(Duration::from_secs(30), "the reload refused", || {
+        daemon
+            .log()
+            .contains("changing shards needs every replica stopped first")
+    });
+    assert!(
+        !lease("pullsecretd-shard-2"),
+        "no third shard from a reload"
+    );
+    assert_eq!(
+        daemon.signal(Signal::TERM, Duration::from_secs(30)).code(),
+        Some(0)
+    );
+
+    // The flag wins over the file.
+    std::fs::write(&config, format!("shards: 2\n{text}")).expect("restore the config");
+    let mut flagged = spawn_run(
+        &cluster,
+        "shards-flag",
+        &kubeconfig,
+        &["--config", path(&config), "--shards", "3"],
+    );
+    flagged.health_address(Duration::from_secs(30));
+    wait_until(Duration::from_secs(30), "the third shard's Lease", || {
+        lease("pullsecretd-shard-2")
+    });
+    assert_eq!(
+        flagged.signal(Signal::TERM, Duration::from_secs(30)).code(),
+        Some(0)
+    );
+}
