@@ -283,6 +283,30 @@ fn fixed_namespaces(names: &[String]) -> Store<Namespace> {
     reader
 }
 
+impl Caches {
+    /// The names of [`ClusterView::namespaces`], without keeping their labels.
+    pub fn namespace_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .namespaces
+            .state()
+            .iter()
+            .filter_map(|ns| cache_namespace_info(ns).map(|info| info.name))
+            .collect();
+        names.sort();
+        names
+    }
+
+    /// Calls `visit` with each namespace of [`ClusterView::namespaces`], in no set order,
+    /// holding one namespace's labels at a time instead of all of them.
+    pub fn for_each_namespace(&self, mut visit: impl FnMut(NamespaceInfo)) {
+        for namespace in self.namespaces.state() {
+            if let Some(info) = cache_namespace_info(&namespace) {
+                visit(info);
+            }
+        }
+    }
+}
+
 impl ClusterView for Caches {
     fn namespaces(&self) -> Vec<NamespaceInfo> {
         let mut infos: Vec<NamespaceInfo> = self

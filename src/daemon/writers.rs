@@ -12,8 +12,15 @@
 //! Only additions are held back: an unlink is never deferred (apply deletes a Secret only
 //! after its unlinks succeeded). The memory is soft: a restart starts every account afresh,
 //! which costs at most one quick repair.
+//!
+//! Every linked account has a record for [`WINDOW`], so the records are kept small: an account
+//! and a link are remembered by a 64-bit hash of their names, not the names (about 100 bytes
+//! an account instead of 400, which the 10,000-namespace heap profile showed). Two accounts
+//! sharing a hash would share a record; at 2⁻⁶⁴ a pair, the worst it could do is space out one
+//! repair.
 
 use std::collections::{HashMap, HashSet};
+use std::hash::{DefaultHasher, Hash, Hasher};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::ServiceAccount;
@@ -59,28 +66,55 @@ pub struct Gated {
 /// The links pullsecretd added, and its repairs, per ServiceAccount.
 #[derive(Default)]
 pub struct WriterFlaps {
-    accounts: HashMap<(String, String), AccountRecord>,
+    /// By [`account_key`].
+    accounts: HashMap<u64, AccountRecord>,
     /// When all accounts are pruned next.
     next_sweep: Option<Instant>,
 }
 
 #[derive(Default)]
 struct AccountRecord {
-    /// Links added, with when they were last added.
-    added: HashMap<(LinkKind, String), Instant>,
+    /// Links added (by [`link_key`]), with when they were last added; a handful at most.
+    added: Vec<(u64, Instant)>,
     /// When each repair within the window was made, oldest first.
     repairs: Vec<Instant>,
 }
 
 impl AccountRecord {
     fn forget_before(&mut self, cutoff: Instant) {
-        self.added.retain(|_, at| *at >= cutoff);
+        self.added.retain(|(_, at)| *at >= cutoff);
         self.repairs.retain(|at| *at >= cutoff);
     }
 
     fn is_empty(&self) -> bool {
         self.added.is_empty() && self.repairs.is_empty()
     }
+
+    fn has_added(&self, link: u64) -> bool {
+        self.added.iter().any(|(key, _)| *key == link)
+    }
+
+    fn record_added(&mut self, link: u64, now: Instant) {
+        match self.added.iter_mut().find(|(key, _)| *key == link) {
+            Some((_, at)) => *at = now,
+            None => self.added.push((link, now)),
+        }
+    }
+}
+
+/// A record's key: the account's namespace and name, hashed. `DefaultHasher::new()` is the
+/// same in every call of one process, which is all a soft, in-memory record needs.
+fn account_key(namespace: &str, account: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (namespace, account).hash(&mut hasher);
+    hasher.finish()
+}
+
+/// A link's key within its account's record.
+fn link_key(link: &(LinkKind, String)) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    link.hash(&mut hasher);
+    hasher.finish()
 }
 
 /// The least time between repair `count - 1` and repair `count` (1-based) of one account.
@@ -105,13 +139,13 @@ impl WriterFlaps {
             if edit.add.is_empty() {
                 continue;
             }
-            let key = (namespace.to_string(), edit.name.clone());
+            let key = account_key(namespace, &edit.name);
             let record = self.accounts.entry(key).or_default();
             record.forget_before(cutoff);
             let repeated: Vec<(LinkKind, String)> = edit
                 .add
                 .iter()
-                .filter(|link| record.added.contains_key(*link))
+                .filter(|link| record.has_added(link_key(link)))
                 .cloned()
                 .collect();
             if !repeated.is_empty() {
@@ -139,7 +173,7 @@ impl WriterFlaps {
                 }
             }
             for link in &edit.add {
-                record.added.insert(link.clone(), now);
+                record.record_added(link_key(link), now);
             }
         }
         steps.retain(|step| {
