@@ -369,6 +369,7 @@ pub async fn heal_namespace(
         throttle,
         recorder: recorder.as_ref(),
         budget: &options.heal_budget,
+        pending: &options.pending_pods,
     };
     match healer.heal(name, &targets).await {
         Ok(healed) => outcome.heal = healed,

@@ -28,6 +28,7 @@ use kube::runtime::events::{EventType, Recorder, Reporter};
 
 use super::cache::WriteLog;
 use super::events::publish_event;
+use super::pending::PendingPods;
 use super::pods::{HealBudget, pod_summaries};
 use super::{ApiError, Throttle};
 use crate::config::LinkKind;
@@ -75,6 +76,8 @@ pub struct ApplyOptions {
     pub recorder: Option<Recorder>,
     /// The rate limit of pod restarts by healing, shared by every namespace of the process.
     pub heal_budget: Arc<HealBudget>,
+    /// Healing's pending-pod lists, shared by every namespace of the process.
+    pub pending_pods: Arc<PendingPods>,
     /// Told every object written or deleted, with the server's answer (the daemon's caches:
     /// they remember it until the watch delivers it). `None` for one-shot passes.
     pub write_log: Option<Arc<dyn WriteLog>>,
@@ -90,6 +93,7 @@ impl ApplyOptions {
             mode: Mode::Full,
             recorder: None,
             heal_budget: Arc::default(),
+            pending_pods: Arc::new(PendingPods::per_namespace()),
             write_log: None,
         }
     }

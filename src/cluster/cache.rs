@@ -284,6 +284,11 @@ fn fixed_namespaces(names: &[String]) -> Store<Namespace> {
 }
 
 impl Caches {
+    /// Namespaced mode: only the configured namespaces are watched (and may be listed).
+    pub fn is_namespaced(&self) -> bool {
+        self.scope.is_some()
+    }
+
     /// The names of [`ClusterView::namespaces`], without keeping their labels.
     pub fn namespace_names(&self) -> Vec<String> {
         let mut names: Vec<String> = self

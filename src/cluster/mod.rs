@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cache;
 pub mod events;
 pub mod lease;
+pub mod pending;
 pub mod pods;
 pub mod slim;
 pub mod snapshot;

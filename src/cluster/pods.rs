@@ -19,11 +19,12 @@ use kube::api::{Api, DeleteParams, ListParams, ObjectList, Preconditions};
 use kube::runtime::events::{EventType, Recorder};
 
 use super::events::publish_event;
+use super::pending::PendingPods;
 use super::{ApiError, Throttle};
 use crate::model::heal::{self, HealAction, HealOutcome, HealTarget, PodSummary, StuckPod};
 
 /// Pods per page of a list.
-const PAGE_SIZE: u32 = 500;
+pub(super) const PAGE_SIZE: u32 = 500;
 
 /// How many stuck pods may be restarted at once, and how many per second after that.
 pub const RESTART_BURST: u32 = 10;
@@ -67,8 +68,12 @@ pub async fn pending_pod_summaries(
     throttle: &Throttle,
     namespace: &str,
 ) -> Result<Vec<PodSummary>, ApiError> {
-    let pending = ListParams::default().fields("status.phase=Pending");
-    list_summaries(client, throttle, namespace, pending).await
+    list_summaries(client, throttle, namespace, pending_params()).await
+}
+
+/// A list of the pods that can be stuck pulling: phase `Pending`, selected by the server.
+pub(super) fn pending_params() -> ListParams {
+    ListParams::default().fields("status.phase=Pending")
 }
 
 async fn list_summaries(
@@ -99,6 +104,8 @@ pub struct Healer<'a> {
     pub throttle: &'a Throttle,
     pub recorder: Option<&'a Recorder>,
     pub budget: &'a HealBudget,
+    /// Pending-pod lists shared with the namespaces healing at the same time.
+    pub pending: &'a PendingPods,
 }
 
 impl Healer<'_> {
@@ -109,7 +116,10 @@ impl Healer<'_> {
         namespace: &str,
         targets: &[(HealTarget, String)],
     ) -> Result<HealOutcome, ApiError> {
-        let pods = pending_pod_summaries(self.client, self.throttle, namespace).await?;
+        let pods = self
+            .pending
+            .pending_in(self.client, self.throttle, namespace)
+            .await?;
         let pairs: Vec<(&HealTarget, &str)> =
             targets.iter().map(|(t, s)| (t, s.as_str())).collect();
         let scan = heal::scan(&pods, &pairs);

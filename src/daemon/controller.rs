@@ -21,6 +21,7 @@ use crate::cluster::ClusterView as _;
 use crate::cluster::apply::CONTROLLER_NAME;
 use crate::cluster::cache::Caches;
 use crate::cluster::lease::Leadership;
+use crate::cluster::pending::PendingPods;
 use crate::cluster::pods::HealBudget;
 use crate::cluster::view;
 use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle};
@@ -73,6 +74,8 @@ pub struct Context {
     version_key: VersionKey,
     /// The rate limit of healing's pod restarts, for the whole process.
     heal_budget: Arc<HealBudget>,
+    /// Healing's pending-pod lists: shared across the cluster unless in namespaced mode.
+    pending_pods: Arc<PendingPods>,
     /// Heal targets to look at again per namespace, with the looks left.
     heal_rechecks: Mutex<HashMap<String, HealRecheck>>,
     /// Links this process added and its repairs, per ServiceAccount (other writers).
@@ -106,6 +109,11 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let instance = channels.config.borrow().instance_name().to_string();
+        let pending_pods = Arc::new(if caches.is_namespaced() {
+            PendingPods::per_namespace()
+        } else {
+            PendingPods::cluster_wide()
+        });
         let recorder = events.then(|| {
             Recorder::new(
                 client.clone(),
@@ -130,6 +138,7 @@ impl Context {
             reported: Mutex::default(),
             version_key: reconcile::fresh_version_key(),
             heal_budget: Arc::default(),
+            pending_pods,
             heal_rechecks: Mutex::default(),
             flaps: Mutex::default(),
             manager_labels: Mutex::default(),
@@ -181,6 +190,7 @@ impl Context {
             events: self.recorder.is_some(),
             recorder: self.recorder.clone(),
             heal_budget: Arc::clone(&self.heal_budget),
+            pending_pods: Arc::clone(&self.pending_pods),
             write_log: Some(self.caches.write_log()),
             ..ApplyOptions::for_instance(config.instance_name())
         }

@@ -812,3 +812,70 @@ async fn heal_restart_needs_the_heal_restart_component_and_nothing_more() {
     assert_ne!(name_of(&healed), name_of(&stuck));
     running.stop();
 }
+
+/// Namespaces healing while a pending-pod list is in flight share the next list, made across
+/// the cluster: every stuck pod is still found (and told), with fewer lists than namespaces.
+/// Pod lists are made slow (kube-sim's `slow` fault), so healing namespaces overlap for sure.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn namespaces_healing_together_share_pending_pod_lists() {
+    const NAMESPACES: usize = 12;
+    let fx = cluster_with_kubelet().await;
+    let registry = registry_with_images(fx.dir.path(), &[(USER, PASSWORD)]);
+    let bao = OpenBao::start().await;
+    put_credential(&bao, "registries/reg", USER, PASSWORD).await;
+    let image = format!("{}/{REPO}:v1", registry.host);
+    let names: Vec<String> = (0..NAMESPACES).map(|n| format!("heal-{n}")).collect();
+    for ns in &names {
+        fx.namespace(ns, json!({"team": "heal"}));
+        create_deployment(&fx, ns, "web", &image);
+    }
+    let mut stuck = Vec::new();
+    for ns in &names {
+        stuck.push(one_pod(&fx, ns, "web-", "a stuck pod", in_back_off).await);
+    }
+    fx.server.set_faults(|f| {
+        f.slow
+            .push(("list".into(), "pods".into(), Duration::from_millis(300)));
+    });
+
+    let path = write_config(
+        &fx,
+        &bao,
+        &format!(
+            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
+             pullSecrets:\n\
+             \x20 - name: reg-pull\n    registries: [reg]\n    projects: {{ selector: team=heal }}\n",
+            registry.host
+        ),
+    );
+    let running = start_daemon(&fx, &path).await;
+    eventually(WAIT, "every stuck pod told", || {
+        names.iter().zip(&stuck).all(|(ns, pod)| {
+            pullsecretd_events(&fx, ns, &name_of(pod))
+                .iter()
+                .any(|(reason, _)| reason == "MissingPullSecret")
+        })
+    })
+    .await;
+    let counts = fx.server.counts();
+    let across = counts.count_in("list", "pods", "");
+    let lists = counts.count("list", "pods");
+    running.stop();
+    assert!(
+        across >= 1,
+        "one list served several namespaces: {counts:?}"
+    );
+    assert!(
+        lists < NAMESPACES as u64,
+        "{lists} pod lists for {NAMESPACES} namespaces"
+    );
+    for (ns, pod) in names.iter().zip(&stuck) {
+        let told = pullsecretd_events(&fx, ns, &name_of(pod));
+        assert!(
+            told.iter()
+                .all(|(reason, message)| reason == "MissingPullSecret"
+                    && message.contains("reg-pull")),
+            "{ns}: {told:?}"
+        );
+    }
+}

@@ -75,6 +75,9 @@ pub struct Faults {
     pub watch_drop_after_events: Option<u64>,
     /// Watch streams end after this long.
     pub watch_drop_after: Option<Duration>,
+    /// Extra latency of the requests of one (verb, resource plural), beside `latency`: a slow
+    /// list of a big collection, so clients that overlap such requests can be tested.
+    pub slow: Vec<(String, String, Duration)>,
 }
 
 fn random_unit() -> f64 {
@@ -86,11 +89,17 @@ fn random_unit() -> f64 {
 
 impl Faults {
     /// The latency to add to one request.
-    pub fn delay(&self) -> Duration {
+    pub fn delay(&self, verb: &str, resource: &str) -> Duration {
+        let slow = self
+            .slow
+            .iter()
+            .filter(|(v, r, _)| v == verb && r == resource)
+            .map(|(_, _, extra)| *extra)
+            .sum::<Duration>();
         if self.jitter.is_zero() {
-            self.latency
+            self.latency + slow
         } else {
-            self.latency + self.jitter.mul_f64(random_unit())
+            self.latency + slow + self.jitter.mul_f64(random_unit())
         }
     }
 

@@ -299,7 +299,10 @@ pub async fn handle(
     // Faults: latency first, then injected errors, as a slow overloaded server would behave.
     let (delay, injected) = {
         let mut f = shared.faults_mut();
-        (f.delay(), f.pick_error(request.verb, request.rt.plural))
+        (
+            f.delay(request.verb, request.rt.plural),
+            f.pick_error(request.verb, request.rt.plural),
+        )
     };
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
