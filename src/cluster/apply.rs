@@ -28,8 +28,8 @@ use kube::runtime::events::{EventType, Recorder, Reporter};
 
 use super::cache::WriteLog;
 use super::events::publish_event;
-use super::pending::PendingPods;
-use super::pods::{HealBudget, pod_summaries};
+use super::pod_lists::{PendingPods, pod_summaries};
+use super::pods::HealBudget;
 use super::{ApiError, Throttle};
 use crate::config::LinkKind;
 use crate::diff::{

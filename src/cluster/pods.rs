@@ -1,5 +1,5 @@
-//! Pods (I/O): read a namespace's pods as [`PodSummary`]s, and heal the ones stuck for want of
-//! a Secret pullsecretd has just linked or rotated (docs/healing.md).
+//! Pods (I/O): heal the ones stuck for want of a Secret pullsecretd has just linked or rotated
+//! (docs/healing.md), from the summaries [`super::pod_lists`] reads.
 //!
 //! Pods are read only in namespaces pullsecretd is changing, when it changes them: after a link
 //! or rotation (healing), and before a Secret is deleted (is a pod still naming it?). There is
@@ -15,16 +15,13 @@ use std::num::NonZeroU32;
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
 use k8s_openapi::api::core::v1::{ObjectReference, Pod};
 use kube::Client;
-use kube::api::{Api, DeleteParams, ListParams, ObjectList, Preconditions};
+use kube::api::{Api, DeleteParams, Preconditions};
 use kube::runtime::events::{EventType, Recorder};
 
 use super::events::publish_event;
-use super::pending::PendingPods;
+use super::pod_lists::PendingPods;
 use super::{ApiError, Throttle};
-use crate::model::heal::{self, HealAction, HealOutcome, HealTarget, PodSummary, StuckPod};
-
-/// Pods per page of a list.
-pub(super) const PAGE_SIZE: u32 = 500;
+use crate::model::heal::{self, HealAction, HealOutcome, HealTarget, StuckPod};
 
 /// How many stuck pods may be restarted at once, and how many per second after that.
 pub const RESTART_BURST: u32 = 10;
@@ -49,52 +46,6 @@ impl HealBudget {
     /// Takes one restart if the budget allows it now.
     fn take(&self) -> bool {
         self.limiter.check().is_ok()
-    }
-}
-
-/// Every pod of `namespace`, summarised page by page.
-pub async fn pod_summaries(
-    client: &Client,
-    throttle: &Throttle,
-    namespace: &str,
-) -> Result<Vec<PodSummary>, ApiError> {
-    list_summaries(client, throttle, namespace, ListParams::default()).await
-}
-
-/// The pods of `namespace` that can be stuck pulling: phase `Pending` (a pod whose image never
-/// arrived never leaves it), selected by the server, so running pods cost nothing.
-pub async fn pending_pod_summaries(
-    client: &Client,
-    throttle: &Throttle,
-    namespace: &str,
-) -> Result<Vec<PodSummary>, ApiError> {
-    list_summaries(client, throttle, namespace, pending_params()).await
-}
-
-/// A list of the pods that can be stuck pulling: phase `Pending`, selected by the server.
-pub(super) fn pending_params() -> ListParams {
-    ListParams::default().fields("status.phase=Pending")
-}
-
-async fn list_summaries(
-    client: &Client,
-    throttle: &Throttle,
-    namespace: &str,
-    params: ListParams,
-) -> Result<Vec<PodSummary>, ApiError> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let mut params = params.limit(PAGE_SIZE);
-    let mut summaries = Vec::new();
-    loop {
-        let page: ObjectList<Pod> = throttle
-            .call(|| api.list(&params))
-            .await
-            .map_err(|error| ApiError::new("list", "pods", namespace, error))?;
-        summaries.extend(page.items.iter().map(PodSummary::of));
-        match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
-            _ => return Ok(summaries),
-        }
     }
 }
 

@@ -21,7 +21,7 @@ use crate::cluster::ClusterView as _;
 use crate::cluster::apply::CONTROLLER_NAME;
 use crate::cluster::cache::Caches;
 use crate::cluster::lease::Leadership;
-use crate::cluster::pending::PendingPods;
+use crate::cluster::pod_lists::PendingPods;
 use crate::cluster::pods::HealBudget;
 use crate::cluster::view;
 use crate::cluster::{ApplyOptions, ProjectOutcome, Throttle};

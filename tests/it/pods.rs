@@ -323,13 +323,14 @@ async fn deployments_pull_with_pullsecretd_and_back_off_without_it() {
     let counts = fx.server.counts();
     assert_eq!(counts.count("watch", "pods"), 0, "{counts:#?}");
     assert_eq!(counts.count_in("list", "pods", "other"), 0, "{counts:#?}");
-    assert_eq!(
-        counts.count_in("list", "pods", ""),
-        0,
-        "no cluster-wide pod list"
-    );
+    // Each selected namespace was listed, on its own or in a list across the cluster shared by
+    // namespaces healing at once (src/cluster/pod_lists.rs).
+    let across = counts.count_in("list", "pods", "");
     for ns in selected {
-        assert!(counts.count_in("list", "pods", ns) >= 1, "{counts:#?}");
+        assert!(
+            counts.count_in("list", "pods", ns) >= 1 || across >= 1,
+            "{counts:#?}"
+        );
     }
     assert!(!registry.access_log_text().contains(PASSWORD));
     assert!(!registry.app_log().contains(PASSWORD));

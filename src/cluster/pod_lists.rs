@@ -1,4 +1,6 @@
-//! Pending-pod lists shared by the namespaces that heal at the same time (kube I/O).
+//! Pod lists (kube I/O): a namespace's pods, or its Pending ones, reduced to [`PodSummary`]s a
+//! page at a time; and the pending-pod lists shared by the namespaces that heal at the same
+//! time.
 //!
 //! Healing looks at a namespace's Pending pods right after linking a pull secret there
 //! (docs/healing.md). At a cold start that is one list per namespace: 10,000 lists beside the
@@ -22,11 +24,59 @@ use kube::Client;
 use kube::api::{Api, ListParams, ObjectList};
 use tokio::sync::oneshot;
 
-use super::pods::{PAGE_SIZE, pending_params, pending_pod_summaries};
 use super::{ApiError, Throttle};
 use crate::model::heal::PodSummary;
 
 type Listed = Result<Vec<PodSummary>, ApiError>;
+
+/// Pods per page of a list.
+const PAGE_SIZE: u32 = 500;
+
+/// Every pod of `namespace`, summarised page by page.
+pub async fn pod_summaries(
+    client: &Client,
+    throttle: &Throttle,
+    namespace: &str,
+) -> Result<Vec<PodSummary>, ApiError> {
+    list_summaries(client, throttle, namespace, ListParams::default()).await
+}
+
+/// The pods of `namespace` that can be stuck pulling: phase `Pending` (a pod whose image never
+/// arrived never leaves it), selected by the server, so running pods cost nothing.
+pub async fn pending_pod_summaries(
+    client: &Client,
+    throttle: &Throttle,
+    namespace: &str,
+) -> Result<Vec<PodSummary>, ApiError> {
+    list_summaries(client, throttle, namespace, pending_params()).await
+}
+
+/// A list of the pods that can be stuck pulling: phase `Pending`, selected by the server.
+fn pending_params() -> ListParams {
+    ListParams::default().fields("status.phase=Pending")
+}
+
+async fn list_summaries(
+    client: &Client,
+    throttle: &Throttle,
+    namespace: &str,
+    params: ListParams,
+) -> Result<Vec<PodSummary>, ApiError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let mut params = params.limit(PAGE_SIZE);
+    let mut summaries = Vec::new();
+    loop {
+        let page: ObjectList<Pod> = throttle
+            .call(|| api.list(&params))
+            .await
+            .map_err(|error| ApiError::new("list", "pods", namespace, error))?;
+        summaries.extend(page.items.iter().map(PodSummary::of));
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(summaries),
+        }
+    }
+}
 
 /// One process's shared pending-pod lists.
 pub struct PendingPods {
