@@ -97,6 +97,15 @@ fn write_config(fx: &Fixture, bao: &OpenBao, body: &str) -> PathBuf {
     path
 }
 
+/// [`write_config`] with the one registry `reg` at `host`, read from `registries/reg` in
+/// OpenBao, before `pull_secrets` (the `pullSecrets:` block).
+fn write_reg_config(fx: &Fixture, bao: &OpenBao, host: &str, pull_secrets: &str) -> PathBuf {
+    let registries = format!(
+        "registries:\n  reg:\n    server: {host}\n    from: {{ vault: {{ path: registries/reg }} }}\n"
+    );
+    write_config(fx, bao, &format!("{registries}{pull_secrets}"))
+}
+
 async fn start_daemon(fx: &Fixture, path: &Path) -> Running {
     start_daemon_as(fx, path, fx.client.clone()).await
 }
@@ -253,14 +262,11 @@ async fn deployments_pull_with_pullsecretd_and_back_off_without_it() {
         fx.namespace(ns, json!({"team": "web"}));
     }
     fx.namespace("other", json!({"team": "other"}));
-    let path = write_config(
+    let path = write_reg_config(
         &fx,
         &bao,
-        &format!(
-            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
-             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ selector: \"team=web\" }}\n",
-            registry.host
-        ),
+        &registry.host,
+        "pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: { selector: \"team=web\" }\n",
     );
     let running = start_daemon(&fx, &path).await;
     eventually(WAIT, "reg-pull linked in every selected namespace", || {
@@ -360,16 +366,13 @@ async fn pods_stuck_from_before_the_link_are_restarted_reported_or_left_alone() 
     one_pod(&fx, "fix", "bare", "the bare pod stuck", in_back_off).await;
     let stuck_tell = one_pod(&fx, "tell", "web-", "tell/web stuck", in_back_off).await;
 
-    let path = write_config(
+    let path = write_reg_config(
         &fx,
         &bao,
-        &format!(
-            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
-             pullSecrets:\n\
-             \x20 - name: fix-pull\n    registries: [reg]\n    projects: {{ names: [fix] }}\n    heal: restart\n\
-             \x20 - name: tell-pull\n    registries: [reg]\n    projects: {{ names: [tell] }}\n",
-            registry.host
-        ),
+        &registry.host,
+        "pullSecrets:\n\
+             \x20 - name: fix-pull\n    registries: [reg]\n    projects: { names: [fix] }\n    heal: restart\n\
+             \x20 - name: tell-pull\n    registries: [reg]\n    projects: { names: [tell] }\n",
     );
     let running = start_daemon(&fx, &path).await;
 
@@ -452,15 +455,12 @@ async fn an_in_place_rotation_reaches_a_restarted_pod() {
     let bao = OpenBao::start().await;
     put_credential(&bao, "registries/reg", USER, PASSWORD).await;
     fx.namespace("web", json!({}));
-    let path = write_config(
+    let path = write_reg_config(
         &fx,
         &bao,
-        &format!(
-            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
-             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
-             \x20   rotation: {{ refresh: 200ms }}\n",
-            registry.host
-        ),
+        &registry.host,
+        "pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: { names: [web] }\n\
+             \x20   rotation: { refresh: 200ms }\n",
     );
     let running = start_daemon(&fx, &path).await;
     eventually(WAIT, "linked", || pull_list(&fx, "web") == ["reg-pull"]).await;
@@ -523,15 +523,12 @@ async fn a_version_a_pod_still_names_is_kept_past_grace_and_goes_with_the_pod() 
     let new_password = "SENTINEL-pods-pw-3-77de";
     let (fx, registry, bao) = two_credentials(new_password).await;
     let new_user = NEW_USER;
-    let path = write_config(
+    let path = write_reg_config(
         &fx,
         &bao,
-        &format!(
-            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
-             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
-             \x20   rotation: {{ refresh: 200ms, strategy: versioned, grace: 1s, keep: 0 }}\n",
-            registry.host
-        ),
+        &registry.host,
+        "pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: { names: [web] }\n\
+             \x20   rotation: { refresh: 200ms, strategy: versioned, grace: 1s, keep: 0 }\n",
     );
     let running = start_daemon(&fx, &path).await;
     eventually(WAIT, "a first version linked", || {
@@ -652,16 +649,13 @@ async fn failing_pod_reads_and_deletes_never_cost_a_named_version_or_a_bare_pod(
         f.rules.push(fault("delete"));
     });
     let sweeper = crate::support::invariants::Sweeper::start(fx.server.reader(), Some("default"));
-    let path = write_config(
+    let path = write_reg_config(
         &fx,
         &bao,
-        &format!(
-            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
-             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
+        &registry.host,
+        "pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: { names: [web] }\n\
              \x20   heal: restart\n\
-             \x20   rotation: {{ refresh: 200ms, strategy: versioned, grace: 1s, keep: 0 }}\n",
-            registry.host
-        ),
+             \x20   rotation: { refresh: 200ms, strategy: versioned, grace: 1s, keep: 0 }\n",
     );
     let running = start_daemon(&fx, &path).await;
     eventually(WAIT, "a first version linked", || {
@@ -771,15 +765,12 @@ async fn heal_restart_needs_the_heal_restart_component_and_nothing_more() {
     fx.namespace("web", json!({}));
     create_deployment(&fx, "web", "web", &format!("{}/{REPO}:v1", registry.host));
     let stuck = one_pod(&fx, "web", "web-", "the web pod stuck", in_back_off).await;
-    let path = write_config(
+    let path = write_reg_config(
         &fx,
         &bao,
-        &format!(
-            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
-             pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: {{ names: [web] }}\n\
+        &registry.host,
+        "pullSecrets:\n  - name: reg-pull\n    registries: [reg]\n    projects: { names: [web] }\n\
              \x20   heal: restart\n",
-            registry.host
-        ),
     );
     let client = fx.client_as(TOKEN).await;
     let running = start_daemon_as(&fx, &path, client).await;
@@ -839,15 +830,12 @@ async fn namespaces_healing_together_share_pending_pod_lists() {
             .push(("list".into(), "pods".into(), Duration::from_millis(300)));
     });
 
-    let path = write_config(
+    let path = write_reg_config(
         &fx,
         &bao,
-        &format!(
-            "registries:\n  reg:\n    server: {}\n    from: {{ vault: {{ path: registries/reg }} }}\n\
-             pullSecrets:\n\
-             \x20 - name: reg-pull\n    registries: [reg]\n    projects: {{ selector: team=heal }}\n",
-            registry.host
-        ),
+        &registry.host,
+        "pullSecrets:\n\
+             \x20 - name: reg-pull\n    registries: [reg]\n    projects: { selector: team=heal }\n",
     );
     let running = start_daemon(&fx, &path).await;
     eventually(WAIT, "every stuck pod told", || {
