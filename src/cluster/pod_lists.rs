@@ -16,6 +16,7 @@
 //! not tried again), each waiting namespace is listed on its own, as before.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use futures::{StreamExt as _, stream};
@@ -81,13 +82,13 @@ async fn list_summaries(
 /// One process's shared pending-pod lists.
 pub struct PendingPods {
     /// Whether a list across the cluster may be tried.
-    cluster_wide: Mutex<bool>,
+    cluster_wide: AtomicBool,
     /// Callers not yet served, by namespace.
     waiting: Mutex<Vec<(String, oneshot::Sender<Listed>)>>,
     /// Held by the caller making the lists: one round at a time, callers served in turn.
     turn: tokio::sync::Mutex<()>,
     /// Pages the last list across the cluster took (at least 1).
-    pages: Mutex<usize>,
+    pages: AtomicUsize,
 }
 
 impl PendingPods {
@@ -103,15 +104,15 @@ impl PendingPods {
 
     fn new(cluster_wide: bool) -> Self {
         Self {
-            cluster_wide: Mutex::new(cluster_wide),
+            cluster_wide: AtomicBool::new(cluster_wide),
             waiting: Mutex::default(),
             turn: tokio::sync::Mutex::new(()),
-            pages: Mutex::new(1),
+            pages: AtomicUsize::new(1),
         }
     }
 
     fn may_list_cluster_wide(&self) -> bool {
-        *lock(&self.cluster_wide)
+        self.cluster_wide.load(Ordering::Relaxed)
     }
 
     /// The Pending pods of `namespace`, from a list started after this call.
@@ -157,11 +158,12 @@ impl PendingPods {
         throttle: &Throttle,
         round: Vec<(String, oneshot::Sender<Listed>)>,
     ) {
-        let across = self.may_list_cluster_wide() && round.len() > *lock(&self.pages);
-        let round = if across {
+        let across =
+            self.may_list_cluster_wide() && round.len() > self.pages.load(Ordering::Relaxed);
+        if across {
             match list_across(client, throttle, &round).await {
                 Ok((mut by_namespace, pages)) => {
-                    *lock(&self.pages) = pages.max(1);
+                    self.pages.store(pages.max(1), Ordering::Relaxed);
                     for (namespace, answer) in round {
                         let pods = by_namespace.get_mut(&namespace).map(std::mem::take);
                         let _ = answer.send(Ok(pods.unwrap_or_default()));
@@ -170,15 +172,12 @@ impl PendingPods {
                 }
                 Err(error) => {
                     if error.status_code() == Some(403) {
-                        *lock(&self.cluster_wide) = false;
+                        self.cluster_wide.store(false, Ordering::Relaxed);
                     }
                     tracing::debug!(%error, "Listing Pending pods across the cluster failed; listing each namespace.");
-                    round
                 }
             }
-        } else {
-            round
-        };
+        }
         stream::iter(round)
             .for_each_concurrent(None, |(namespace, answer)| async move {
                 let _ = answer.send(pending_pod_summaries(client, throttle, &namespace).await);
