@@ -10,9 +10,8 @@
 //!
 //! Secrets, service accounts and RoleBindings live in slim stores ([`super::slim`]): per object
 //! only its identity, the rest shared between equal objects, a Secret's payload as a digest.
-//! Namespaces stay in a kube-runtime reflector store (the controller's applier looks requests
-//! up there), stripped to name, labels and phase. A deleted namespace's objects leave the
-//! stores with their delete events.
+//! Namespaces live in their own store ([`super::namespaces`]): a name and a shared label set
+//! each. A deleted namespace's objects leave the stores with their delete events.
 //!
 //! Namespaced mode (`namespaces:` in the config) watches nothing cluster-wide and needs only a
 //! Role per namespace: one watch per namespace per kind (per account name for service
@@ -27,18 +26,18 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::{Stream, StreamExt as _};
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Namespace, NamespaceStatus, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
 use k8s_openapi::api::rbac::v1::RoleBinding;
-use kube::api::{Api, ObjectMeta};
-use kube::runtime::reflector::{self, ObjectRef, Store};
+use kube::Client;
+use kube::api::Api;
 use kube::runtime::watcher::{self, Event};
-use kube::runtime::{WatchStreamExt as _, reflector as reflect, watcher as watch};
-use kube::{Client, ResourceExt as _};
+use kube::runtime::{WatchStreamExt as _, watcher as watch};
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, watch as signal};
 
+use super::namespaces::{NamespaceRelist, NamespaceStore};
 use super::slim::{Coverage, Relist, Slim, SlimStore};
-use super::view::{self, ClusterView, namespace_info};
+use super::view::{self, ClusterView};
 use crate::diff::ObservedProject;
 use crate::model::managed::{MANAGED_BY_LABEL, MANAGED_BY_VALUE};
 use crate::plan::NamespaceInfo;
@@ -77,7 +76,7 @@ async fn wait_all(streams: &[Synced]) -> Result<(), WatchStopped> {
 #[derive(Clone)]
 pub struct Caches {
     /// Watched, or (namespaced mode) the configured namespaces, filled once.
-    pub namespaces: Store<Namespace>,
+    pub namespaces: NamespaceStore,
     secrets: SlimStore<Secret>,
     role_bindings: SlimStore<RoleBinding>,
     /// Every watched service-account name's accounts.
@@ -112,7 +111,7 @@ impl Caches {
                 let (store, synced) = spawn_namespace_watch(client, touched.clone());
                 (store, vec![synced])
             }
-            Some(names) => (fixed_namespaces(names), Vec::new()),
+            Some(names) => (NamespaceStore::fixed(names), Vec::new()),
         };
         let secrets = SlimStore::default();
         synced.extend(spawn_watches(
@@ -264,25 +263,6 @@ impl WriteLog for StoreWriteLog {
     }
 }
 
-/// Namespaced mode: a store holding the configured namespaces (names only), ready at once, and
-/// never changed: the daemon's reconcile requests are looked up in it.
-fn fixed_namespaces(names: &[String]) -> Store<Namespace> {
-    let (reader, mut writer) = reflector::store();
-    writer.apply_watcher_event(&Event::Init);
-    for name in names {
-        let namespace = Namespace {
-            metadata: ObjectMeta {
-                name: Some(name.clone()),
-                ..ObjectMeta::default()
-            },
-            ..Namespace::default()
-        };
-        writer.apply_watcher_event(&Event::InitApply(namespace));
-    }
-    writer.apply_watcher_event(&Event::InitDone);
-    reader
-}
-
 impl Caches {
     /// Namespaced mode: only the configured namespaces are watched (and may be listed).
     pub fn is_namespaced(&self) -> bool {
@@ -291,42 +271,29 @@ impl Caches {
 
     /// The names of [`ClusterView::namespaces`], without keeping their labels.
     pub fn namespace_names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self
-            .namespaces
-            .state()
-            .iter()
-            .filter_map(|ns| cache_namespace_info(ns).map(|info| info.name))
-            .collect();
+        let mut names = Vec::with_capacity(self.namespaces.len());
+        self.namespaces.for_each(|info| names.push(info.name));
         names.sort();
         names
     }
 
     /// Calls `visit` with each namespace of [`ClusterView::namespaces`], in no set order,
     /// holding one namespace's labels at a time instead of all of them.
-    pub fn for_each_namespace(&self, mut visit: impl FnMut(NamespaceInfo)) {
-        for namespace in self.namespaces.state() {
-            if let Some(info) = cache_namespace_info(&namespace) {
-                visit(info);
-            }
-        }
+    pub fn for_each_namespace(&self, visit: impl FnMut(NamespaceInfo)) {
+        self.namespaces.for_each(visit);
     }
 }
 
 impl ClusterView for Caches {
     fn namespaces(&self) -> Vec<NamespaceInfo> {
-        let mut infos: Vec<NamespaceInfo> = self
-            .namespaces
-            .state()
-            .iter()
-            .filter_map(|ns| cache_namespace_info(ns))
-            .collect();
+        let mut infos = Vec::with_capacity(self.namespaces.len());
+        self.namespaces.for_each(|info| infos.push(info));
         infos.sort_by(|a, b| a.name.cmp(&b.name));
         infos
     }
 
     fn namespace(&self, name: &str) -> Option<NamespaceInfo> {
-        let namespace = self.namespaces.get(&ObjectRef::new(name))?;
-        cache_namespace_info(&namespace)
+        self.namespaces.info(name)
     }
 
     fn openshift(&self) -> Option<bool> {
@@ -354,73 +321,48 @@ impl ClusterView for Caches {
     }
 }
 
-fn cache_namespace_info(namespace: &Namespace) -> Option<NamespaceInfo> {
-    namespace_info(
-        &namespace.metadata,
-        namespace.status.as_ref().and_then(|s| s.phase.as_deref()),
+/// The namespace watch, into `store`, reporting each namespace that changes (and, after a
+/// re-list, each that vanished).
+fn spawn_namespace_watch(client: &Client, touched: Touched) -> (NamespaceStore, Synced) {
+    let store = NamespaceStore::default();
+    let events = watch(
+        Api::<Namespace>::all(client.clone()),
+        watcher::Config::default(),
     )
-}
-
-/// A namespace as cached: its name, labels and phase, nothing else.
-fn strip_namespace(namespace: &mut Namespace) {
-    let meta = std::mem::take(&mut namespace.metadata);
-    namespace.metadata = ObjectMeta {
-        name: meta.name,
-        labels: meta.labels,
-        ..ObjectMeta::default()
-    };
-    namespace.spec = None;
-    namespace.status = namespace.status.take().map(|status| NamespaceStatus {
-        phase: status.phase,
-        conditions: None,
-    });
-}
-
-/// The namespace watch, into a reflector store (stripped), reporting each namespace that
-/// changes (and, after a re-list, each that vanished).
-fn spawn_namespace_watch(client: &Client, touched: Touched) -> (Store<Namespace>, Synced) {
-    let (reader, writer) = reflector::store();
-    let events = reflect(
-        writer,
-        watch(
-            Api::<Namespace>::all(client.clone()),
-            watcher::Config::default(),
-        )
-        .default_backoff()
-        .modify(strip_namespace),
-    );
+    .default_backoff();
     let (synced_tx, synced_rx) = signal::channel(false);
-    tokio::spawn(report_namespaces(
-        events,
-        reader.clone(),
-        touched,
-        synced_tx,
-    ));
-    (reader, Synced(synced_rx))
+    tokio::spawn(feed_namespaces(events, store.clone(), touched, synced_tx));
+    (store, Synced(synced_rx))
 }
 
-async fn report_namespaces(
+async fn feed_namespaces(
     events: impl Stream<Item = Result<Event<Namespace>, watcher::Error>>,
-    store: Store<Namespace>,
+    store: NamespaceStore,
     touched: Touched,
     synced: signal::Sender<bool>,
 ) {
     let mut events = std::pin::pin!(events);
-    let mut before_relist: Vec<String> = Vec::new();
+    let mut relist = NamespaceRelist::default();
     while let Some(event) = events.next().await {
         let sent = match event {
-            Ok(Event::Apply(ns) | Event::InitApply(ns) | Event::Delete(ns)) => {
-                touched.send(ns.name_any())
-            }
+            Ok(Event::Apply(namespace)) => touched.send(store.apply(namespace)),
+            Ok(Event::Delete(namespace)) => touched.send(store.delete(&namespace)),
             Ok(Event::Init) => {
-                before_relist = store.state().iter().map(|ns| ns.name_any()).collect();
+                relist = NamespaceRelist::default();
+                Ok(())
+            }
+            Ok(Event::InitApply(namespace)) => {
+                store.add_to_relist_from(&mut relist, namespace);
                 Ok(())
             }
             Ok(Event::InitDone) => {
+                // Every namespace listed may have changed, and those not listed are gone.
+                let relisted = relist.names();
+                let vanished = store.replace(std::mem::take(&mut relist));
                 synced.send_replace(true);
-                before_relist
-                    .drain(..)
-                    .filter(|name| store.get(&ObjectRef::new(name)).is_none())
+                relisted
+                    .into_iter()
+                    .chain(vanished)
                     .try_for_each(|name| touched.send(name))
             }
             Err(error) => {

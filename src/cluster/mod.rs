@@ -10,6 +10,7 @@ pub mod apply;
 pub mod cache;
 pub mod events;
 pub mod lease;
+pub mod namespaces;
 pub mod pod_lists;
 pub mod pods;
 pub mod slim;

@@ -7,11 +7,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::jiff::Timestamp;
-use kube::runtime::controller::Action;
+use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use kube::{Client, ResourceExt as _};
 use tokio::sync::watch;
 use tracing::Instrument as _;
 
@@ -223,23 +221,33 @@ impl Context {
     }
 }
 
+/// When a namespace is looked at again without a change: `None` when only a change brings it
+/// back.
+pub type Revisit = Option<Duration>;
+
 /// One namespace: plan from the caches and the latest snapshot, diff, and (as leader) apply.
-pub async fn reconcile(
-    namespace: Arc<Namespace>,
-    context: Arc<Context>,
-) -> Result<Action, ReconcileError> {
-    let name = namespace.name_any();
+/// A namespace the cache no longer holds (it was deleted) is forgotten instead.
+pub async fn reconcile(name: String, context: Arc<Context>) -> Result<Revisit, ReconcileError> {
     let span = tracing::info_span!("reconcile", namespace = %name);
     async move {
+        if !context.caches.namespaces.contains(&name) {
+            context.forget(&name);
+            context
+                .failures
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .remove(&name);
+            return Ok(None);
+        }
         if *context.stopping.borrow() || !context.leadership.owns(&name) {
             // Another replica (or none, for now) answers for it: its gauges are not ours.
             context.forget(&name);
-            return Ok(Action::await_change());
+            return Ok(None);
         }
         let snapshot = Arc::clone(&context.snapshot.borrow());
         if snapshot.generation == 0 {
             // Nothing read yet: the first snapshot reconciles every namespace.
-            return Ok(Action::await_change());
+            return Ok(None);
         }
         let started = Instant::now();
         let config = Arc::clone(&context.config.borrow());
@@ -307,7 +315,7 @@ pub async fn reconcile(
             return Ok(finish(&context, &name, started, revisit));
         }
         if !context.leadership.owns(&name) || *context.stopping.borrow() {
-            return Ok(Action::await_change());
+            return Ok(None);
         }
         for repair in &gated.repairs {
             report_repair(&context, repair).await;
@@ -518,7 +526,7 @@ fn needs_apply(diff: &ProjectDiff) -> bool {
             .any(|p| p.reason != "ServiceAccountMissing")
 }
 
-fn finish(context: &Context, name: &str, started: Instant, revisit: Option<Duration>) -> Action {
+fn finish(context: &Context, name: &str, started: Instant, revisit: Revisit) -> Revisit {
     context
         .failures
         .lock()
@@ -536,26 +544,18 @@ fn finish(context: &Context, name: &str, started: Instant, revisit: Option<Durat
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     metrics.last_sync.set(unix.as_secs_f64());
-    match revisit {
-        Some(after) => Action::requeue(after),
-        None => Action::await_change(),
-    }
+    revisit
 }
 
 /// Exponential backoff per namespace: 1 s, 2 s, 4 s … up to five minutes.
-pub fn error_policy(
-    namespace: Arc<Namespace>,
-    _error: &ReconcileError,
-    context: Arc<Context>,
-) -> Action {
+pub fn error_policy(name: &str, context: &Context) -> Duration {
     let mut failures = context
         .failures
         .lock()
         .unwrap_or_else(PoisonError::into_inner);
-    let count = failures.entry(namespace.name_any()).or_insert(0);
+    let count = failures.entry(name.to_string()).or_insert(0);
     *count = count.saturating_add(1);
-    let delay = Duration::from_secs(1u64 << (*count - 1).min(9)).min(MAX_BACKOFF);
-    Action::requeue(delay)
+    Duration::from_secs(1u64 << (*count - 1).min(9)).min(MAX_BACKOFF)
 }
 
 fn record_writes(metrics: &Metrics, outcome: &ProjectOutcome) {

@@ -3,12 +3,12 @@
 //! ```text
 //!  sources task ──watch<Snapshot>──┐                     ┌─► reconcile(namespace):
 //!  config file (notify) ─watch<Config>─► dispatcher ─┐    │     plan (pure, from caches)
-//!  Lease (leader election) ──────────┘               ├─► applier ─► diff (pure, `now` passed in)
-//!  reflectors (ns, Secrets, SAs, RBs) ─ namespace ───┘   (dedup,     apply (leader only)
-//!                                        names            backoff)
+//!  Lease (leader election) ──────────┘               ├─► queue ───► diff (pure, `now` passed in)
+//!  watch caches (ns, Secrets, SAs, RBs) ─ namespace ─┘   (dedup,     apply (leader only)
+//!                                          names          backoff)
 //! ```
 //!
-//! - Reconciles are per namespace and read only the watch caches; kube-runtime's `applier`
+//! - Reconciles are per namespace and read only the watch caches; the work [`queue`]
 //!   deduplicates requests, never runs one namespace twice at once, and requeues failures with
 //!   per-namespace backoff. A namespace is looked at again only when something it depends on
 //!   changes (or a replaced versioned Secret's grace period ends): no periodic resync, so an
@@ -40,6 +40,7 @@
 mod controller;
 mod dispatch;
 mod leases;
+mod queue;
 mod sources;
 pub mod writers;
 
@@ -48,11 +49,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::{StreamExt as _, stream};
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
-use kube::runtime::controller::{self as runtime, ReconcileRequest, applier};
-use kube::runtime::reflector::ObjectRef;
 use tokio::sync::{mpsc, watch};
 
 use crate::cluster::cache::Caches;
@@ -103,7 +100,7 @@ pub enum DaemonError {
     Probe(#[from] crate::cluster::ApiError),
 }
 
-/// Why one namespace did not converge (the applier retries it with backoff).
+/// Why one namespace did not converge (the work queue retries it with backoff).
 #[derive(Debug, thiserror::Error)]
 #[error("namespace {namespace}: {failures} write(s) failed, first: {first}")]
 pub struct ReconcileError {
@@ -321,7 +318,7 @@ fn versions_in_use(caches: &Caches) -> leases::VersionsInUse {
         .collect()
 }
 
-/// Waits for the caches, then runs the applier until the stop signal; in-flight reconciles
+/// Waits for the caches, then runs the work queue until the stop signal; in-flight reconciles
 /// finish first.
 async fn run_main(
     context: Arc<Context>,
@@ -344,7 +341,7 @@ async fn run_main(
         let _ = store.wait_until_ready().await;
     }
     tracing::info!(
-        namespaces = context.caches.namespaces.state().len(),
+        namespaces = context.caches.namespaces.len(),
         "Caches synced."
     );
     let _dispatcher = AbortOnDrop(tokio::spawn(dispatch::dispatch(
@@ -368,36 +365,26 @@ async fn run_main(
             let _ = stopping.wait_for(|s| *s).await;
         }
     };
-    let queue = stream::unfold(touched_rx, |mut rx| async move {
-        let namespace = rx.recv().await?;
-        let request = ReconcileRequest::from(ObjectRef::<Namespace>::new(&namespace));
-        Some((Ok::<_, std::convert::Infallible>(request), rx))
-    })
-    .take_until(stop);
-    let config = runtime::Config::default()
-        .concurrency(concurrency.max(1))
-        .debounce(debounce);
-    let results = applier(
-        |ns, ctx| Box::pin(controller::reconcile(ns, ctx)),
-        controller::error_policy,
-        Arc::clone(&context),
-        context.caches.namespaces.clone(),
-        queue,
-        config,
-    );
-    results
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                match error {
-                    runtime::Error::ObjectNotFound(_) => {}
-                    runtime::Error::ReconcilerFailed(error, _) => {
-                        tracing::warn!(%error, "Reconcile failed; requeueing.");
+    let reconcile_context = Arc::clone(&context);
+    queue::run(
+        touched_rx,
+        stop,
+        usize::from(concurrency),
+        debounce,
+        move |namespace| {
+            let context = Arc::clone(&reconcile_context);
+            async move {
+                match controller::reconcile(namespace.clone(), Arc::clone(&context)).await {
+                    Ok(revisit) => revisit,
+                    Err(error) => {
+                        tracing::warn!(%error, namespace, "Reconcile failed; requeueing.");
+                        Some(controller::error_policy(&namespace, &context))
                     }
-                    other => tracing::warn!(error = %other, "Controller error."),
                 }
             }
-        })
-        .await;
+        },
+    )
+    .await;
     tracing::info!("Stopped taking work; in-flight reconciles finished.");
 }
 
