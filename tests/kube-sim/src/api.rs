@@ -214,12 +214,8 @@ fn list(shared: &Shared, req: &Request) -> ApiResult<Reply> {
     };
     let mut items = Vec::new();
     let mut next = None;
-    for obj in st.list(key(req.rt), req.namespace.as_deref()) {
-        let pos = (
-            meta_str(obj, "namespace").to_string(),
-            meta_str(obj, "name").to_string(),
-        );
-        if after.as_ref().is_some_and(|a| pos <= *a) || !sel.matches(obj) {
+    for obj in st.list_after(key(req.rt), req.namespace.as_deref(), after.as_ref()) {
+        if !sel.matches(obj) {
             continue;
         }
         if limit > 0 && items.len() == limit {

@@ -5,6 +5,7 @@
 use crate::resources::ResourceKey;
 use serde_json::Value;
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Bound;
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -106,6 +107,36 @@ impl Store {
                 .map(|(_, v)| v)
                 .collect(),
             None => objs.values().collect(),
+        }
+    }
+
+    /// Objects of a resource, in one namespace or all, in (namespace, name) order, from just
+    /// past `after` (where a continue token left off): a page of a list costs its own length,
+    /// as an etcd range read does, not the whole resource's.
+    pub fn list_after<'a>(
+        &'a self,
+        key: ResourceKey,
+        ns: Option<&'a str>,
+        after: Option<&(String, String)>,
+    ) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
+        let Some(objs) = self.objects.get(&key) else {
+            return Box::new(std::iter::empty());
+        };
+        let namespace_start = ns.map(|ns| (ns.to_string(), String::new()));
+        let start = match (after, namespace_start) {
+            (Some(after), Some(first)) if *after < first => Bound::Included(first),
+            (Some(after), _) => Bound::Excluded(after.clone()),
+            (None, Some(first)) => Bound::Included(first),
+            (None, None) => Bound::Unbounded,
+        };
+        let entries = objs.range((start, Bound::Unbounded));
+        match ns {
+            Some(ns) => Box::new(
+                entries
+                    .take_while(move |((n, _), _)| n == ns)
+                    .map(|(_, v)| v),
+            ),
+            None => Box::new(entries.map(|(_, v)| v)),
         }
     }
 
@@ -238,5 +269,58 @@ impl Store {
     /// Open watches (for tests).
     pub fn watcher_count(&self) -> usize {
         self.watchers.iter().filter(|w| !w.tx.is_closed()).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    const SECRETS: ResourceKey = ResourceKey {
+        group: "",
+        plural: "secrets",
+    };
+
+    fn store_with(objects: &[(&str, &str)]) -> Store {
+        let mut store = Store::new(10);
+        for (ns, name) in objects {
+            let object = json!({"metadata": {"namespace": ns, "name": name}});
+            store.put(SECRETS, ns, name, object, EventType::Added);
+        }
+        store
+    }
+
+    fn positions<'a>(values: impl Iterator<Item = &'a Value>) -> Vec<String> {
+        values
+            .map(|v| {
+                let field = |f: &str| v["metadata"][f].as_str().unwrap_or_default().to_string();
+                format!("{}/{}", field("namespace"), field("name"))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_page_starts_just_past_where_the_last_one_left_off() {
+        let store = store_with(&[("a", "x"), ("a", "y"), ("b", "x"), ("b", "y"), ("c", "x")]);
+        let after = |ns: &str, name: &str| (ns.to_string(), name.to_string());
+        let all = positions(store.list_after(SECRETS, None, None));
+        assert_eq!(all, ["a/x", "a/y", "b/x", "b/y", "c/x"]);
+        let rest = positions(store.list_after(SECRETS, None, Some(&after("a", "y"))));
+        assert_eq!(rest, ["b/x", "b/y", "c/x"]);
+        let in_b = positions(store.list_after(SECRETS, Some("b"), None));
+        assert_eq!(in_b, ["b/x", "b/y"]);
+        let rest_of_b = positions(store.list_after(SECRETS, Some("b"), Some(&after("b", "x"))));
+        assert_eq!(rest_of_b, ["b/y"]);
+        // A position before the namespace starts it from its first object, one past it ends it.
+        let from_a = positions(store.list_after(SECRETS, Some("b"), Some(&after("a", "z"))));
+        assert_eq!(from_a, ["b/x", "b/y"]);
+        let past = positions(store.list_after(SECRETS, Some("b"), Some(&after("c", ""))));
+        assert!(past.is_empty(), "{past:?}");
+        let unknown = ResourceKey {
+            group: "",
+            plural: "configmaps",
+        };
+        assert_eq!(store.list_after(unknown, None, None).count(), 0);
     }
 }
