@@ -13,11 +13,13 @@
 //! after its unlinks succeeded). The memory is soft: a restart starts every account afresh,
 //! which costs at most one quick repair.
 //!
-//! Every linked account has a record for [`WINDOW`], so the records are kept small: an account
-//! and a link are remembered by a 64-bit hash of their names, not the names (about 100 bytes
-//! an account instead of 400, which the 10,000-namespace heap profile showed). Two accounts
-//! sharing a hash would share a record; at 2⁻⁶⁴ a pair, the worst it could do is space out one
-//! repair.
+//! Every link pullsecretd adds is remembered for [`WINDOW`], so that memory is kept small: at a
+//! cold start every namespace's accounts are linked at once. A link is one entry of a flat map,
+//! a 64-bit hash of (namespace, account, link) to the millisecond it was added (16 bytes); only
+//! an account that was actually repaired gets a record of its repairs. The 30,000-namespace
+//! heap profile showed the per-account records this replaced (a map entry and a vector each,
+//! ~550 bytes a namespace, 16 MB at the peak). Two links sharing a hash would share an entry;
+//! at 2⁻⁶⁴ a pair, the worst it could do is space out one repair.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -63,57 +65,32 @@ pub struct Gated {
     pub wait: Option<Duration>,
 }
 
-/// The links pullsecretd added, and its repairs, per ServiceAccount.
+/// The links pullsecretd added, and the repairs of accounts it had to repair.
 #[derive(Default)]
 pub struct WriterFlaps {
-    /// By [`account_key`].
-    accounts: HashMap<u64, AccountRecord>,
-    /// When all accounts are pruned next.
+    /// When each link was last added, by [`link_key`]: milliseconds since `epoch`.
+    added: HashMap<u64, u64>,
+    /// When each repair within the window was made, oldest first, by [`account_key`]: only
+    /// accounts that were repaired.
+    repairs: HashMap<u64, Vec<Instant>>,
+    /// The first gate's `now`: what `added` counts from.
+    epoch: Option<Instant>,
+    /// When all records are pruned next.
     next_sweep: Option<Instant>,
 }
 
-#[derive(Default)]
-struct AccountRecord {
-    /// Links added (by [`link_key`]), with when they were last added; a handful at most.
-    added: Vec<(u64, Instant)>,
-    /// When each repair within the window was made, oldest first.
-    repairs: Vec<Instant>,
-}
-
-impl AccountRecord {
-    fn forget_before(&mut self, cutoff: Instant) {
-        self.added.retain(|(_, at)| *at >= cutoff);
-        self.repairs.retain(|at| *at >= cutoff);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.added.is_empty() && self.repairs.is_empty()
-    }
-
-    fn has_added(&self, link: u64) -> bool {
-        self.added.iter().any(|(key, _)| *key == link)
-    }
-
-    fn record_added(&mut self, link: u64, now: Instant) {
-        match self.added.iter_mut().find(|(key, _)| *key == link) {
-            Some((_, at)) => *at = now,
-            None => self.added.push((link, now)),
-        }
-    }
-}
-
-/// A record's key: the account's namespace and name, hashed. `DefaultHasher::new()` is the
-/// same in every call of one process, which is all a soft, in-memory record needs.
+/// An account's key: its namespace and name, hashed. `DefaultHasher::new()` is the same in
+/// every call of one process, which is all a soft, in-memory record needs.
 fn account_key(namespace: &str, account: &str) -> u64 {
     let mut hasher = DefaultHasher::new();
     (namespace, account).hash(&mut hasher);
     hasher.finish()
 }
 
-/// A link's key within its account's record.
-fn link_key(link: &(LinkKind, String)) -> u64 {
+/// A link's key: the account's namespace and name and the link, hashed.
+fn link_key(namespace: &str, account: &str, link: &(LinkKind, String)) -> u64 {
     let mut hasher = DefaultHasher::new();
-    link.hash(&mut hasher);
+    (namespace, account, link).hash(&mut hasher);
     hasher.finish()
 }
 
@@ -130,7 +107,13 @@ impl WriterFlaps {
     /// Holds back, in `namespace`'s `steps`, the links that would repair an account too soon
     /// after its last repair, and records the additions left in.
     pub fn gate(&mut self, namespace: &str, steps: &mut Vec<Step>, now: Instant) -> Gated {
-        let cutoff = now.checked_sub(WINDOW).unwrap_or(now);
+        let epoch = *self.epoch.get_or_insert(now);
+        let millis = |at: Instant| {
+            u64::try_from(at.saturating_duration_since(epoch).as_millis()).unwrap_or(u64::MAX)
+        };
+        let cutoff_instant = now.checked_sub(WINDOW).unwrap_or(now);
+        let cutoff = millis(cutoff_instant);
+        let now_millis = millis(now);
         let mut gated = Gated::default();
         for step in steps.iter_mut() {
             let Step::EditServiceAccount(edit) = step else {
@@ -139,28 +122,30 @@ impl WriterFlaps {
             if edit.add.is_empty() {
                 continue;
             }
-            let key = account_key(namespace, &edit.name);
-            let record = self.accounts.entry(key).or_default();
-            record.forget_before(cutoff);
             let repeated: Vec<(LinkKind, String)> = edit
                 .add
                 .iter()
-                .filter(|link| record.has_added(link_key(link)))
+                .filter(|link| {
+                    let key = link_key(namespace, &edit.name, link);
+                    self.added.get(&key).is_some_and(|at| *at >= cutoff)
+                })
                 .cloned()
                 .collect();
             if !repeated.is_empty() {
-                let count = record.repairs.len() + 1;
-                let due = record
+                let repairs = self
                     .repairs
-                    .last()
-                    .map_or(now, |last| *last + gap_before(count));
+                    .entry(account_key(namespace, &edit.name))
+                    .or_default();
+                repairs.retain(|at| *at >= cutoff_instant);
+                let count = repairs.len() + 1;
+                let due = repairs.last().map_or(now, |last| *last + gap_before(count));
                 if now < due {
                     let held: HashSet<&(LinkKind, String)> = repeated.iter().collect();
                     edit.add.retain(|link| !held.contains(link));
                     let wait = due - now;
                     gated.wait = Some(gated.wait.map_or(wait, |w| w.min(wait)));
                 } else {
-                    record.repairs.push(now);
+                    repairs.push(now);
                     if count >= 2 {
                         gated.repairs.push(Repair {
                             namespace: namespace.to_string(),
@@ -173,7 +158,8 @@ impl WriterFlaps {
                 }
             }
             for link in &edit.add {
-                record.record_added(link_key(link), now);
+                self.added
+                    .insert(link_key(namespace, &edit.name, link), now_millis);
             }
         }
         steps.retain(|step| {
@@ -181,9 +167,10 @@ impl WriterFlaps {
                 if edit.add.is_empty() && edit.remove.is_empty())
         });
         if self.next_sweep.is_none_or(|at| now >= at) {
-            self.accounts.retain(|_, record| {
-                record.forget_before(cutoff);
-                !record.is_empty()
+            self.added.retain(|_, at| *at >= cutoff);
+            self.repairs.retain(|_, repairs| {
+                repairs.retain(|at| *at >= cutoff_instant);
+                !repairs.is_empty()
             });
             self.next_sweep = Some(now + SWEEP_EVERY);
         }
@@ -299,14 +286,10 @@ mod tests {
         for n in 0..100 {
             flaps.gate(&format!("ns-{n}"), &mut link("default", "reg-pull"), start);
         }
-        assert_eq!(flaps.accounts.len(), 100);
+        assert_eq!(flaps.added.len(), 100);
         let later = start + WINDOW + Duration::from_secs(1);
         flaps.gate("other", &mut link("default", "reg-pull"), later);
-        assert_eq!(
-            flaps.accounts.len(),
-            1,
-            "only the account just linked is left"
-        );
+        assert_eq!(flaps.added.len(), 1, "only the link just made is left");
         // Within SWEEP_EVERY of that sweep, records of old accounts are not walked again.
         flaps.gate("ns-0", &mut link("default", "reg-pull"), later);
         flaps.gate(
@@ -314,7 +297,7 @@ mod tests {
             &mut link("default", "reg-pull"),
             later + SWEEP_EVERY / 2,
         );
-        assert_eq!(flaps.accounts.len(), 3);
+        assert_eq!(flaps.added.len(), 3);
     }
 
     #[test]
