@@ -382,8 +382,18 @@ where
     }
 }
 
-/// The daemon's initial lists, as it runs them (at once): the longest one.
+/// The daemon's initial lists, as it runs them (at once): the longest one, the best of three
+/// tries. One try alone was seen at 7.3 s against 2.0 s for the same 30,000 namespaces (right
+/// after the previous scenario), and a slow try only loosens the cold-start target.
 async fn initial_list_time(client: &kube::Client) -> anyhow::Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..3 {
+        best = best.min(initial_list_once(client).await?);
+    }
+    Ok(best)
+}
+
+async fn initial_list_once(client: &kube::Client) -> anyhow::Result<f64> {
     let started = Instant::now();
     let managed = ListParams::default().labels("app.kubernetes.io/managed-by=pullsecretd");
     let (a, b, c, d) = tokio::join!(
