@@ -88,13 +88,18 @@ fn holders(h: &Handle, shards: u32) -> Vec<Option<String>> {
         .collect()
 }
 
-/// Namespace writes by replica (the Leases excluded).
+/// The write log's namespace writes (the Leases' excluded).
+fn namespace_writes(h: &Handle) -> impl Iterator<Item = kube_sim::WriteRecord> {
+    h.writes()
+        .into_iter()
+        .filter(|write| write.namespace != LEASE_NAMESPACE)
+}
+
+/// Namespace writes by replica.
 fn writes_by_replica(h: &Handle) -> BTreeMap<String, u64> {
     let mut by = BTreeMap::new();
-    for write in h.writes() {
-        if write.namespace != LEASE_NAMESPACE {
-            *by.entry(write.user).or_default() += 1;
-        }
+    for write in namespace_writes(h) {
+        *by.entry(write.user).or_default() += 1;
     }
     by
 }
@@ -102,10 +107,7 @@ fn writes_by_replica(h: &Handle) -> BTreeMap<String, u64> {
 /// Seconds from `started` to each replica's first and last namespace write.
 fn write_span_by_replica(h: &Handle, started: SystemTime) -> BTreeMap<String, (f64, f64)> {
     let mut span: BTreeMap<String, (f64, f64)> = BTreeMap::new();
-    for write in h.writes() {
-        if write.namespace == LEASE_NAMESPACE {
-            continue;
-        }
+    for write in namespace_writes(h) {
         let at = write
             .at
             .duration_since(started)
@@ -120,10 +122,7 @@ fn write_span_by_replica(h: &Handle, started: SystemTime) -> BTreeMap<String, (f
 /// (namespace, second) pairs written by two or more replicas.
 fn double_writes(h: &Handle) -> usize {
     let mut writers: BTreeMap<(String, u64), BTreeSet<String>> = BTreeMap::new();
-    for write in h.writes() {
-        if write.namespace == LEASE_NAMESPACE {
-            continue;
-        }
+    for write in namespace_writes(h) {
         let second = write
             .at
             .duration_since(UNIX_EPOCH)

@@ -101,25 +101,14 @@ impl Token {
         match self {
             Self::Text(own) => own.to_string(),
             Self::Number(number) => number.to_string(),
-            Self::Uuid(b) => format!(
-                "{:02x}{:02x}{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}-{:02x}{:02x}{:02x}{:02x}{:02x}{:02x}",
-                b[0],
-                b[1],
-                b[2],
-                b[3],
-                b[4],
-                b[5],
-                b[6],
-                b[7],
-                b[8],
-                b[9],
-                b[10],
-                b[11],
-                b[12],
-                b[13],
-                b[14],
-                b[15]
-            ),
+            Self::Uuid(bytes) => {
+                let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let (a, rest) = hex.split_at(8);
+                let (b, rest) = rest.split_at(4);
+                let (c, rest) = rest.split_at(4);
+                let (d, e) = rest.split_at(4);
+                format!("{a}-{b}-{c}-{d}-{e}")
+            }
         }
     }
 }
@@ -298,8 +287,7 @@ impl<K: Slim> SlimStore<K> {
         let namespace = namespace_of(&object);
         let mut state = self.lock();
         let entry = slim(&mut state.shapes, object);
-        let uid = entry.uid.clone();
-        state.forget_recent(&namespace, entry.name(), uid.as_ref(), false);
+        state.forget_recent(&namespace, entry.name(), entry.uid.as_ref(), false);
         let entries = state
             .by_namespace
             .entry(namespace.as_str().into())

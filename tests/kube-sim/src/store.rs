@@ -97,17 +97,7 @@ impl Store {
 
     /// Objects of a resource, in one namespace or all, in (namespace, name) order.
     pub fn list(&self, key: ResourceKey, ns: Option<&str>) -> Vec<&Value> {
-        let Some(objs) = self.objects.get(&key) else {
-            return Vec::new();
-        };
-        match ns {
-            Some(ns) => objs
-                .range((ns.to_string(), String::new())..)
-                .take_while(|((n, _), _)| n == ns)
-                .map(|(_, v)| v)
-                .collect(),
-            None => objs.values().collect(),
-        }
+        self.list_after(key, ns, None).collect()
     }
 
     /// Objects of a resource, in one namespace or all, in (namespace, name) order, from just
@@ -116,13 +106,14 @@ impl Store {
     pub fn list_after<'a>(
         &'a self,
         key: ResourceKey,
-        ns: Option<&'a str>,
+        ns: Option<&str>,
         after: Option<&(String, String)>,
     ) -> Box<dyn Iterator<Item = &'a Value> + 'a> {
         let Some(objs) = self.objects.get(&key) else {
             return Box::new(std::iter::empty());
         };
         let namespace_start = ns.map(|ns| (ns.to_string(), String::new()));
+        let ns = ns.map(str::to_string);
         let start = match (after, namespace_start) {
             (Some(after), Some(first)) if *after < first => Bound::Included(first),
             (Some(after), _) => Bound::Excluded(after.clone()),
@@ -133,7 +124,7 @@ impl Store {
         match ns {
             Some(ns) => Box::new(
                 entries
-                    .take_while(move |((n, _), _)| n == ns)
+                    .take_while(move |((n, _), _)| *n == ns)
                     .map(|(_, v)| v),
             ),
             None => Box::new(entries.map(|(_, v)| v)),
