@@ -312,7 +312,8 @@ fn fallback_key_bytes() -> [u8; 32] {
     hasher.finalize().into()
 }
 
-/// Applies one namespace's work: its Secrets, links, deletes and bindings, in the diff's order.
+/// Applies one namespace's work: its Secrets, links, deletes and bindings, in the diff's order;
+/// then heals the pods the new links may free.
 pub async fn apply_namespace(
     client: &Client,
     throttle: &Throttle,
@@ -320,23 +321,37 @@ pub async fn apply_namespace(
     name: &str,
     work: NamespaceWork,
 ) -> ProjectOutcome {
+    let (mut outcome, heals) = apply_writes(client, throttle, options, name, work).await;
+    if !heals.is_empty() {
+        heal_namespace(client, throttle, options, name, &heals, &mut outcome).await;
+    }
+    outcome
+}
+
+/// Applies one namespace's work: its Secrets, links, deletes and bindings, in the diff's order.
+/// Returns what was done and the heals it calls for (the pull links it made, and the looks left
+/// from before), not yet made: the daemon heals off its work queue.
+pub async fn apply_writes(
+    client: &Client,
+    throttle: &Throttle,
+    options: &ApplyOptions,
+    name: &str,
+    work: NamespaceWork,
+) -> (ProjectOutcome, Vec<(HealTarget, String)>) {
     let mut outcome =
         cluster::apply_project_from(client, throttle, options, name, work.diff, work.accounts)
             .await;
     outcome.rotations = work.rotations;
-    let mut targets = triggered_heals(&work.heal, &outcome);
+    let mut heals = triggered_heals(&work.heal, &outcome);
     for again in work.heal_again {
-        if !targets
+        if !heals
             .iter()
             .any(|(t, _)| t.pull_secret == again.0.pull_secret)
         {
-            targets.push(again);
+            heals.push(again);
         }
     }
-    if !targets.is_empty() {
-        heal_namespace(client, throttle, options, name, &targets, &mut outcome).await;
-    }
-    outcome
+    (outcome, heals)
 }
 
 /// Heals `name`'s pods for `targets` (triggered by this pass or left to look at again),

@@ -179,6 +179,7 @@ pub fn is_retryable(error: &kube::Error) -> bool {
 /// Client-side politeness: a QPS/burst limit on every request, and how hard to retry.
 pub struct Throttle {
     limiter: DefaultDirectRateLimiter,
+    qps: NonZeroU32,
     retries: usize,
 }
 
@@ -188,8 +189,14 @@ impl Throttle {
     pub fn new(qps: NonZeroU32, burst: NonZeroU32, retries: usize) -> Self {
         Self {
             limiter: RateLimiter::direct(Quota::per_second(qps).allow_burst(burst)),
+            qps,
             retries,
         }
+    }
+
+    /// The average requests per second allowed.
+    pub fn qps(&self) -> NonZeroU32 {
+        self.qps
     }
 
     /// Runs one API call under the rate limit, retrying retryable errors with jittered

@@ -1,7 +1,13 @@
 //! The daemon's controller (orchestration): one namespace per reconcile, through
 //! [`crate::reconcile::namespace`] on the watch caches and the latest credential snapshot, and
-//! (as leader) [`crate::reconcile::apply_namespace`]. Records what each reconcile found and did
+//! (as leader) [`crate::reconcile::apply_writes`]. Records what each reconcile found and did
 //! as metrics: writes, rotations, current problems and held Secrets.
+//!
+//! Healing (docs/healing.md) runs beside the work queue, not in a reconcile: it waits for a
+//! pending-pod list shared with the other namespaces that heal about then
+//! (`cluster/pod_lists.rs`), and a reconcile waiting there would hold one of the queue's
+//! `concurrency` slots while other namespaces' writes wait for it. A look it must make again
+//! comes back through the queue as a change of the namespace.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -10,7 +16,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::Instrument as _;
 
 use super::ReconcileError;
@@ -48,6 +54,8 @@ pub struct Channels {
     pub config: watch::Receiver<Arc<Config>>,
     pub snapshot: watch::Receiver<Arc<Snapshot>>,
     pub stopping: watch::Receiver<bool>,
+    /// The work queue's changes: a namespace sent here is reconciled again.
+    pub touched: mpsc::UnboundedSender<String>,
 }
 
 /// What every reconcile shares.
@@ -62,6 +70,8 @@ pub struct Context {
     pub leadership: Leadership,
     pub metrics: Arc<Metrics>,
     pub stopping: watch::Receiver<bool>,
+    /// The work queue's changes, for a heal that must look again.
+    touched: mpsc::UnboundedSender<String>,
     /// Consecutive failures per namespace, for backoff.
     failures: Mutex<HashMap<String, u32>>,
     /// The Secrets of the latest config and snapshot, prepared once for every reconcile.
@@ -131,6 +141,7 @@ impl Context {
             leadership,
             metrics,
             stopping: channels.stopping,
+            touched: channels.touched,
             failures: Mutex::default(),
             prepared: Mutex::default(),
             reported: Mutex::default(),
@@ -291,26 +302,9 @@ pub async fn reconcile(name: String, context: Arc<Context>) -> Result<Revisit, R
         let recheck = context.take_heal_recheck(&name);
         if !needs_apply(&work.diff) {
             tracing::debug!("Namespace already up to date.");
-            let mut revisit = revisit;
-            if let Some(HealRecheck {
-                targets,
-                looks_left,
-            }) = recheck
-            {
-                let mut outcome = ProjectOutcome::default();
-                reconcile::heal_namespace(
-                    &context.client,
-                    &context.throttle,
-                    &options,
-                    &name,
-                    &targets,
-                    &mut outcome,
-                )
-                .await;
-                revisit = earliest(
-                    revisit,
-                    after_heal(&context, &name, &outcome, looks_left.saturating_sub(1)),
-                );
+            if let Some(recheck) = recheck {
+                let looks_left = recheck.looks_left.saturating_sub(1);
+                spawn_heal(&context, &name, recheck.targets, options, looks_left);
             }
             return Ok(finish(&context, &name, started, revisit));
         }
@@ -327,10 +321,9 @@ pub async fn reconcile(name: String, context: Arc<Context>) -> Result<Revisit, R
             }
             None => HEAL_RECHECKS,
         };
-        let outcome =
-            reconcile::apply_namespace(&context.client, &context.throttle, &options, &name, work)
+        let (outcome, heals) =
+            reconcile::apply_writes(&context.client, &context.throttle, &options, &name, work)
                 .await;
-        let revisit = earliest(revisit, after_heal(&context, &name, &outcome, looks_left));
         let revisit = earliest(
             revisit,
             (!outcome.kept_in_use.is_empty()).then_some(IN_USE_RECHECK),
@@ -346,6 +339,9 @@ pub async fn reconcile(name: String, context: Arc<Context>) -> Result<Revisit, R
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .update(&context.metrics, &name, outcome_report(&outcome));
+        if !heals.is_empty() {
+            spawn_heal(&context, &name, heals, options, looks_left);
+        }
         if let Some(first) = outcome.failures.first() {
             context
                 .metrics
@@ -481,6 +477,50 @@ fn rejection_problems(
         .collect()
 }
 
+/// Heals `name`'s pods for `targets` off the work queue (see the module doc): records what was
+/// done, reports a problem it met, and when there is more to look at (pods still being
+/// created, restarts the rate limit put off) sends the namespace back to the queue after
+/// [`HEAL_RECHECK`], `looks_left` more times at most.
+fn spawn_heal(
+    context: &Arc<Context>,
+    name: &str,
+    targets: Vec<(HealTarget, String)>,
+    options: ApplyOptions,
+    looks_left: u32,
+) {
+    let context = Arc::clone(context);
+    let name = name.to_string();
+    let span = tracing::info_span!("heal", namespace = %name);
+    tokio::spawn(
+        async move {
+            let mut outcome = ProjectOutcome::default();
+            reconcile::heal_namespace(
+                &context.client,
+                &context.throttle,
+                &options,
+                &name,
+                &targets,
+                &mut outcome,
+            )
+            .await;
+            for problem in &outcome.problems {
+                tracing::warn!(reason = problem.reason, "{}", problem.message);
+            }
+            context
+                .reported
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .add_problems(&context.metrics, &name, &outcome.problems);
+            if let Some(after) = after_heal(&context, &name, &outcome, looks_left) {
+                tokio::time::sleep(after).await;
+                // The queue has stopped when this fails: there is nothing left to look for.
+                let _ = context.touched.send(name);
+            }
+        }
+        .instrument(span),
+    );
+}
+
 /// Records what healing did and keeps what it must look at again; the wait before that look.
 fn after_heal(
     context: &Context,
@@ -586,7 +626,7 @@ struct Reported {
     by_namespace: HashMap<String, NamespaceReport>,
 }
 
-#[derive(Default, PartialEq, Eq)]
+#[derive(Clone, Default, PartialEq, Eq)]
 struct NamespaceReport {
     problems: BTreeMap<&'static str, i64>,
     held: i64,
@@ -595,6 +635,27 @@ struct NamespaceReport {
 }
 
 impl Reported {
+    /// Adds `problems` to `namespace`'s report (healing's, met after the reconcile reported).
+    fn add_problems(
+        &mut self,
+        metrics: &Metrics,
+        namespace: &str,
+        problems: &[crate::plan::Problem],
+    ) {
+        if problems.is_empty() {
+            return;
+        }
+        let mut report = self
+            .by_namespace
+            .get(namespace)
+            .cloned()
+            .unwrap_or_default();
+        for problem in problems {
+            *report.problems.entry(problem.reason).or_insert(0) += 1;
+        }
+        self.update(metrics, namespace, report);
+    }
+
     /// Replaces `namespace`'s report and moves the gauges by the difference.
     fn update(&mut self, metrics: &Metrics, namespace: &str, report: NamespaceReport) {
         let old = self.by_namespace.remove(namespace).unwrap_or_default();

@@ -233,6 +233,7 @@ pub async fn start(client: Client, options: DaemonOptions) -> Result<Running, Da
             config: config_rx.clone(),
             snapshot: snapshot_rx.clone(),
             stopping: stop_rx.clone(),
+            touched: touched_tx.clone(),
         },
         leadership.clone(),
         Arc::clone(&metrics),

@@ -325,19 +325,21 @@ async fn deployments_pull_with_pullsecretd_and_back_off_without_it() {
         .filter(|l| l.contains(&format!("/v2/{REPO}/manifests/v1")))
         .count();
     assert!(authorized >= 3, "{}", registry.app_log());
+    // Each selected namespace's pods are looked at after its link (healing runs beside the
+    // work queue, in spaced rounds: it may come after the pods run), on its own or in a list
+    // across the cluster shared by namespaces healing at once (src/cluster/pod_lists.rs).
+    eventually(WAIT, "each selected namespace's pods looked at", || {
+        let counts = fx.server.counts();
+        let across = counts.count_in("list", "pods", "");
+        selected
+            .iter()
+            .all(|ns| counts.count_in("list", "pods", ns) >= 1 || across >= 1)
+    })
+    .await;
     // Pods are read only where pullsecretd changed something, and never watched.
     let counts = fx.server.counts();
     assert_eq!(counts.count("watch", "pods"), 0, "{counts:#?}");
     assert_eq!(counts.count_in("list", "pods", "other"), 0, "{counts:#?}");
-    // Each selected namespace was listed, on its own or in a list across the cluster shared by
-    // namespaces healing at once (src/cluster/pod_lists.rs).
-    let across = counts.count_in("list", "pods", "");
-    for ns in selected {
-        assert!(
-            counts.count_in("list", "pods", ns) >= 1 || across >= 1,
-            "{counts:#?}"
-        );
-    }
     assert!(!registry.access_log_text().contains(PASSWORD));
     assert!(!registry.app_log().contains(PASSWORD));
     running.stop();
@@ -867,4 +869,62 @@ async fn namespaces_healing_together_share_pending_pod_lists() {
             "{ns}: {told:?}"
         );
     }
+}
+
+/// Pending-pod rounds are spaced (`cluster/pod_lists.rs`): namespaces that ask within the
+/// spacing after a round share the next one, though none of them came while a list was in
+/// flight. At 200 QPS the spacing is 500 ms; five namespaces asking 40 ms apart after a first
+/// one (its list takes a few milliseconds) share one list across the cluster, and each is
+/// given exactly its own namespace's pods. Without the spacing each lists on its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_pod_rounds_are_spaced_and_shared() {
+    use pullsecretd::cluster::Throttle;
+    use pullsecretd::cluster::pod_lists::{self, PendingPods};
+
+    let fx = Fixture::start(Options::default()).await;
+    let names: Vec<String> = (0..6).map(|n| format!("space-{n}")).collect();
+    for ns in &names {
+        fx.namespace(ns, json!({}));
+        create_bare_pod(&fx, ns, &format!("pod-{ns}"), "127.0.0.1:1/none:v1");
+    }
+    let throttle = Arc::new(Throttle::new(nz(200), nz(200), 0));
+    assert_eq!(
+        pod_lists::round_spacing(&throttle),
+        Duration::from_millis(500)
+    );
+    let pending = Arc::new(PendingPods::cluster_wide());
+    let first = pending
+        .pending_in(&fx.client, &throttle, &names[0])
+        .await
+        .expect("first list");
+    assert_eq!(first.len(), 1);
+    let before = fx.server.counts().count("list", "pods");
+
+    let mut asking = tokio::task::JoinSet::new();
+    for ns in names.iter().skip(1) {
+        tokio::time::sleep(Duration::from_millis(40)).await;
+        let (client, throttle, pending, ns) = (
+            fx.client.clone(),
+            Arc::clone(&throttle),
+            Arc::clone(&pending),
+            ns.clone(),
+        );
+        asking.spawn(async move {
+            let pods = pending.pending_in(&client, &throttle, &ns).await;
+            (ns, pods)
+        });
+    }
+    while let Some(answered) = asking.join_next().await {
+        let (ns, pods) = answered.expect("caller finished");
+        let pods = pods.expect("pods listed");
+        let own: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(own, [format!("pod-{ns}")], "{ns}");
+    }
+    let counts = fx.server.counts();
+    assert_eq!(
+        counts.count("list", "pods") - before,
+        1,
+        "five namespaces, one list: {counts:#?}"
+    );
+    assert_eq!(counts.count_in("list", "pods", ""), 1, "{counts:#?}");
 }
