@@ -493,6 +493,12 @@ fn spawn_heal(
     let span = tracing::info_span!("heal", namespace = %name);
     tokio::spawn(
         async move {
+            // Healing writes too (pod deletes, Events): checked as a reconcile checks before it
+            // writes. Its round comes within a second, well inside the gap between the renew
+            // deadline and the lease duration (docs/sharding.md).
+            if *context.stopping.borrow() || !context.leadership.owns(&name) {
+                return;
+            }
             let mut outcome = ProjectOutcome::default();
             reconcile::heal_namespace(
                 &context.client,
