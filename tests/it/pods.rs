@@ -10,7 +10,7 @@
 use crate::daemon::{http_get, metric};
 use crate::support::cluster::{self, Fixture, nz};
 use pullsecretd_testkit::openbao::{OpenBao, ROOT_TOKEN};
-use pullsecretd_testkit::poll::eventually;
+use pullsecretd_testkit::poll::{eventually, eventually_async};
 use pullsecretd_testkit::registry::Registry;
 
 use std::path::{Path, PathBuf};
@@ -787,6 +787,14 @@ async fn heal_restart_needs_the_heal_restart_component_and_nothing_more() {
     .await;
     let forbidden = fx.server.counts().forbidden;
     assert!(forbidden.keys().all(|k| *k == delete_pods), "{forbidden:?}");
+    // The refusal is a problem the daemon reports (healing runs beside the work queue and adds
+    // it to the namespace's problems after the reconcile reported).
+    let address = running.address.expect("listener");
+    eventually_async(WAIT, "HealForbidden in the problems gauge", async || {
+        let (_, text) = http_get(address, "/metrics").await;
+        metric(&text, "pullsecretd_problems{reason=\"HealForbidden\"}").unwrap_or(0.0) >= 1.0
+    })
+    .await;
     assert!(
         fx.server
             .get("", "pods", "web", &name_of(&stuck))
