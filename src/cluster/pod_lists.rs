@@ -18,8 +18,8 @@
 //! Rounds are spaced: one starts at least [`ROUND_SPACING_REQUESTS`] requests' worth of the
 //! client's QPS after the one before (100 ms at 1,000 QPS, at most [`MAX_ROUND_SPACING`]), so
 //! at a cold start a round serves every namespace that healed in that time, not only those that
-//! came while the last list was in flight: the lists then take at most a hundredth of the
-//! request budget instead of about 7 %. Waiting is cheap only because the daemon heals off its
+//! came while the last list was in flight: while Pending pods fit on one page, the lists then
+//! take at most a hundredth of the request budget instead of about 7 %. Waiting is cheap only because the daemon heals off its
 //! work queue (`daemon/controller.rs`, `spawn_heal`): a reconcile waiting here would hold a
 //! slot the writes of other namespaces need.
 
